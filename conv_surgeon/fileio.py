@@ -1,0 +1,71 @@
+"""Writing files so that a reader never sees half of one."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .errors import ConvSurgeonError
+
+
+def check_output_dir(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConvSurgeonError(
+            f"{path}: output directory {parent} does not exist; create it first or choose "
+            "another -o"
+        )
+    if path.is_dir():
+        raise ConvSurgeonError(f"{path}: is a directory; -o needs a file name")
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``; moved onto it only if the block succeeds.
+
+    The temporary file is fsynced before the rename and removed on any failure, so
+    ``path`` holds either its old content or the complete new one.
+    """
+    check_output_dir(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        if path.exists():
+            # Keep the permissions of the file being replaced, as `cp` would.
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``write`` with :func:`atomic_output`."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()

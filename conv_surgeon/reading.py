@@ -1,0 +1,167 @@
+"""The read side: `inspect` and `get` as library calls. No TensorFlow here."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .catalogue import stored_name_matches
+from .errors import ConvSurgeonError, LayerNotFoundError
+from .modelfile import Layer, ModelSource, ModelStructure, Variable, read_structure, read_variables
+
+
+@dataclass(frozen=True)
+class VariableStats:
+    min: float
+    max: float
+    mean: float
+    std: float
+    l2: float
+    zeros: int
+    nonfinite: int
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    source: str
+    structure: ModelStructure
+    layers: tuple[Layer, ...]  # the layers shown: convolutions, or all with --all
+    stats: dict[str, VariableStats] | None  # keyed by dataset path, only with --stats
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(layer.parameters for layer in self.layers)
+
+
+def variable_stats(value: np.ndarray) -> VariableStats:
+    data = np.asarray(value, dtype=np.float64).ravel()
+    finite = np.isfinite(data)
+    good = data[finite]
+    if good.size == 0:
+        nan = float("nan")
+        return VariableStats(nan, nan, nan, nan, nan, int(np.count_nonzero(data == 0)),
+                             int(data.size - good.size))
+    return VariableStats(
+        min=float(good.min()),
+        max=float(good.max()),
+        mean=float(good.mean()),
+        std=float(good.std()),
+        l2=float(np.sqrt(np.dot(good, good))),
+        zeros=int(np.count_nonzero(good == 0)),
+        nonfinite=int(data.size - good.size),
+    )
+
+
+def inspect_model(source: ModelSource, *, all_layers: bool = False, stats: bool = False) -> InspectReport:
+    """List the model's convolution layers (every layer with weights if ``all_layers``).
+
+    Only ``stats`` reads weight bytes; everything else comes from the file's structure.
+
+    >>> report = inspect_model(ModelSource.from_path("sample_models/tiny_cnn.keras"))
+    >>> [layer.path for layer in report.layers][:2]
+    ['conv1', 'conv2']
+    """
+    structure = read_structure(source)
+    layers = structure.layers if all_layers else structure.conv_layers
+    values = None
+    if stats:
+        wanted = [v for layer in layers for v in layer.variables]
+        values = {k: variable_stats(a) for k, a in read_variables(source, wanted).items()}
+    return InspectReport(source.label, structure, layers, values)
+
+
+def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> Layer:
+    """The one layer that ``query`` names: a full path, a unique path suffix, or a name."""
+    by_path = [layer for layer in structure.layers if layer.path == query]
+    if by_path:
+        return by_path[0]
+    matches = [
+        layer
+        for layer in structure.layers
+        if layer.path.endswith("/" + query) or layer.name == query
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        paths = ", ".join(layer.path for layer in matches)
+        raise LayerNotFoundError(
+            f"{source_label}: layer name '{query}' is ambiguous: it matches {paths}; "
+            "pass one of these paths to --layer"
+        )
+    candidates = [layer.path for layer in structure.layers] + [
+        layer.name for layer in structure.layers
+    ]
+    close = difflib.get_close_matches(query, candidates, n=4, cutoff=0.5)
+    known_hint = (
+        f"did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?"
+        if close
+        else f"run `conv-surgeon inspect {source_label} --all` to list the layers"
+    )
+    raise LayerNotFoundError(
+        f"{source_label}: no layer with weights named '{query}'; {known_hint}"
+    )
+
+
+def resolve_variable(layer: Layer, name: str, source_label: str) -> Variable:
+    """The layer's variable called ``name`` (Keras 2 and 3 names both work)."""
+    for variable in layer.variables:
+        if stored_name_matches(layer.conv, variable.name, name):
+            return variable
+    names = ", ".join(v.name for v in layer.variables)
+    raise ConvSurgeonError(
+        f"{source_label}: layer '{layer.path}' has no variable '{name}' (it has: {names}); "
+        "pass one of these to --weight"
+    )
+
+
+def main_kernel(layer: Layer, source_label: str) -> Variable:
+    """The variable ``--kernel`` means; a separable conv has two and must be told which."""
+    conv = layer.conv
+    if conv is not None and conv.kind == "separable":
+        raise ConvSurgeonError(
+            f"{source_label}: layer '{layer.path}' ({layer.class_name}) has two kernels; "
+            "name one with --weight depthwise_kernel=... or --weight pointwise_kernel=..."
+        )
+    for variable in layer.variables:
+        if stored_name_matches(conv, variable.name, "kernel"):
+            return variable
+    raise ConvSurgeonError(
+        f"{source_label}: layer '{layer.path}' ({layer.class_name}) has no kernel "
+        f"(variables: {', '.join(v.name for v in layer.variables)}); use --weight NAME"
+    )
+
+
+@dataclass(frozen=True)
+class WeightsExport:
+    layer: Layer
+    arrays: dict[str, np.ndarray]  # variable name -> value, in the layer's order
+    notes: tuple[str, ...] = ()
+
+
+def get_weights(
+    source: ModelSource, layer_query: str, *, weight: str | None = None, every: bool = False
+) -> WeightsExport:
+    """One variable of a layer (the kernel by default), or all of them with ``every``."""
+    structure = read_structure(source)
+    layer = resolve_layer(structure, layer_query, source.label)
+    if every:
+        chosen = list(layer.variables)
+    elif weight is not None:
+        chosen = [resolve_variable(layer, weight, source.label)]
+    elif layer.conv is not None:
+        chosen = [main_kernel(layer, source.label)]
+    else:
+        chosen = [layer.variables[0]]
+    values = read_variables(source, chosen)
+    arrays: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for variable in chosen:
+        value = values[variable.dataset]
+        if variable.dtype == "bfloat16":
+            # .npy has no bfloat16; float32 holds every bfloat16 value exactly.
+            value = value.astype(np.float32)
+            notes.append(f"{layer.path} {variable.name}: bfloat16 exported as float32 (exact)")
+        arrays[variable.name] = value
+    return WeightsExport(layer, arrays, tuple(notes))
