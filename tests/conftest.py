@@ -1,0 +1,35 @@
+"""Shared fixtures: the committed sample models (written by real Keras) and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture
+def cli():
+    """Run the real Typer app; stdout and stderr come back separately."""
+    from conv_surgeon.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: bytes | str | None = None):
+        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,59 @@
+"""inspect lists exactly the convolutions Keras itself reports, on real architectures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conv_surgeon.catalogue import CONV_CLASSES
+from conv_surgeon.modelfile import ModelSource, read_structure
+
+keras = pytest.importorskip("keras")
+
+ARCHITECTURES = {
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10
+    ),
+    "Xception": lambda: keras.applications.Xception(
+        input_shape=(71, 71, 3), weights=None, classes=10
+    ),
+    "ConvNeXtTiny": lambda: keras.applications.ConvNeXtTiny(
+        input_shape=(32, 32, 3), weights=None, classes=10
+    ),
+}
+
+
+def keras_conv_layers(model) -> dict[str, list[tuple[int, ...]]]:
+    """Every conv layer Keras sees, by path of nested model names, with weight shapes."""
+    found: dict[str, list[tuple[int, ...]]] = {}
+
+    def walk(layer, prefix: str) -> None:
+        for child in getattr(layer, "layers", []):
+            path = f"{prefix}{child.name}"
+            if type(child).__name__ in CONV_CLASSES:
+                found[path] = [tuple(w.shape) for w in child.weights]
+            walk(child, path + "/")
+
+    walk(model, "")
+    return found
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def saved_application(request, tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = ARCHITECTURES[request.param]()
+    folder = tmp_path_factory.mktemp(request.param)
+    paths = {"keras": folder / "model.keras", "h5": folder / "model.h5"}
+    model.save(paths["keras"])
+    model.save(paths["h5"])
+    return keras_conv_layers(model), paths
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_inspect_lists_the_conv_layers_keras_reports(saved_application, fmt: str) -> None:
+    expected, paths = saved_application
+    structure = read_structure(ModelSource.from_path(paths[fmt]))
+    listed = {layer.path: [v.shape for v in layer.variables] for layer in structure.conv_layers}
+    assert expected, "the architecture has convolutions"
+    assert listed == expected
