@@ -6,8 +6,10 @@ Run from the repository root with the project's virtualenv:
 
 Written with keras 3.15.1 on tensorflow 2.21.0 (numpy 2.x, h5py 3.14).
 Deterministic: keras.utils.set_random_seed(0) before each model, so the
-weights are the same on every run (the .keras zips still differ byte-wise
-because metadata.json holds the save date).
+weights (model.weights.h5, and the whole .h5 files) are byte-identical on
+every run. The .keras zips still differ: metadata.json holds the save date
+and config.json a "shared_object_id" that is a Python id(). Don't commit a
+rebuilt .keras whose only change is that noise.
 
 Files written beside this script:
 
@@ -29,6 +31,33 @@ Files written beside this script:
   tiny_bf16.keras                Conv2D model with bfloat16 layers.
   tiny_cnn_lambda.keras          Lambda(x * 2.0) + Conv2D "conv1" (needs
                                  safe_mode=False to load).
+
+What Keras 3.15 wrote (checked with h5py):
+  - .keras members metadata.json, config.json, model.weights.h5, all stored
+    (compress_type 0). Every vars group has the `name` attribute, including
+    nested models' own (empty) vars groups and the optimizer's ("adam").
+    Paths follow DESIGN section 3; in all_convs the config order interleaves
+    the branches, so in2d -> layers/input_layer, in1d -> input_layer_1,
+    in3d -> input_layer_2; ReLU -> re_lu; func_block/deep_block/deep_conv ->
+    layers/functional/layers/functional/layers/conv2d.
+  - tiny_bf16.keras: kernels/biases are HDF5 OPAQUE 2-byte records (numpy
+    dtype |V2) with dataset attribute dtype="bfloat16"; .view(ml_dtypes.bfloat16)
+    gives exactly the values Keras loads.
+  - legacy .h5 (Keras 3): datasets without ":0"; a layer's datasets are
+    named by the variable path at build time: tiny_cnn -> model_weights/conv1/
+    tiny_cnn/conv1/kernel (the root model's name inside!); all_convs (built as
+    a Functional) -> model_weights/c2d/c2d/kernel. Nested: the Sequential
+    seq_block's datasets keep its name (seq_block/conv/kernel), the
+    Functional func_block's do not (conv/kernel, deep_conv/kernel: the
+    two-deep model's name does not appear). weight_names in seq_block:
+    conv k/b, bn gamma/beta, post_conv k/b, then bn moving_mean/variance
+    (trainable first). Weightless layers have weight_names = empty float64
+    array.
+  - Keras 3.15 cannot load a legacy .h5 whose graph has an op in it
+    ("Only input tensors may be passed as positional arguments" for x + 1.0,
+    "Unknown layer: 'Relu'" for keras.ops.relu), hence all_convs.h5 has none.
+  - tiny_cnn.h5 loads with its optimizer; tiny_cnn.keras restores all 18
+    optimizer variables (iterations = 2).
 """
 
 import os

@@ -191,3 +191,21 @@ def test_read_path_never_imports_tensorflow(samples: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_keras35_files_without_name_attributes_get_paths_from_config(data_dir: Path) -> None:
+    """Keras < 3.6 wrote no `name` attribute: paths are derived from config.json."""
+    import h5py
+
+    path = data_dir / "keras35_nested.keras"
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as member:
+        with h5py.File(io.BytesIO(member.read())) as h5:
+            names: list[str] = []
+            h5.visititems(lambda n, o: names.append(n) if "name" in o.attrs else None)
+    assert names == []
+    structure = read_structure(ModelSource.from_path(path))
+    by_path = {layer.path: layer for layer in structure.layers}
+    assert by_path["conv_b"].variables[0].dataset == "layers/conv2d_1/vars/0"
+    assert by_path["block/conv_1x1"].variables[0].dataset == "layers/sequential/layers/conv2d_1/vars/0"
+    assert by_path["fblock/dw"].variables[0].shape == (3, 3, 4, 1)
+    assert by_path["fblock/dw"].variables[0].dataset == "layers/functional/layers/depthwise_conv2d/vars/0"

@@ -7,55 +7,79 @@ Needs tf-keras, which the project venv does not have. Made with:
     # (this pulled numpy 2.4.6, h5py 3.14.0; python 3.11.7)
     /tmp/tfk/bin/python tests/data/make_keras2_fixtures.py          # small fixtures
     /tmp/tfk/bin/python tests/data/make_keras2_fixtures.py --mobilenet
+    # --mobilenet also writes /tmp/keras2_mobilenetv2.h5 (too big to commit)
 
 TF_USE_LEGACY_KERAS=1 is set below before TensorFlow is imported. Seeded
 (tf_keras.utils.set_random_seed(0)), so the weights are the same every run.
 
 Writes:
-  keras2_tiny.h5    Sequential "keras2_tiny": conv1, conv2, flatten, dense;
-                    compiled adam + loss="mse", trained one step, so the file
-                    has optimizer_weights (and Keras 3.15 refuses to load it
-                    unless compile=False: "Could not locate function 'mse'").
-  keras2_convs.h5   Functional "keras2_convs", two inputs, with Conv2D,
-                    BatchNormalization, DepthwiseConv2D (variable named
-                    depthwise_kernel in Keras 2), SeparableConv2D,
-                    Conv2DTranspose, Conv1D, a nested Sequential "inner_block"
-                    (inner_conv, inner_bn, inner_post) and a FROZEN nested
-                    Functional "frozen_block" (frozen_conv, frozen_bn,
-                    frozen_post). Compiled adam + mse, trained one step.
-  keras2_mobilenetv2.h5 (--mobilenet)  tf_keras.applications.MobileNetV2(
+  keras2_tiny.h5    Sequential "keras2_tiny", input (8, 8, 1): conv1, conv2,
+                    flatten, dense; compiled adam + loss="mse", trained one
+                    step, so the file has optimizer_weights. Keras 3.15 loads
+                    it only with compile=False (with compile=True: "Could not
+                    deserialize 'keras.metrics.mse' because it is not a
+                    KerasSaveable subclass").
+  keras2_convs.h5   Functional "keras2_convs", inputs "image" (8, 8, 3) and
+                    "sequence" (8, 3): conv (Conv2D), bn (BatchNormalization),
+                    dwconv (DepthwiseConv2D, variable "depthwise_kernel"),
+                    sepconv (SeparableConv2D), inner_block (nested Sequential:
+                    inner_conv, inner_bn, inner_post), frozen_block (nested
+                    Functional, trainable=False: frozen_conv, frozen_bn,
+                    frozen_post), tconv (Conv2DTranspose, strides 2),
+                    conv1d (Conv1D), gap2d, gap1d, concat, head (Dense).
+                    Compiled adam + "mse", trained one step; then every
+                    BatchNormalization gets distinct values (gamma, beta,
+                    moving_mean, moving_variance all different), so mixing
+                    them up is detectable. Keras 3.15 cannot load_model it
+                    (compile=False too): "Unrecognized keyword arguments
+                    passed to DepthwiseConv2D: {'groups': 1}". Separately,
+                    Keras 3.15 also rejects tf-keras SeparableConv2D
+                    ('groups', kernel_initializer/regularizer/constraint) and
+                    Conv2DTranspose ('groups') configs, and a Keras 2 nested
+                    model called from an outer model (inbound node index 1):
+                    "The graph of the Functional model either has loops or
+                    disconnected nodes" (keras-team/keras#19669 mentions it).
+                    Its weights do load by position with Keras 3.15
+                    model.load_weights() into the same architecture built in
+                    Keras 3, and then every variable equals the dataset its
+                    weight_names entry names (checked).
+  /tmp/keras2_mobilenetv2.h5 (only with --mobilenet; NOT in the repo: 2.19 MB,
+                    423,018 params) tf_keras.applications.MobileNetV2(
                     alpha=0.35, input_shape=(96, 96, 3), weights=None,
-                    classes=10), not compiled. Keras 3.15 cannot load it:
+                    classes=10). Keras 3.15 load_model fails on it with
                     "Unrecognized keyword arguments passed to DepthwiseConv2D:
-                    {'groups': 1}".
+                    {'groups': 1}" (checked); keras2_convs.h5 fails the same way.
 
-What the files look like (checked with h5py):
+What the files look like (checked with h5py; printed by this script):
+  - file attrs keras_version="2.21.0", backend="tensorflow", model_config,
+    training_config; model_weights.attrs["layer_names"] lists every layer in
+    config order, weightless ones too (inputs, pooling, concat).
   - datasets are named with the ":0" suffix: model_weights/conv1/conv1/kernel:0,
-    and weight_names holds the same relative paths ("conv1/kernel:0",
-    "conv1/bias:0"); layer_names lists every layer, weightless ones too.
+    and weight_names holds the same paths relative to the layer group
+    ("conv1/kernel:0", "conv1/bias:0").
   - DepthwiseConv2D: "dwconv/depthwise_kernel:0", "dwconv/bias:0".
   - SeparableConv2D: "sepconv/depthwise_kernel:0", "sepconv/pointwise_kernel:0",
     "sepconv/bias:0".
-  - A nested model is one group under its own name, holding all its layers'
-    variables, named by the inner layer's name (no prefix of the nested model):
-      model_weights/inner_block/inner_conv/kernel:0 ...
-    weight_names order inside inner_block (trainable first, then
-    non-trainable):
+  - A nested model is ONE group under its own name holding all its layers'
+    variables, named by the inner layer's name without the nested model's
+    name: model_weights/inner_block/inner_conv/kernel:0.
+    weight_names inside inner_block (trainable first, then non-trainable):
       inner_conv/kernel:0, inner_conv/bias:0, inner_bn/gamma:0, inner_bn/beta:0,
       inner_post/kernel:0, inner_post/bias:0,
       inner_bn/moving_mean:0, inner_bn/moving_variance:0
-    inside the frozen frozen_block every variable is non-trainable and the
-    order is then layer by layer:
+    inside the frozen frozen_block every variable is non-trainable, so the
+    order is plain layer order (BN's moving statistics right after its
+    beta, before frozen_post):
       frozen_conv/kernel:0, frozen_conv/bias:0, frozen_bn/gamma:0,
       frozen_bn/beta:0, frozen_bn/moving_mean:0, frozen_bn/moving_variance:0,
       frozen_post/kernel:0, frozen_post/bias:0
-  - optimizer_weights/Adam/... holds iter:0 and the m/v slots named after the
-    variables ("Adam/conv/kernel/m:0").
-  (The script prints the real values; the lines above were copied from it.)
+  - optimizer_weights: weight_names "iteration:0", "Adam/m/conv1/kernel:0",
+    "Adam/v/conv1/kernel:0", ... (13 in keras2_tiny, 43 in keras2_convs).
 """
 
 import os
 import sys
+import tempfile
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -66,6 +90,7 @@ import tf_keras as keras  # noqa: E402
 from tf_keras import layers  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MOBILENET_PATH = os.path.join(tempfile.gettempdir(), "keras2_mobilenetv2.h5")
 
 
 def out(name):
@@ -160,7 +185,7 @@ def make_mobilenet():
     model = keras.applications.MobileNetV2(
         alpha=0.35, input_shape=(96, 96, 3), weights=None, classes=10
     )
-    model.save(out("keras2_mobilenetv2.h5"))
+    model.save(MOBILENET_PATH)
     return model
 
 
@@ -187,7 +212,7 @@ def main():
     describe(out("keras2_convs.h5"))
     if "--mobilenet" in sys.argv[1:]:
         m = make_mobilenet()
-        print("MobileNetV2 params", m.count_params(), "size", os.path.getsize(out("keras2_mobilenetv2.h5")))
+        print(MOBILENET_PATH, "params", m.count_params(), "size", os.path.getsize(MOBILENET_PATH))
 
 
 if __name__ == "__main__":
