@@ -160,6 +160,89 @@ def get(
     click.echo(f"wrote {output}: {export.layer.path} {names}", err=True)
 
 
+def _parse_pairs(values: list[str], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        name, equals, rest = value.partition("=")
+        if not equals or not name or not rest:
+            raise UsageError(f"{option} {value!r}: expected NAME=VALUE, e.g. {option} depthwise_kernel=dw.npy")
+        pairs.append((name.strip(), rest))
+    return pairs
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = [p for p in text.replace("x", ",").replace("(", "").replace(")", "").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape {text!r}: expected sizes without the batch axis, e.g. 64,64,3")
+    return shape
+
+
+@app.command("set")
+def set_command(
+    layer: LayerOpt,
+    model: Annotated[
+        Optional[str],
+        typer.Argument(help="A .keras or .h5 model; omitted or - reads it from stdin.", show_default=False),
+    ] = None,
+    kernel: Annotated[Optional[str], typer.Option("--kernel", help="SRC for the kernel: file.npy, file.npz:KEY, file.h5:PATH or - (stdin).", show_default=False)] = None,
+    bias: Annotated[Optional[str], typer.Option("--bias", help="SRC for the bias.", show_default=False)] = None,
+    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy (repeatable).")] = [],
+    kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
+    bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
+    weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initializers (drawn and reported when omitted).", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where the edited model goes (- for stdout). Replaced atomically.", show_default=False)] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL itself (atomically).")] = False,
+    no_smoke: Annotated[bool, typer.Option("--no-smoke", help="Skip the Keras load and forward-pass check.")] = False,
+    input_shape: Annotated[list[str], typer.Option("--input-shape", help="Smoke-test input size without batch, e.g. 64,64,3 (one per model input).")] = [],
+    unsafe: Annotated[bool, typer.Option("--unsafe", help="Let the smoke test load Lambda layers (runs code from the file).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and report what would change; write nothing.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Set variables of one convolution layer from arrays or initializers, then smoke-test."""
+    from .render import render_set_report, set_document, print_json
+    from .surgery import WeightRequest, choose_destination, set_weights
+
+    requests = []
+    if kernel is not None:
+        requests.append(WeightRequest(None, source=kernel))
+    if bias is not None:
+        requests.append(WeightRequest("bias", source=bias))
+    requests += [WeightRequest(name, source=src) for name, src in _parse_pairs(weight, "--weight")]
+    if kernel_init is not None:
+        requests.append(WeightRequest(None, init=kernel_init))
+    if bias_init is not None:
+        requests.append(WeightRequest("bias", init=bias_init))
+    requests += [WeightRequest(name, init=spec) for name, spec in _parse_pairs(weight_init, "--weight-init")]
+    shapes = [_parse_shape(s) for s in input_shape] or None
+    if model in (None, "-") and _stdin().isatty():
+        raise UsageError("no model given: pass MODEL, or pipe one in (`conv-surgeon set ... < in.keras`)")
+    destination = None
+    if not dry_run:
+        destination = choose_destination(model, output, in_place, _stdout())
+        if destination.stream is not None:
+            _refuse_terminal(destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
+    if not requests:
+        raise UsageError(
+            "no weight to set; give --kernel SRC, --bias SRC, --weight NAME=SRC, "
+            "--kernel-init SPEC, --bias-init SPEC or --weight-init NAME=SPEC"
+        )
+    report = set_weights(
+        _model_source(model or "-"), layer, requests, destination, seed=seed, smoke=not no_smoke,
+        input_shapes=shapes, unsafe=unsafe, stdin=_stdin(),
+    )
+    # When stdout carries the model, every report goes to stderr.
+    stream = sys.stderr if destination is not None and destination.stream is not None else sys.stdout
+    if json_output:
+        print_json(set_document(report), stream)
+    else:
+        render_set_report(report, stream)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="conv-surgeon")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +13,9 @@ from .catalogue import main_config
 from .modelfile import Layer
 from .naming import format_shape
 from .reading import InspectReport, VariableStats
+
+if TYPE_CHECKING:
+    from .surgery import SetReport
 
 SCHEMA_VERSION = 1
 
@@ -150,3 +153,72 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
                 )
         out.print(stats_table)
     out.print(f"{len(report.layers)} {kind}, {report.total_parameters:,} parameters")
+
+
+def set_document(report: SetReport) -> dict[str, Any]:
+    smoke = report.smoke
+    return {
+        "model": report.source,
+        "output": report.destination,
+        "dry_run": report.dry_run,
+        "layer": {"name": report.layer.name, "path": report.layer.path, "class": report.layer.class_name},
+        "changes": [
+            {
+                "variable": c.variable,
+                "shape": list(c.shape),
+                "dtype": c.dtype,
+                "source": c.origin,
+                "cast": c.cast,
+                "notes": list(c.notes),
+                "old_l2": c.old_l2,
+                "new_l2": c.new_l2,
+                "max_abs_change": c.max_abs_change,
+            }
+            for c in report.changes
+        ],
+        "seed": report.seed,
+        "seed_drawn": report.seed_drawn,
+        "smoke": None
+        if smoke is None
+        else {
+            "passed": True,
+            "inputs": [{"name": n, "shape": list(s)} for n, s in smoke.inputs],
+            "outputs": [{"name": o.name, "shape": list(o.shape), "min": o.min, "max": o.max} for o in smoke.outputs],
+            "checked_variables": smoke.checked_variables,
+            "notes": list(smoke.notes),
+        },
+        "smoke_skipped": smoke is None and not report.dry_run,
+    }
+
+
+def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
+    out = console(stream)
+    layer = report.layer
+    where = "would write (dry run)" if report.dry_run else f"wrote {report.destination}"
+    out.print(f"{report.source}: layer '{layer.path}' ({layer.class_name}); {where}")
+    table = Table()
+    for column in ("variable", "shape", "dtype", "source", "old L2", "new L2", "max |change|"):
+        table.add_column(column, no_wrap=True, justify="right" if "L2" in column or "|" in column else "left")
+    for c in report.changes:
+        table.add_row(c.variable, format_shape(c.shape), c.dtype, c.origin, f"{c.old_l2:.4g}",
+                      f"{c.new_l2:.4g}", f"{c.max_abs_change:.4g}")
+    out.print(table)
+    for c in report.changes:
+        if c.cast:
+            out.print(f"note: {c.variable}: cast {c.cast}")
+        for note in c.notes:
+            out.print(f"note: {c.variable}: {note}")
+    if report.seed_drawn:
+        out.print(f"seed: {report.seed} (drawn; pass --seed {report.seed} to repeat)")
+    smoke = report.smoke
+    if smoke is not None:
+        ins = ", ".join(format_shape(s) for _, s in smoke.inputs)
+        outs = ", ".join(f"{format_shape(o.shape)} in [{o.min:.4g}, {o.max:.4g}]" for o in smoke.outputs)
+        out.print(
+            f"smoke test passed: Keras loaded the model, input {ins} -> output {outs}, all finite; "
+            f"{smoke.checked_variables} edited variable(s) read back exactly"
+        )
+        for note in smoke.notes:
+            out.print(f"note: {note}")
+    elif not report.dry_run:
+        out.print("smoke test skipped (--no-smoke)")

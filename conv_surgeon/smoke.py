@@ -1,0 +1,233 @@
+"""The forward-pass smoke test of a written model. Keras is imported here, lazily.
+
+TensorFlow's start-up chatter comes from C++ before Python logging exists, so the
+only way to keep it off the user's terminal is to point file descriptor 2 at
+/dev/null around the import, the load and the forward pass (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SmokeTestError
+
+DEFAULT_SPATIAL = 32
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 (C++ logs) and Python warnings; restore both afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_keras() -> Any:
+    """Keras with TensorFlow's start-up noise kept off stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with quiet_stderr():
+        import keras
+
+        keras.utils.disable_interactive_logging()
+    return keras
+
+
+class KerasWarmUp:
+    """Import TensorFlow in the background while the model file is being written."""
+
+    def __init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="keras-import", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            import_keras()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+
+    def start(self) -> KerasWarmUp:
+        self._thread.start()
+        return self
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+@dataclass(frozen=True)
+class ExpectedValue:
+    """A variable the smoke test checks: where Keras holds it, and its intended value."""
+
+    layer_path: str
+    index: int  # position in the Keras layer's `weights`
+    name: str
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class OutputSummary:
+    name: str
+    shape: tuple[int, ...]
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+    outputs: tuple[OutputSummary, ...]
+    checked_variables: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _find_layer(model: Any, path: str) -> Any:
+    layer = model
+    for name in path.split("/"):
+        layer = layer.get_layer(name)
+    return layer
+
+
+def _input_shapes(model: Any, given: list[tuple[int, ...]] | None) -> tuple[list[tuple[int, ...]], list[str]]:
+    notes: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    symbolic = [tuple(t.shape) for t in model.inputs]
+    if given is not None and len(given) != len(symbolic):
+        raise SmokeTestError(
+            f"--input-shape: the model has {len(symbolic)} input(s) "
+            f"{', '.join(str(s) for s in symbolic)}, received {len(given)} shape(s); give "
+            "one --input-shape per input, without the batch axis"
+        )
+    for i, shape in enumerate(symbolic):
+        body = shape[1:]
+        if given is not None:
+            wanted = given[i]
+            if len(wanted) == len(shape):
+                wanted = wanted[1:]
+            if len(wanted) != len(body) or any(
+                d is not None and d != w for d, w in zip(body, wanted)
+            ):
+                raise SmokeTestError(
+                    f"--input-shape {tuple(wanted)} does not fit model input {i} "
+                    f"{shape} (batch axis excluded: {body}); give the sizes for its None axes"
+                )
+            shapes.append((1,) + tuple(int(w) for w in wanted))
+            continue
+        if any(d is None for d in body):
+            notes.append(
+                f"input {i} {shape}: unknown sizes set to {DEFAULT_SPATIAL}; use --input-shape to choose them"
+            )
+        shapes.append((1,) + tuple(DEFAULT_SPATIAL if d is None else int(d) for d in body))
+    return shapes, notes
+
+
+def _as_list(outputs: Any) -> list[Any]:
+    if isinstance(outputs, dict):
+        return list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return list(outputs)
+    return [outputs]
+
+
+def run_smoke_test(
+    path: Path,
+    expected: list[ExpectedValue],
+    *,
+    input_shapes: list[tuple[int, ...]] | None = None,
+    unsafe: bool = False,
+    seed: int = 0,
+) -> SmokeReport:
+    """Load ``path`` with Keras, run one seeded forward pass, check outputs and values."""
+    keras = import_keras()
+    with quiet_stderr():
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types; all mean "cannot load"
+            message = " ".join(str(exc).split())
+            if "safe_mode" in message or "Lambda" in message and "unsafe" in message.lower():
+                raise SmokeTestError(
+                    "the model holds a Lambda layer with Python code, which Keras refuses to "
+                    "load in safe mode; pass --unsafe if you trust this file, or --no-smoke "
+                    "to write it without the check"
+                ) from None
+            raise SmokeTestError(
+                f"Keras {keras.__version__} could not load the written model "
+                f"({type(exc).__name__}: {message[:300]}); the file was not written. "
+                "--no-smoke writes it without the check"
+            ) from None
+        shapes, notes = _input_shapes(model, input_shapes)
+        rng = np.random.default_rng(seed)
+        inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+        try:
+            outputs = _as_list(model(inputs if len(inputs) > 1 else inputs[0], training=False))
+        except Exception as exc:  # noqa: BLE001
+            raise SmokeTestError(
+                f"the forward pass failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                "nothing was written"
+            ) from None
+        arrays = [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
+        symbolic = [tuple(t.shape) for t in _as_list(model.outputs)]
+        checked = _check_variables(model, expected)
+    summaries = []
+    for i, (array, shape) in enumerate(zip(arrays, symbolic)):
+        name = f"output {i}"
+        if len(array.shape) != len(shape) or any(
+            d is not None and d != a for d, a in zip(shape, array.shape)
+        ):
+            raise SmokeTestError(
+                f"{name}: expected shape {shape}, received {array.shape}; nothing was written"
+            )
+        values = array.astype(np.float64)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise SmokeTestError(
+                f"{name} {array.shape}: {bad} of {values.size} values are NaN or Inf after the "
+                "edit (the new weights overflow); nothing was written"
+            )
+        summaries.append(OutputSummary(name, tuple(array.shape), float(values.min()), float(values.max())))
+    return SmokeReport(
+        inputs=tuple((f"input {i}", s) for i, s in enumerate(shapes)),
+        outputs=tuple(summaries),
+        checked_variables=checked,
+        notes=tuple(notes),
+    )
+
+
+def _check_variables(model: Any, expected: list[ExpectedValue]) -> int:
+    for item in expected:
+        try:
+            layer = _find_layer(model, item.layer_path)
+            loaded = np.asarray(layer.weights[item.index].numpy())
+        except (ValueError, IndexError, AttributeError) as exc:
+            raise SmokeTestError(
+                f"layer '{item.layer_path}' {item.name}: not found in the model Keras loaded "
+                f"({exc}); nothing was written"
+            ) from None
+        want = item.value.astype(np.float32)
+        got = loaded.astype(np.float32)
+        if got.shape != want.shape or not np.array_equal(got, want):
+            raise SmokeTestError(
+                f"layer '{item.layer_path}' {item.name}: Keras loaded values that differ from "
+                "the ones written; nothing was written (please report this bug)"
+            )
+    return len(expected)
