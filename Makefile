@@ -20,10 +20,14 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+DEMO_OUT := build/demo
+
 demo: install
+	mkdir -p $(DEMO_OUT)
 	$(CLI) inspect $(SAMPLE)
-	$(CLI) get $(SAMPLE) --layer conv1 -o /tmp/conv-surgeon-demo-conv1.npy
-	$(CLI) inspect $(SAMPLE) --json | head -n 12
+	$(CLI) get $(SAMPLE) --layer conv1 -o $(DEMO_OUT)/conv1_kernel.npy
+	$(CLI) set $(SAMPLE) --layer conv1 --kernel sample_models/sobel.npy --bias-init zeros -o $(DEMO_OUT)/tiny_cnn_sobel.keras
+	$(CLI) inspect $(DEMO_OUT)/tiny_cnn_sobel.keras --stats
 
 test: install-test
 	$(PY) -m pytest -q

@@ -8,6 +8,7 @@ only way to keep it off the user's terminal is to point file descriptor 2 at
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import warnings
@@ -69,8 +70,12 @@ class KerasWarmUp:
         self._thread.start()
         return self
 
-    def wait(self) -> None:
+    def join(self) -> None:
         self._thread.join()
+
+    def wait(self) -> None:
+        """Join, and raise what the import raised."""
+        self.join()
         if self._error is not None:
             raise self._error
 
@@ -141,6 +146,16 @@ def _input_shapes(model: Any, given: list[tuple[int, ...]] | None) -> tuple[list
     return shapes, notes
 
 
+def _load_failure_reason(exc: Exception, message: str) -> str:
+    """The cause Keras gives, without the layer config it prints around it."""
+    layer = re.search(r"deserializing class '([^']+)'", message)
+    cause = message.rsplit("Exception encountered:", 1)[-1].strip()
+    if len(cause) > 240:
+        cause = cause[:240] + "..."
+    prefix = f"{layer.group(1)}: " if layer and "Exception encountered:" in message else ""
+    return f"{prefix}{cause}" if cause else type(exc).__name__
+
+
 def _as_list(outputs: Any) -> list[Any]:
     if isinstance(outputs, dict):
         return list(outputs.values())
@@ -172,7 +187,7 @@ def run_smoke_test(
                 ) from None
             raise SmokeTestError(
                 f"Keras {keras.__version__} could not load the written model "
-                f"({type(exc).__name__}: {message[:300]}); the file was not written. "
+                f"({_load_failure_reason(exc, message)}), so it was not written; "
                 "--no-smoke writes it without the check"
             ) from None
         shapes, notes = _input_shapes(model, input_shapes)

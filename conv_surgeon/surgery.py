@@ -162,17 +162,23 @@ def set_weights(
 
     plan = plan_edits(source, {v.dataset: a.value for a, v in zip(assignments, edited)})
     warm_up = KerasWarmUp().start() if smoke else None
-    with _staging_file(destination, structure.format) as staged:
-        apply_edits(source, plan, staged)
-        _verify_written(staged, edited, assignments)
-        report = None
+    try:
+        with _staging_file(destination, structure.format) as staged:
+            apply_edits(source, plan, staged)
+            _verify_written(staged, edited, assignments)
+            report = None
+            if warm_up is not None:
+                warm_up.wait()
+                expected = [
+                    ExpectedValue(layer.path, v.index, v.name, a.value)
+                    for a, v in zip(assignments, edited)
+                ]
+                report = run_smoke_test(staged, expected, input_shapes=input_shapes, unsafe=unsafe)
+            _deliver(staged, destination)
+    finally:
         if warm_up is not None:
-            warm_up.wait()
-            expected = [
-                ExpectedValue(layer.path, v.index, v.name, a.value) for a, v in zip(assignments, edited)
-            ]
-            report = run_smoke_test(staged, expected, input_shapes=input_shapes, unsafe=unsafe)
-        _deliver(staged, destination)
+            # The import silences fd 2: let it finish before any error is printed.
+            warm_up.join()
     return SetReport(source.label, destination.label, layer, changes, seed_used, seed_drawn, report, False)
 
 
@@ -191,7 +197,8 @@ def _load_candidates(
     if source.path is None and any(r.source == "-" for r in requests):
         raise UsageError("the model is read from stdin, so no weight can be read from '-' too")
     specs = [(r, parse_initializer_spec(r.init)) for r in requests if r.init is not None]
-    seed_drawn = bool(specs) and seed is None
+    seeded = any(spec.takes_seed for _, spec in specs)
+    seed_drawn = seeded and seed is None
     if seed_drawn:
         seed = secrets.randbelow(2**31)
     candidates: list[tuple[str, np.ndarray, str]] = []
@@ -212,7 +219,7 @@ def _load_candidates(
             drawn = draw_initializer(spec, variable.shape, seed)
         origin = f"init {spec.text}" + (f" (seed {seed})" if spec.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
-    return candidates, seed if specs else None, seed_drawn
+    return candidates, seed if seeded else None, seed_drawn
 
 
 def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:
