@@ -23,7 +23,6 @@ import stat
 import struct
 import time
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from .catalogue import (
     conv_class,
     layer_variables,
 )
-from .errors import ModelFileError
+from .errors import ConvSurgeonError, ModelFileError
 from .naming import to_snake_case
 
 ModelFormat = Literal["keras", "h5"]
@@ -574,6 +573,8 @@ def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> Mod
 def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
     """Run ``work`` in a forked worker, killed after ``timeout`` seconds.
 
+    ``work``'s result and any :class:`ConvSurgeonError` it raises come back pickled.
+
     HDF5 can loop forever on a corrupt file inside C code that no Python signal can
     interrupt; a separate process is the only bound that always works.
     """
@@ -587,8 +588,8 @@ def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
         try:
             try:
                 payload = pickle.dumps(("ok", work()))
-            except ModelFileError as exc:
-                payload = pickle.dumps(("error", str(exc)))
+            except ConvSurgeonError as exc:
+                payload = pickle.dumps(("error", exc))
             except BaseException as exc:  # noqa: BLE001 - reported by the parent as a bug
                 payload = pickle.dumps(("bug", f"{type(exc).__name__}: {exc}"))
             with os.fdopen(write_end, "wb") as out:
@@ -628,7 +629,7 @@ def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
     if kind == "ok":
         return value  # type: ignore[no-any-return]
     if kind == "error":
-        raise ModelFileError(value)
+        raise value
     raise RuntimeError(f"reading {label} failed inside the worker: {value}")
 
 
@@ -636,22 +637,3 @@ def read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, 
     """The values of ``variables``, keyed by dataset path."""
     with open_weight_store(source) as (h5, _):
         return {v.dataset: read_dataset(h5[v.dataset]) for v in variables}
-
-
-def verify_member_crc(source: ModelSource, member: WeightMember) -> None:
-    """Refuse a `.keras` whose weight store fails its CRC (reading in place skips it)."""
-    crc = 0
-    with source.open_binary() as raw:
-        raw.seek(member.data_offset)
-        remaining = member.size
-        while remaining:
-            chunk = raw.read(min(remaining, 1 << 22))
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-            remaining -= len(chunk)
-    if remaining or crc != member.crc:
-        raise ModelFileError(
-            f"{source.label}: the weight store fails its zip CRC check (the archive is "
-            "corrupt); refusing to edit it, restore the file from a good copy"
-        )

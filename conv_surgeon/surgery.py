@@ -22,7 +22,15 @@ import numpy as np
 from .assign import Assignment, TargetVariable, plan_assignments
 from .errors import ConvSurgeonError, UsageError
 from .fileio import atomic_output, check_output_dir
-from .modelfile import Layer, ModelSource, Variable, read_structure, read_variables
+from .modelfile import (
+    PARSE_TIMEOUT_S,
+    Layer,
+    ModelSource,
+    Variable,
+    read_structure,
+    read_variables,
+    run_bounded,
+)
 from .naming import format_shape
 from .reading import main_kernel, resolve_layer, resolve_variable
 from .smoke import ExpectedValue, KerasWarmUp, SmokeReport, import_keras, quiet_stderr, run_smoke_test
@@ -205,8 +213,12 @@ def _load_candidates(
     for request in requests:
         variable = _variable_for(layer, request, source.label)
         name = variable.name if variable is not None else request.label
-        if request.source is not None:
-            loaded = load_source(request.source, stdin)
+        if request.source == "-":
+            loaded = load_source("-", stdin)
+        elif request.source is not None:
+            # An HDF5 source is untrusted input too: bound its parsing like a model's.
+            spec = request.source
+            loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
             candidates.append((name, loaded.array, loaded.origin))
     if specs:
         import_keras()
