@@ -375,12 +375,17 @@ def _keras_layers(
     entries = model_entry["config"]["layers"]
     is_sequential = model_entry.get("class_name") == "Sequential"
     children = prefix + "layers/"
+    # Each child's `vars` group, by store key, and the key each layer name maps to.
+    vars_groups: dict[str, h5py.Group] = {}
     by_name: dict[str, str] = {}
     group = h5.get(children.rstrip("/"))
     if isinstance(group, h5py.Group):
         for key, child in group.items():
             vars_group = child.get("vars") if isinstance(child, h5py.Group) else None
-            if vars_group is not None and "name" in vars_group.attrs:
+            if not isinstance(vars_group, h5py.Group):
+                continue
+            vars_groups[key] = vars_group
+            if "name" in vars_group.attrs:
                 by_name[_attr_text(vars_group.attrs["name"])] = key
     counters: dict[str, int] = {}
     for position, entry in enumerate(entries):
@@ -398,8 +403,8 @@ def _keras_layers(
         if _is_model_config(entry):
             yield from _keras_layers(h5, entry, layer_prefix, path + (name,))
             continue
-        vars_group = h5.get(layer_prefix + "vars")
-        if not isinstance(vars_group, h5py.Group) or len(vars_group) == 0:
+        vars_group = vars_groups.get(key)
+        if vars_group is None or len(vars_group) == 0:
             continue
         variables = _vars_of(vars_group, layer_prefix + "vars/", entry)
         yield Layer(name, "/".join(path + (name,)), str(entry.get("class_name")),

@@ -163,14 +163,15 @@ def set_weights(
     assignments = plan_assignments(_targets(layer), candidates)
     by_name = {v.name: v for v in layer.variables}
     edited = [by_name[a.target.name] for a in assignments]
-    old_values = read_variables(source, edited)
-    changes = tuple(_change(a, old_values[v.dataset]) for a, v in zip(assignments, edited))
     if destination is None:
+        changes = _changes(source, assignments, edited)
         return SetReport(source.label, None, layer, changes, seed_used, seed_drawn, None, True)
 
-    plan = plan_edits(source, {v.dataset: a.value for a, v in zip(assignments, edited)})
+    # Every value is valid: TensorFlow can start importing while the file is written.
     warm_up = KerasWarmUp().start() if smoke else None
     try:
+        changes = _changes(source, assignments, edited)
+        plan = plan_edits(source, {v.dataset: a.value for a, v in zip(assignments, edited)})
         with _staging_file(destination, structure.format) as staged:
             apply_edits(source, plan, staged)
             _verify_written(staged, edited, assignments)
@@ -232,6 +233,13 @@ def _load_candidates(
         origin = f"init {spec.text}" + (f" (seed {seed})" if spec.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
     return candidates, seed if seeded else None, seed_drawn
+
+
+def _changes(
+    source: ModelSource, assignments: list[Assignment], edited: list[Variable]
+) -> tuple[VariableChange, ...]:
+    old_values = read_variables(source, edited)
+    return tuple(_change(a, old_values[v.dataset]) for a, v in zip(assignments, edited))
 
 
 def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:
