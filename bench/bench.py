@@ -27,6 +27,19 @@ Sections
                      model, with the ratios of time, file size and layer count.
                      Time should follow the number of layers, not the bytes of
                      weights.
+    set              Replace the kernel of ResNet50's ``conv1_conv`` (7, 7, 3, 64) with
+                     a seeded random-normal array (``bench/.cache/conv1_conv_kernel_seed0
+                     .npy``, made once). Three cases, each writing its output into the
+                     cache folder (deleted after every run): (a) ``conv-surgeon set
+                     --layer conv1_conv --kernel K -o OUT`` with its smoke test (the
+                     default); (b) the same with ``--no-smoke``; (c) a plain-Keras script
+                     doing the same job: ``load_model(compile=False)`` (the file is saved
+                     uncompiled, so this changes nothing), ``set_weights([k, old_bias])``,
+                     ``model.save``, ``load_model`` of the result, one forward pass on a
+                     seeded (1, 224, 224, 3) input, outputs checked finite (stderr
+                     silenced). Ratio rows: (a)/(c) time <= 0.8x and peak RSS <= 1.0x;
+                     (b)/(c) time <= 0.15x. Misses print MISS, never fail the run; a
+                     non-zero exit of any run does (its stderr is shown, exit 1).
 
 Models
     ResNet50 (``keras.applications.ResNet50(weights=None)``) is built once, in a
@@ -54,9 +67,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -68,6 +82,12 @@ SAMPLE_TINY = ROOT / "sample_models" / "tiny_cnn.keras"
 CHILD_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 DEFAULT_REPEAT = 3
 INSPECT_SPEEDUP_TARGET = 15.0
+SET_LAYER = "conv1_conv"  # ResNet50's first conv: kernel (7, 7, 3, 64), with a bias
+SET_KERNEL_SHAPE = (7, 7, 3, 64)
+SET_SEED = 0
+SET_SMOKE_TIME_TARGET = 0.8  # (a)/(c): conv-surgeon set (smoke test on) vs plain Keras
+SET_NO_SMOKE_TIME_TARGET = 0.15  # (b)/(c): conv-surgeon set --no-smoke vs plain Keras
+SET_SMOKE_MEMORY_TARGET = 1.0  # (a)/(c): peak RSS
 
 
 # --------------------------------------------------------------------------- measuring
@@ -105,11 +125,23 @@ def run_once(cmd: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def measure(cmd: list[str], repeat: int = DEFAULT_REPEAT, warmup: int = 1) -> Measurement:
-    """Median wall time and largest peak RSS of `repeat` fresh runs of cmd."""
+def measure(cmd: list[str], repeat: int = DEFAULT_REPEAT, warmup: int = 1,
+            after: Callable[[], None] | None = None) -> Measurement:
+    """Median wall time and largest peak RSS of `repeat` fresh runs of cmd.
+
+    `after`, if given, runs after every run (warm-up included, failed ones too),
+    outside the timing: e.g. to delete what the command wrote.
+    """
+    def one() -> tuple[float, float]:
+        try:
+            return run_once(cmd)
+        finally:
+            if after is not None:
+                after()
+
     for _ in range(warmup):
-        run_once(cmd)
-    runs = [run_once(cmd) for _ in range(repeat)]
+        one()
+    runs = [one() for _ in range(repeat)]
     return Measurement(statistics.median(t for t, _ in runs), max(m for _, m in runs))
 
 
@@ -118,10 +150,10 @@ class Context:
     repeat: int
     _memo: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
 
-    def measure(self, cmd: list[str]) -> Measurement:
+    def measure(self, cmd: list[str], after: Callable[[], None] | None = None) -> Measurement:
         key = tuple(cmd)
         if key not in self._memo:
-            self._memo[key] = measure(cmd, self.repeat)
+            self._memo[key] = measure(cmd, self.repeat, after=after)
         return self._memo[key]
 
 
@@ -171,6 +203,26 @@ def tiny_model() -> Path:
         return SAMPLE_TINY
     print(f"note: {SAMPLE_TINY.relative_to(ROOT)} not found; using a built fallback", flush=True)
     return _build_cached("tiny_cnn.keras", BUILD_TINY)
+
+
+MAKE_KERNEL = """
+import sys, numpy as np
+shape, seed = tuple(int(d) for d in sys.argv[2].split(",")), int(sys.argv[3])
+np.save(sys.argv[1], np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+"""
+
+
+def set_kernel() -> Path:
+    """The replacement kernel for SET_LAYER: seeded random normal, float32, made once."""
+    path = CACHE / f"{SET_LAYER}_kernel_seed{SET_SEED}.npy"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f".{path.stem}.partial.npy"  # np.save would append .npy otherwise
+    run_once([PYTHON, "-c", MAKE_KERNEL, str(tmp), ",".join(map(str, SET_KERNEL_SHAPE)),
+              str(SET_SEED)])
+    tmp.replace(path)
+    return path
 
 
 def count_layers(path: Path) -> int:
@@ -255,9 +307,78 @@ def bench_inspect_scaling(ctx: Context) -> list[Row]:
     ]
 
 
+# The plain-Keras way to do what `conv-surgeon set` does, smoke test included.
+# stderr (fd 2: TensorFlow's C++ logs) goes to /dev/null; a failure's traceback is
+# written to the original stderr so the benchmark can still show it.
+KERAS_SET_KERNEL = """
+import os, sys, traceback
+saved = os.dup(2)
+devnull = os.open(os.devnull, os.O_WRONLY)
+os.dup2(devnull, 2)
+try:
+    import numpy as np, keras
+    src, layer_name, kernel_path, out = sys.argv[1:5]
+    model = keras.saving.load_model(src, compile=False)
+    layer = model.get_layer(layer_name)
+    kernel = np.load(kernel_path)
+    old_kernel, old_bias = layer.get_weights()
+    assert kernel.shape == old_kernel.shape, (kernel.shape, old_kernel.shape)
+    layer.set_weights([kernel, old_bias])
+    model.save(out)
+    reloaded = keras.saving.load_model(out, compile=False)
+    x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    y = keras.ops.convert_to_numpy(reloaded(x, training=False))
+    status = 0 if np.isfinite(y).all() else 3  # 3: the output holds NaN or Inf
+except BaseException:
+    os.write(saved, traceback.format_exc().encode())
+    status = 1
+sys.exit(status)  # a normal exit, as a user's script would; fd 2 stays silenced
+"""
+
+
+def _remover(path: Path) -> Callable[[], None]:
+    """Delete path and any staging file written beside it (``.NAME.*``)."""
+    def remove() -> None:
+        for leftover in [path, *path.parent.glob(f".{path.name}.*")]:
+            leftover.unlink(missing_ok=True)
+    return remove
+
+
+def bench_set(ctx: Context) -> list[Row]:
+    model, kernel = resnet50(), set_kernel()
+    outs = {case: CACHE / f"set-{case}.out.keras" for case in ("a", "b", "c")}
+    base = [CLI, "set", str(model), "--layer", SET_LAYER, "--kernel", str(kernel)]
+    try:
+        a = ctx.measure([*base, "-o", str(outs["a"])], after=_remover(outs["a"]))
+        b = ctx.measure([*base, "--no-smoke", "-o", str(outs["b"])], after=_remover(outs["b"]))
+        c = ctx.measure([PYTHON, "-c", KERAS_SET_KERNEL, str(model), SET_LAYER, str(kernel),
+                         str(outs["c"])], after=_remover(outs["c"]))
+    finally:  # e.g. after Ctrl-C mid-run
+        for out in outs.values():
+            _remover(out)()
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"target <= {target:g}x: {'PASS' if ratio <= target else 'MISS'}"
+
+    a_t, b_t, a_m = a.median_s / c.median_s, b.median_s / c.median_s, a.max_rss_mb / c.max_rss_mb
+    shape = "x".join(map(str, SET_KERNEL_SHAPE))
+    return [
+        ("set", "(a) conv-surgeon set", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
+         f"{SET_LAYER} kernel {shape}, smoke test on"),
+        ("set", "(b) conv-surgeon set --no-smoke", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}",
+         "no Keras import"),
+        ("set", "(c) keras set_weights+save+check", f"{c.median_s:.2f}", f"{c.max_rss_mb:.0f}",
+         "load_model(compile=False), save, reload, 1 forward pass"),
+        ("set", "ratio (a)/(c) time", f"{a_t:.2f}x", "", verdict(a_t, SET_SMOKE_TIME_TARGET)),
+        ("set", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, SET_NO_SMOKE_TIME_TARGET)),
+        ("set", "ratio (a)/(c) memory", "", f"{a_m:.2f}x", verdict(a_m, SET_SMOKE_MEMORY_TARGET)),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
+    "set": bench_set,
 }
 
 
