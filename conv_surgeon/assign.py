@@ -197,7 +197,7 @@ def _shape_hint(target: TargetVariable, received: tuple[int, ...]) -> str | None
     if received == torch_shape(target):
         layout = ", ".join(torch_axis_names(target))
         return (
-            f"this is the PyTorch/ONNX layout ({layout}); use --layout torch, or convert "
+            f"this is the PyTorch/ONNX layout ({layout}); convert it to the Keras layout "
             f"with {from_torch_code(target)}"
         )
     if _squeezed(received) == _squeezed(expected):

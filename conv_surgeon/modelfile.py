@@ -117,8 +117,8 @@ class ModelSource:
         data = stream.read()
         if not data:
             raise ModelFileError(
-                f"{label}: no model received (0 bytes); pipe a .keras or .h5 file in, "
-                "e.g. `conv-surgeon inspect - < model.keras`"
+                f"{label}: no model received (0 bytes); expected a .keras or .h5 file piped "
+                "in, e.g. `< model.keras`"
             )
         return cls(label=label, data=data)
 

@@ -146,6 +146,16 @@ def _input_shapes(model: Any, given: list[tuple[int, ...]] | None) -> tuple[list
     return shapes, notes
 
 
+def _seeded_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Random values an input of ``dtype`` accepts: noise for floats, 0/1 otherwise."""
+    if "float" in dtype:
+        return rng.standard_normal(shape).astype(np.float32)
+    if "int" in dtype or dtype == "bool":
+        # Small non-negative integers are valid token ids and lookup indices.
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return np.full(shape, "a" if dtype == "string" else 0, dtype=object if dtype == "string" else dtype)
+
+
 def _load_failure_reason(exc: Exception, message: str) -> str:
     """The cause Keras gives, without the layer config it prints around it."""
     layer = re.search(r"deserializing class '([^']+)'", message)
@@ -192,7 +202,8 @@ def run_smoke_test(
             ) from None
         shapes, notes = _input_shapes(model, input_shapes)
         rng = np.random.default_rng(seed)
-        inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+        dtypes = [str(t.dtype) for t in model.inputs]
+        inputs = [_seeded_input(rng, shape, dtype) for shape, dtype in zip(shapes, dtypes)]
         try:
             outputs = _as_list(model(inputs if len(inputs) > 1 else inputs[0], training=False))
         except Exception as exc:  # noqa: BLE001

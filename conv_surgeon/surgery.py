@@ -152,6 +152,8 @@ def set_weights(
             "--kernel-init SPEC, --bias-init SPEC or --weight-init NAME=SPEC"
         )
     structure = read_structure(source)
+    if destination is not None and destination.path is not None:
+        _check_suffix(destination.path, structure.format)
     layer = resolve_layer(structure, layer_query, source.label)
     if layer.conv is None:
         raise ConvSurgeonError(
@@ -191,6 +193,22 @@ def set_weights(
     return SetReport(source.label, destination.label, layer, changes, seed_used, seed_drawn, report, False)
 
 
+SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
+
+
+def _check_suffix(path: Path, fmt: str) -> None:
+    """Keras picks its loader by extension: an output must not claim the other format."""
+    suffix = path.suffix.lower()
+    other = "h5" if fmt == "keras" else "keras"
+    if suffix in SUFFIXES[other]:
+        kind = "a .keras archive" if fmt == "keras" else "a legacy .h5 file"
+        raise UsageError(
+            f"-o {path.name}: the model is {kind} and conv-surgeon keeps its format, but "
+            f"Keras would read a {suffix} name as the other format; name the output "
+            f"{path.with_suffix(SUFFIXES[fmt][0]).name}"
+        )
+
+
 def _load_candidates(
     source: ModelSource,
     layer: Layer,
@@ -212,15 +230,17 @@ def _load_candidates(
         seed = secrets.randbelow(2**31)
     candidates: list[tuple[str, np.ndarray, str]] = []
     for request in requests:
+        if request.source is None:
+            continue
         variable = _variable_for(layer, request, source.label)
         name = variable.name if variable is not None else request.label
         if request.source == "-":
             loaded = load_source("-", stdin)
-        elif request.source is not None:
+        else:
             # An HDF5 source is untrusted input too: bound its parsing like a model's.
             spec = request.source
             loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
-            candidates.append((name, loaded.array, loaded.origin))
+        candidates.append((name, loaded.array, loaded.origin))
     if specs:
         import_keras()
     for request, spec in specs:
@@ -228,9 +248,12 @@ def _load_candidates(
         if variable is None:
             candidates.append((request.label, np.zeros(0, np.float32), f"init {spec.text}"))
             continue
+        # Each variable draws from its own seed (the base seed + its position in the
+        # layer), so a kernel and a bias are independent and still reproducible.
+        variable_seed = None if seed is None else seed + variable.index
         with quiet_stderr():
-            drawn = draw_initializer(spec, variable.shape, seed)
-        origin = f"init {spec.text}" + (f" (seed {seed})" if spec.takes_seed else "")
+            drawn = draw_initializer(spec, variable.shape, variable_seed)
+        origin = f"init {spec.text}" + (f" (seed {variable_seed})" if spec.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
     return candidates, seed if seeded else None, seed_drawn
 

@@ -439,8 +439,6 @@ def test_pipeline_stdin_to_stdout_to_inspect(samples: Path, tmp_path: Path) -> N
     assert original["bias"].any()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `--kernel -` (a weight read from stdin) is read and then dropped: "
-                                       "nothing is set, the report lists no change, and the exit code is 0")
 def test_pipeline_get_into_set_kernel_from_stdin(cli, samples: Path, tmp_path: Path) -> None:
     put(tmp_path, samples / "tiny_cnn.keras", "a.keras")
     b = put(tmp_path, samples / "tiny_cnn.keras", "b.keras")
@@ -717,7 +715,7 @@ def test_no_weight_option_on_stdin_lists_the_options(cli, samples: Path) -> None
         assert option in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the PyTorch-layout hint tells to use `--layout torch`, which `set` does not have")
+
 def test_torch_layout_hint_names_only_options_that_exist(cli, samples: Path, tmp_path: Path) -> None:
     npy(tmp_path, "torch.npy", np.ones((8, 4, 3, 3), np.float32))
     result = cli("set", samples / "tiny_cnn.keras", "--layer", "conv2", "--kernel", tmp_path / "torch.npy",
@@ -731,8 +729,6 @@ def test_torch_layout_hint_names_only_options_that_exist(cli, samples: Path, tmp
 # --- stdin, weight sources, terminals, Keras 3.5 archives, output names ------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `--kernel -` (a weight read from stdin) is read and then dropped: "
-                                       "nothing is set, the report lists no change, and the exit code is 0")
 def test_kernel_from_stdin_dash(cli, samples: Path, tmp_path: Path) -> None:
     kernel = np.random.default_rng(4).standard_normal((3, 3, 1, 4)).astype(np.float32)
     buffer = io.BytesIO()
@@ -832,8 +828,6 @@ def test_refuses_to_write_a_model_to_a_terminal(samples: Path, tmp_path: Path) -
     assert listing(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: -o with the other format's suffix writes a file Keras cannot load, "
-                                       "while the report says the smoke test loaded it")
 @pytest.mark.parametrize("source, output", [("tiny_cnn.h5", "out.keras"), ("tiny_cnn.keras", "out.h5")])
 def test_output_suffix_of_the_other_format(cli, keras, samples: Path, tmp_path: Path, source: str, output: str) -> None:
     npy(tmp_path, "k.npy", np.ones((3, 3, 1, 4), np.float32))
@@ -850,8 +844,6 @@ def test_output_suffix_of_the_other_format(cli, keras, samples: Path, tmp_path: 
         assert listing(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one seed for every initializer in a call: the bias repeats the "
-                                       "kernel's first values (variables are not drawn independently)")
 def test_initializers_in_one_call_draw_independent_values(cli, samples: Path, tmp_path: Path) -> None:
     def run(name: str) -> dict[str, np.ndarray]:
         result = cli("set", samples / "tiny_cnn.keras", "--layer", "conv2", "--kernel-init", "random_normal",
@@ -865,8 +857,6 @@ def test_initializers_in_one_call_draw_independent_values(cli, samples: Path, tm
     assert not np.array_equal(first["bias"], first["kernel"].ravel()[:8])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the smoke test feeds float32 noise to every input, so a valid "
-                                       "model with a string input fails with exit 3 and cannot be written")
 def test_smoke_test_on_a_model_with_a_string_input(cli, keras, tmp_path: Path) -> None:
     text = keras.Input((6,), dtype="string", name="tokens")
     x = keras.layers.StringLookup(vocabulary=["a", "b", "c"], name="lookup")(text)
