@@ -6,12 +6,10 @@ built here with Keras; results are read back with h5py, zipfile and Keras. No mo
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import tempfile
@@ -21,6 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
+from helpers import copy_into, listing
 
 from conv_surgeon.modelfile import ModelSource
 from conv_surgeon.reading import get_weights
@@ -33,14 +33,6 @@ TF_NOISE = ("oneDNN", "cuda", "cuInit", "I0000", "E0000", "W0000", "absl", "Trac
 
 
 @pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras as keras_module
-
-    return keras_module
-
-
-@pytest.fixture(scope="module")
 def tf(keras):
     import tensorflow
 
@@ -48,21 +40,6 @@ def tf(keras):
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(folder: Path) -> dict[str, str]:
-    """Every file in ``folder``, hidden temporaries included, with its hash."""
-    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def put(folder: Path, src: Path, name: str | None = None) -> Path:
-    dst = folder / (name or src.name)
-    shutil.copyfile(src, dst)
-    return dst
 
 
 def npy(folder: Path, name: str, array: np.ndarray) -> Path:
@@ -369,7 +346,7 @@ def test_set_in_keras2_convs_h5_without_smoke(cli, data_dir: Path, tmp_path: Pat
 
 
 def test_keras2_convs_smoke_failure_explains_and_writes_nothing(cli, data_dir: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, data_dir / "keras2_convs.h5")
+    model = copy_into(tmp_path, data_dir / "keras2_convs.h5")
     npy(tmp_path, "k.npy", np.ones((3, 3, 3, 4), np.float32))
     before = listing(tmp_path)
     result = cli("set", model, "--layer", "conv", "--kernel", tmp_path / "k.npy", "-o", tmp_path / "out.h5")
@@ -394,7 +371,7 @@ def test_bfloat16_values_are_rounded_and_the_cast_reported(cli, samples: Path, t
 
 
 def test_separable_kernel_needs_weight_names(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "all_convs.keras")
+    model = copy_into(tmp_path, samples / "all_convs.keras")
     npy(tmp_path, "k.npy", np.ones((3, 3, 8, 1), np.float32))
     before = listing(tmp_path)
     result = cli("set", model, "--layer", "sep2d", "--kernel", tmp_path / "k.npy", "-o", tmp_path / "out.keras")
@@ -406,7 +383,7 @@ def test_separable_kernel_needs_weight_names(cli, samples: Path, tmp_path: Path)
 
 
 def test_pipeline_stdin_to_stdout_to_inspect(samples: Path, tmp_path: Path) -> None:
-    put(tmp_path, samples / "tiny_cnn.keras", "in.keras")
+    copy_into(tmp_path, samples / "tiny_cnn.keras", "in.keras")
     kernel = np.random.default_rng(7).standard_normal((3, 3, 1, 4)).astype(np.float32)
     npy(tmp_path, "k.npy", kernel)
     # `tee` copies each middle stdout to a file so that it can be checked; it changes nothing.
@@ -440,8 +417,8 @@ def test_pipeline_stdin_to_stdout_to_inspect(samples: Path, tmp_path: Path) -> N
 
 
 def test_pipeline_get_into_set_kernel_from_stdin(cli, samples: Path, tmp_path: Path) -> None:
-    put(tmp_path, samples / "tiny_cnn.keras", "a.keras")
-    b = put(tmp_path, samples / "tiny_cnn.keras", "b.keras")
+    copy_into(tmp_path, samples / "tiny_cnn.keras", "a.keras")
+    b = copy_into(tmp_path, samples / "tiny_cnn.keras", "b.keras")
     other = np.full((3, 3, 1, 4), 0.5, np.float32)
     assert cli("set", b, "--layer", "conv1", "--kernel", npy(tmp_path, "other.npy", other),
                "--in-place", "--no-smoke").exit_code == 0
@@ -460,7 +437,7 @@ def test_pipeline_get_into_set_kernel_from_stdin(cli, samples: Path, tmp_path: P
 
 
 def test_dry_run_reports_the_change_and_writes_nothing(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "tiny_cnn.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn.keras")
     kernel = np.random.default_rng(9).standard_normal((3, 3, 1, 4)).astype(np.float32)
     npy(tmp_path, "k.npy", kernel)
     old = weights(model, "conv1")
@@ -486,7 +463,7 @@ def test_dry_run_reports_the_change_and_writes_nothing(cli, samples: Path, tmp_p
 
 
 def test_json_report_is_one_object_with_a_schema(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "tiny_cnn.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn.keras")
     result = cli("set", model, "--layer", "conv3", "--bias-init", "constant:value=0.1", "-o", tmp_path / "o.keras", "--json")
     assert result.exit_code == 0 and result.stderr == ""
     doc = json.loads(result.stdout)  # one object, nothing else on stdout
@@ -525,7 +502,7 @@ def test_no_smoke_says_it_was_skipped(cli, samples: Path, tmp_path: Path) -> Non
 
 
 def test_model_path_without_output_is_a_usage_error(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "tiny_cnn.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn.keras")
     npy(tmp_path, "k.npy", np.ones((3, 3, 1, 4), np.float32))
     before = listing(tmp_path)
     result = cli("set", model, "--layer", "conv1", "--kernel", tmp_path / "k.npy")
@@ -536,7 +513,7 @@ def test_model_path_without_output_is_a_usage_error(cli, samples: Path, tmp_path
 @pytest.mark.parametrize("spelling", ["same", "dot", "absolute", "symlink"])
 def test_output_naming_the_input_says_use_in_place(cli, samples: Path, tmp_path: Path, monkeypatch, spelling: str) -> None:
     monkeypatch.chdir(tmp_path)
-    put(tmp_path, samples / "tiny_cnn.keras", "m.keras")
+    copy_into(tmp_path, samples / "tiny_cnn.keras", "m.keras")
     npy(tmp_path, "k.npy", np.ones((3, 3, 1, 4), np.float32))
     if spelling == "symlink":
         os.symlink("m.keras", tmp_path / "link.keras")
@@ -548,7 +525,7 @@ def test_output_naming_the_input_says_use_in_place(cli, samples: Path, tmp_path:
 
 
 def test_in_place_updates_the_file_and_leaves_no_temp_files(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "tiny_cnn.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn.keras")
     os.chmod(model, 0o640)
     kernel = np.full((3, 3, 1, 4), 2.0, np.float32)
     npy(tmp_path, "k.npy", kernel)
@@ -583,7 +560,7 @@ def test_missing_output_directory_is_an_error(cli, samples: Path, tmp_path: Path
 
 
 def test_failed_in_place_leaves_the_input_and_no_temp(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "tiny_cnn_lambda.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn_lambda.keras")
     npy(tmp_path, "k.npy", np.ones((3, 3, 1, 4), np.float32))
     before = listing(tmp_path)
     result = cli("set", model, "--layer", "conv1", "--kernel", tmp_path / "k.npy", "--in-place")
@@ -607,9 +584,9 @@ def test_failed_stdin_to_stdout_writes_no_byte_and_leaves_no_temp(cli, samples: 
 
 def _bad_inputs(folder: Path, samples: Path) -> None:
     """Every file the bad-input cases name, written into ``folder``."""
-    put(folder, samples / "tiny_cnn.keras", "tiny.keras")
-    put(folder, samples / "all_convs.keras", "convs.keras")
-    put(folder, samples / "tiny_cnn_lambda.keras", "lambda.keras")
+    copy_into(folder, samples / "tiny_cnn.keras", "tiny.keras")
+    copy_into(folder, samples / "all_convs.keras", "convs.keras")
+    copy_into(folder, samples / "tiny_cnn_lambda.keras", "lambda.keras")
     npy(folder, "k.npy", np.ones((3, 3, 1, 4), np.float32))
     npy(folder, "wrong.npy", np.ones((3, 3, 3, 4), np.float32))
     npy(folder, "torch.npy", np.ones((8, 4, 3, 3), np.float32))  # conv2 is (3, 3, 4, 8)
@@ -715,7 +692,6 @@ def test_no_weight_option_on_stdin_lists_the_options(cli, samples: Path) -> None
         assert option in result.stderr
 
 
-
 def test_torch_layout_hint_names_only_options_that_exist(cli, samples: Path, tmp_path: Path) -> None:
     npy(tmp_path, "torch.npy", np.ones((8, 4, 3, 3), np.float32))
     result = cli("set", samples / "tiny_cnn.keras", "--layer", "conv2", "--kernel", tmp_path / "torch.npy",
@@ -742,7 +718,7 @@ def test_kernel_from_stdin_dash(cli, samples: Path, tmp_path: Path) -> None:
 
 
 def test_kernel_from_empty_stdin_is_refused(cli, samples: Path, tmp_path: Path) -> None:
-    model = put(tmp_path, samples / "tiny_cnn.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn.keras")
     before = listing(tmp_path)
     result = cli("set", model, "--layer", "conv1", "--kernel", "-", "-o", tmp_path / "out.keras", "--no-smoke", input=b"")
     assert_one_error_line(result, 1, "stdin", "empty")
@@ -767,7 +743,7 @@ def test_model_from_stdin_to_an_output_file(cli, samples: Path, tmp_path: Path) 
 
 
 def test_failure_leaves_an_existing_output_file_as_it_was(cli, samples: Path, tmp_path: Path) -> None:
-    target = put(tmp_path, samples / "all_convs.keras", "existing.keras")
+    target = copy_into(tmp_path, samples / "all_convs.keras", "existing.keras")
     npy(tmp_path, "k.npy", np.full((3, 3, 1, 4), 3e38, np.float32))
     before = listing(tmp_path)
     result = cli("set", samples / "tiny_cnn.keras", "--layer", "conv1", "--kernel", tmp_path / "k.npy", "-o", target)
@@ -789,7 +765,7 @@ def test_set_in_a_keras35_archive_without_name_attributes(cli, data_dir: Path, t
 
 def test_sources_npz_key_and_h5_dataset_of_another_model(cli, samples: Path, data_dir: Path, tmp_path: Path) -> None:
     """Port conv1 from a tf-keras 2 .h5 (dataset names end in ':0') and from an .npz bank."""
-    model = put(tmp_path, samples / "tiny_cnn.keras")
+    model = copy_into(tmp_path, samples / "tiny_cnn.keras")
     with h5py.File(data_dir / "keras2_tiny.h5", "r") as h5:
         keras2_kernel = h5["model_weights/conv1/conv1/kernel:0"][()]
     bias = np.linspace(-1, 1, 4, dtype=np.float32)
@@ -806,7 +782,7 @@ def test_sources_npz_key_and_h5_dataset_of_another_model(cli, samples: Path, dat
 def test_refuses_to_write_a_model_to_a_terminal(samples: Path, tmp_path: Path) -> None:
     import pty
 
-    put(tmp_path, samples / "tiny_cnn.keras", "in.keras")
+    copy_into(tmp_path, samples / "tiny_cnn.keras", "in.keras")
     npy(tmp_path, "k.npy", np.ones((3, 3, 1, 4), np.float32))
     before = listing(tmp_path)
     master, slave = pty.openpty()

@@ -6,11 +6,8 @@ read back with h5py, zipfile and Keras itself. No mocks.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -24,6 +21,8 @@ from conv_surgeon.errors import (
     SmokeTestError,
     UsageError,
 )
+from helpers import copy_into, listing
+
 from conv_surgeon.modelfile import ModelSource, read_structure
 from conv_surgeon.reading import get_weights
 from conv_surgeon.smoke import ExpectedValue, run_smoke_test
@@ -38,29 +37,6 @@ from conv_surgeon.writer import apply_edits, plan_edits
 SOBEL = np.repeat(
     np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[:, :, None, None], 4, axis=3
 )
-
-
-@pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras as keras_module
-
-    return keras_module
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(folder: Path) -> dict[str, str]:
-    """Every file in ``folder`` (hidden ones too) with its hash."""
-    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def copy_sample(src: Path, folder: Path, name: str | None = None) -> Path:
-    dst = folder / (name or src.name)
-    shutil.copyfile(src, dst)
-    return dst
 
 
 def value_of(path: Path, layer: str, weight: str | None = None) -> np.ndarray:
@@ -172,7 +148,7 @@ def test_h5_edit_keeps_every_other_dataset_and_every_attribute(keras, samples: P
 
 def test_corrupt_weight_store_is_refused_not_laundered(samples: Path, tmp_path: Path) -> None:
     """A flipped byte inside model.weights.h5 fails the zip CRC: no fresh CRC for it."""
-    bad = copy_sample(samples / "tiny_cnn.keras", tmp_path, "bad.keras")
+    bad = copy_into(tmp_path, samples / "tiny_cnn.keras", "bad.keras")
     with zipfile.ZipFile(bad) as archive:
         info = archive.getinfo("model.weights.h5")
     with open(bad, "rb") as handle:
@@ -221,7 +197,7 @@ def test_plan_edits_refuses_a_value_of_another_shape(samples: Path) -> None:
 
 
 def test_dry_run_reports_the_change_and_writes_nothing(samples: Path, tmp_path: Path) -> None:
-    src = copy_sample(samples / "tiny_cnn.keras", tmp_path)
+    src = copy_into(tmp_path, samples / "tiny_cnn.keras")
     save_npy(tmp_path / "k.npy", SOBEL)
     before = listing(tmp_path)
     old = value_of(src, "conv1")
@@ -299,7 +275,7 @@ def test_set_weights_refuses_a_non_convolution(samples: Path, tmp_path: Path) ->
 
 
 def test_in_place_destination_updates_the_file_and_leaves_no_temp(samples: Path, tmp_path: Path) -> None:
-    model = copy_sample(samples / "tiny_cnn.h5", tmp_path)
+    model = copy_into(tmp_path, samples / "tiny_cnn.h5")
     src = save_npy(tmp_path / "k.npy", SOBEL)
     names = sorted(p.name for p in tmp_path.iterdir())
     destination = choose_destination(str(model), None, True, io.BytesIO())
@@ -321,7 +297,7 @@ def test_in_place_destination_updates_the_file_and_leaves_no_temp(samples: Path,
 )
 def test_choose_destination_usage_errors(samples: Path, tmp_path: Path, monkeypatch, model, output, in_place, message) -> None:
     monkeypatch.chdir(tmp_path)
-    copy_sample(samples / "tiny_cnn.keras", tmp_path, "m.keras")
+    copy_into(tmp_path, samples / "tiny_cnn.keras", "m.keras")
     with pytest.raises(UsageError) as info:
         choose_destination(model, output, in_place, io.BytesIO())
     assert message in str(info.value) and info.value.exit_code == 2
@@ -361,7 +337,7 @@ def test_smoke_test_detects_values_that_differ(samples: Path) -> None:
 
 
 def test_smoke_test_explains_why_keras_cannot_load_a_keras2_file(data_dir: Path, tmp_path: Path) -> None:
-    path = copy_sample(data_dir / "keras2_convs.h5", tmp_path)
+    path = copy_into(tmp_path, data_dir / "keras2_convs.h5")
     with pytest.raises(SmokeTestError) as info:
         run_smoke_test(path, [])
     message = str(info.value)
