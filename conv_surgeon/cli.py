@@ -205,7 +205,7 @@ def set_command(
 ) -> None:
     """Set variables of one convolution layer from arrays or initializers, then smoke-test."""
     from .render import render_set_report, set_document, print_json
-    from .surgery import WeightRequest, choose_destination, set_weights
+    from .surgery import WeightRequest, choose_destination, require_requests, set_weights
 
     requests = []
     if kernel is not None:
@@ -218,6 +218,7 @@ def set_command(
     if bias_init is not None:
         requests.append(WeightRequest("bias", init=bias_init))
     requests += [WeightRequest(name, init=spec) for name, spec in _parse_pairs(weight_init, "--weight-init")]
+    require_requests(requests)
     shapes = [_parse_shape(s) for s in input_shape] or None
     if model in (None, "-") and _stdin().isatty():
         raise UsageError("no model given: pass MODEL, or pipe one in (`conv-surgeon set ... < in.keras`)")
@@ -226,11 +227,6 @@ def set_command(
         destination = choose_destination(model, output, in_place, _stdout())
         if destination.stream is not None:
             _refuse_terminal(destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
-    if not requests:
-        raise UsageError(
-            "no weight to set; give --kernel SRC, --bias SRC, --weight NAME=SRC, "
-            "--kernel-init SPEC, --bias-init SPEC or --weight-init NAME=SPEC"
-        )
     report = set_weights(
         _model_source(model or "-"), layer, requests, destination, seed=seed, smoke=not no_smoke,
         input_shapes=shapes, unsafe=unsafe, stdin=_stdin(),

@@ -115,6 +115,15 @@ def choose_destination(
     return Destination(path=out)
 
 
+def require_requests(requests: list[WeightRequest]) -> None:
+    """Naming a layer but no weight is a usage error that lists the weight options."""
+    if not requests:
+        raise UsageError(
+            "no weight to set; give --kernel SRC, --bias SRC, --weight NAME=SRC, "
+            "--kernel-init SPEC, --bias-init SPEC or --weight-init NAME=SPEC"
+        )
+
+
 def _targets(layer: Layer) -> list[TargetVariable]:
     conv = layer.conv
     assert conv is not None
@@ -146,11 +155,7 @@ def set_weights(
     >>> set_weights(ModelSource.from_path("in.keras"), "conv1",
     ...             [WeightRequest(None, source="k.npy")], Destination(Path("out.keras")))
     """
-    if not requests:
-        raise UsageError(
-            "no weight to set; give --kernel SRC, --bias SRC, --weight NAME=SRC, "
-            "--kernel-init SPEC, --bias-init SPEC or --weight-init NAME=SPEC"
-        )
+    require_requests(requests)
     structure = read_structure(source)
     if destination is not None and destination.path is not None:
         _check_suffix(destination.path, structure.format)
