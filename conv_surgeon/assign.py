@@ -197,8 +197,8 @@ def _shape_hint(target: TargetVariable, received: tuple[int, ...]) -> str | None
     if received == torch_shape(target):
         layout = ", ".join(torch_axis_names(target))
         return (
-            f"this is the PyTorch/ONNX layout ({layout}); convert it to the Keras layout "
-            f"with {from_torch_code(target)}"
+            f"this is the PyTorch/ONNX layout ({layout}); pass --layout torch, or convert "
+            f"it to the Keras layout with {from_torch_code(target)}"
         )
     if _squeezed(received) == _squeezed(expected):
         verb = "np.squeeze(a)" if 1 not in expected else f"np.reshape(a, {format_shape(expected)})"

@@ -99,6 +99,13 @@ def _refuse_terminal(stream: BinaryIO, what: str, hint: str) -> None:
 
 ModelArg = Annotated[str, typer.Argument(help="A .keras or .h5 model file, or - for stdin.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+LayoutOpt = Annotated[
+    str,
+    typer.Option(
+        "--layout",
+        help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.",
+    ),
+]
 LayerOpt = Annotated[
     str,
     typer.Option("--layer", "-l", help="Layer name, or a path outer/inner/conv1 where names repeat.", show_default=False),
@@ -135,6 +142,7 @@ def get(
         Optional[str],
         typer.Option("--output", "-o", help="FILE.npy, FILE.npz (all of the layer's variables) or - for stdout.", show_default=False),
     ] = None,
+    layout: LayoutOpt = "keras",
 ) -> None:
     """Write one variable of a layer as .npy (or all of them as .npz)."""
     from .fileio import npy_bytes, npz_bytes, write_atomically
@@ -143,7 +151,9 @@ def get(
     to_npz = output is not None and output.endswith(".npz")
     if output in (None, "-"):
         _refuse_terminal(_stdout(), "a .npy array", "use -o FILE.npy or pipe the output")
-    export = get_weights(_model_source(model), layer, weight=weight, every=to_npz and weight is None)
+    export = get_weights(
+        _model_source(model), layer, weight=weight, every=to_npz and weight is None, layout=layout
+    )
     for note in export.notes:
         click.echo(f"note: {note}", err=True)
     if to_npz:
@@ -202,10 +212,26 @@ def set_command(
     unsafe: Annotated[bool, typer.Option("--unsafe", help="Let the smoke test load Lambda layers (runs code from the file).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and report what would change; write nothing.")] = False,
     json_output: JsonOpt = False,
+    layout: LayoutOpt = "keras",
+    donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also run the original model on the same inputs and report how the outputs differ.")] = False,
+    expect_same: Annotated[bool, typer.Option("--expect-same", help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")] = False,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for --expect-same.")] = 1e-5,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for --expect-same.")] = 1e-5,
+    save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)] = None,
+    load_inputs: Annotated[Optional[Path], typer.Option("--load-inputs", help="Smoke-test on the arrays of FILE.npz (keys input_0, ... or input names).", show_default=False)] = None,
 ) -> None:
-    """Set variables of one convolution layer from arrays or initializers, then smoke-test."""
+    """Set variables of one convolution layer from arrays, initializers or another model, then smoke-test."""
     from .render import render_set_report, set_document, print_json
-    from .surgery import WeightRequest, choose_destination, require_requests, set_weights
+    from .smoke import Tolerance
+    from .surgery import (
+        SmokeOptions,
+        WeightRequest,
+        choose_destination,
+        parse_donor,
+        require_requests,
+        set_weights,
+    )
 
     requests = []
     if kernel is not None:
@@ -218,8 +244,21 @@ def set_command(
     if bias_init is not None:
         requests.append(WeightRequest("bias", init=bias_init))
     requests += [WeightRequest(name, init=spec) for name, spec in _parse_pairs(weight_init, "--weight-init")]
-    require_requests(requests)
-    shapes = [_parse_shape(s) for s in input_shape] or None
+    donor_spec = parse_donor(donor) if donor is not None else None
+    require_requests(requests, donor_spec)
+    if expect_same and not compare:
+        raise UsageError("--expect-same needs --compare (it checks the comparison's result)")
+    if no_smoke and (compare or load_inputs or save_inputs):
+        raise UsageError("--compare, --load-inputs and --save-inputs run Keras; drop --no-smoke")
+    checks = SmokeOptions(
+        enabled=not no_smoke,
+        input_shapes=[_parse_shape(s) for s in input_shape] or None,
+        unsafe=unsafe,
+        compare=compare,
+        expect_same=Tolerance(atol, rtol) if expect_same else None,
+        load_inputs=load_inputs,
+        save_inputs=save_inputs,
+    )
     if model in (None, "-") and _stdin().isatty():
         raise UsageError("no model given: pass MODEL, or pipe one in (`conv-surgeon set ... < in.keras`)")
     destination = None
@@ -228,8 +267,8 @@ def set_command(
         if destination.stream is not None:
             _refuse_terminal(destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
     report = set_weights(
-        _model_source(model or "-"), layer, requests, destination, seed=seed, smoke=not no_smoke,
-        input_shapes=shapes, unsafe=unsafe, stdin=_stdin(),
+        _model_source(model or "-"), layer, requests, destination, seed=seed, stdin=_stdin(),
+        layout=layout, donor=donor_spec, checks=checks,
     )
     # When stdout carries the model, every report goes to stderr.
     stream = sys.stderr if destination is not None and destination.stream is not None else sys.stdout

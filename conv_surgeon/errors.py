@@ -6,6 +6,8 @@ single line that says what was expected, what was received and what to do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ConvSurgeonError(Exception):
     """A user-facing failure: bad input, refused operation. Exit code 1."""
@@ -37,6 +39,20 @@ class InitializerError(ConvSurgeonError):
 
 class AssignmentError(ConvSurgeonError):
     """A candidate array does not fit the variable it is meant for."""
+
+
+class PlanError(ConvSurgeonError):
+    """The plan file is unreadable, not JSON or TOML, or lists invalid edits; nothing is changed.
+
+    A plan is all or nothing, so this error carries every problem found, each starting
+    with its place in the plan (``edits[2].weights.kernel: ...``). The message is the
+    plan's name and the count on the first line, then one problem a line; a plan that
+    cannot be parsed at all has one problem and a one-line message.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str]) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class SmokeTestError(ConvSurgeonError):

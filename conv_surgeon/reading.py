@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .catalogue import stored_name_matches
 from .errors import ConvSurgeonError, LayerNotFoundError
 from .modelfile import Layer, ModelSource, ModelStructure, Variable, read_structure, read_variables
+
+if TYPE_CHECKING:
+    from .assign import TargetVariable
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,16 @@ def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> L
     )
 
 
+def layer_targets(layer: Layer) -> list[TargetVariable]:
+    """The assignment engine's view of a convolution layer's variables."""
+    from .assign import TargetVariable
+
+    conv = layer.conv
+    if conv is None:
+        raise ConvSurgeonError(f"layer '{layer.path}' is a {layer.class_name}, not a convolution")
+    return [TargetVariable(layer.path, v.name, v.shape, v.dtype, conv) for v in layer.variables]
+
+
 def resolve_variable(layer: Layer, name: str, source_label: str) -> Variable:
     """The layer's variable called ``name`` (Keras 2 and 3 names both work)."""
     for variable in layer.variables:
@@ -141,9 +155,17 @@ class WeightsExport:
 
 
 def get_weights(
-    source: ModelSource, layer_query: str, *, weight: str | None = None, every: bool = False
+    source: ModelSource,
+    layer_query: str,
+    *,
+    weight: str | None = None,
+    every: bool = False,
+    layout: str = "keras",
 ) -> WeightsExport:
-    """One variable of a layer (the kernel by default), or all of them with ``every``."""
+    """One variable of a layer (the kernel by default), or all of them with ``every``.
+
+    ``layout="torch"`` exports convolution variables in PyTorch / ONNX layout.
+    """
     structure = read_structure(source)
     layer = resolve_layer(structure, layer_query, source.label)
     if every:
@@ -154,11 +176,18 @@ def get_weights(
         chosen = [main_kernel(layer, source.label)]
     else:
         chosen = [layer.variables[0]]
+    if layout not in ("keras", "torch"):
+        raise ConvSurgeonError(f"--layout {layout}: expected keras or torch")
+    targets = {t.name: t for t in layer_targets(layer)} if layout == "torch" else {}
     values = read_variables(source, chosen)
     arrays: dict[str, np.ndarray] = {}
     notes: list[str] = []
     for variable in chosen:
         value = values[variable.dataset]
+        if layout == "torch":
+            from .layout import to_torch
+
+            value = to_torch(targets[variable.name], value)
         if variable.dtype == "bfloat16":
             # .npy has no bfloat16; float32 holds every bfloat16 value exactly.
             value = value.astype(np.float32)

@@ -157,13 +157,16 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
 
 def set_document(report: SetReport) -> dict[str, Any]:
     smoke = report.smoke
+    layers = [{"name": x.name, "path": x.path, "class": x.class_name} for x in report.layers]
     return {
         "model": report.source,
         "output": report.destination,
         "dry_run": report.dry_run,
-        "layer": {"name": report.layer.name, "path": report.layer.path, "class": report.layer.class_name},
+        "layer": layers[0],
+        "layers": layers,
         "changes": [
             {
+                "layer": c.layer,
                 "variable": c.variable,
                 "shape": list(c.shape),
                 "dtype": c.dtype,
@@ -186,6 +189,11 @@ def set_document(report: SetReport) -> dict[str, Any]:
             "outputs": [{"name": o.name, "shape": list(o.shape), "min": o.min, "max": o.max} for o in smoke.outputs],
             "checked_variables": smoke.checked_variables,
             "notes": list(smoke.notes),
+            "comparison": [
+                {"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "mean_abs": c.mean_abs,
+                 "cosine": c.cosine}
+                for c in smoke.comparisons
+            ],
         },
         "smoke_skipped": smoke is None and not report.dry_run,
     }
@@ -193,21 +201,27 @@ def set_document(report: SetReport) -> dict[str, Any]:
 
 def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
     out = console(stream)
-    layer = report.layer
     where = "would write (dry run)" if report.dry_run else f"wrote {report.destination}"
-    out.print(f"{report.source}: layer '{layer.path}' ({layer.class_name}); {where}")
+    names = ", ".join(f"'{layer.path}' ({layer.class_name})" for layer in report.layers)
+    noun = "layer" if len(report.layers) == 1 else f"{len(report.layers)} layers"
+    out.print(f"{report.source}: {noun} {names}; {where}")
     table = Table()
-    for column in ("variable", "shape", "dtype", "source", "old L2", "new L2", "max |change|"):
+    several = len(report.layers) > 1
+    columns = (("layer",) if several else ()) + (
+        "variable", "shape", "dtype", "source", "old L2", "new L2", "max |change|")
+    for column in columns:
         table.add_column(column, no_wrap=True, justify="right" if "L2" in column or "|" in column else "left")
     for c in report.changes:
-        table.add_row(c.variable, format_shape(c.shape), c.dtype, c.origin, f"{c.old_l2:.4g}",
-                      f"{c.new_l2:.4g}", f"{c.max_abs_change:.4g}")
+        row = (c.variable, format_shape(c.shape), c.dtype, c.origin, f"{c.old_l2:.4g}",
+               f"{c.new_l2:.4g}", f"{c.max_abs_change:.4g}")
+        table.add_row(*(((c.layer,) if several else ()) + row))
     out.print(table)
     for c in report.changes:
+        label = f"{c.layer} {c.variable}" if several else c.variable
         if c.cast:
-            out.print(f"note: {c.variable}: cast {c.cast}")
+            out.print(f"note: {label}: cast {c.cast}")
         for note in c.notes:
-            out.print(f"note: {c.variable}: {note}")
+            out.print(f"note: {label}: {note}")
     if report.seed_drawn:
         out.print(f"seed: {report.seed} (drawn; pass --seed {report.seed} to repeat)")
     smoke = report.smoke
@@ -218,6 +232,15 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
             f"smoke test passed: Keras loaded the model, input {ins} -> output {outs}, all finite; "
             f"{smoke.checked_variables} edited variable(s) read back exactly"
         )
+        if smoke.comparisons:
+            out.print("edited vs original, same inputs:")
+            compared = Table()
+            for column in ("output", "max abs err", "max rel err", "mean abs err", "cosine"):
+                compared.add_column(column, no_wrap=True, justify="left" if column == "output" else "right")
+            for c in smoke.comparisons:
+                compared.add_row(c.name, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", f"{c.mean_abs:.3g}",
+                                 f"{c.cosine:.6f}")
+            out.print(compared)
         for note in smoke.notes:
             out.print(f"note: {note}")
     elif not report.dry_run:

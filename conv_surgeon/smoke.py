@@ -99,11 +99,31 @@ class OutputSummary:
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """``|edited - original| <= atol + rtol * |original|``, as numpy.allclose."""
+
+    atol: float = 1e-5
+    rtol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """How far one output of the edited model is from the original's."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine: float
+
+
+@dataclass(frozen=True)
 class SmokeReport:
     inputs: tuple[tuple[str, tuple[int, ...]], ...]
     outputs: tuple[OutputSummary, ...]
     checked_variables: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
 
 
 def _find_layer(model: Any, path: str) -> Any:
@@ -174,6 +194,69 @@ def _as_list(outputs: Any) -> list[Any]:
     return [outputs]
 
 
+def _load(keras: Any, path: Path, unsafe: bool, what: str) -> Any:
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; all mean "cannot load"
+        message = " ".join(str(exc).split())
+        if "safe_mode" in message or "Lambda" in message and "unsafe" in message.lower():
+            raise SmokeTestError(
+                "the model holds a Lambda layer with Python code, which Keras refuses to "
+                "load in safe mode; pass --unsafe if you trust this file, or --no-smoke "
+                "to write it without the check"
+            ) from None
+        raise SmokeTestError(
+            f"Keras {keras.__version__} could not load the {what} "
+            f"({_load_failure_reason(exc, message)}), so nothing was written; "
+            "--no-smoke writes it without the check"
+        ) from None
+
+
+def _forward(keras: Any, model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    try:
+        outputs = _as_list(model(inputs if len(inputs) > 1 else inputs[0], training=False))
+    except Exception as exc:  # noqa: BLE001
+        raise SmokeTestError(
+            f"the forward pass failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+            "nothing was written"
+        ) from None
+    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
+
+
+def _loaded_inputs(path: Path, model: Any) -> list[np.ndarray]:
+    """Inputs saved by --save-inputs (keys input_0, input_1, ...) or named like the model's."""
+    try:
+        with np.load(path, allow_pickle=False) as bundle:
+            stored = {key: bundle[key] for key in bundle.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise SmokeTestError(f"--load-inputs {path}: not a readable .npz file ({exc})") from None
+    inputs = []
+    for i, tensor in enumerate(model.inputs):
+        name = str(getattr(tensor, "name", ""))
+        key = f"input_{i}" if f"input_{i}" in stored else name
+        if key not in stored:
+            raise SmokeTestError(
+                f"--load-inputs {path}: no array for model input {i} ('{name}'); expected key "
+                f"input_{i} or {name}, found: {', '.join(sorted(stored)) or 'none'}"
+            )
+        inputs.append(stored[key])
+    return inputs
+
+
+def compare_outputs(name: str, original: np.ndarray, edited: np.ndarray) -> OutputComparison:
+    a = original.astype(np.float64).ravel()
+    b = edited.astype(np.float64).ravel()
+    diff = np.abs(b - a)
+    denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    return OutputComparison(
+        name=name,
+        max_abs=float(diff.max()) if diff.size else 0.0,
+        max_rel=float((diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)).max()) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        cosine=float(np.dot(a, b) / denominator) if denominator > 0 else float(np.array_equal(a, b)),
+    )
+
+
 def run_smoke_test(
     path: Path,
     expected: list[ExpectedValue],
@@ -181,39 +264,33 @@ def run_smoke_test(
     input_shapes: list[tuple[int, ...]] | None = None,
     unsafe: bool = False,
     seed: int = 0,
+    reference: Path | None = None,
+    expect_same: Tolerance | None = None,
+    load_inputs: Path | None = None,
+    save_inputs: Path | None = None,
 ) -> SmokeReport:
-    """Load ``path`` with Keras, run one seeded forward pass, check outputs and values."""
+    """Load ``path`` with Keras, run one seeded forward pass, check outputs and values.
+
+    With ``reference`` (the original model) both run on the same inputs and their
+    outputs are compared; ``expect_same`` turns a difference beyond it into a failure.
+    """
     keras = import_keras()
     with quiet_stderr():
-        try:
-            model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types; all mean "cannot load"
-            message = " ".join(str(exc).split())
-            if "safe_mode" in message or "Lambda" in message and "unsafe" in message.lower():
-                raise SmokeTestError(
-                    "the model holds a Lambda layer with Python code, which Keras refuses to "
-                    "load in safe mode; pass --unsafe if you trust this file, or --no-smoke "
-                    "to write it without the check"
-                ) from None
-            raise SmokeTestError(
-                f"Keras {keras.__version__} could not load the written model "
-                f"({_load_failure_reason(exc, message)}), so it was not written; "
-                "--no-smoke writes it without the check"
-            ) from None
-        shapes, notes = _input_shapes(model, input_shapes)
-        rng = np.random.default_rng(seed)
-        dtypes = [str(t.dtype) for t in model.inputs]
-        inputs = [_seeded_input(rng, shape, dtype) for shape, dtype in zip(shapes, dtypes)]
-        try:
-            outputs = _as_list(model(inputs if len(inputs) > 1 else inputs[0], training=False))
-        except Exception as exc:  # noqa: BLE001
-            raise SmokeTestError(
-                f"the forward pass failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-                "nothing was written"
-            ) from None
-        arrays = [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
+        model = _load(keras, path, unsafe, "written model")
+        if load_inputs is not None:
+            inputs = _loaded_inputs(load_inputs, model)
+            shapes, notes = [tuple(a.shape) for a in inputs], [f"inputs from {load_inputs}"]
+        else:
+            shapes, notes = _input_shapes(model, input_shapes)
+            rng = np.random.default_rng(seed)
+            dtypes = [str(t.dtype) for t in model.inputs]
+            inputs = [_seeded_input(rng, shape, dtype) for shape, dtype in zip(shapes, dtypes)]
+        arrays = _forward(keras, model, inputs)
         symbolic = [tuple(t.shape) for t in _as_list(model.outputs)]
         checked = _check_variables(model, expected)
+        originals = None
+        if reference is not None:
+            originals = _forward(keras, _load(keras, reference, unsafe, "original model"), inputs)
     summaries = []
     for i, (array, shape) in enumerate(zip(arrays, symbolic)):
         name = f"output {i}"
@@ -231,12 +308,45 @@ def run_smoke_test(
                 "edit (the new weights overflow); nothing was written"
             )
         summaries.append(OutputSummary(name, tuple(array.shape), float(values.min()), float(values.max())))
+    comparisons: tuple[OutputComparison, ...] = ()
+    if originals is not None:
+        comparisons = tuple(
+            compare_outputs(f"output {i}", a, b) for i, (a, b) in enumerate(zip(originals, arrays))
+        )
+        if expect_same is not None:
+            _check_tolerance(originals, arrays, comparisons, expect_same)
+    if save_inputs is not None:
+        from .fileio import npz_bytes, write_atomically
+
+        data = npz_bytes({f"input_{i}": a for i, a in enumerate(inputs)})
+        write_atomically(save_inputs, lambda handle: handle.write(data))
+        notes.append(f"inputs saved to {save_inputs}")
     return SmokeReport(
         inputs=tuple((f"input {i}", s) for i, s in enumerate(shapes)),
         outputs=tuple(summaries),
         checked_variables=checked,
         notes=tuple(notes),
+        comparisons=comparisons,
     )
+
+
+def _check_tolerance(
+    originals: list[np.ndarray],
+    edited: list[np.ndarray],
+    comparisons: tuple[OutputComparison, ...],
+    tolerance: Tolerance,
+) -> None:
+    for a, b, comparison in zip(originals, edited, comparisons):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        excess = np.abs(b64 - a64) - (tolerance.atol + tolerance.rtol * np.abs(a64))
+        if excess.size and excess.max() > 0:
+            worst = np.unravel_index(int(np.argmax(excess)), excess.shape)
+            raise SmokeTestError(
+                f"{comparison.name}: the edited model differs from the original beyond "
+                f"atol={tolerance.atol:g}, rtol={tolerance.rtol:g} (max abs error "
+                f"{comparison.max_abs:.3g}, at index {tuple(int(i) for i in worst)}: "
+                f"{a64[worst]:.6g} -> {b64[worst]:.6g}); nothing was written"
+            )
 
 
 def _check_variables(model: Any, expected: list[ExpectedValue]) -> int:

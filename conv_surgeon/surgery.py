@@ -13,28 +13,43 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from .assign import Assignment, TargetVariable, plan_assignments
-from .errors import ConvSurgeonError, UsageError
+from .catalogue import conv_class, stored_name_matches
+from .errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from .fileio import atomic_output, check_output_dir
 from .modelfile import (
     PARSE_TIMEOUT_S,
     Layer,
     ModelSource,
+    ModelStructure,
     Variable,
     read_structure,
     read_variables,
     run_bounded,
 )
+from .layout import from_torch, torch_axis_names, torch_shape, variable_role
 from .naming import format_shape
-from .reading import main_kernel, resolve_layer, resolve_variable
-from .smoke import ExpectedValue, KerasWarmUp, SmokeReport, import_keras, quiet_stderr, run_smoke_test
+from .reading import layer_targets, main_kernel, resolve_layer, resolve_variable
+from .smoke import (
+    ExpectedValue,
+    KerasWarmUp,
+    SmokeReport,
+    Tolerance,
+    import_keras,
+    quiet_stderr,
+    run_smoke_test,
+)
 from .writer import apply_edits, plan_edits
+
+
+Layout = str  # "keras" or "torch"
+LAYOUTS = ("keras", "torch")
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,25 @@ class WeightRequest:
     @property
     def label(self) -> str:
         return self.variable or "kernel"
+
+
+@dataclass(frozen=True)
+class Donor:
+    """Another model to copy a layer's variables from (``--from A.keras[:LAYER]``)."""
+
+    source: ModelSource
+    layer: str | None = None  # default: the target layer's name
+
+
+@dataclass(frozen=True)
+class LayerEdit:
+    """Everything to set in one layer; ``place`` says where a plan asked for it."""
+
+    layer: str
+    requests: tuple[WeightRequest, ...] = ()
+    layout: Layout = "keras"
+    donor: Donor | None = None
+    place: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,12 +102,17 @@ class VariableChange:
 class SetReport:
     source: str
     destination: str | None  # None for --dry-run
-    layer: Layer
+    layers: tuple[Layer, ...]
     changes: tuple[VariableChange, ...]
-    seed: int | None  # the seed initializers used (drawn when not given)
+    seed: int | None  # the base seed initializers used (drawn when not given)
     seed_drawn: bool
     smoke: SmokeReport | None  # None when skipped or dry-run
     dry_run: bool
+
+    @property
+    def layer(self) -> Layer:
+        """The edited layer of a one-layer edit (the first one otherwise)."""
+        return self.layers[0]
 
 
 @dataclass(frozen=True)
@@ -86,6 +125,19 @@ class Destination:
     @property
     def label(self) -> str:
         return str(self.path) if self.path is not None else "<stdout>"
+
+
+@dataclass(frozen=True)
+class SmokeOptions:
+    """How the written model is checked; ``enabled`` False skips Keras entirely."""
+
+    enabled: bool = True
+    input_shapes: list[tuple[int, ...]] | None = None
+    unsafe: bool = False
+    compare: bool = False  # also run the original model and compare outputs
+    expect_same: Tolerance | None = None
+    load_inputs: Path | None = None
+    save_inputs: Path | None = None
 
 
 def choose_destination(
@@ -115,19 +167,13 @@ def choose_destination(
     return Destination(path=out)
 
 
-def require_requests(requests: list[WeightRequest]) -> None:
+def require_requests(requests: list[WeightRequest], donor: Donor | None = None) -> None:
     """Naming a layer but no weight is a usage error that lists the weight options."""
-    if not requests:
+    if not requests and donor is None:
         raise UsageError(
             "no weight to set; give --kernel SRC, --bias SRC, --weight NAME=SRC, "
-            "--kernel-init SPEC, --bias-init SPEC or --weight-init NAME=SPEC"
+            "--kernel-init SPEC, --bias-init SPEC, --weight-init NAME=SPEC or --from MODEL"
         )
-
-
-def _targets(layer: Layer) -> list[TargetVariable]:
-    conv = layer.conv
-    assert conv is not None
-    return [TargetVariable(layer.path, v.name, v.shape, v.dtype, conv) for v in layer.variables]
 
 
 def _variable_for(layer: Layer, request: WeightRequest, label: str) -> Variable | None:
@@ -149,53 +195,150 @@ def set_weights(
     input_shapes: list[tuple[int, ...]] | None = None,
     unsafe: bool = False,
     stdin: BinaryIO | None = None,
+    layout: Layout = "keras",
+    donor: Donor | None = None,
+    checks: SmokeOptions | None = None,
 ) -> SetReport:
     """Set variables of one convolution layer; ``destination`` None is a dry run.
 
     >>> set_weights(ModelSource.from_path("in.keras"), "conv1",
     ...             [WeightRequest(None, source="k.npy")], Destination(Path("out.keras")))
     """
-    require_requests(requests)
+    require_requests(requests, donor)
+    checks = checks or SmokeOptions(enabled=smoke, input_shapes=input_shapes, unsafe=unsafe)
+    edit = LayerEdit(layer_query, tuple(requests), layout, donor)
+    return edit_model(source, [edit], destination, seed=seed, checks=checks, stdin=stdin)
+
+
+@dataclass(frozen=True)
+class _PlannedLayer:
+    layer: Layer
+    assignments: list[Assignment]
+
+
+def edit_model(
+    source: ModelSource,
+    edits: list[LayerEdit],
+    destination: Destination | None,
+    *,
+    seed: int | None = None,
+    checks: SmokeOptions | None = None,
+    stdin: BinaryIO | None = None,
+) -> SetReport:
+    """Apply ``edits`` (one per layer) with one read, one write and one smoke test.
+
+    Every edit is checked before anything is written. With one edit its error is
+    raised as it is; with several, one :class:`PlanError` lists every problem.
+    """
+    checks = checks or SmokeOptions()
     structure = read_structure(source)
     if destination is not None and destination.path is not None:
         _check_suffix(destination.path, structure.format)
-    layer = resolve_layer(structure, layer_query, source.label)
-    if layer.conv is None:
-        raise ConvSurgeonError(
-            f"{source.label}: layer '{layer.path}' is a {layer.class_name}, not a convolution; "
-            "conv-surgeon sets the weights of Conv, ConvTranspose, DepthwiseConv and "
-            "SeparableConv layers"
+    seeded = _needs_seed(edits)
+    seed_drawn = seeded and seed is None
+    if seed_drawn:
+        seed = secrets.randbelow(2**31)
+    planned: list[_PlannedLayer] = []
+    problems: list[tuple[LayerEdit, ConvSurgeonError]] = []
+    seen: dict[str, LayerEdit] = {}
+    for edit in edits:
+        try:
+            layer = _resolve_conv_layer(structure, edit.layer, source.label)
+            if layer.path in seen:
+                raise ConvSurgeonError(
+                    f"layer '{layer.path}' is edited twice ({_place(seen[layer.path])} and "
+                    f"{_place(edit)}); merge the two edits"
+                )
+            seen[layer.path] = edit
+            candidates, notes = _load_candidates(source, layer, edit, seed, stdin)
+            try:
+                assignments = plan_assignments(layer_targets(layer), candidates)
+            except AssignmentError as exc:
+                if edit.donor is None:
+                    raise
+                raise AssignmentError(f"{source.label} <- {edit.donor.source.label}: {exc}") from None
+            assignments = [
+                replace(a, notes=a.notes + (notes[a.target.name],)) if a.target.name in notes else a
+                for a in assignments
+            ]
+            planned.append(_PlannedLayer(layer, assignments))
+        except ConvSurgeonError as exc:
+            if len(edits) == 1:
+                raise
+            problems.append((edit, exc))
+    if problems:
+        lines = tuple(f"{_place(edit)}: {exc}" for edit, exc in problems)
+        raise PlanError(
+            f"{source.label}: {len(problems)} of {len(edits)} edits are invalid, nothing was "
+            "written:\n" + "\n".join(f"  {line}" for line in lines),
+            lines,
         )
-    candidates, seed_used, seed_drawn = _load_candidates(source, layer, requests, seed, stdin)
-    assignments = plan_assignments(_targets(layer), candidates)
-    by_name = {v.name: v for v in layer.variables}
-    edited = [by_name[a.target.name] for a in assignments]
+    edited = [
+        (layer_plan.layer, a, _variable_named(layer_plan.layer, a.target.name))
+        for layer_plan in planned
+        for a in layer_plan.assignments
+    ]
+    layers = tuple(p.layer for p in planned)
     if destination is None:
-        changes = _changes(source, assignments, edited)
-        return SetReport(source.label, None, layer, changes, seed_used, seed_drawn, None, True)
+        changes = _changes(source, edited)
+        return SetReport(source.label, None, layers, changes, seed if seeded else None,
+                         seed_drawn, None, True)
 
     # Every value is valid: TensorFlow can start importing while the file is written.
-    warm_up = KerasWarmUp().start() if smoke else None
+    warm_up = KerasWarmUp().start() if checks.enabled else None
     try:
-        changes = _changes(source, assignments, edited)
-        plan = plan_edits(source, {v.dataset: a.value for a, v in zip(assignments, edited)})
+        changes = _changes(source, edited)
+        plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
         with _staging_file(destination, structure.format) as staged:
             apply_edits(source, plan, staged)
-            _verify_written(staged, edited, assignments)
+            _verify_written(staged, edited)
             report = None
             if warm_up is not None:
                 warm_up.wait()
-                expected = [
-                    ExpectedValue(layer.path, v.index, v.name, a.value)
-                    for a, v in zip(assignments, edited)
-                ]
-                report = run_smoke_test(staged, expected, input_shapes=input_shapes, unsafe=unsafe)
+                expected = [ExpectedValue(layer.path, v.index, v.name, a.value) for layer, a, v in edited]
+                with _reference_file(source, structure.format, checks.compare) as reference:
+                    report = run_smoke_test(
+                        staged, expected, input_shapes=checks.input_shapes, unsafe=checks.unsafe,
+                        reference=reference, expect_same=checks.expect_same,
+                        load_inputs=checks.load_inputs, save_inputs=checks.save_inputs,
+                    )
             _deliver(staged, destination)
     finally:
         if warm_up is not None:
             # The import silences fd 2: let it finish before any error is printed.
             warm_up.join()
-    return SetReport(source.label, destination.label, layer, changes, seed_used, seed_drawn, report, False)
+    return SetReport(source.label, destination.label, layers, changes, seed if seeded else None,
+                     seed_drawn, report, False)
+
+
+def _place(edit: LayerEdit) -> str:
+    return edit.place or f"layer '{edit.layer}'"
+
+
+def _needs_seed(edits: list[LayerEdit]) -> bool:
+    from .initializers import parse_initializer_spec
+
+    return any(
+        parse_initializer_spec(r.init).takes_seed
+        for edit in edits
+        for r in edit.requests
+        if r.init is not None
+    )
+
+
+def _resolve_conv_layer(structure: ModelStructure, query: str, label: str) -> Layer:
+    layer = resolve_layer(structure, query, label)
+    if layer.conv is None:
+        raise ConvSurgeonError(
+            f"{label}: layer '{layer.path}' is a {layer.class_name}, not a convolution; "
+            "conv-surgeon sets the weights of Conv, ConvTranspose, DepthwiseConv and "
+            "SeparableConv layers"
+        )
+    return layer
+
+
+def _variable_named(layer: Layer, name: str) -> Variable:
+    return next(v for v in layer.variables if v.name == name)
 
 
 SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
@@ -215,25 +358,29 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 
 def _load_candidates(
-    source: ModelSource,
-    layer: Layer,
-    requests: list[WeightRequest],
-    seed: int | None,
-    stdin: BinaryIO | None,
-) -> tuple[list[tuple[str, np.ndarray, str]], int | None, bool]:
+    source: ModelSource, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None
+) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str]]:
+    """Every value the edit names, as (variable name, array, origin), in Keras layout.
+
+    Also returns notes by variable name: a file array in Keras layout whose shape
+    would fit the PyTorch layout too is taken as Keras, and the report says so.
+    """
     from .initializers import draw_initializer, parse_initializer_spec
     from .sources import load_source
 
+    requests = edit.requests
     if sum(r.source == "-" for r in requests) > 1:
         raise UsageError("only one weight can be read from stdin ('-')")
     if source.path is None and any(r.source == "-" for r in requests):
         raise UsageError("the model is read from stdin, so no weight can be read from '-' too")
-    specs = [(r, parse_initializer_spec(r.init)) for r in requests if r.init is not None]
-    seeded = any(spec.takes_seed for _, spec in specs)
-    seed_drawn = seeded and seed is None
-    if seed_drawn:
-        seed = secrets.randbelow(2**31)
+    if edit.layout not in LAYOUTS:
+        raise UsageError(f"layout '{edit.layout}': expected one of {', '.join(LAYOUTS)}")
+    targets = {t.name: t for t in layer_targets(layer)}
     candidates: list[tuple[str, np.ndarray, str]] = []
+    notes: dict[str, str] = {}
+    if edit.donor is not None:
+        candidates += _donor_candidates(source, layer, edit.donor)
+    specs = [(r, parse_initializer_spec(r.init)) for r in requests if r.init is not None]
     for request in requests:
         if request.source is None:
             continue
@@ -245,7 +392,18 @@ def _load_candidates(
             # An HDF5 source is untrusted input too: bound its parsing like a model's.
             spec = request.source
             loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
-        candidates.append((name, loaded.array, loaded.origin))
+        array, origin = loaded.array, loaded.origin
+        target = targets.get(name)
+        if edit.layout == "torch" and target is not None:
+            array = from_torch(target, array)
+            origin += " (torch layout)"
+        elif target is not None and _fits_both_layouts(target, array):
+            notes[name] = (
+                f"{format_shape(array.shape)} also fits the PyTorch layout "
+                f"({', '.join(torch_axis_names(target))}); it was taken as Keras layout, "
+                "pass --layout torch if it comes from PyTorch"
+            )
+        candidates.append((name, array, origin))
     if specs:
         import_keras()
     for request, spec in specs:
@@ -260,14 +418,57 @@ def _load_candidates(
             drawn = draw_initializer(spec, variable.shape, variable_seed)
         origin = f"init {spec.text}" + (f" (seed {variable_seed})" if spec.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
-    return candidates, seed if seeded else None, seed_drawn
+    return candidates, notes
+
+
+def _fits_both_layouts(target: TargetVariable, array: np.ndarray) -> bool:
+    return (
+        variable_role(target) != "bias"
+        and array.shape == target.shape
+        and torch_shape(target) == target.shape
+    )
+
+
+def parse_donor(spec: str) -> Donor:
+    """``A.keras`` or ``A.keras:LAYER`` (the path may itself contain ':')."""
+    if os.path.exists(spec) or ":" not in spec:
+        return Donor(ModelSource.from_path(spec))
+    path, _, layer = spec.rpartition(":")
+    return Donor(ModelSource.from_path(path), layer or None)
+
+
+def _donor_candidates(source: ModelSource, layer: Layer, donor: Donor) -> list[tuple[str, np.ndarray, str]]:
+    """Every variable of the donor layer, matched to the target's by name."""
+    donor_label = donor.source.label
+    structure = read_structure(donor.source)
+    query = donor.layer or layer.name
+    try:
+        donor_layer = resolve_layer(structure, query, donor_label)
+    except ConvSurgeonError as exc:
+        raise ConvSurgeonError(f"donor model {exc}") from None
+    if conv_class(donor_layer.class_name) != layer.conv:
+        raise ConvSurgeonError(
+            f"donor layer '{donor_layer.path}' in {donor_label} is a {donor_layer.class_name}, "
+            f"but '{layer.path}' in {source.label} is a {layer.class_name}; choose a donor "
+            "layer of the same class with --from MODEL:LAYER"
+        )
+    values = read_variables(donor.source, list(donor_layer.variables))
+    out = []
+    for donor_variable in donor_layer.variables:
+        target = next(
+            (v for v in layer.variables if stored_name_matches(layer.conv, v.name, donor_variable.name)),
+            None,
+        )
+        name = target.name if target is not None else donor_variable.name
+        out.append((name, values[donor_variable.dataset], f"{donor_label}:{donor_layer.path}"))
+    return out
 
 
 def _changes(
-    source: ModelSource, assignments: list[Assignment], edited: list[Variable]
+    source: ModelSource, edited: list[tuple[Layer, Assignment, Variable]]
 ) -> tuple[VariableChange, ...]:
-    old_values = read_variables(source, edited)
-    return tuple(_change(a, old_values[v.dataset]) for a, v in zip(assignments, edited))
+    old_values = read_variables(source, [v for _, _, v in edited])
+    return tuple(_change(a, old_values[v.dataset]) for _, a, v in edited)
 
 
 def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:
@@ -306,13 +507,31 @@ def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
         yield Path(folder) / f"model{suffix}"
 
 
-def _verify_written(staged: Path, edited: list[Variable], assignments: list[Assignment]) -> None:
+def _verify_written(staged: Path, edited: list[tuple[Layer, Assignment, Variable]]) -> None:
     """Read the written datasets back: the bytes on disk are the intended values."""
-    values = read_variables(ModelSource.from_path(staged), edited)
-    for variable, assignment in zip(edited, assignments):
+    values = read_variables(ModelSource.from_path(staged), [v for _, _, v in edited])
+    for _, assignment, variable in edited:
         got = values[variable.dataset]
         if got.shape != assignment.value.shape or got.tobytes() != assignment.value.tobytes():
             raise RuntimeError(f"read-back of {variable.dataset} differs from what was written")
+
+
+@contextmanager
+def _reference_file(source: ModelSource, fmt: str, wanted: bool) -> Iterator[Path | None]:
+    """The original model as a file Keras can load, for --compare."""
+    if not wanted:
+        yield None
+    elif source.path is not None and source.path.suffix.lower() in SUFFIXES[fmt]:
+        yield source.path
+    else:
+        with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+            copy = Path(folder) / ("original.keras" if fmt == "keras" else "original.h5")
+            if source.data is not None:
+                copy.write_bytes(source.data)
+            else:
+                assert source.path is not None
+                shutil.copyfile(source.path, copy)
+            yield copy
 
 
 def _deliver(staged: Path, destination: Destination) -> None:
@@ -320,7 +539,3 @@ def _deliver(staged: Path, destination: Destination) -> None:
         with open(staged, "rb") as handle:
             shutil.copyfileobj(handle, destination.stream, 1 << 20)
         destination.stream.flush()
-
-
-def describe_change(change: VariableChange) -> str:
-    return f"{change.layer} {change.variable} {format_shape(change.shape)} {change.dtype} <- {change.origin}"

@@ -203,8 +203,8 @@ def test_pytorch_layout_hint_for_conv2d() -> None:
     message = refusal(target, np.zeros((4, 2, 3, 3), np.float32))
     assert "received (4, 2, 3, 3)" in message
     assert message.endswith(
-        " — hint: this is the PyTorch/ONNX layout (out, in/groups, kh, kw); convert it to "
-        "the Keras layout with np.transpose(a, (2, 3, 1, 0))"
+        " — hint: this is the PyTorch/ONNX layout (out, in/groups, kh, kw); pass --layout "
+        "torch, or convert it to the Keras layout with np.transpose(a, (2, 3, 1, 0))"
     )
 
 
