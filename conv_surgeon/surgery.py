@@ -452,16 +452,24 @@ def _donor_candidates(source: ModelSource, layer: Layer, donor: Donor) -> list[t
             f"but '{layer.path}' in {source.label} is a {layer.class_name}; choose a donor "
             "layer of the same class with --from MODEL:LAYER"
         )
-    values = read_variables(donor.source, list(donor_layer.variables))
-    out = []
-    for donor_variable in donor_layer.variables:
-        target = next(
-            (v for v in layer.variables if stored_name_matches(layer.conv, v.name, donor_variable.name)),
-            None,
+    pairs = [
+        (target, next((d for d in donor_layer.variables
+                       if stored_name_matches(layer.conv, target.name, d.name)), None))
+        for target in layer.variables
+    ]
+    if any(d is None for _, d in pairs) or len(donor_layer.variables) != len(layer.variables):
+        raise ConvSurgeonError(
+            f"donor layer '{donor_layer.path}' in {donor_label} holds "
+            f"{', '.join(v.name for v in donor_layer.variables)}, but '{layer.path}' in "
+            f"{source.label} holds {', '.join(v.name for v in layer.variables)}; a transplant "
+            "copies every variable, so choose a donor layer built the same way (use_bias...)"
         )
-        name = target.name if target is not None else donor_variable.name
-        out.append((name, values[donor_variable.dataset], f"{donor_label}:{donor_layer.path}"))
-    return out
+    values = read_variables(donor.source, [d for _, d in pairs if d is not None])
+    return [
+        (target.name, values[d.dataset], f"{donor_label}:{donor_layer.path}")
+        for target, d in pairs
+        if d is not None
+    ]
 
 
 def _changes(
