@@ -1,8 +1,18 @@
 """Turn what the user named as a weight source into a numpy array.
 
-A source is ``file.npy``, ``file.npz:KEY``, ``file.h5:PATH`` (or ``.hdf5``), or ``-`` for
-``.npy`` bytes on stdin. A file holding exactly one array needs no key. The format is
-told by the file's first bytes, not by its extension.
+A source is ``file.npy``, ``file.npz:KEY``, ``file.h5:PATH`` (or ``.hdf5``),
+``file.safetensors:KEY``, ``file.pt:KEY`` (or ``.pth``), or ``-`` for ``.npy`` bytes on
+stdin. A file holding exactly one array needs no key. The format is told by the file's
+first bytes; the extension only decides for a file too damaged to tell.
+
+Nothing is ever unpickled by conv-surgeon's own hand: ``.npy`` files are loaded with
+``allow_pickle=False`` and PyTorch files with ``weights_only=True``, which refuses any
+Python object beyond tensors and plain containers. PyTorch is imported only to read a
+PyTorch file. Keys of safetensors files and state dicts are the '.'-joined names PyTorch
+gives (``backbone.conv1.weight``); dicts nested in a checkpoint
+(``{"state_dict": {...}}``) are joined the same way (``state_dict.conv1.weight``).
+bfloat16 and float8 tensors come back bit-exact as ml_dtypes arrays, the way Keras'
+own bfloat16 HDF5 datasets are read.
 """
 
 from __future__ import annotations
@@ -10,11 +20,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
+import json
 import os
+import pickle
 import sys
+import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -23,8 +37,25 @@ from conv_surgeon.errors import SourceError
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# torch.save's legacy (pre-zip) format opens with its magic number pickled at protocol 2.
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
-ACCEPTED = "accepted: file.npy, file.npz:KEY, file.h5:PATH, or - for .npy bytes on stdin"
+TORCH_SUFFIXES = (".pt", ".pth")
+SAFETENSORS_SUFFIX = ".safetensors"
+SOURCE_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+
+ACCEPTED = (
+    "accepted: file.npy, file.npz:KEY, file.h5:PATH, file.safetensors:KEY, "
+    "file.pt:KEY (or .pth), or - for .npy bytes on stdin"
+)
+
+# Float formats numpy lacks, read bit-exactly through ml_dtypes: safetensors dtype code
+# to the name that ml_dtypes and torch both use.
+_ML_DTYPE_NAMES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+# safetensors dtype codes that safetensors' numpy API returns as native numpy arrays.
+_NUMPY_DTYPE_CODES = frozenset(
+    {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64", "I64", "F64"}
+)
 
 # Keys shown in one error line before the list is cut short.
 _MAX_LISTED_KEYS = 12
@@ -59,21 +90,32 @@ def load_source(spec: str, stdin: BinaryIO | None = None) -> LoadedArray:
     if not data:
         raise SourceError(f"source '{spec}': '{path}' is empty; {ACCEPTED}")
 
-    if data.startswith(NPY_MAGIC):
+    kind = _format_of(data, path)
+    if kind == "npy":
         if key is not None:
             raise SourceError(
                 f"source '{spec}': '{path}' is a .npy file holding one array and takes "
                 f"no key; name it as '{path}'"
             )
         array = _load_npy_bytes(data, f"source '{spec}'")
-    elif data.startswith(ZIP_MAGIC):
+    elif kind == "npz":
         array = _load_npz(data, spec, path, key)
-    elif data.startswith(HDF5_MAGIC):
+    elif kind == "hdf5":
         array = _load_hdf5(spec, path, key)
+    elif kind == "safetensors":
+        array = _load_safetensors(data, spec, path, key)
+    elif kind == "torch":
+        array = _load_torch(data, spec, path, key)
+    elif kind == "torchscript":
+        raise SourceError(
+            f"source '{spec}': '{path}' is a TorchScript archive (torch.jit.save), which "
+            "conv-surgeon does not load; save the weights instead: "
+            "torch.save(model.state_dict(), 'w.pt')"
+        )
     else:
         raise SourceError(
-            f"source '{spec}': '{path}' is not a .npy, .npz or HDF5 file "
-            f"(first bytes {data[:8]!r}); {ACCEPTED}"
+            f"source '{spec}': '{path}' is not a .npy, .npz, HDF5, safetensors or "
+            f"PyTorch file (first bytes {data[:8]!r}); {ACCEPTED}"
         )
     return LoadedArray(array=array, origin=spec, sha256=digest)
 
@@ -99,9 +141,49 @@ def split_source_spec(spec: str) -> tuple[str, str | None]:
 def _missing_path(spec: str) -> str:
     """The part of a spec the user most likely meant as the file name."""
     for index, char in enumerate(spec):
-        if char == ":" and spec[:index].lower().endswith((".npy", ".npz", ".h5", ".hdf5")):
+        if char == ":" and spec[:index].lower().endswith(SOURCE_SUFFIXES):
             return spec[:index]
     return spec
+
+
+def _format_of(data: bytes, path: str) -> str | None:
+    """The format of a source's bytes: npy, npz, hdf5, safetensors, torch, torchscript.
+
+    The content decides. ``path``'s extension is asked only when the bytes are too
+    damaged to tell (a cut-short zip named .pt), so that the error names the right format.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    if data.startswith(NPY_MAGIC):
+        return "npy"
+    if data.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if data.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError):
+            return "torch" if suffix in TORCH_SUFFIXES else "npz"
+        # torch.save writes one top folder holding data.pkl; torch.jit.save adds
+        # constants.pkl and code/ beside it.
+        folders = {
+            n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")
+        }
+        if not folders:
+            return "npz"
+        if any(f"{folder}/constants.pkl" in names for folder in folders):
+            return "torchscript"
+        return "torch"
+    if _looks_like_safetensors(data) or suffix == SAFETENSORS_SUFFIX:
+        return "safetensors"
+    if data.startswith(TORCH_LEGACY_MAGIC) or suffix in TORCH_SUFFIXES:
+        return "torch"
+    return None
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """An 8-byte little-endian header length, then a JSON object that long."""
+    header_length = int.from_bytes(data[:8], "little")
+    return len(data) >= 10 and 2 <= header_length <= len(data) - 8 and data[8:9] == b"{"
 
 
 def _load_stdin(stdin: BinaryIO) -> LoadedArray:
@@ -109,16 +191,19 @@ def _load_stdin(stdin: BinaryIO) -> LoadedArray:
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise SourceError("source '-': stdin is empty; expected the bytes of a .npy file")
-    if not data.startswith(NPY_MAGIC):
-        if data.startswith(ZIP_MAGIC):
-            kind = "a zip (.npz) archive"
-        elif data.startswith(HDF5_MAGIC):
-            kind = "an HDF5 file"
-        else:
-            kind = f"data that is not .npy (first bytes {data[:8]!r})"
+    kind = _format_of(data, "")
+    if kind != "npy":
+        described = {
+            "npz": "a zip (.npz) archive",
+            "hdf5": "an HDF5 file",
+            "safetensors": "a safetensors file",
+            "torch": "a PyTorch file",
+            "torchscript": "a TorchScript archive",
+        }.get(kind or "", f"data that is not .npy (first bytes {data[:8]!r})")
         raise SourceError(
-            f"source '-': stdin holds {kind}; only .npy bytes can be read from stdin: "
-            "save the archive to a file and name it as file.npz:KEY or file.h5:PATH"
+            f"source '-': stdin holds {described}; only .npy bytes can be read from stdin: "
+            "save the archive to a file and name it as file.npz:KEY, file.h5:PATH, "
+            "file.safetensors:KEY or file.pt:KEY"
         )
     return LoadedArray(
         array=_load_npy_bytes(data, "source '-' (stdin)"), origin="stdin", sha256=digest
@@ -204,6 +289,171 @@ def _load_hdf5(spec: str, path: str, key: str | None) -> np.ndarray:
         ) from exc
 
 
+def _load_safetensors(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        # safe_open maps the file and reads only the tensor asked for.
+        with safe_open(path, framework="numpy") as tensors:
+            names = sorted(tensors.keys())
+            if not names:
+                raise SourceError(f"source '{spec}': '{path}' holds no tensors")
+            name = _choose_tensor(spec, path, key, names, {})
+            code = tensors.get_slice(name).get_dtype()
+            if code in _ML_DTYPE_NAMES:
+                return _read_safetensor_bits(data, name, _ML_DTYPE_NAMES[code])
+            if code not in _NUMPY_DTYPE_CODES:
+                raise SourceError(
+                    f"source '{spec}': tensor '{name}' in '{path}' has dtype {code}, which "
+                    "numpy cannot hold; save it as float32 instead"
+                )
+            return tensors.get_tensor(name)
+    except (SafetensorError, ValueError, KeyError) as exc:
+        raise SourceError(
+            f"source '{spec}': '{path}' is a truncated or corrupt safetensors file "
+            f"({_one_line(exc)}); write it again with safetensors' save_file"
+        ) from exc
+
+
+def _read_safetensor_bits(data: bytes, name: str, dtype_name: str) -> np.ndarray:
+    """One tensor's raw bytes, found through the header's offsets, as an ml_dtypes array."""
+    import ml_dtypes
+
+    header_length = int.from_bytes(data[:8], "little")
+    entry = json.loads(data[8 : 8 + header_length])[name]
+    start, end = entry["data_offsets"]
+    body = data[8 + header_length + start : 8 + header_length + end]
+    dtype = np.dtype(getattr(ml_dtypes, dtype_name))
+    return np.frombuffer(body, dtype=dtype).reshape(entry["shape"]).copy()
+
+
+def _load_torch(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
+    try:
+        import torch
+    except ImportError as exc:
+        raise SourceError(
+            f"source '{spec}': reading .pt needs PyTorch (pip install torch); or export "
+            "the tensors with safetensors/numpy where torch is installed, e.g. "
+            "safetensors.torch.save_file(model.state_dict(), 'w.safetensors')"
+        ) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_global(exc)
+        held = (
+            f"holds more than tensors (it names the Python object '{refused}')"
+            if refused
+            else "holds pickled data that weights-only loading cannot read"
+        )
+        raise SourceError(
+            f"source '{spec}': '{path}' {held}; conv-surgeon loads PyTorch files with "
+            "weights_only=True and refuses to run pickled code: save only the weights, "
+            "e.g. torch.save(model.state_dict(), path)"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise SourceError(
+            f"source '{spec}': '{path}' is a truncated or corrupt PyTorch file "
+            f"({_one_line(exc)}); write it again with torch.save"
+        ) from exc
+    if isinstance(loaded, torch.Tensor):
+        if key is not None:
+            raise SourceError(
+                f"source '{spec}': '{path}' holds one tensor and takes no key; name it "
+                f"as '{path}'"
+            )
+        return _tensor_to_numpy(loaded, spec, f"'{path}'")
+    tensors, non_tensors = _flatten_state(loaded, spec, path)
+    if not tensors:
+        raise SourceError(
+            f"source '{spec}': '{path}' holds no tensors (it holds "
+            f"{type(loaded).__name__}); save a state dict: torch.save(model.state_dict(), path)"
+        )
+    name = _choose_tensor(spec, path, key, list(tensors), non_tensors)
+    return _tensor_to_numpy(tensors[name], spec, f"tensor '{name}' in '{path}'")
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The Python object weights-only unpickling refused to import, when torch names it."""
+    words = str(exc).split()
+    for index, word in enumerate(words[:-1]):
+        if word == "GLOBAL":
+            return words[index + 1]
+    return None
+
+
+def _flatten_state(
+    loaded: object, spec: str, path: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every tensor under ``loaded`` by its '.'-joined key, and the type of every other leaf.
+
+    List items are keyed by their index, as ``nn.ModuleList`` names its children.
+    """
+    import torch
+
+    tensors: dict[str, Any] = {}
+    non_tensors: dict[str, str] = {}
+
+    def visit(value: object, name: str) -> None:
+        if isinstance(value, Mapping):
+            for child_key, child in value.items():
+                visit(child, f"{name}.{child_key}" if name else str(child_key))
+        elif isinstance(value, (list, tuple)):
+            for index, child in enumerate(value):
+                visit(child, f"{name}.{index}" if name else str(index))
+        elif isinstance(value, torch.Tensor):
+            if name in tensors:
+                raise SourceError(
+                    f"source '{spec}': '{path}' holds two tensors named '{name}' once "
+                    "nested keys are joined with '.'; save them under distinct keys"
+                )
+            tensors[name] = value
+        else:
+            non_tensors[name] = type(value).__name__
+
+    visit(loaded, "")
+    return tensors, non_tensors
+
+
+def _tensor_to_numpy(tensor: Any, spec: str, what: str) -> np.ndarray:
+    import ml_dtypes
+    import torch
+
+    tensor = tensor.detach().cpu()
+    for dtype_name in _ML_DTYPE_NAMES.values():
+        if tensor.dtype == getattr(torch, dtype_name):
+            dtype = np.dtype(getattr(ml_dtypes, dtype_name))
+            bits = torch.int16 if dtype.itemsize == 2 else torch.uint8
+            return tensor.contiguous().view(bits).numpy().view(dtype)
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise SourceError(
+            f"source '{spec}': {what} ({tensor.dtype}, {tensor.layout}) has no numpy "
+            f"equivalent ({_one_line(exc)}); save it as a dense float32 tensor"
+        ) from exc
+
+
+def _choose_tensor(
+    spec: str, path: str, key: str | None, names: list[str], non_tensors: dict[str, str]
+) -> str:
+    """The tensor ``key`` names among '.'-joined names, or the only one when no key."""
+    if key is not None and key not in names:
+        if key in non_tensors:
+            raise SourceError(
+                f"source '{spec}': '{key}' in '{path}' holds {non_tensors[key]}, not a "
+                "tensor; name a tensor"
+            )
+        below = [n for n in names if n.startswith(key.rstrip(".") + ".")]
+        if below:
+            raise SourceError(
+                f"source '{spec}': '{key}' in '{path}' is a prefix, not a tensor; "
+                f"tensors below it: {_list_keys(below)}"
+            )
+    return _choose_key(spec, path, key, names, "tensor")
+
+
 def _datasets_below(group: object) -> list[str]:
     """Paths of every dataset below ``group``, relative to it."""
     import h5py
@@ -252,15 +502,28 @@ def _choose_key(spec: str, path: str, key: str | None, keys: list[str], noun: st
             f"source '{spec}': '{path}' holds {len(keys)} {noun}s; name one as "
             f"'{path}:KEY': {_list_keys(keys)}"
         )
-    wanted = key.strip("/") if noun == "dataset" else key.removesuffix(".npy")
+    if noun == "dataset":
+        wanted = key.strip("/")
+    elif noun == "array":
+        wanted = key.removesuffix(".npy")
+    else:
+        wanted = key
     if wanted in keys:
         return wanted
-    close = difflib.get_close_matches(wanted, keys, n=3)
+    close = _close_keys(wanted, keys)
     suggestion = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     raise SourceError(
         f"source '{spec}': '{path}' has no {noun} '{key}'; {suggestion}"
-        f"available: {_list_keys(keys)}"
+        f"available ({len(keys)}): {_list_keys(keys)}"
     )
+
+
+def _close_keys(wanted: str, keys: list[str]) -> list[str]:
+    """Up to three keys the user may have meant: first those that end in ``wanted``
+    (the key without a wrapper such as ``state_dict.``), then the most alike."""
+    ending = [k for k in keys if k.endswith(("." + wanted, "/" + wanted))]
+    alike = difflib.get_close_matches(wanted, keys, n=3)
+    return list(dict.fromkeys(ending + alike))[:3]
 
 
 def _list_keys(keys: list[str]) -> str:
