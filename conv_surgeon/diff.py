@@ -1,0 +1,329 @@
+"""`diff`: compare the weights of two saved models layer by layer. No TensorFlow here.
+
+Layers are matched by path (``outer/inner/conv1``), variables by name. Only layers that
+line up (same class, same variable names, same shapes) have their values compared; the
+others are reported, never compared, so two different architectures give a report,
+not a crash.
+
+Numbers, per compared variable (``a`` is the first model, ``b`` the second):
+
+- ``identical``: equal raw bytes, checked first; otherwise equal values elementwise,
+  where two NaNs at the same position count as equal (and ``-0.0`` equals ``0.0``). A
+  dtype change is never identical, even when every value survived the cast.
+- ``max_abs``: ``max |b - a|`` in float64 over the elements; equal elements contribute
+  0, an element NaN on one side only (or infinities of opposite sign) contributes inf.
+- ``rel_l2``: ``||b - a|| / ||a||`` with the same elementwise differences and the norm
+  of ``a`` over its finite elements. When that norm is 0 (an all-zero ``a``),
+  ``rel_l2`` is ``inf`` if anything changed and ``0.0`` if nothing did: a number either
+  way, so results sort and compare; ``None`` is kept for "not compared".
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import h5py
+import numpy as np
+
+from .modelfile import (
+    Layer,
+    ModelSource,
+    Variable,
+    open_weight_store,
+    read_dataset,
+    read_structure,
+)
+
+LayerStatus = Literal["same", "changed", "only_a", "only_b", "incompatible"]
+
+
+@dataclass(frozen=True)
+class VariableDiff:
+    """One variable of a matched layer; the ``_b`` side is None when it is only in A."""
+
+    name: str
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    dtype_a: str | None
+    dtype_b: str | None
+    identical: bool | None  # None when the values were not compared
+    max_abs: float | None
+    rel_l2: float | None
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    path: str
+    class_a: str | None  # None when the layer is only in B
+    class_b: str | None  # None when the layer is only in A
+    status: LayerStatus
+    variables: tuple[VariableDiff, ...]
+
+    @property
+    def reason(self) -> str | None:
+        """Why an ``incompatible`` layer was not compared, in one line."""
+        if self.status != "incompatible":
+            return None
+        if self.class_a != self.class_b:
+            return f"class {self.class_a} != {self.class_b}"
+        unpaired = [v.name for v in self.variables if v.shape_a is None or v.shape_b is None]
+        if unpaired:
+            names_a = [v.name for v in self.variables if v.shape_a is not None]
+            names_b = [v.name for v in self.variables if v.shape_b is not None]
+            return f"variables ({', '.join(names_a)}) != ({', '.join(names_b)})"
+        return "; ".join(
+            f"{v.name} shape {v.shape_a} != {v.shape_b}"
+            for v in self.variables
+            if v.shape_a != v.shape_b
+        )
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    a: str  # the models' labels (paths, or "<stdin>")
+    b: str
+    layers: tuple[LayerDiff, ...]
+
+    @property
+    def identical(self) -> bool:
+        """Every compared layer is the same and none is in only one model."""
+        return all(layer.status == "same" for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class _Store:
+    """An open weight store, with the bytes under it when its datasets can be addressed.
+
+    Comparing two variables' stored bytes where they lie (a memory map of the file, or
+    the bytes read from stdin) is the fast path of a diff: most variables of two related
+    models are equal, and for ResNet50 against itself it takes 0.1 s where decoding
+    each variable through h5py first took 0.35 s.
+    """
+
+    h5: h5py.File
+    buffer: bytes | mmap.mmap | None  # None: a compressed .keras member
+    base: int  # where the weight store starts inside ``buffer``
+
+    def stored_bytes(self, variable: Variable) -> np.ndarray | None:
+        """The variable's bytes as stored (no copy), or None if not stored contiguously."""
+        if self.buffer is None:
+            return None
+        dataset = h5py.h5d.open(self.h5.id, variable.dataset.encode())
+        offset = dataset.get_offset()  # None for chunked, compressed or unallocated data
+        size = variable.size * dataset.dtype.itemsize
+        if offset is None or dataset.get_storage_size() != size:
+            return None
+        start = self.base + offset
+        if start + size > len(self.buffer):
+            return None
+        return np.frombuffer(self.buffer, dtype=np.uint8, count=size, offset=start)
+
+    def value(self, variable: Variable) -> np.ndarray:
+        return read_dataset(self.h5[variable.dataset])
+
+
+@contextmanager
+def _open_store(source: ModelSource) -> Iterator[_Store]:
+    with open_weight_store(source) as (h5, meta), ExitStack() as stack:
+        member = meta.get("member")
+        if member is not None and not member.stored:
+            yield _Store(h5, None, 0)
+            return
+        base = member.data_offset if member is not None else 0
+        if source.data is not None:
+            yield _Store(h5, source.data, base)
+            return
+        assert source.path is not None
+        handle = stack.enter_context(open(source.path, "rb"))
+        mapped = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        yield _Store(h5, mapped, base)
+
+
+def diff_models(a: ModelSource, b: ModelSource, *, all_layers: bool = False) -> DiffReport:
+    """Compare the convolution layers of two models (every layer with weights if ``all_layers``).
+
+    Weights are read one variable at a time through both weight stores, opened once, so
+    memory stays at about one layer's worth whatever the model's size.
+
+    >>> report = diff_models(ModelSource.from_path("sample_models/tiny_cnn.keras"),
+    ...                      ModelSource.from_path("sample_models/tiny_cnn.h5"))
+    >>> report.identical, [layer.status for layer in report.layers]
+    (True, ['same', 'same', 'same'])
+    """
+    layers_a = {layer.path: layer for layer in read_structure(a).layers}
+    layers_b = {layer.path: layer for layer in read_structure(b).layers}
+
+    def shown(path: str) -> bool:
+        # A layer that is a convolution in either model is shown, with both sides.
+        twins = (layers_a.get(path), layers_b.get(path))
+        return all_layers or any(layer is not None and layer.conv is not None for layer in twins)
+
+    paths = [path for path in _merged_paths(list(layers_a), list(layers_b)) if shown(path)]
+    with _open_store(a) as store_a, _open_store(b) as store_b:
+        diffs = tuple(
+            _diff_layer(layers_a.get(path), layers_b.get(path), store_a, store_b)
+            for path in paths
+        )
+    return DiffReport(a.label, b.label, diffs)
+
+
+def _merged_paths(paths_a: list[str], paths_b: list[str]) -> Iterator[str]:
+    """A's paths in A's order, each B-only path placed before the next path both share."""
+    in_a, in_b = set(paths_a), set(paths_b)
+    pending_b = iter(paths_b)
+    emitted: set[str] = set()
+    for path in paths_a:
+        if path in in_b:
+            for b_path in pending_b:
+                if b_path == path:
+                    break
+                if b_path not in in_a and b_path not in emitted:
+                    emitted.add(b_path)
+                    yield b_path
+        emitted.add(path)
+        yield path
+    for b_path in paths_b:
+        if b_path not in emitted:
+            emitted.add(b_path)
+            yield b_path
+
+
+def _variable_key(layer: Layer, variable: Variable) -> str:
+    # Keras 2 calls a DepthwiseConv2D's kernel `depthwise_kernel`, Keras 3 `kernel`.
+    conv = layer.conv
+    if conv is not None and conv.kind == "depthwise" and variable.name == "depthwise_kernel":
+        return "kernel"
+    return variable.name
+
+
+def _is_positional(names: list[str]) -> bool:
+    """Names that are only store positions: the class's variables are not catalogued."""
+    return all(name.isdigit() for name in names)
+
+
+def _pair_variables(
+    layer_a: Layer, layer_b: Layer
+) -> list[tuple[str, Variable | None, Variable | None]]:
+    """Variables of the two layers paired by name, A's order first then B-only ones.
+
+    A `.keras` file names the variables of a class the catalogue does not know by
+    position ("0", "1"), a `.h5` by their stored names: those pair by position, which
+    is Keras's weight order in both formats.
+    """
+    names_a = [_variable_key(layer_a, v) for v in layer_a.variables]
+    names_b = [_variable_key(layer_b, v) for v in layer_b.variables]
+    if len(names_a) == len(names_b) and (_is_positional(names_a) or _is_positional(names_b)):
+        return [
+            (nb if _is_positional(names_a) else na, va, vb)
+            for na, nb, va, vb in zip(names_a, names_b, layer_a.variables, layer_b.variables)
+        ]
+    by_name_b = dict(zip(names_b, layer_b.variables))
+    pairs: list[tuple[str, Variable | None, Variable | None]] = [
+        (name, variable, by_name_b.get(name)) for name, variable in zip(names_a, layer_a.variables)
+    ]
+    pairs.extend(
+        (name, None, variable)
+        for name, variable in zip(names_b, layer_b.variables)
+        if name not in names_a
+    )
+    return pairs
+
+
+def _class_key(layer: Layer) -> str:
+    return layer.conv.name if layer.conv is not None else layer.class_name
+
+
+def _unpaired(name: str, a: Variable | None, b: Variable | None) -> VariableDiff:
+    return VariableDiff(
+        name=name,
+        shape_a=a.shape if a is not None else None,
+        shape_b=b.shape if b is not None else None,
+        dtype_a=a.dtype if a is not None else None,
+        dtype_b=b.dtype if b is not None else None,
+        identical=None,
+        max_abs=None,
+        rel_l2=None,
+    )
+
+
+def _diff_layer(
+    layer_a: Layer | None, layer_b: Layer | None, store_a: _Store, store_b: _Store
+) -> LayerDiff:
+    if layer_a is None or layer_b is None:
+        layer = layer_a or layer_b
+        assert layer is not None
+        only_a = layer_a is not None
+        return LayerDiff(
+            path=layer.path,
+            class_a=layer.class_name if only_a else None,
+            class_b=None if only_a else layer.class_name,
+            status="only_a" if only_a else "only_b",
+            variables=tuple(
+                _unpaired(_variable_key(layer, v), v if only_a else None, None if only_a else v)
+                for v in layer.variables
+            ),
+        )
+    pairs = _pair_variables(layer_a, layer_b)
+    lined_up = _class_key(layer_a) == _class_key(layer_b) and all(
+        va is not None and vb is not None and va.shape == vb.shape for _, va, vb in pairs
+    )
+    if not lined_up:
+        return LayerDiff(
+            layer_a.path, layer_a.class_name, layer_b.class_name, "incompatible",
+            tuple(_unpaired(name, va, vb) for name, va, vb in pairs),
+        )
+    variables = []
+    for name, va, vb in pairs:
+        assert va is not None and vb is not None
+        variables.append(_compare_variable(name, va, vb, store_a, store_b))
+    status: LayerStatus = "same" if all(v.identical for v in variables) else "changed"
+    return LayerDiff(layer_a.path, layer_a.class_name, layer_b.class_name, status, tuple(variables))
+
+
+def _compare_variable(
+    name: str, va: Variable, vb: Variable, store_a: _Store, store_b: _Store
+) -> VariableDiff:
+    if va.dtype == vb.dtype and _same_stored_bytes(va, vb, store_a, store_b):
+        identical, max_abs, rel_l2 = True, 0.0, 0.0
+    else:
+        equal, max_abs, rel_l2 = value_difference(store_a.value(va), store_b.value(vb))
+        identical = equal and va.dtype == vb.dtype
+    return VariableDiff(name, va.shape, vb.shape, va.dtype, vb.dtype, identical, max_abs, rel_l2)
+
+
+def _same_stored_bytes(va: Variable, vb: Variable, store_a: _Store, store_b: _Store) -> bool:
+    # The views pin the memory maps: they must not outlive this call, or closing the
+    # maps fails (a traceback keeps its frames' locals alive).
+    stored_a, stored_b = store_a.stored_bytes(va), store_b.stored_bytes(vb)
+    if stored_a is None or stored_b is None:
+        return False
+    return bool(np.array_equal(stored_a, stored_b))
+
+
+def value_difference(a: np.ndarray, b: np.ndarray) -> tuple[bool, float, float]:
+    """``(equal, max_abs, rel_l2)`` of two same-shape arrays, as the module docstring defines.
+
+    >>> value_difference(np.array([3.0, 4.0]), np.array([3.0, 5.0]))
+    (False, 1.0, 0.2)
+    """
+    fa = np.asarray(a, dtype=np.float64).ravel()
+    fb = np.asarray(b, dtype=np.float64).ravel()
+    equal = (fa == fb) | (np.isnan(fa) & np.isnan(fb))
+    with np.errstate(invalid="ignore", over="ignore"):
+        delta = np.abs(fb - fa)
+    delta[equal] = 0.0
+    delta[np.isnan(delta)] = np.inf
+    max_abs = float(delta.max()) if delta.size else 0.0
+    norm_delta = math.sqrt(float(np.dot(delta, delta)))
+    finite_a = fa[np.isfinite(fa)]
+    norm_a = math.sqrt(float(np.dot(finite_a, finite_a)))
+    if norm_a > 0:
+        rel_l2 = norm_delta / norm_a
+    else:
+        rel_l2 = math.inf if norm_delta > 0 else 0.0
+    return bool(equal.all()), max_abs, rel_l2
