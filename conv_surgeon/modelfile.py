@@ -296,7 +296,8 @@ def _keras_meta(archive: zipfile.ZipFile, label: str) -> dict[str, Any]:
         raise ModelFileError(
             f"{label}: zip archive without config.json; not a Keras 3 .keras file"
         ) from None
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+        # zipfile raises RuntimeError for an encrypted member.
         raise ModelFileError(
             f"{label}: the model's config.json is broken ({exc}); the archive cannot be "
             "used, re-save the model with Keras"
@@ -309,7 +310,7 @@ def _keras_meta(archive: zipfile.ZipFile, label: str) -> dict[str, Any]:
     version = None
     try:
         version = json.loads(archive.read("metadata.json")).get("keras_version")
-    except (KeyError, ValueError, AttributeError, zipfile.BadZipFile, OSError, EOFError):
+    except (KeyError, ValueError, AttributeError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
         pass
     return {"config": config, "keras_version": version}
 
