@@ -106,11 +106,6 @@ LayoutOpt = Annotated[
         help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.",
     ),
 ]
-LayerOpt = Annotated[
-    str,
-    typer.Option("--layer", "-l", help="Layer name, or a path outer/inner/conv1 where names repeat.", show_default=False),
-]
-
 
 @app.command()
 def inspect(
@@ -130,10 +125,16 @@ def inspect(
         render_inspect(report)
 
 
+OptionalLayerOpt = Annotated[
+    Optional[str],
+    typer.Option("--layer", "-l", help="Layer name, or a path outer/inner/conv1 where names repeat.", show_default=False),
+]
+
+
 @app.command()
 def get(
     model: ModelArg,
-    layer: LayerOpt,
+    layer: OptionalLayerOpt = None,
     weight: Annotated[
         Optional[str],
         typer.Option("--weight", "-w", help="Variable to export (kernel, bias, depthwise_kernel, ...). Default: the kernel.", show_default=False),
@@ -142,18 +143,29 @@ def get(
         Optional[str],
         typer.Option("--output", "-o", help="FILE.npy, FILE.npz (all of the layer's variables) or - for stdout.", show_default=False),
     ] = None,
+    every_layer: Annotated[
+        bool,
+        typer.Option("--all", help="Every convolution variable of the model as one .npz bundle, keys <layer path>/<variable>."),
+    ] = False,
     layout: LayoutOpt = "keras",
 ) -> None:
-    """Write one variable of a layer as .npy (or all of them as .npz)."""
+    """Write one variable of a layer as .npy (all of its variables, or with --all every conv's, as .npz)."""
     from .fileio import npy_bytes, npz_bytes, write_atomically
-    from .reading import get_weights
+    from .reading import export_bundle, get_weights
 
-    to_npz = output is not None and output.endswith(".npz")
+    if every_layer == (layer is not None):
+        raise UsageError("give --layer L for one layer, or --all for every convolution layer (not both)")
+    to_npz = every_layer or (output is not None and output.endswith(".npz"))
+    if every_layer and output not in (None, "-") and not output.endswith(".npz"):
+        raise UsageError(f"-o {output}: --all writes an .npz bundle; name the output FILE.npz")
     if output in (None, "-"):
-        _refuse_terminal(_stdout(), "a .npy array", "use -o FILE.npy or pipe the output")
-    export = get_weights(
-        _model_source(model), layer, weight=weight, every=to_npz and weight is None, layout=layout
-    )
+        _refuse_terminal(_stdout(), "array data", "use -o FILE or pipe the output")
+    source = _model_source(model)
+    if every_layer:
+        export = export_bundle(source, layout=layout)
+    else:
+        assert layer is not None
+        export = get_weights(source, layer, weight=weight, every=to_npz and weight is None, layout=layout)
     for note in export.notes:
         click.echo(f"note: {note}", err=True)
     if to_npz:
@@ -166,8 +178,9 @@ def get(
         out.flush()
         return
     write_atomically(Path(output), lambda handle: handle.write(data))
-    names = ", ".join(f"{name} {tuple(a.shape)}" for name, a in export.arrays.items())
-    click.echo(f"wrote {output}: {export.layer.path} {names}", err=True)
+    what = f"{len(export.arrays)} arrays" if every_layer else export.layer.path + " " + ", ".join(
+        f"{name} {tuple(a.shape)}" for name, a in export.arrays.items())
+    click.echo(f"wrote {output}: {what}", err=True)
 
 
 def _parse_pairs(values: list[str], option: str) -> list[tuple[str, str]]:
@@ -191,61 +204,43 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-@app.command("set")
-def set_command(
-    layer: LayerOpt,
-    model: Annotated[
-        Optional[str],
-        typer.Argument(help="A .keras or .h5 model; omitted or - reads it from stdin.", show_default=False),
-    ] = None,
-    kernel: Annotated[Optional[str], typer.Option("--kernel", help="SRC for the kernel: file.npy, file.npz:KEY, file.h5:PATH or - (stdin).", show_default=False)] = None,
-    bias: Annotated[Optional[str], typer.Option("--bias", help="SRC for the bias.", show_default=False)] = None,
-    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy (repeatable).")] = [],
-    kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
-    bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
-    weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initializers (drawn and reported when omitted).", show_default=False)] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where the edited model goes (- for stdout). Replaced atomically.", show_default=False)] = None,
-    in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL itself (atomically).")] = False,
-    no_smoke: Annotated[bool, typer.Option("--no-smoke", help="Skip the Keras load and forward-pass check.")] = False,
-    input_shape: Annotated[list[str], typer.Option("--input-shape", help="Smoke-test input size without batch, e.g. 64,64,3 (one per model input).")] = [],
-    unsafe: Annotated[bool, typer.Option("--unsafe", help="Let the smoke test load Lambda layers (runs code from the file).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and report what would change; write nothing.")] = False,
-    json_output: JsonOpt = False,
-    layout: LayoutOpt = "keras",
-    donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="Also run the original model on the same inputs and report how the outputs differ.")] = False,
-    expect_same: Annotated[bool, typer.Option("--expect-same", help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")] = False,
-    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for --expect-same.")] = 1e-5,
-    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for --expect-same.")] = 1e-5,
-    save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)] = None,
-    load_inputs: Annotated[Optional[Path], typer.Option("--load-inputs", help="Smoke-test on the arrays of FILE.npz (keys input_0, ... or input names).", show_default=False)] = None,
-) -> None:
-    """Set variables of one convolution layer from arrays, initializers or another model, then smoke-test."""
-    from .render import render_set_report, set_document, print_json
-    from .smoke import Tolerance
-    from .surgery import (
-        SmokeOptions,
-        WeightRequest,
-        choose_destination,
-        parse_donor,
-        require_requests,
-        set_weights,
-    )
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Where the edited model goes (- for stdout). Replaced atomically.", show_default=False)]
+InPlaceOpt = Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL itself (atomically).")]
+NoSmokeOpt = Annotated[bool, typer.Option("--no-smoke", help="Skip the Keras load and forward-pass check.")]
+InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="Smoke-test input size without batch, e.g. 64,64,3 (one per model input).")]
+UnsafeOpt = Annotated[bool, typer.Option("--unsafe", help="Let the smoke test load Lambda layers (runs code from the file).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Check and report what would change; write nothing.")]
+CompareOpt = Annotated[bool, typer.Option("--compare", help="Also run the original model on the same inputs and report how the outputs differ.")]
+ExpectSameOpt = Annotated[bool, typer.Option("--expect-same", help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")]
+AtolOpt = Annotated[float, typer.Option("--atol", help="Absolute tolerance for --expect-same.")]
+RtolOpt = Annotated[float, typer.Option("--rtol", help="Relative tolerance for --expect-same.")]
+SaveInputsOpt = Annotated[Optional[Path], typer.Option("--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)]
+LoadInputsOpt = Annotated[Optional[Path], typer.Option("--load-inputs", help="Smoke-test on the arrays of FILE.npz (keys input_0, ... or input names).", show_default=False)]
+OptionalModelArg = Annotated[
+    Optional[str],
+    typer.Argument(help="A .keras or .h5 model; omitted or - reads it from stdin.", show_default=False),
+]
 
-    requests = []
-    if kernel is not None:
-        requests.append(WeightRequest(None, source=kernel))
-    if bias is not None:
-        requests.append(WeightRequest("bias", source=bias))
-    requests += [WeightRequest(name, source=src) for name, src in _parse_pairs(weight, "--weight")]
-    if kernel_init is not None:
-        requests.append(WeightRequest(None, init=kernel_init))
-    if bias_init is not None:
-        requests.append(WeightRequest("bias", init=bias_init))
-    requests += [WeightRequest(name, init=spec) for name, spec in _parse_pairs(weight_init, "--weight-init")]
-    donor_spec = parse_donor(donor) if donor is not None else None
-    require_requests(requests, donor_spec)
+
+def _prepare_write(
+    model: str | None,
+    output: str | None,
+    in_place: bool,
+    dry_run: bool,
+    no_smoke: bool,
+    input_shape: list[str],
+    unsafe: bool,
+    compare: bool,
+    expect_same: bool,
+    atol: float,
+    rtol: float,
+    save_inputs: Path | None,
+    load_inputs: Path | None,
+) -> tuple[Any, Any]:
+    """The checks to run and where the model goes, from the options every writer shares."""
+    from .smoke import Tolerance
+    from .surgery import SmokeOptions, choose_destination
+
     if expect_same and not compare:
         raise UsageError("--expect-same needs --compare (it checks the comparison's result)")
     if no_smoke and (compare or load_inputs or save_inputs):
@@ -266,16 +261,162 @@ def set_command(
         destination = choose_destination(model, output, in_place, _stdout())
         if destination.stream is not None:
             _refuse_terminal(destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
-    report = set_weights(
-        _model_source(model or "-"), layer, requests, destination, seed=seed, stdin=_stdin(),
-        layout=layout, donor=donor_spec, checks=checks,
-    )
+    return checks, destination
+
+
+def _render_write(report: Any, destination: Any, json_output: bool) -> None:
+    from .render import print_json, render_set_report, set_document
+
     # When stdout carries the model, every report goes to stderr.
     stream = sys.stderr if destination is not None and destination.stream is not None else sys.stdout
     if json_output:
         print_json(set_document(report), stream)
     else:
         render_set_report(report, stream)
+
+
+@app.command("set")
+def set_command(
+    model: OptionalModelArg = None,
+    layer: OptionalLayerOpt = None,
+    kernel: Annotated[Optional[str], typer.Option("--kernel", help="SRC for the kernel: file.npy, file.npz:KEY, file.h5:PATH, file.safetensors:KEY, file.pt:KEY or - (stdin).", show_default=False)] = None,
+    bias: Annotated[Optional[str], typer.Option("--bias", help="SRC for the bias.", show_default=False)] = None,
+    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy (repeatable).")] = [],
+    kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
+    bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
+    weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initializers (drawn and reported when omitted).", show_default=False)] = None,
+    donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
+    from_npz: Annotated[Optional[Path], typer.Option("--from-npz", help="Set every variable of an .npz bundle (keys <layer path>/<variable>, as `get --all` writes), in one write.", show_default=False)] = None,
+    layout: LayoutOpt = "keras",
+    output: OutputOpt = None,
+    in_place: InPlaceOpt = False,
+    no_smoke: NoSmokeOpt = False,
+    input_shape: InputShapeOpt = [],
+    unsafe: UnsafeOpt = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+    compare: CompareOpt = False,
+    expect_same: ExpectSameOpt = False,
+    atol: AtolOpt = 1e-5,
+    rtol: RtolOpt = 1e-5,
+    save_inputs: SaveInputsOpt = None,
+    load_inputs: LoadInputsOpt = None,
+) -> None:
+    """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
+    from .surgery import (
+        WeightRequest,
+        bundle_edits,
+        edit_model,
+        parse_donor,
+        require_requests,
+        set_weights,
+    )
+
+    requests = []
+    if kernel is not None:
+        requests.append(WeightRequest(None, source=kernel))
+    if bias is not None:
+        requests.append(WeightRequest("bias", source=bias))
+    requests += [WeightRequest(name, source=src) for name, src in _parse_pairs(weight, "--weight")]
+    if kernel_init is not None:
+        requests.append(WeightRequest(None, init=kernel_init))
+    if bias_init is not None:
+        requests.append(WeightRequest("bias", init=bias_init))
+    requests += [WeightRequest(name, init=spec) for name, spec in _parse_pairs(weight_init, "--weight-init")]
+    donor_spec = parse_donor(donor) if donor is not None else None
+    if from_npz is not None:
+        if layer is not None or requests or donor_spec is not None:
+            raise UsageError("--from-npz sets the layers its keys name; drop --layer and the weight options")
+    else:
+        if layer is None:
+            raise UsageError("missing --layer: name the layer to edit (or use --from-npz BUNDLE)")
+        require_requests(requests, donor_spec)
+    checks, destination = _prepare_write(
+        model, output, in_place, dry_run, no_smoke, input_shape, unsafe, compare, expect_same,
+        atol, rtol, save_inputs, load_inputs,
+    )
+    source = _model_source(model or "-")
+    if from_npz is not None:
+        report = edit_model(source, bundle_edits(from_npz, layout), destination, seed=seed,
+                            checks=checks, progress=_progress())
+    else:
+        assert layer is not None
+        report = set_weights(source, layer, requests, destination, seed=seed, stdin=_stdin(),
+                             layout=layout, donor=donor_spec, checks=checks)
+    _render_write(report, destination, json_output)
+
+
+@app.command("apply")
+def apply_command(
+    model: OptionalModelArg = None,
+    plan: Annotated[Optional[Path], typer.Argument(help="A JSON or TOML plan of edits (see --schema).", show_default=False)] = None,
+    schema: Annotated[bool, typer.Option("--schema", help="Print the plan's JSON Schema and exit.")] = False,
+    output: OutputOpt = None,
+    in_place: InPlaceOpt = False,
+    no_smoke: NoSmokeOpt = False,
+    input_shape: InputShapeOpt = [],
+    unsafe: UnsafeOpt = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+    compare: CompareOpt = False,
+    expect_same: ExpectSameOpt = False,
+    atol: AtolOpt = 1e-5,
+    rtol: RtolOpt = 1e-5,
+    save_inputs: SaveInputsOpt = None,
+    load_inputs: LoadInputsOpt = None,
+) -> None:
+    """Apply every edit of a plan, all or nothing: one write and one smoke test."""
+    import json
+
+    from .plan import load_plan, plan_schema
+    from .surgery import apply_plan
+
+    if schema:
+        click.echo(json.dumps(plan_schema(), indent=2))
+        return
+    if model is None or plan is None:
+        raise UsageError("apply needs MODEL and PLAN: conv-surgeon apply model.keras plan.toml -o out.keras")
+    checks, destination = _prepare_write(
+        model, output, in_place, dry_run, no_smoke, input_shape, unsafe, compare, expect_same,
+        atol, rtol, save_inputs, load_inputs,
+    )
+    report = apply_plan(_model_source(model), load_plan(plan), destination, checks=checks,
+                        progress=_progress())
+    _render_write(report, destination, json_output)
+
+
+@app.command()
+def diff(
+    model_a: Annotated[str, typer.Argument(metavar="A", help="A .keras or .h5 model.", show_default=False)],
+    model_b: Annotated[str, typer.Argument(metavar="B", help="The model to compare it with.", show_default=False)],
+    all_layers: Annotated[bool, typer.Option("--all", help="Compare every layer with weights, not only convolutions.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compare the weights of two models. Exit 0 identical, 1 different, 2 error (as diff(1))."""
+    from .diff import diff_models
+    from .render import diff_document, print_json, render_diff
+
+    try:
+        report = diff_models(_model_source(model_a), _model_source(model_b), all_layers=all_layers)
+    except ConvSurgeonError as exc:
+        exc.exit_code = 2  # scripts test diff's status: 2 means trouble, as in diff(1)
+        raise
+    if json_output:
+        print_json(diff_document(report))
+    else:
+        render_diff(report)
+    if not report.identical:
+        raise typer.Exit(1)
+
+
+def _progress() -> Any:
+    """A progress display on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from .render import progress_callback
+
+    return progress_callback(sys.stderr)
 
 
 def main() -> None:

@@ -10,7 +10,14 @@ import numpy as np
 
 from .catalogue import stored_name_matches
 from .errors import ConvSurgeonError, LayerNotFoundError
-from .modelfile import Layer, ModelSource, ModelStructure, Variable, read_structure, read_variables
+from .modelfile import (
+    Layer,
+    ModelSource,
+    ModelStructure,
+    Variable,
+    read_structure,
+    read_variables,
+)
 
 if TYPE_CHECKING:
     from .assign import TargetVariable
@@ -194,3 +201,27 @@ def get_weights(
             notes.append(f"{layer.path} {variable.name}: bfloat16 exported as float32 (exact)")
         arrays[variable.name] = value
     return WeightsExport(layer, arrays, tuple(notes))
+
+
+def export_bundle(source: ModelSource, *, layout: str = "keras", all_layers: bool = False) -> WeightsExport:
+    """Every convolution variable (every variable with ``all_layers``) under
+    ``<layer path>/<variable>`` keys, ready for `set --from-npz`."""
+    structure = read_structure(source)
+    layers = structure.layers if all_layers else structure.conv_layers
+    values = read_variables(source, [v for layer in layers for v in layer.variables])
+    arrays: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for layer in layers:
+        targets = {t.name: t for t in layer_targets(layer)} if layout == "torch" and layer.conv else {}
+        for variable in layer.variables:
+            value = values[variable.dataset]
+            if variable.name in targets:
+                from .layout import to_torch
+
+                value = to_torch(targets[variable.name], value)
+            if variable.dtype == "bfloat16":
+                value = value.astype(np.float32)
+            arrays[f"{layer.path}/{variable.name}"] = value
+    if any(layer.variables[0].dtype == "bfloat16" for layer in layers if layer.variables):
+        notes.append("bfloat16 variables exported as float32 (exact)")
+    return WeightsExport(layers[0] if layers else None, arrays, tuple(notes))  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
@@ -15,6 +16,7 @@ from .naming import format_shape
 from .reading import InspectReport, VariableStats
 
 if TYPE_CHECKING:
+    from .diff import DiffReport
     from .surgery import SetReport
 
 SCHEMA_VERSION = 1
@@ -202,9 +204,12 @@ def set_document(report: SetReport) -> dict[str, Any]:
 def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
     out = console(stream)
     where = "would write (dry run)" if report.dry_run else f"wrote {report.destination}"
-    names = ", ".join(f"'{layer.path}' ({layer.class_name})" for layer in report.layers)
-    noun = "layer" if len(report.layers) == 1 else f"{len(report.layers)} layers"
-    out.print(f"{report.source}: {noun} {names}; {where}")
+    if len(report.layers) == 1:
+        layer = report.layers[0]
+        what = f"layer '{layer.path}' ({layer.class_name})"
+    else:
+        what = f"{len(report.layers)} layers"
+    out.print(f"{report.source}: {what}; {where}")
     table = Table()
     several = len(report.layers) > 1
     columns = (("layer",) if several else ()) + (
@@ -245,3 +250,80 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
             out.print(f"note: {note}")
     elif not report.dry_run:
         out.print("smoke test skipped (--no-smoke)")
+
+
+def progress_callback(stream: TextIO) -> Callable[[int, int, str], None]:
+    """One status line on a terminal, rewritten at each step: ``[3/22] checked conv1``."""
+
+    def report(done: int, total: int, step: str) -> None:
+        stream.write(f"\r\x1b[K[{done}/{total}] {step}")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return report
+
+
+def _number(x: float | None) -> float | str | None:
+    """JSON has no inf or NaN: write them as strings."""
+    if x is None or x == x and abs(x) != float("inf"):
+        return x
+    return str(x)
+
+
+def diff_document(report: DiffReport) -> dict[str, Any]:
+    return {
+        "a": report.a,
+        "b": report.b,
+        "identical": report.identical,
+        "layers": [
+            {
+                "path": layer.path,
+                "class_a": layer.class_a,
+                "class_b": layer.class_b,
+                "status": layer.status,
+                "reason": layer.reason,
+                "variables": [
+                    {
+                        "name": v.name,
+                        "shape_a": list(v.shape_a) if v.shape_a is not None else None,
+                        "shape_b": list(v.shape_b) if v.shape_b is not None else None,
+                        "dtype_a": v.dtype_a,
+                        "dtype_b": v.dtype_b,
+                        "identical": v.identical,
+                        "max_abs": _number(v.max_abs),
+                        "rel_l2": _number(v.rel_l2),
+                    }
+                    for v in layer.variables
+                ],
+            }
+            for layer in report.layers
+        ],
+    }
+
+
+def render_diff(report: DiffReport, stream: TextIO | None = None) -> None:
+    out = console(stream)
+    out.print(f"a: {report.a}\nb: {report.b}")
+    table = Table()
+    for column in ("layer", "status", "variable", "shape", "dtype", "max |a-b|", "rel L2"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("max |a-b|", "rel L2") else "left")
+    differing = [layer for layer in report.layers if layer.status != "same"]
+    for layer in differing:
+        status = layer.status.replace("_", " ") + (f": {layer.reason}" if layer.reason else "")
+        if not layer.variables:
+            table.add_row(layer.path, status, "", "", "", "", "")
+        for i, v in enumerate(layer.variables):
+            shape = format_shape(v.shape_a or v.shape_b or ()) if v.shape_a == v.shape_b else (
+                f"{format_shape(v.shape_a) if v.shape_a else '-'} -> {format_shape(v.shape_b) if v.shape_b else '-'}")
+            dtype = (v.dtype_a or "") if v.dtype_a == v.dtype_b else f"{v.dtype_a or '-'} -> {v.dtype_b or '-'}"
+            table.add_row(
+                layer.path if i == 0 else "", status if i == 0 else "", v.name, shape, dtype,
+                "" if v.max_abs is None else f"{v.max_abs:.4g}",
+                "" if v.rel_l2 is None else f"{v.rel_l2:.4g}",
+            )
+    if differing:
+        out.print(table)
+    same = len(report.layers) - len(differing)
+    verdict = "identical" if report.identical else f"{len(differing)} layer(s) differ"
+    out.print(f"{verdict}; {same} of {len(report.layers)} layers the same")

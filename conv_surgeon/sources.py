@@ -257,6 +257,29 @@ def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
     return _load_npy_bytes(member_bytes, f"source '{spec}'")
 
 
+def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (a bundle), read once, never unpickled."""
+    label = f"bundle '{path}'"
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise SourceError(f"{label}: cannot read it ({exc.strerror}); check the path") from exc
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [n for n in archive.namelist() if n.endswith(".npy")]
+            if not members:
+                raise SourceError(f"{label}: not an .npz of arrays; expected one written by np.savez")
+            return {
+                name[: -len(".npy")]: _load_npy_bytes(archive.read(name), f"{label} key '{name[:-4]}'")
+                for name in members
+            }
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise SourceError(
+            f"{label}: not a readable .npz archive ({_one_line(exc)}); write it with np.savez"
+        ) from exc
+
+
 def _load_hdf5(spec: str, path: str, key: str | None) -> np.ndarray:
     import h5py
 

@@ -11,9 +11,9 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +23,7 @@ from .assign import Assignment, TargetVariable, plan_assignments
 from .catalogue import conv_class, stored_name_matches
 from .errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from .fileio import atomic_output, check_output_dir
+from .layout import from_torch, torch_axis_names, torch_shape, variable_role
 from .modelfile import (
     PARSE_TIMEOUT_S,
     Layer,
@@ -33,8 +34,8 @@ from .modelfile import (
     read_variables,
     run_bounded,
 )
-from .layout import from_torch, torch_axis_names, torch_shape, variable_role
 from .naming import format_shape
+from .plan import Plan
 from .reading import layer_targets, main_kernel, resolve_layer, resolve_variable
 from .smoke import (
     ExpectedValue,
@@ -47,8 +48,8 @@ from .smoke import (
 )
 from .writer import apply_edits, plan_edits
 
-
 Layout = str  # "keras" or "torch"
+Progress = Callable[[int, int, str], None]
 LAYOUTS = ("keras", "torch")
 
 
@@ -59,6 +60,8 @@ class WeightRequest:
     variable: str | None
     source: str | None = None  # SRC: file.npy, file.npz:KEY, file.h5:PATH, -
     init: str | None = None  # SPEC: he_normal, constant:value=0.1, ...
+    array: np.ndarray | None = field(default=None, compare=False)  # already loaded (bundles)
+    origin: str | None = None  # what to call ``array`` in reports
 
     @property
     def label(self) -> str:
@@ -224,13 +227,21 @@ def edit_model(
     seed: int | None = None,
     checks: SmokeOptions | None = None,
     stdin: BinaryIO | None = None,
+    progress: Progress | None = None,
 ) -> SetReport:
     """Apply ``edits`` (one per layer) with one read, one write and one smoke test.
 
     Every edit is checked before anything is written. With one edit its error is
     raised as it is; with several, one :class:`PlanError` lists every problem.
+    ``progress(done, total, step)`` hears of each edit checked, the write and the smoke test.
     """
     checks = checks or SmokeOptions()
+    total = len(edits) + 1 + (1 if checks.enabled else 0)
+
+    def step(done: int, what: str) -> None:
+        if progress is not None:
+            progress(done, total, what)
+
     structure = read_structure(source)
     if destination is not None and destination.path is not None:
         _check_suffix(destination.path, structure.format)
@@ -266,6 +277,7 @@ def edit_model(
             if len(edits) == 1:
                 raise
             problems.append((edit, exc))
+        step(len(planned) + len(problems), f"checked {_place(edit)}")
     if problems:
         lines = tuple(f"{_place(edit)}: {exc}" for edit, exc in problems)
         raise PlanError(
@@ -292,6 +304,7 @@ def edit_model(
         with _staging_file(destination, structure.format) as staged:
             apply_edits(source, plan, staged)
             _verify_written(staged, edited)
+            step(len(edits) + 1, "written")
             report = None
             if warm_up is not None:
                 warm_up.wait()
@@ -302,6 +315,7 @@ def edit_model(
                         reference=reference, expect_same=checks.expect_same,
                         load_inputs=checks.load_inputs, save_inputs=checks.save_inputs,
                     )
+                step(total, "smoke test passed")
             _deliver(staged, destination)
     finally:
         if warm_up is not None:
@@ -309,6 +323,30 @@ def edit_model(
             warm_up.join()
     return SetReport(source.label, destination.label, layers, changes, seed if seeded else None,
                      seed_drawn, report, False)
+
+
+def apply_plan(
+    source: ModelSource,
+    plan: Plan,
+    destination: Destination | None,
+    *,
+    checks: SmokeOptions | None = None,
+    progress: Progress | None = None,
+) -> SetReport:
+    """Every edit of a plan, all or nothing, with one write and one smoke test."""
+    edits = [
+        LayerEdit(
+            edit.layer,
+            tuple(
+                WeightRequest(None if w.variable == "kernel" else w.variable, source=w.source, init=w.init)
+                for w in edit.weights
+            ),
+            edit.layout,
+            place=edit.place,
+        )
+        for edit in plan.edits
+    ]
+    return edit_model(source, edits, destination, seed=plan.seed, checks=checks, progress=progress)
 
 
 def _place(edit: LayerEdit) -> str:
@@ -382,17 +420,20 @@ def _load_candidates(
         candidates += _donor_candidates(source, layer, edit.donor)
     specs = [(r, parse_initializer_spec(r.init)) for r in requests if r.init is not None]
     for request in requests:
-        if request.source is None:
+        if request.source is None and request.array is None:
             continue
         variable = _variable_for(layer, request, source.label)
         name = variable.name if variable is not None else request.label
-        if request.source == "-":
+        if request.array is not None:
+            array, origin = request.array, request.origin or "array"
+        elif request.source == "-":
             loaded = load_source("-", stdin)
+            array, origin = loaded.array, loaded.origin
         else:
             # An HDF5 source is untrusted input too: bound its parsing like a model's.
             spec = request.source
             loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
-        array, origin = loaded.array, loaded.origin
+            array, origin = loaded.array, loaded.origin
         target = targets.get(name)
         if edit.layout == "torch" and target is not None:
             array = from_torch(target, array)
@@ -427,6 +468,31 @@ def _fits_both_layouts(target: TargetVariable, array: np.ndarray) -> bool:
         and array.shape == target.shape
         and torch_shape(target) == target.shape
     )
+
+
+def bundle_edits(path: Path, layout: Layout = "keras") -> list[LayerEdit]:
+    """The edits an npz bundle of ``<layer path>/<variable>`` keys asks for.
+
+    The bundle is read once; each layer becomes one edit, so a bundle costs one
+    write and one smoke test like any plan.
+    """
+    from .sources import load_npz_arrays
+
+    by_layer: dict[str, list[WeightRequest]] = {}
+    for key, array in load_npz_arrays(path).items():
+        layer, slash, variable = key.rpartition("/")
+        if not slash or not layer or not variable:
+            raise ConvSurgeonError(
+                f"{path}: bundle key '{key}' is not '<layer path>/<variable>' (e.g. "
+                "'block/conv1/kernel'); write bundles with `conv-surgeon get MODEL --all -o FILE.npz`"
+            )
+        by_layer.setdefault(layer, []).append(
+            WeightRequest(variable, array=array, origin=f"{path.name}:{key}")
+        )
+    return [
+        LayerEdit(layer, tuple(requests), layout, place=f"{path.name}: layer '{layer}'")
+        for layer, requests in by_layer.items()
+    ]
 
 
 def parse_donor(spec: str) -> Donor:
