@@ -21,7 +21,13 @@ EXIT_INTERNAL = 70
 class _ErrorBoundary(TyperGroup):
     """The one place where library errors become one line and an exit code."""
 
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        # Kept for the provenance record of every write: what the user typed.
+        self.argv = ["conv-surgeon", *(sys.argv[1:] if args is None else list(args))]
+        return super().main(args, *rest, **kwargs)
+
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta["argv"] = getattr(self, "argv", ["conv-surgeon"])
         try:
             return super().invoke(ctx)
         except ConvSurgeonError as exc:
@@ -112,13 +118,14 @@ def inspect(
     model: ModelArg,
     all_layers: Annotated[bool, typer.Option("--all", help="List every layer with weights, not only convolutions.")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Add min, max, mean, std, L2 norm, zeros and non-finite counts per variable.")] = False,
+    history: Annotated[bool, typer.Option("--history", help="Also print the record of every edit conv-surgeon made to this file.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """List the convolution layers of MODEL with kernel and bias shapes."""
     from .reading import inspect_model
     from .render import inspect_document, print_json, render_inspect
 
-    report = inspect_model(_model_source(model), all_layers=all_layers, stats=stats)
+    report = inspect_model(_model_source(model), all_layers=all_layers, stats=stats, history=history)
     if json_output:
         print_json(inspect_document(report))
     else:
@@ -339,11 +346,11 @@ def set_command(
     source = _model_source(model or "-")
     if from_npz is not None:
         report = edit_model(source, bundle_edits(from_npz, layout), destination, seed=seed,
-                            checks=checks, progress=_progress())
+                            checks=checks, progress=_progress(), command=_command())
     else:
         assert layer is not None
         report = set_weights(source, layer, requests, destination, seed=seed, stdin=_stdin(),
-                             layout=layout, donor=donor_spec, checks=checks)
+                             layout=layout, donor=donor_spec, checks=checks, command=_command())
     _render_write(report, destination, json_output)
 
 
@@ -382,7 +389,7 @@ def apply_command(
         atol, rtol, save_inputs, load_inputs,
     )
     report = apply_plan(_model_source(model), load_plan(plan), destination, checks=checks,
-                        progress=_progress())
+                        progress=_progress(), command=_command())
     _render_write(report, destination, json_output)
 
 
@@ -408,6 +415,10 @@ def diff(
         render_diff(report)
     if not report.identical:
         raise typer.Exit(1)
+
+
+def _command() -> list[str]:
+    return list(click.get_current_context().meta.get("argv", ["conv-surgeon"]))
 
 
 def _progress() -> Any:

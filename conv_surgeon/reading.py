@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class InspectReport:
     structure: ModelStructure
     layers: tuple[Layer, ...]  # the layers shown: convolutions, or all with --all
     stats: dict[str, VariableStats] | None  # keyed by dataset path, only with --stats
+    history: list[dict[str, Any]] | None = None  # conv-surgeon's records, only with --history
 
     @property
     def total_parameters(self) -> int:
@@ -65,7 +66,9 @@ def variable_stats(value: np.ndarray) -> VariableStats:
     )
 
 
-def inspect_model(source: ModelSource, *, all_layers: bool = False, stats: bool = False) -> InspectReport:
+def inspect_model(
+    source: ModelSource, *, all_layers: bool = False, stats: bool = False, history: bool = False
+) -> InspectReport:
     """List the model's convolution layers (every layer with weights if ``all_layers``).
 
     Only ``stats`` reads weight bytes; everything else comes from the file's structure.
@@ -80,7 +83,12 @@ def inspect_model(source: ModelSource, *, all_layers: bool = False, stats: bool 
     if stats:
         wanted = [v for layer in layers for v in layer.variables]
         values = {k: variable_stats(a) for k, a in read_variables(source, wanted).items()}
-    return InspectReport(source.label, structure, layers, values)
+    records = None
+    if history:
+        from .provenance import read_history
+
+        records = read_history(source)
+    return InspectReport(source.label, structure, layers, values, records)
 
 
 def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> Layer:

@@ -88,6 +88,7 @@ def inspect_document(report: InspectReport) -> dict[str, Any]:
         "model_class": structure.model_class,
         "layers": [layer_document(layer, report.stats) for layer in report.layers],
         "totals": {"layers": len(report.layers), "parameters": report.total_parameters},
+        **({"history": report.history} if report.history is not None else {}),
     }
 
 
@@ -155,6 +156,42 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
                 )
         out.print(stats_table)
     out.print(f"{len(report.layers)} {kind}, {report.total_parameters:,} parameters")
+    if report.history is not None:
+        render_history(report.history, out)
+
+
+def _source_text(source: dict[str, Any]) -> str:
+    if "init" in source:
+        seed = source.get("seed")
+        return f"init {source['init']}" + (f" (seed {seed})" if seed is not None else "")
+    what = source.get("file") or source.get("from") or "?"
+    digest = source.get("sha256")
+    return f"{what} (sha256 {digest[:12]}…)" if digest else str(what)
+
+
+def render_history(history: list[dict[str, Any]], out: Console) -> None:
+    if not history:
+        out.print("history: no edits recorded by conv-surgeon")
+        return
+    out.print(f"history: {len(history)} write(s) by conv-surgeon")
+    table = Table()
+    for column in ("#", "time", "version", "layer", "variable", "layout", "source"):
+        table.add_column(column, no_wrap=column != "source")
+    for number, record in enumerate(history, 1):
+        edits = record.get("edits") or [{}]
+        for i, edit in enumerate(edits):
+            first = i == 0
+            table.add_row(
+                str(number) if first else "", str(record.get("time", "")) if first else "",
+                str(record.get("version", "")) if first else "", str(edit.get("layer", "")),
+                str(edit.get("variable", "")), str(edit.get("layout", "")),
+                _source_text(edit.get("source") or {}),
+            )
+    out.print(table)
+    for number, record in enumerate(history, 1):
+        command = " ".join(str(part) for part in record.get("command") or [])
+        if command:
+            out.print(f"#{number} $ {command}")
 
 
 def set_document(report: SetReport) -> dict[str, Any]:

@@ -7,15 +7,16 @@ copy beside the destination, smoke-test it with Keras, and only then move it int
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -35,7 +36,9 @@ from .modelfile import (
     run_bounded,
 )
 from .naming import format_shape
+from . import __version__
 from .plan import Plan
+from .provenance import EditRecord, make_record, read_history
 from .reading import layer_targets, main_kernel, resolve_layer, resolve_variable
 from .smoke import (
     ExpectedValue,
@@ -62,6 +65,7 @@ class WeightRequest:
     init: str | None = None  # SPEC: he_normal, constant:value=0.1, ...
     array: np.ndarray | None = field(default=None, compare=False)  # already loaded (bundles)
     origin: str | None = None  # what to call ``array`` in reports
+    sha256: str | None = None  # of the file ``array`` came from, for the provenance record
 
     @property
     def label(self) -> str:
@@ -201,6 +205,7 @@ def set_weights(
     layout: Layout = "keras",
     donor: Donor | None = None,
     checks: SmokeOptions | None = None,
+    command: Sequence[str] = (),
 ) -> SetReport:
     """Set variables of one convolution layer; ``destination`` None is a dry run.
 
@@ -210,7 +215,8 @@ def set_weights(
     require_requests(requests, donor)
     checks = checks or SmokeOptions(enabled=smoke, input_shapes=input_shapes, unsafe=unsafe)
     edit = LayerEdit(layer_query, tuple(requests), layout, donor)
-    return edit_model(source, [edit], destination, seed=seed, checks=checks, stdin=stdin)
+    return edit_model(source, [edit], destination, seed=seed, checks=checks, stdin=stdin,
+                      command=command)
 
 
 @dataclass(frozen=True)
@@ -228,12 +234,15 @@ def edit_model(
     checks: SmokeOptions | None = None,
     stdin: BinaryIO | None = None,
     progress: Progress | None = None,
+    command: Sequence[str] = (),
 ) -> SetReport:
     """Apply ``edits`` (one per layer) with one read, one write and one smoke test.
 
     Every edit is checked before anything is written. With one edit its error is
     raised as it is; with several, one :class:`PlanError` lists every problem.
     ``progress(done, total, step)`` hears of each edit checked, the write and the smoke test.
+    The written model records what was done (``command`` and every edit's source) in
+    its history, after the records already there.
     """
     checks = checks or SmokeOptions()
     total = len(edits) + 1 + (1 if checks.enabled else 0)
@@ -250,6 +259,7 @@ def edit_model(
     if seed_drawn:
         seed = secrets.randbelow(2**31)
     planned: list[_PlannedLayer] = []
+    records: list[EditRecord] = []
     problems: list[tuple[LayerEdit, ConvSurgeonError]] = []
     seen: dict[str, LayerEdit] = {}
     for edit in edits:
@@ -261,7 +271,7 @@ def edit_model(
                     f"{_place(edit)}); merge the two edits"
                 )
             seen[layer.path] = edit
-            candidates, notes = _load_candidates(source, layer, edit, seed, stdin)
+            candidates, notes, sources = _load_candidates(source, layer, edit, seed, stdin)
             try:
                 assignments = plan_assignments(layer_targets(layer), candidates)
             except AssignmentError as exc:
@@ -273,6 +283,11 @@ def edit_model(
                 for a in assignments
             ]
             planned.append(_PlannedLayer(layer, assignments))
+            records += [
+                EditRecord(layer=layer.path, variable=a.target.name, layout=edit.layout,
+                           source=sources[a.target.name])  # type: ignore[typeddict-item]
+                for a in assignments
+            ]
         except ConvSurgeonError as exc:
             if len(edits) == 1:
                 raise
@@ -302,7 +317,8 @@ def edit_model(
         changes = _changes(source, edited)
         plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
         with _staging_file(destination, structure.format) as staged:
-            apply_edits(source, plan, staged)
+            history = read_history(source) + [make_record(list(command), records, __version__)]
+            apply_edits(source, plan, staged, history=history)
             _verify_written(staged, edited)
             step(len(edits) + 1, "written")
             report = None
@@ -332,6 +348,7 @@ def apply_plan(
     *,
     checks: SmokeOptions | None = None,
     progress: Progress | None = None,
+    command: Sequence[str] = (),
 ) -> SetReport:
     """Every edit of a plan, all or nothing, with one write and one smoke test."""
     edits = [
@@ -346,7 +363,8 @@ def apply_plan(
         )
         for edit in plan.edits
     ]
-    return edit_model(source, edits, destination, seed=plan.seed, checks=checks, progress=progress)
+    return edit_model(source, edits, destination, seed=plan.seed, checks=checks, progress=progress,
+                      command=command)
 
 
 def _place(edit: LayerEdit) -> str:
@@ -397,11 +415,12 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 def _load_candidates(
     source: ModelSource, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None
-) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str]]:
+) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str], dict[str, dict[str, Any]]]:
     """Every value the edit names, as (variable name, array, origin), in Keras layout.
 
-    Also returns notes by variable name: a file array in Keras layout whose shape
-    would fit the PyTorch layout too is taken as Keras, and the report says so.
+    Also returns, by variable name, notes (a file array in Keras layout whose shape
+    would fit the PyTorch layout too is taken as Keras, and the report says so) and
+    where each value came from, for the provenance record.
     """
     from .initializers import draw_initializer, parse_initializer_spec
     from .sources import load_source
@@ -416,8 +435,12 @@ def _load_candidates(
     targets = {t.name: t for t in layer_targets(layer)}
     candidates: list[tuple[str, np.ndarray, str]] = []
     notes: dict[str, str] = {}
+    sources: dict[str, dict[str, Any]] = {}
     if edit.donor is not None:
-        candidates += _donor_candidates(source, layer, edit.donor)
+        donated = _donor_candidates(source, layer, edit.donor)
+        candidates += donated
+        digest = _file_sha256(edit.donor.source)
+        sources.update({name: {"from": origin, "sha256": digest} for name, _, origin in donated})
     specs = [(r, parse_initializer_spec(r.init)) for r in requests if r.init is not None]
     for request in requests:
         if request.source is None and request.array is None:
@@ -425,15 +448,16 @@ def _load_candidates(
         variable = _variable_for(layer, request, source.label)
         name = variable.name if variable is not None else request.label
         if request.array is not None:
-            array, origin = request.array, request.origin or "array"
+            array, origin, digest = request.array, request.origin or "array", request.sha256
         elif request.source == "-":
             loaded = load_source("-", stdin)
-            array, origin = loaded.array, loaded.origin
+            array, origin, digest = loaded.array, loaded.origin, loaded.sha256
         else:
             # An HDF5 source is untrusted input too: bound its parsing like a model's.
             spec = request.source
             loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
-            array, origin = loaded.array, loaded.origin
+            array, origin, digest = loaded.array, loaded.origin, loaded.sha256
+        sources[name] = {"file": origin, "sha256": digest}
         target = targets.get(name)
         if edit.layout == "torch" and target is not None:
             array = from_torch(target, array)
@@ -459,7 +483,8 @@ def _load_candidates(
             drawn = draw_initializer(spec, variable.shape, variable_seed)
         origin = f"init {spec.text}" + (f" (seed {variable_seed})" if spec.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
-    return candidates, notes
+        sources[variable.name] = {"init": spec.text, "seed": variable_seed if spec.takes_seed else None}
+    return candidates, notes, sources
 
 
 def _fits_both_layouts(target: TargetVariable, array: np.ndarray) -> bool:
@@ -479,6 +504,7 @@ def bundle_edits(path: Path, layout: Layout = "keras") -> list[LayerEdit]:
     from .sources import load_npz_arrays
 
     by_layer: dict[str, list[WeightRequest]] = {}
+    digest = _file_sha256(ModelSource.from_path(path))
     for key, array in load_npz_arrays(path).items():
         layer, slash, variable = key.rpartition("/")
         if not slash or not layer or not variable:
@@ -487,12 +513,20 @@ def bundle_edits(path: Path, layout: Layout = "keras") -> list[LayerEdit]:
                 "'block/conv1/kernel'); write bundles with `conv-surgeon get MODEL --all -o FILE.npz`"
             )
         by_layer.setdefault(layer, []).append(
-            WeightRequest(variable, array=array, origin=f"{path.name}:{key}")
+            WeightRequest(variable, array=array, origin=f"{path.name}:{key}", sha256=digest)
         )
     return [
         LayerEdit(layer, tuple(requests), layout, place=f"{path.name}: layer '{layer}'")
         for layer, requests in by_layer.items()
     ]
+
+
+def _file_sha256(source: ModelSource) -> str:
+    digest = hashlib.sha256()
+    with source.open_binary() as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def parse_donor(spec: str) -> Donor:
