@@ -40,6 +40,23 @@ Sections
                      silenced). Ratio rows: (a)/(c) time <= 0.8x and peak RSS <= 1.0x;
                      (b)/(c) time <= 0.15x. Misses print MISS, never fail the run; a
                      non-zero exit of any run does (its stderr is shown, exit 1).
+    apply            ``conv-surgeon apply resnet50.keras PLAN -o OUT`` of a 20-layer plan
+                     versus the one-layer ``set`` of case (a) above (measured once if both
+                     sections run), both with the smoke test. The plan, made once into
+                     ``bench/.cache/plan20/``, edits the kernels of the first 20 conv
+                     layers ``conv-surgeon inspect --json`` lists: every other one from a
+                     seeded random-normal ``.npy`` beside the plan (10), the rest
+                     ``{"init": "he_normal"}`` (10), with ``"seed": 1``. Outputs are
+                     deleted after every run. Ratio row: apply / set, time <= 1.3x
+                     (peak RSS ratio shown, no target).
+    diff             ``conv-surgeon diff resnet50.keras resnet50_b.keras`` (exit 1,
+                     expected: the files differ) and ``diff`` of resnet50.keras against
+                     itself (exit 0), versus a plain-Keras script that loads both models
+                     (``load_model(compile=False)``) and compares every conv layer's
+                     weights with numpy (``np.array_equal``, max abs diff), exiting 1 as
+                     they differ. ``resnet50_b.keras`` is made once in the cache by
+                     ``conv-surgeon set --layer conv1_conv --kernel-init zeros
+                     --no-smoke``. Ratio row: Keras / ours (A vs B), no target.
 
 Models
     ResNet50 (``keras.applications.ResNet50(weights=None)``) is built once, in a
@@ -49,7 +66,8 @@ Models
 
 Child processes inherit this environment plus ``TF_CPP_MIN_LOG_LEVEL=3``. The
 benchmark itself never imports TensorFlow. Exit status: 0 (misses included),
-1 if a benchmarked or set-up command fails, 2 on bad arguments.
+1 if a benchmarked or set-up command fails (exits with a status other than
+the expected one: 0, or 1 for ``diff`` of differing models), 2 on bad arguments.
 
 Adding a section: write ``def bench_NAME(ctx: Context) -> list[Row]`` and
 register it in ``SECTIONS``; use ``ctx.measure(...)`` so a case shared by two
@@ -88,6 +106,10 @@ SET_SEED = 0
 SET_SMOKE_TIME_TARGET = 0.8  # (a)/(c): conv-surgeon set (smoke test on) vs plain Keras
 SET_NO_SMOKE_TIME_TARGET = 0.15  # (b)/(c): conv-surgeon set --no-smoke vs plain Keras
 SET_SMOKE_MEMORY_TARGET = 1.0  # (a)/(c): peak RSS
+APPLY_LAYERS = 20  # the first 20 conv layers of ResNet50, as `inspect --json` lists them
+APPLY_SEED = 1  # the plan's "seed" (its initializers) and the seed of its .npy kernels
+APPLY_INIT = "he_normal"
+APPLY_TIME_TARGET = 1.3  # apply (20 layers) / set (1 layer), both with the smoke test
 
 
 # --------------------------------------------------------------------------- measuring
@@ -105,8 +127,11 @@ class CommandFailed(Exception):
         self.cmd, self.code, self.stderr = cmd, code, stderr
 
 
-def run_once(cmd: list[str]) -> tuple[float, float]:
+def run_once(cmd: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
     """Run cmd in a fresh child; return (wall seconds, the child's peak RSS in MB).
+
+    An exit status outside ok_codes raises CommandFailed (e.g. ``diff`` exits 1
+    when the models differ: pass ``ok_codes=(1,)`` or ``(0, 1)`` for it).
 
     The child is reaped with os.wait4, whose rusage belongs to that child only
     (RUSAGE_CHILDREN of this process would be a running maximum over all children
@@ -119,22 +144,25 @@ def run_once(cmd: list[str]) -> tuple[float, float]:
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         proc.returncode = code = os.waitstatus_to_exitcode(status)  # reaped: tell Popen
-        if code != 0:
+        if code not in ok_codes:
             err.seek(0)
             raise CommandFailed(cmd, code, err.read().decode("utf-8", "replace"))
     return elapsed, usage.ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def measure(cmd: list[str], repeat: int = DEFAULT_REPEAT, warmup: int = 1,
-            after: Callable[[], None] | None = None) -> Measurement:
+            after: Callable[[], None] | None = None,
+            ok_codes: tuple[int, ...] = (0,)) -> Measurement:
     """Median wall time and largest peak RSS of `repeat` fresh runs of cmd.
+
+    Any exit status outside `ok_codes` fails the run (CommandFailed).
 
     `after`, if given, runs after every run (warm-up included, failed ones too),
     outside the timing: e.g. to delete what the command wrote.
     """
     def one() -> tuple[float, float]:
         try:
-            return run_once(cmd)
+            return run_once(cmd, ok_codes)
         finally:
             if after is not None:
                 after()
@@ -150,10 +178,11 @@ class Context:
     repeat: int
     _memo: dict[tuple[str, ...], Measurement] = field(default_factory=dict)
 
-    def measure(self, cmd: list[str], after: Callable[[], None] | None = None) -> Measurement:
+    def measure(self, cmd: list[str], after: Callable[[], None] | None = None,
+                ok_codes: tuple[int, ...] = (0,)) -> Measurement:
         key = tuple(cmd)
         if key not in self._memo:
-            self._memo[key] = measure(cmd, self.repeat, after=after)
+            self._memo[key] = measure(cmd, self.repeat, after=after, ok_codes=ok_codes)
         return self._memo[key]
 
 
@@ -344,12 +373,29 @@ def _remover(path: Path) -> Callable[[], None]:
     return remove
 
 
+def _set_base_cmd() -> list[str]:
+    return [CLI, "set", str(resnet50()), "--layer", SET_LAYER, "--kernel", str(set_kernel())]
+
+
+def _set_outs() -> dict[str, Path]:
+    return {case: CACHE / f"set-{case}.out.keras" for case in ("a", "b", "c")}
+
+
+def measure_set_smoke(ctx: Context) -> Measurement:
+    """Case (a) of the set section; the apply section compares against it too."""
+    out = _set_outs()["a"]
+    try:
+        return ctx.measure([*_set_base_cmd(), "-o", str(out)], after=_remover(out))
+    finally:
+        _remover(out)()
+
+
 def bench_set(ctx: Context) -> list[Row]:
     model, kernel = resnet50(), set_kernel()
-    outs = {case: CACHE / f"set-{case}.out.keras" for case in ("a", "b", "c")}
-    base = [CLI, "set", str(model), "--layer", SET_LAYER, "--kernel", str(kernel)]
+    outs = _set_outs()
+    base = _set_base_cmd()
     try:
-        a = ctx.measure([*base, "-o", str(outs["a"])], after=_remover(outs["a"]))
+        a = measure_set_smoke(ctx)
         b = ctx.measure([*base, "--no-smoke", "-o", str(outs["b"])], after=_remover(outs["b"]))
         c = ctx.measure([PYTHON, "-c", KERAS_SET_KERNEL, str(model), SET_LAYER, str(kernel),
                          str(outs["c"])], after=_remover(outs["c"]))
@@ -375,10 +421,153 @@ def bench_set(ctx: Context) -> list[Row]:
     ]
 
 
+# Writes the apply section's plan into a folder: one seeded random-normal kernel
+# per .npy edit (k_LAYER.npy), then plan.json. argv: folder, JSON spec.
+MAKE_PLAN = """
+import json, sys, numpy as np
+folder, spec = sys.argv[1], json.loads(sys.argv[2])
+rng = np.random.default_rng(spec["seed"])
+edits = []
+for i, (path, shape) in enumerate(spec["layers"]):
+    if i % 2 == 0:
+        name = "k_" + path.replace("/", "__") + ".npy"
+        np.save(f"{folder}/{name}", rng.standard_normal(shape).astype(np.float32))
+        kernel = name
+    else:
+        kernel = {"init": spec["init"]}
+    edits.append({"layer": path, "weights": {"kernel": kernel}})
+with open(f"{folder}/plan.json", "w") as f:
+    json.dump({"seed": spec["seed"], "edits": edits}, f, indent=2)
+"""
+
+
+def apply_plan() -> Path:
+    """A plan editing the kernels of ResNet50's first APPLY_LAYERS conv layers, made once.
+
+    Layers come from ``conv-surgeon inspect --json`` in inspect order; even ones get a
+    seeded random-normal .npy kernel (relative path, beside the plan), odd ones the
+    APPLY_INIT initializer. The folder is built aside and renamed into place.
+    """
+    folder = CACHE / f"plan{APPLY_LAYERS}"
+    plan = folder / "plan.json"
+    if plan.exists():
+        return plan
+    print(f"building {rel(plan)} (once) ...", flush=True)
+    cmd = [CLI, "inspect", str(resnet50()), "--json"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, env=CHILD_ENV, cwd=ROOT,
+                          text=True)
+    if proc.returncode != 0:
+        raise CommandFailed(cmd, proc.returncode, proc.stderr)
+    layers = [(entry["path"], entry["weights"]["kernel"]["shape"])
+              for entry in json.loads(proc.stdout)["layers"] if "kernel" in entry["weights"]]
+    if len(layers) < APPLY_LAYERS:
+        raise CommandFailed(cmd, 0, f"only {len(layers)} layers with a kernel listed")
+    spec = {"seed": APPLY_SEED, "init": APPLY_INIT, "layers": layers[:APPLY_LAYERS]}
+    tmp = CACHE / f".{folder.name}.partial"
+    if tmp.exists():
+        for leftover in tmp.iterdir():
+            leftover.unlink()
+    tmp.mkdir(parents=True, exist_ok=True)
+    run_once([PYTHON, "-c", MAKE_PLAN, str(tmp), json.dumps(spec)])
+    if folder.exists():  # a plan folder without plan.json: an older interrupted build
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
+    tmp.rename(folder)
+    return plan
+
+
+def bench_apply(ctx: Context) -> list[Row]:
+    model, plan = resnet50(), apply_plan()
+    out = CACHE / "apply.out.keras"
+    try:
+        ours = ctx.measure([CLI, "apply", str(model), str(plan), "-o", str(out)],
+                           after=_remover(out))
+    finally:
+        _remover(out)()
+    one = measure_set_smoke(ctx)
+    t_ratio, m_ratio = ours.median_s / one.median_s, ours.max_rss_mb / one.max_rss_mb
+    n_npy = (APPLY_LAYERS + 1) // 2
+    verdict = "PASS" if t_ratio <= APPLY_TIME_TARGET else "MISS"
+    return [
+        ("apply", f"conv-surgeon apply ({APPLY_LAYERS} layers)", f"{ours.median_s:.2f}",
+         f"{ours.max_rss_mb:.0f}",
+         f"{n_npy} .npy + {APPLY_LAYERS - n_npy} {APPLY_INIT} kernels, smoke test on"),
+        ("apply", "conv-surgeon set (1 layer)", f"{one.median_s:.2f}", f"{one.max_rss_mb:.0f}",
+         f"{SET_LAYER} kernel .npy, smoke test on (= set (a))"),
+        ("apply", "ratio apply/set", f"{t_ratio:.2f}x", f"{m_ratio:.2f}x",
+         f"time target <= {APPLY_TIME_TARGET:g}x: {verdict}"),
+    ]
+
+
+def resnet50_b() -> Path:
+    """ResNet50 with conv1_conv's kernel zeroed (``set --kernel-init zeros``), made once."""
+    path = CACHE / "resnet50_b.keras"
+    if path.exists():
+        return path
+    tmp = CACHE / ".resnet50_b.partial.keras"
+    print(f"building {rel(path)} (once) ...", flush=True)
+    run_once([CLI, "set", str(resnet50()), "--layer", SET_LAYER, "--kernel-init", "zeros",
+              "--no-smoke", "-o", str(tmp)])
+    tmp.replace(path)
+    return path
+
+
+# The plain-Keras way to compare the conv weights of two models. Exit status as
+# `conv-surgeon diff`: 0 identical, 1 different, 2 the models' conv layers differ.
+KERAS_DIFF = """
+import sys
+import numpy as np, keras
+from keras import layers as L
+CONV = (L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose,
+        L.Conv3DTranspose, L.DepthwiseConv1D, L.DepthwiseConv2D,
+        L.SeparableConv1D, L.SeparableConv2D)
+def walk(layer):
+    for child in getattr(layer, "layers", []):
+        yield child
+        yield from walk(child)
+def convs(path):
+    model = keras.saving.load_model(path, compile=False)
+    return {layer.path: layer for layer in walk(model) if isinstance(layer, CONV)}
+a, b = convs(sys.argv[1]), convs(sys.argv[2])
+if not a or a.keys() != b.keys():
+    sys.exit(2)
+differ = 0
+for name, layer in a.items():
+    pairs = zip(layer.get_weights(), b[name].get_weights())
+    changed = [float(np.abs(x - y).max()) for x, y in pairs if not np.array_equal(x, y)]
+    if changed:
+        differ += 1
+        print(name, "max |a-b|", max(changed))
+print(f"{differ} of {len(a)} conv layers differ")
+sys.exit(1 if differ else 0)
+"""
+
+
+def bench_diff(ctx: Context) -> list[Row]:
+    a, b = resnet50(), resnet50_b()
+    # diff exits 1 when the models differ (as diff(1)): that is the expected outcome here.
+    ours = ctx.measure([CLI, "diff", str(a), str(b)], ok_codes=(1,))
+    same = ctx.measure([CLI, "diff", str(a), str(a)])
+    keras_ = ctx.measure([PYTHON, "-c", KERAS_DIFF, str(a), str(b)], ok_codes=(1,))
+    t_ratio, m_ratio = keras_.median_s / ours.median_s, keras_.max_rss_mb / ours.max_rss_mb
+    return [
+        ("diff", "conv-surgeon diff A B", f"{ours.median_s:.2f}", f"{ours.max_rss_mb:.0f}",
+         f"{b.name}: {SET_LAYER} kernel zeroed, exit 1"),
+        ("diff", "conv-surgeon diff A A", f"{same.median_s:.2f}", f"{same.max_rss_mb:.0f}",
+         "identical, exit 0"),
+        ("diff", "keras load both + compare", f"{keras_.median_s:.2f}",
+         f"{keras_.max_rss_mb:.0f}", "A B: load_model(compile=False) x2, np.array_equal"),
+        ("diff", "ratio (keras/ours) A B", f"{t_ratio:.1f}x", f"{m_ratio:.1f}x", "no target"),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
     "set": bench_set,
+    "apply": bench_apply,
+    "diff": bench_diff,
 }
 
 
