@@ -453,9 +453,12 @@ def _load_candidates(
             loaded = load_source("-", stdin)
             array, origin, digest = loaded.array, loaded.origin, loaded.sha256
         else:
-            # An HDF5 source is untrusted input too: bound its parsing like a model's.
             spec = request.source
-            loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
+            if _names_hdf5(spec):
+                # HDF5 parsing can spin forever on a corrupt file: bound it like a model's.
+                loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
+            else:
+                loaded = load_source(spec)
             array, origin, digest = loaded.array, loaded.origin, loaded.sha256
         sources[name] = {"file": origin, "sha256": digest}
         target = targets.get(name)
@@ -485,6 +488,18 @@ def _load_candidates(
         candidates.append((variable.name, drawn, origin))
         sources[variable.name] = {"init": spec.text, "seed": variable_seed if spec.takes_seed else None}
     return candidates, notes, sources
+
+
+def _names_hdf5(spec: str) -> bool:
+    """Whether a source spec names an HDF5 file (told by its first bytes)."""
+    from .sources import HDF5_MAGIC, split_source_spec
+
+    try:
+        path, _ = split_source_spec(spec)
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_MAGIC)) == HDF5_MAGIC
+    except (OSError, ConvSurgeonError):
+        return False  # load_source reports what is wrong with it
 
 
 def _fits_both_layouts(target: TargetVariable, array: np.ndarray) -> bool:
