@@ -109,6 +109,7 @@ LayoutOpt = Annotated[
     str,
     typer.Option(
         "--layout",
+        click_type=click.Choice(["keras", "torch"]),
         help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.",
     ),
 ]
@@ -157,7 +158,7 @@ def get(
     layout: LayoutOpt = "keras",
 ) -> None:
     """Write one variable of a layer as .npy (all of its variables, or with --all every conv's, as .npz)."""
-    from .fileio import npy_bytes, npz_bytes, write_atomically
+    from .fileio import npy_bytes, npz_bytes, refuse_overwriting, write_atomically
     from .reading import export_bundle, get_weights
 
     if every_layer == (layer is not None):
@@ -167,6 +168,8 @@ def get(
         raise UsageError(f"-o {output}: --all writes an .npz bundle; name the output FILE.npz")
     if output in (None, "-"):
         _refuse_terminal(_stdout(), "array data", "use -o FILE or pipe the output")
+    else:
+        refuse_overwriting(output, model, "-o")
     source = _model_source(model)
     if every_layer:
         export = export_bundle(source, layout=layout)
@@ -185,7 +188,7 @@ def get(
         out.flush()
         return
     write_atomically(Path(output), lambda handle: handle.write(data))
-    what = f"{len(export.arrays)} arrays" if every_layer else export.layer.path + " " + ", ".join(
+    what = f"{len(export.arrays)} arrays" if every_layer else export.layers[0].path + " " + ", ".join(
         f"{name} {tuple(a.shape)}" for name, a in export.arrays.items())
     click.echo(f"wrote {output}: {what}", err=True)
 
@@ -245,9 +248,16 @@ def _prepare_write(
     load_inputs: Path | None,
 ) -> tuple[Any, Any]:
     """The checks to run and where the model goes, from the options every writer shares."""
+    from .fileio import check_output_dir, refuse_overwriting
     from .smoke import Tolerance
     from .surgery import SmokeOptions, choose_destination
 
+    if save_inputs is not None:
+        check_output_dir(save_inputs)
+        for protected in (model, output):
+            refuse_overwriting(save_inputs, protected, "--save-inputs")
+    if load_inputs is not None and not load_inputs.is_file():
+        raise ConvSurgeonError(f"--load-inputs {load_inputs}: no such file; check the path")
     if expect_same and not compare:
         raise UsageError("--expect-same needs --compare (it checks the comparison's result)")
     if no_smoke and (compare or load_inputs or save_inputs):
@@ -405,6 +415,8 @@ def diff(
     from .render import diff_document, print_json, render_diff
 
     try:
+        if model_a == model_b == "-":
+            raise UsageError("only one of A and B can come from stdin ('-')")
         report = diff_models(_model_source(model_a), _model_source(model_b), all_layers=all_layers)
     except ConvSurgeonError as exc:
         exc.exit_code = 2  # scripts test diff's status: 2 means trouble, as in diff(1)

@@ -15,8 +15,27 @@ import numpy as np
 from .errors import ConvSurgeonError
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one existing file (through links, ./, absolute paths)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwriting(output: str | Path, protected: str | Path | None, option: str) -> None:
+    """An output must never be the input model: that is what --in-place is for."""
+    if protected not in (None, "-") and same_file(output, protected):
+        raise ConvSurgeonError(
+            f"{option} {output} is the input model {protected}; refusing to overwrite it, "
+            "choose another file"
+        )
+
+
 def check_output_dir(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise ConvSurgeonError(f"{path}: {parent} is a file, not a directory; choose another -o")
     if not parent.is_dir():
         raise ConvSurgeonError(
             f"{path}: output directory {parent} does not exist; create it first or choose "
@@ -31,10 +50,19 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path``; moved onto it only if the block succeeds.
 
     The temporary file is fsynced before the rename and removed on any failure, so
-    ``path`` holds either its old content or the complete new one.
+    ``path`` holds either its old content or the complete new one. A symlink is
+    written through, as `cp` would. Failing I/O (no permission, a full disk) is a
+    :class:`ConvSurgeonError`, not a crash.
     """
+    path = Path(os.path.realpath(path)) if path.is_symlink() else path
     check_output_dir(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConvSurgeonError(
+            f"{path}: cannot write in {folder} ({exc.strerror}); choose another output"
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -49,6 +77,11 @@ def atomic_output(path: Path) -> Iterator[Path]:
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ConvSurgeonError(
+            f"{path}: writing failed ({exc.strerror or exc}); nothing was written, check the "
+            "free space and permissions of its folder"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -549,8 +549,23 @@ def _h5_nested_layers(
                     dict(leaf.get("config", {})), variables)
 
 
+@contextmanager
+def damaged_store_is_an_error(label: str) -> Iterator[None]:
+    """h5py's errors on a damaged file (bad heap signature, truncated buffers, missing
+    objects) are bad input, not bugs: one clear line, exit 1."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise ModelFileError(
+            f"{label}: the HDF5 weight store is damaged ({' '.join(str(exc).split())}); "
+            "restore the file from a good copy"
+        ) from None
+
+
 def _parse_structure(source: ModelSource) -> ModelStructure:
-    with open_weight_store(source) as (h5, meta):
+    with damaged_store_is_an_error(source.label), open_weight_store(source) as (h5, meta):
         config = meta["config"]
         if meta["format"] == "keras":
             if not _is_model_config(config):
@@ -641,5 +656,5 @@ def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
 
 def read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
     """The values of ``variables``, keyed by dataset path."""
-    with open_weight_store(source) as (h5, _):
+    with damaged_store_is_an_error(source.label), open_weight_store(source) as (h5, _):
         return {v.dataset: read_dataset(h5[v.dataset]) for v in variables}

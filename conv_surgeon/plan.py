@@ -24,9 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from conv_surgeon.catalogue import LAYOUTS
 from conv_surgeon.errors import PlanError
 
-LAYOUTS = ("keras", "torch")
 SEED_LIMIT = 2**63  # a seed is a non-negative int64: 0 to SEED_LIMIT - 1
 
 SCHEMA_RESOURCE = "plan.schema.json"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .catalogue import stored_name_matches
+from .catalogue import LAYOUTS, stored_name_matches
 from .errors import ConvSurgeonError, LayerNotFoundError
 from .modelfile import (
     Layer,
@@ -145,13 +146,18 @@ def resolve_variable(layer: Layer, name: str, source_label: str) -> Variable:
     )
 
 
-def main_kernel(layer: Layer, source_label: str) -> Variable:
-    """The variable ``--kernel`` means; a separable conv has two and must be told which."""
+def main_kernel(layer: Layer, source_label: str, option: str = "--weight NAME=...") -> Variable:
+    """The variable ``--kernel`` means; a separable conv has two and must be told which.
+
+    ``option`` is how the command names one variable (``--weight NAME=SRC`` for set,
+    ``--weight NAME`` for get), so the message shows what to type.
+    """
     conv = layer.conv
     if conv is not None and conv.kind == "separable":
         raise ConvSurgeonError(
             f"{source_label}: layer '{layer.path}' ({layer.class_name}) has two kernels; "
-            "name one with --weight depthwise_kernel=... or --weight pointwise_kernel=..."
+            f"name one with {option.replace('NAME', 'depthwise_kernel')} or "
+            f"{option.replace('NAME', 'pointwise_kernel')}"
         )
     for variable in layer.variables:
         if stored_name_matches(conv, variable.name, "kernel"):
@@ -164,9 +170,35 @@ def main_kernel(layer: Layer, source_label: str) -> Variable:
 
 @dataclass(frozen=True)
 class WeightsExport:
-    layer: Layer
-    arrays: dict[str, np.ndarray]  # variable name -> value, in the layer's order
+    """Arrays ready for .npy/.npz: one layer's variables, or a bundle of many layers'."""
+
+    layers: tuple[Layer, ...]
+    arrays: dict[str, np.ndarray]  # variable name (bundle: <layer path>/<variable>) -> value
     notes: tuple[str, ...] = ()
+
+
+def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelSource, layout: str,
+              key: Callable[[Layer, Variable], str]) -> WeightsExport:
+    """Read the variables and make them .npy-ready: PyTorch layout if asked, and
+    bfloat16 as float32 (.npy has no bfloat16; float32 holds each value exactly)."""
+    if layout not in LAYOUTS:
+        raise ConvSurgeonError(f"layout '{layout}': expected one of {', '.join(LAYOUTS)}")
+    values = read_variables(source, [v for _, chosen in layers for v in chosen])
+    arrays: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for layer, chosen in layers:
+        targets = {t.name: t for t in layer_targets(layer)} if layout == "torch" else {}
+        for variable in chosen:
+            value = values[variable.dataset]
+            if variable.name in targets:
+                from .layout import to_torch
+
+                value = to_torch(targets[variable.name], value)
+            if variable.dtype == "bfloat16":
+                value = value.astype(np.float32)
+                notes.append(f"{layer.path} {variable.name}: bfloat16 exported as float32 (exact)")
+            arrays[key(layer, variable)] = value
+    return WeightsExport(tuple(layer for layer, _ in layers), arrays, tuple(notes))
 
 
 def get_weights(
@@ -188,48 +220,19 @@ def get_weights(
     elif weight is not None:
         chosen = [resolve_variable(layer, weight, source.label)]
     elif layer.conv is not None:
-        chosen = [main_kernel(layer, source.label)]
+        chosen = [main_kernel(layer, source.label, "--weight NAME")]
     else:
         chosen = [layer.variables[0]]
-    if layout not in ("keras", "torch"):
-        raise ConvSurgeonError(f"--layout {layout}: expected keras or torch")
-    targets = {t.name: t for t in layer_targets(layer)} if layout == "torch" else {}
-    values = read_variables(source, chosen)
-    arrays: dict[str, np.ndarray] = {}
-    notes: list[str] = []
-    for variable in chosen:
-        value = values[variable.dataset]
-        if layout == "torch":
-            from .layout import to_torch
-
-            value = to_torch(targets[variable.name], value)
-        if variable.dtype == "bfloat16":
-            # .npy has no bfloat16; float32 holds every bfloat16 value exactly.
-            value = value.astype(np.float32)
-            notes.append(f"{layer.path} {variable.name}: bfloat16 exported as float32 (exact)")
-        arrays[variable.name] = value
-    return WeightsExport(layer, arrays, tuple(notes))
+    return _exported([(layer, chosen)], source, layout, lambda _, v: v.name)
 
 
-def export_bundle(source: ModelSource, *, layout: str = "keras", all_layers: bool = False) -> WeightsExport:
-    """Every convolution variable (every variable with ``all_layers``) under
-    ``<layer path>/<variable>`` keys, ready for `set --from-npz`."""
+def export_bundle(source: ModelSource, *, layout: str = "keras") -> WeightsExport:
+    """Every convolution variable under ``<layer path>/<variable>`` keys, for `set --from-npz`."""
     structure = read_structure(source)
-    layers = structure.layers if all_layers else structure.conv_layers
-    values = read_variables(source, [v for layer in layers for v in layer.variables])
-    arrays: dict[str, np.ndarray] = {}
-    notes: list[str] = []
-    for layer in layers:
-        targets = {t.name: t for t in layer_targets(layer)} if layout == "torch" and layer.conv else {}
-        for variable in layer.variables:
-            value = values[variable.dataset]
-            if variable.name in targets:
-                from .layout import to_torch
-
-                value = to_torch(targets[variable.name], value)
-            if variable.dtype == "bfloat16":
-                value = value.astype(np.float32)
-            arrays[f"{layer.path}/{variable.name}"] = value
-    if any(layer.variables[0].dtype == "bfloat16" for layer in layers if layer.variables):
-        notes.append("bfloat16 variables exported as float32 (exact)")
-    return WeightsExport(layers[0] if layers else None, arrays, tuple(notes))  # type: ignore[arg-type]
+    if not structure.conv_layers:
+        raise ConvSurgeonError(
+            f"{source.label}: the model has no convolution layers, so there is no bundle to "
+            "write; use get --layer L for another layer's weights"
+        )
+    layers = [(layer, list(layer.variables)) for layer in structure.conv_layers]
+    return _exported(layers, source, layout, lambda layer, v: f"{layer.path}/{v.name}")

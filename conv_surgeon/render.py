@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
@@ -22,12 +23,23 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # The reader went away (`| head`): stop quietly with the pipe's status, as
+        # other filters do, instead of rich's generic exit 1.
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(141)
+
+
 def console(stream: TextIO | None = None) -> Console:
-    """A console on ``stream``; wide enough for model paths when not on a terminal."""
+    """A console on ``stream``. Paths and layer names are data, never rich markup; off a
+    terminal, lines are as long as the table needs (logs and pipes cut nothing)."""
     stream = stream or sys.stdout
     is_tty = stream.isatty()
-    return Console(file=stream, width=None if is_tty else 240, highlight=False,
-                   soft_wrap=False, no_color=not is_tty)
+    return _Console(file=stream, width=None if is_tty else 100_000, highlight=False, markup=False,
+                    emoji=False, soft_wrap=False, no_color=not is_tty)
 
 
 def print_json(document: dict[str, Any], stream: TextIO | None = None) -> None:

@@ -257,9 +257,12 @@ def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
     return _load_npy_bytes(member_bytes, f"source '{spec}'")
 
 
-def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` (a bundle), read once, never unpickled."""
+def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
+    """Every array of an ``.npz`` (a bundle), read once and never unpickled, with the
+    sha256 of the file's bytes."""
     label = f"bundle '{path}'"
+    if os.path.isdir(path):
+        raise SourceError(f"{label}: is a directory; expected an .npz written by np.savez")
     try:
         with open(path, "rb") as stream:
             data = stream.read()
@@ -268,9 +271,7 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = [n for n in archive.namelist() if n.endswith(".npy")]
-            if not members:
-                raise SourceError(f"{label}: not an .npz of arrays; expected one written by np.savez")
-            return {
+            arrays = {
                 name[: -len(".npy")]: _load_npy_bytes(archive.read(name), f"{label} key '{name[:-4]}'")
                 for name in members
             }
@@ -278,6 +279,9 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise SourceError(
             f"{label}: not a readable .npz archive ({_one_line(exc)}); write it with np.savez"
         ) from exc
+    if not arrays:
+        raise SourceError(f"{label}: holds no arrays; write one with `conv-surgeon get MODEL --all -o FILE.npz`")
+    return arrays, hashlib.sha256(data).hexdigest()
 
 
 def _load_hdf5(spec: str, path: str, key: str | None) -> np.ndarray:

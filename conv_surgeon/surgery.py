@@ -21,9 +21,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .assign import Assignment, TargetVariable, plan_assignments
-from .catalogue import conv_class, stored_name_matches
+from .catalogue import LAYOUTS, conv_class, stored_name_matches
 from .errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
-from .fileio import atomic_output, check_output_dir
+from .fileio import atomic_output, check_output_dir, same_file
 from .layout import from_torch, torch_axis_names, torch_shape, variable_role
 from .modelfile import (
     PARSE_TIMEOUT_S,
@@ -51,9 +51,8 @@ from .smoke import (
 )
 from .writer import apply_edits, plan_edits
 
-Layout = str  # "keras" or "torch"
+Layout = str  # one of catalogue.LAYOUTS
 Progress = Callable[[int, int, str], None]
-LAYOUTS = ("keras", "torch")
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def choose_destination(
             )
         return Destination(stream=stdout)
     out = Path(output)
-    if model not in (None, "-") and out.exists() and os.path.samefile(out, model):
+    if model not in (None, "-") and same_file(out, model):
         raise UsageError(
             f"-o {output} is the input model; use --in-place to overwrite it, or choose "
             "another output file"
@@ -311,13 +310,14 @@ def edit_model(
         return SetReport(source.label, None, layers, changes, seed if seeded else None,
                          seed_drawn, None, True)
 
+    # Read before TensorFlow starts importing in a thread: reading an .h5 forks a worker.
+    history = read_history(source) + [make_record(list(command), records, __version__)]
     # Every value is valid: TensorFlow can start importing while the file is written.
     warm_up = KerasWarmUp().start() if checks.enabled else None
     try:
         changes = _changes(source, edited)
         plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
         with _staging_file(destination, structure.format) as staged:
-            history = read_history(source) + [make_record(list(command), records, __version__)]
             apply_edits(source, plan, staged, history=history)
             _verify_written(staged, edited)
             step(len(edits) + 1, "written")
@@ -372,14 +372,16 @@ def _place(edit: LayerEdit) -> str:
 
 
 def _needs_seed(edits: list[LayerEdit]) -> bool:
+    """Whether any initializer takes a seed; bad specs are reported later, with their place."""
     from .initializers import parse_initializer_spec
 
-    return any(
-        parse_initializer_spec(r.init).takes_seed
-        for edit in edits
-        for r in edit.requests
-        if r.init is not None
-    )
+    def takes_seed(spec: str) -> bool:
+        try:
+            return parse_initializer_spec(spec).takes_seed
+        except ConvSurgeonError:
+            return False
+
+    return any(takes_seed(r.init) for edit in edits for r in edit.requests if r.init is not None)
 
 
 def _resolve_conv_layer(structure: ModelStructure, query: str, label: str) -> Layer:
@@ -519,8 +521,8 @@ def bundle_edits(path: Path, layout: Layout = "keras") -> list[LayerEdit]:
     from .sources import load_npz_arrays
 
     by_layer: dict[str, list[WeightRequest]] = {}
-    digest = _file_sha256(ModelSource.from_path(path))
-    for key, array in load_npz_arrays(path).items():
+    arrays, digest = load_npz_arrays(path)
+    for key, array in arrays.items():
         layer, slash, variable = key.rpartition("/")
         if not slash or not layer or not variable:
             raise ConvSurgeonError(
