@@ -146,6 +146,9 @@ class SmokeOptions:
     save_inputs: Path | None = None
 
 
+NO_SMOKE = SmokeOptions(enabled=False)
+
+
 def choose_destination(
     model: str | None, output: str | None, in_place: bool, stdout: BinaryIO
 ) -> Destination:
@@ -197,9 +200,6 @@ def set_weights(
     destination: Destination | None,
     *,
     seed: int | None = None,
-    smoke: bool = True,
-    input_shapes: list[tuple[int, ...]] | None = None,
-    unsafe: bool = False,
     stdin: BinaryIO | None = None,
     layout: Layout = "keras",
     donor: Donor | None = None,
@@ -209,10 +209,10 @@ def set_weights(
     """Set variables of one convolution layer; ``destination`` None is a dry run.
 
     >>> set_weights(ModelSource.from_path("in.keras"), "conv1",
-    ...             [WeightRequest(None, source="k.npy")], Destination(Path("out.keras")))
+    ...             [WeightRequest(None, source="k.npy")], Destination(Path("out.keras")),
+    ...             checks=NO_SMOKE)
     """
     require_requests(requests, donor)
-    checks = checks or SmokeOptions(enabled=smoke, input_shapes=input_shapes, unsafe=unsafe)
     edit = LayerEdit(layer_query, tuple(requests), layout, donor)
     return edit_model(source, [edit], destination, seed=seed, checks=checks, stdin=stdin,
                       command=command)

@@ -164,25 +164,16 @@ def _member_crcs(source: ModelSource, member: WeightMember, patches: list[Patch]
     return old, new
 
 
-def _central_entry_offset(handle, member: WeightMember) -> int:
-    """Byte offset of the member's central-directory record."""
-    import zipfile
-
-    handle.seek(0)
-    with zipfile.ZipFile(handle) as archive:
-        start = archive.start_dir  # type: ignore[attr-defined]
-    handle.seek(start)
-    position = start
-    while True:
-        header = handle.read(46)
-        if len(header) < 46 or header[:4] != CENTRAL_MAGIC:
-            raise ModelFileError("the zip central directory has no entry for the weight store")
-        name_len, extra_len, comment_len = struct.unpack("<HHH", header[28:34])
-        name = handle.read(name_len)
-        if name.decode("utf-8", "replace") == WEIGHTS_MEMBER:
+def _central_entry_offset(handle: BinaryIO, label: str) -> int:
+    """Byte offset of the weight store's central-directory record."""
+    size = handle.seek(0, os.SEEK_END)
+    layout = _zip_layout(handle, size, label)
+    position = layout.central_offset
+    for entry in layout.entries:
+        if entry.name.decode("utf-8", "replace") == WEIGHTS_MEMBER:
             return position
-        position += 46 + name_len + extra_len + comment_len
-        handle.seek(position)
+        position += CENTRAL_HEADER.size + len(entry.name) + len(entry.tail)
+    raise ModelFileError(f"{label}: the zip central directory has no entry for the weight store")
 
 
 def _replace_crc(handle, offset: int, old: int, new: int) -> None:
@@ -220,7 +211,7 @@ def apply_edits(
             handle.write(patch.data)
         if member is not None and plan.new_crc is not None:
             _replace_crc(handle, member.local_header_offset + 14, member.crc, plan.new_crc)
-            _replace_crc(handle, _central_entry_offset(handle, member) + 16, member.crc, plan.new_crc)
+            _replace_crc(handle, _central_entry_offset(handle, source.label) + 16, member.crc, plan.new_crc)
             if member.flag_bits & FLAG_DESCRIPTOR:
                 descriptor = member.data_offset + member.size
                 handle.seek(descriptor)

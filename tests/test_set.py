@@ -27,6 +27,7 @@ from conv_surgeon.modelfile import ModelSource, read_structure
 from conv_surgeon.reading import get_weights
 from conv_surgeon.smoke import ExpectedValue, run_smoke_test
 from conv_surgeon.surgery import (
+    NO_SMOKE,
     Destination,
     WeightRequest,
     choose_destination,
@@ -84,7 +85,7 @@ def test_keras_edit_keeps_every_other_byte_and_the_optimizer_state(keras, sample
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelSource.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-        Destination(path=out), smoke=False,
+        Destination(path=out), checks=NO_SMOKE,
     )
     assert report.destination == str(out) and not report.dry_run
 
@@ -129,7 +130,7 @@ def test_h5_edit_keeps_every_other_dataset_and_every_attribute(keras, samples: P
     out = tmp_path / "out.h5"
     set_weights(
         ModelSource.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-        Destination(path=out), smoke=False,
+        Destination(path=out), checks=NO_SMOKE,
     )
     with h5py.File(original, "r") as before, h5py.File(out, "r") as after:
         old_sets, old_groups = h5_contents(before)
@@ -168,7 +169,7 @@ def test_corrupt_weight_store_is_refused_not_laundered(samples: Path, tmp_path: 
     with pytest.raises(ModelFileError, match="CRC"):
         set_weights(
             ModelSource.from_path(bad), "conv1", [WeightRequest(None, source=str(tmp_path / "k.npy"))],
-            Destination(path=tmp_path / "out.keras"), smoke=False,
+            Destination(path=tmp_path / "out.keras"), checks=NO_SMOKE,
         )
     assert listing(tmp_path) == before
 
@@ -222,7 +223,7 @@ def test_int64_source_is_cast_to_float32_and_reported(samples: Path, tmp_path: P
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelSource.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
-        Destination(path=out), smoke=False,
+        Destination(path=out), checks=NO_SMOKE,
     )
     assert report.changes[0].cast == "int64 -> float32"
     written = value_of(out, "conv1")
@@ -237,7 +238,7 @@ def test_bfloat16_values_are_rounded_and_the_cast_reported(samples: Path, tmp_pa
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelSource.from_path(samples / "tiny_bf16.keras"), "conv1",
-        [WeightRequest(None, source=save_npy(tmp_path / "k.npy", value))], Destination(path=out), smoke=False,
+        [WeightRequest(None, source=save_npy(tmp_path / "k.npy", value))], Destination(path=out), checks=NO_SMOKE,
     )
     assert report.changes[0].dtype == "bfloat16" and report.changes[0].cast == "float32 -> bfloat16"
     rounded = value.astype(ml_dtypes.bfloat16)
@@ -250,7 +251,7 @@ def test_initializer_with_a_seed_is_reproducible_and_seedless_ones_report_no_see
     runs = []
     for name in ("a.keras", "b.keras"):
         report = set_weights(source, "conv2", [WeightRequest(None, init="he_normal")], Destination(path=tmp_path / name),
-                             seed=11, smoke=False)
+                             seed=11, checks=NO_SMOKE)
         assert report.seed == 11 and not report.seed_drawn
         runs.append(value_of(tmp_path / name, "conv2"))
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -264,7 +265,7 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
     src = save_npy(tmp_path / "k.npy", value)
     for query, name in (("func_block/deep_block/deep_conv", "a.keras"), ("deep_conv", "b.keras")):
         report = set_weights(ModelSource.from_path(samples / "all_convs.keras"), query,
-                             [WeightRequest(None, source=src)], Destination(path=tmp_path / name), smoke=False)
+                             [WeightRequest(None, source=src)], Destination(path=tmp_path / name), checks=NO_SMOKE)
         assert report.layer.path == "func_block/deep_block/deep_conv"
         np.testing.assert_array_equal(value_of(tmp_path / name, "func_block/deep_block/deep_conv"), value)
 
@@ -272,7 +273,7 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
 def test_set_weights_refuses_a_non_convolution(samples: Path, tmp_path: Path) -> None:
     with pytest.raises(ConvSurgeonError, match=r"'head' is a Dense, not a convolution"):
         set_weights(ModelSource.from_path(samples / "tiny_cnn.keras"), "head",
-                    [WeightRequest(None, init="zeros")], Destination(path=tmp_path / "o.keras"), smoke=False)
+                    [WeightRequest(None, init="zeros")], Destination(path=tmp_path / "o.keras"), checks=NO_SMOKE)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -282,7 +283,7 @@ def test_in_place_destination_updates_the_file_and_leaves_no_temp(samples: Path,
     names = sorted(p.name for p in tmp_path.iterdir())
     destination = choose_destination(str(model), None, True, io.BytesIO())
     assert destination.path == model
-    set_weights(ModelSource.from_path(model), "conv1", [WeightRequest(None, source=src)], destination, smoke=False)
+    set_weights(ModelSource.from_path(model), "conv1", [WeightRequest(None, source=src)], destination, checks=NO_SMOKE)
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     np.testing.assert_array_equal(value_of(model, "conv1"), SOBEL)
 
@@ -315,7 +316,7 @@ def test_stdin_source_to_stream_destination(samples: Path, tmp_path: Path) -> No
     stream = io.BytesIO()
     source = ModelSource(label="<stdin>", data=(samples / "tiny_cnn.keras").read_bytes())
     report = set_weights(source, "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-                         Destination(stream=stream), smoke=False)
+                         Destination(stream=stream), checks=NO_SMOKE)
     assert report.destination == "<stdout>"
     out = tmp_path / "streamed.keras"
     out.write_bytes(stream.getvalue())
