@@ -252,7 +252,7 @@ def open_weight_store(source: ModelSource) -> Iterator[tuple[h5py.File, dict[str
     fmt = detect_format(source)
     with source.open_binary() as raw:
         if fmt == "h5":
-            with _h5_file(raw, source.label) as h5:
+            with h5_file(raw, source.label) as h5:
                 yield h5, {"format": fmt, **_h5_meta(h5, source.label)}
             return
         try:
@@ -269,12 +269,13 @@ def open_weight_store(source: ModelSource) -> Iterator[tuple[h5py.File, dict[str
                 store: BinaryIO = _Window(raw, member.data_offset, member.size)  # type: ignore[assignment]
             else:
                 store = io.BytesIO(archive.read(WEIGHTS_MEMBER))
-            with _h5_file(store, source.label) as h5:
+            with h5_file(store, source.label) as h5:
                 yield h5, {"format": fmt, "member": member, **meta}
 
 
 @contextmanager
-def _h5_file(handle: BinaryIO, label: str) -> Iterator[h5py.File]:
+def h5_file(handle: BinaryIO, label: str) -> Iterator[h5py.File]:
+    """An HDF5 file over a Python file object, read-only, closed before the object."""
     try:
         h5 = h5py.File(handle, "r")
     except (OSError, ValueError) as exc:

@@ -39,10 +39,8 @@ import zipfile
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
-import h5py
-
 from .errors import ModelFileError
-from .modelfile import PARSE_TIMEOUT_S, ModelSource, detect_format, run_bounded
+from .modelfile import PARSE_TIMEOUT_S, ModelSource, detect_format, h5_file, run_bounded
 
 TOOL_NAME = "conv-surgeon"
 METADATA_MEMBER = "metadata.json"
@@ -185,19 +183,8 @@ def _read_metadata(source: ModelSource) -> dict[str, Any] | None:
 
 
 def _h5_history_text(source: ModelSource) -> str | None:
-    with source.open_binary() as raw:
-        try:
-            h5 = h5py.File(raw, "r")
-        except (OSError, ValueError) as exc:
-            raise ModelFileError(
-                f"{source.label}: the HDF5 file cannot be read ({exc}); it may be "
-                "truncated or corrupt"
-            ) from None
-        # Close the HDF5 file before the Python file object under it (DESIGN §3).
-        try:
-            value = h5.attrs.get(HISTORY_ATTRIBUTE)
-        finally:
-            h5.close()
+    with source.open_binary() as raw, h5_file(raw, source.label) as h5:
+        value = h5.attrs.get(HISTORY_ATTRIBUTE)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
