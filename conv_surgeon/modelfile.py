@@ -14,10 +14,13 @@ worker that is killed after a time limit.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
+import math
 import os
 import pickle
+import select
 import signal
 import stat
 import struct
@@ -27,10 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
-
-import h5py
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 from .catalogue import (
     ConvClass,
@@ -40,6 +40,12 @@ from .catalogue import (
 )
 from .errors import ConvSurgeonError, ModelFileError
 from .naming import to_snake_case
+
+if TYPE_CHECKING:
+    # Imported where used: `inspect` parses in a worker, and the CLI process itself
+    # never needs h5py or numpy to print what the worker read.
+    import h5py
+    import numpy as np
 
 ModelFormat = Literal["keras", "h5"]
 
@@ -63,7 +69,7 @@ class Variable:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,8 @@ def open_weight_store(source: ModelSource) -> Iterator[tuple[h5py.File, dict[str
 @contextmanager
 def h5_file(handle: BinaryIO, label: str) -> Iterator[h5py.File]:
     """An HDF5 file over a Python file object, read-only, closed before the object."""
+    import h5py
+
     try:
         h5 = h5py.File(handle, "r")
     except (OSError, ValueError) as exc:
@@ -344,6 +352,8 @@ def dataset_dtype(dataset: h5py.Dataset) -> str:
 
 def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
     """A dataset as numpy, bfloat16 records decoded through ml_dtypes."""
+    import numpy as np
+
     value = dataset[()]
     if dataset_dtype(dataset) == "bfloat16":
         import ml_dtypes
@@ -374,6 +384,8 @@ def _keras_layers(
     h5: h5py.File, model_entry: dict[str, Any], prefix: str, path: tuple[str, ...]
 ) -> Iterator[Layer]:
     """Walk one model level of a `.keras` weight store (DESIGN §3)."""
+    import h5py
+
     entries = model_entry["config"]["layers"]
     is_sequential = model_entry.get("class_name") == "Sequential"
     children = prefix + "layers/"
@@ -419,6 +431,8 @@ def _vars_of(vars_group: h5py.Group, prefix: str, entry: dict[str, Any]) -> tupl
     High-level lookups dominate the time of `inspect` on large models; the
     low-level calls cost a third as much.
     """
+    import h5py
+
     found = []
     for raw_name in vars_group.id:
         name = raw_name.decode()
@@ -474,6 +488,8 @@ def _flatten_nested(
 
 
 def _h5_layers(h5: h5py.File, config: dict[str, Any], label: str) -> Iterator[Layer]:
+    import h5py
+
     root = h5["model_weights"] if "model_weights" in h5 else h5
     for entry in config.get("config", {}).get("layers", []):
         if _is_op(entry):
@@ -588,7 +604,14 @@ def _parse_structure(source: ModelSource) -> ModelStructure:
 
 
 def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
-    """The model's layers and variables, read from structure alone (no weight bytes)."""
+    """The model's layers and variables, read from structure alone (no weight bytes).
+
+    If :func:`prefetch_structures` already started reading this file, its worker's
+    result is used.
+    """
+    pending = _claim_prefetched(source)
+    if pending is not None:
+        return pending.result()
     return run_bounded(lambda: _parse_structure(source), timeout, source.label)
 
 
@@ -602,57 +625,116 @@ def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
     """
     if not hasattr(os, "fork"):
         return work()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # worker
-        os.close(read_end)
-        code = 0
+    return _Worker(work, timeout, label).result()
+
+
+class _Worker:
+    """``work`` running in a forked child; :meth:`result` waits for it, up to a deadline."""
+
+    def __init__(self, work: Callable[[], Any], timeout: float, label: str) -> None:
+        self.label, self.timeout = label, timeout
+        self.deadline = time.monotonic() + timeout
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read_end)
+            code = 0
+            try:
+                try:
+                    payload = pickle.dumps(("ok", work()))
+                except ConvSurgeonError as exc:
+                    payload = pickle.dumps(("error", exc))
+                except BaseException as exc:  # noqa: BLE001 - reported by the parent as a bug
+                    payload = pickle.dumps(("bug", f"{type(exc).__name__}: {exc}"))
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(payload)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            os._exit(code)
+        os.close(write_end)
+        self.pid, self.read_end = pid, read_end
+
+    def result(self) -> Any:
+        chunks: list[bytes] = []
         try:
-            try:
-                payload = pickle.dumps(("ok", work()))
-            except ConvSurgeonError as exc:
-                payload = pickle.dumps(("error", exc))
-            except BaseException as exc:  # noqa: BLE001 - reported by the parent as a bug
-                payload = pickle.dumps(("bug", f"{type(exc).__name__}: {exc}"))
-            with os.fdopen(write_end, "wb") as out:
-                out.write(payload)
-        except BaseException:  # noqa: BLE001
-            code = 1
-        os._exit(code)
-    os.close(write_end)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    os.set_blocking(read_end, False)
-    try:
-        while True:
-            try:
-                chunk = os.read(read_end, 1 << 20)
-            except BlockingIOError:
-                chunk = None
-            if chunk:
+            while True:
+                remaining = self.deadline - time.monotonic()
+                ready, _, _ = select.select([self.read_end], [], [], max(0.0, remaining))
+                if not ready:
+                    self.kill()
+                    raise ModelFileError(
+                        f"{self.label}: reading it did not finish within {self.timeout:.0f} s; "
+                        "its HDF5 data is probably corrupt"
+                    )
+                chunk = os.read(self.read_end, 1 << 20)
+                if not chunk:
+                    break
                 chunks.append(chunk)
-                continue
-            if chunk == b"":
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise ModelFileError(
-                    f"{label}: reading the model's structure did not finish within "
-                    f"{timeout:.0f} s; the HDF5 data is probably corrupt"
-                )
-            time.sleep(0.002)
-    finally:
-        os.close(read_end)
-    os.waitpid(pid, 0)
-    if not chunks:
-        raise ModelFileError(f"{label}: the reader crashed on this file; it is probably corrupt")
-    kind, value = pickle.loads(b"".join(chunks))
-    if kind == "ok":
-        return value  # type: ignore[no-any-return]
-    if kind == "error":
-        raise value
-    raise RuntimeError(f"reading {label} failed inside the worker: {value}")
+        finally:
+            os.close(self.read_end)
+        os.waitpid(self.pid, 0)
+        if not chunks:
+            raise ModelFileError(f"{self.label}: the reader crashed on this file; it is probably corrupt")
+        kind, value = pickle.loads(b"".join(chunks))
+        if kind == "ok":
+            return value
+        if kind == "error":
+            raise value
+        raise RuntimeError(f"reading {self.label} failed inside the worker: {value}")
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+_prefetched: dict[tuple[str, int, int], _Worker] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (os.path.realpath(path), info.st_mtime_ns, info.st_size)
+
+
+def prefetch_structures(paths: list[str]) -> None:
+    """Start reading these model files now, each in its own worker.
+
+    Called before the command line is even parsed, so that parsing the file (and
+    importing h5py and numpy for it) runs beside the start-up of everything else; a
+    prefetched file nobody reads is abandoned at exit.
+    """
+    if not hasattr(os, "fork"):
+        return
+    for path in paths:
+        source = ModelSource.from_path(path)
+        key = _file_key(Path(path))
+        if key is not None and key not in _prefetched:
+            _prefetched[key] = _Worker(lambda s=source: _parse_structure(s), PARSE_TIMEOUT_S, path)
+    if _prefetched:
+        atexit.register(abandon_prefetched)
+
+
+def _claim_prefetched(source: ModelSource) -> _Worker | None:
+    if source.path is None or not _prefetched:
+        return None
+    key = _file_key(source.path)
+    worker = _prefetched.pop(key, None) if key is not None else None
+    if worker is not None:
+        worker.label = source.label
+    return worker
+
+
+def abandon_prefetched() -> None:
+    """Kill the workers of prefetched files that no command read."""
+    while _prefetched:
+        _, worker = _prefetched.popitem()
+        worker.kill()
+        os.close(worker.read_end)
 
 
 def read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:

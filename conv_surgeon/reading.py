@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .catalogue import LAYOUTS, stored_name_matches
 from .errors import ConvSurgeonError, LayerNotFoundError
 from .modelfile import (
@@ -21,6 +19,8 @@ from .modelfile import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .assign import TargetVariable
 
 
@@ -49,6 +49,8 @@ class InspectReport:
 
 
 def variable_stats(value: np.ndarray) -> VariableStats:
+    import numpy as np
+
     data = np.asarray(value, dtype=np.float64).ravel()
     finite = np.isfinite(data)
     good = data[finite]
@@ -181,6 +183,8 @@ def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelSource, l
               key: Callable[[Layer, Variable], str]) -> WeightsExport:
     """Read the variables and make them .npy-ready: PyTorch layout if asked, and
     bfloat16 as float32 (.npy has no bfloat16; float32 holds each value exactly)."""
+    import numpy as np
+
     if layout not in LAYOUTS:
         raise ConvSurgeonError(f"layout '{layout}': expected one of {', '.join(LAYOUTS)}")
     values = read_variables(source, [v for _, chosen in layers for v in chosen])
