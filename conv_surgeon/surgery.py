@@ -483,7 +483,7 @@ def _load_candidates(
             continue
         # Each variable draws from its own seed (the base seed + its position in the
         # layer), so a kernel and a bias are independent and still reproducible.
-        variable_seed = None if seed is None else seed + variable.index
+        variable_seed = None if seed is None else (seed + variable.index) % 2**63
         with quiet_stderr():
             drawn = draw_initializer(spec, variable.shape, variable_seed)
         origin = f"init {spec.text}" + (f" (seed {variable_seed})" if spec.takes_seed else "")
