@@ -277,9 +277,8 @@ def rel(path: Path) -> str:
 
 # --------------------------------------------------------------------------- sections
 
-# The plain-Keras way a user would answer "which convs, which shapes" today.
-KERAS_LIST_CONVS = """
-import sys, keras
+# What both plain-Keras scripts need: the conv classes, and every layer of a model.
+KERAS_CONVS_PRELUDE = """
 from keras import layers as L
 CONV = (L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose,
         L.Conv3DTranspose, L.DepthwiseConv1D, L.DepthwiseConv2D,
@@ -288,6 +287,12 @@ def walk(layer):
     for child in getattr(layer, "layers", []):
         yield child
         yield from walk(child)
+"""
+
+# The plain-Keras way a user would answer "which convs, which shapes" today.
+KERAS_LIST_CONVS = """
+import sys, keras
+""" + KERAS_CONVS_PRELUDE + """
 model = keras.saving.load_model(sys.argv[1], compile=False)
 found = 0
 for layer in walk(model):
@@ -518,14 +523,7 @@ def resnet50_b() -> Path:
 KERAS_DIFF = """
 import sys
 import numpy as np, keras
-from keras import layers as L
-CONV = (L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose,
-        L.Conv3DTranspose, L.DepthwiseConv1D, L.DepthwiseConv2D,
-        L.SeparableConv1D, L.SeparableConv2D)
-def walk(layer):
-    for child in getattr(layer, "layers", []):
-        yield child
-        yield from walk(child)
+""" + KERAS_CONVS_PRELUDE + """
 def convs(path):
     model = keras.saving.load_model(path, compile=False)
     return {layer.path: layer for layer in walk(model) if isinstance(layer, CONV)}
