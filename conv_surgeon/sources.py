@@ -33,10 +33,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from conv_surgeon.errors import SourceError
+from conv_surgeon.modelfile import HDF5_MAGIC, ZIP_MAGIC, read_dataset
 
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = b"PK\x03\x04"
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # torch.save's legacy (pre-zip) format opens with its magic number pickled at protocol 2.
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
@@ -497,27 +496,17 @@ def _datasets_below(group: object) -> list[str]:
 
 def _read_dataset(dataset: object, spec: str) -> np.ndarray:
     import h5py
-    import ml_dtypes
 
     assert isinstance(dataset, h5py.Dataset)
     if dataset.shape is None:
         raise SourceError(f"source '{spec}': dataset '{dataset.name}' is empty (no data)")
-    # Keras stores bfloat16 as opaque 2-byte records tagged with a `dtype` attribute.
-    if _attr_text(dataset.attrs.get("dtype")) == "bfloat16":
-        return np.array(dataset, dtype=ml_dtypes.bfloat16)
-    value = np.asarray(dataset[()])
+    value = read_dataset(dataset)  # decodes Keras's bfloat16 records, as for a model
     if value.dtype.hasobject:
         raise SourceError(
             f"source '{spec}': dataset '{dataset.name}' holds {value.dtype} data, not "
             "numbers; name a numeric dataset"
         )
     return value
-
-
-def _attr_text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
 
 
 def _choose_key(spec: str, path: str, key: str | None, keys: list[str], noun: str) -> str:

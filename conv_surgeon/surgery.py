@@ -20,12 +20,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import __version__
 from .assign import Assignment, TargetVariable, plan_assignments
 from .catalogue import LAYOUTS, conv_class, stored_name_matches
 from .errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from .fileio import atomic_output, check_output_dir, same_file
 from .layout import from_torch, torch_axis_names, torch_shape, variable_role
 from .modelfile import (
+    HDF5_MAGIC,
     PARSE_TIMEOUT_S,
     Layer,
     ModelSource,
@@ -36,7 +38,6 @@ from .modelfile import (
     run_bounded,
 )
 from .naming import format_shape
-from . import __version__
 from .plan import Plan
 from .provenance import EditRecord, make_record, read_history
 from .reading import layer_targets, main_kernel, resolve_layer, resolve_variable
@@ -494,7 +495,7 @@ def _load_candidates(
 
 def _names_hdf5(spec: str) -> bool:
     """Whether a source spec names an HDF5 file (told by its first bytes)."""
-    from .sources import HDF5_MAGIC, split_source_spec
+    from .sources import split_source_spec
 
     try:
         path, _ = split_source_spec(spec)
