@@ -13,6 +13,7 @@ Keras 3 layouts (channels_last and channels_first alike, DESIGN.md §4):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,22 +138,43 @@ def main_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in CONFIG_KEYS if k in config}
 
 
-# Variables of common non-convolution layers, as (name, trainable) in Keras's weight
-# order. Only used to place the variables of a nested model inside a legacy `.h5`,
-# where Keras 2 and 3 store a nested model's weights flattened: trainable ones first.
-def layer_variables(class_name: str, config: dict[str, Any]) -> list[tuple[str, bool]] | None:
-    """The variables a layer holds, or None if the class is not known here."""
+def _quantization_mode(config: dict[str, Any]) -> str | None:
+    """The mode of a quantized layer's dtype policy (``int8``, ``int4``, ``float8``), if any."""
+    policy = config.get("dtype")
+    if isinstance(policy, dict) and "Quantized" in str(policy.get("class_name")):
+        return str(policy.get("config", {}).get("mode") or "") or None
+    return None
+
+
+# Variables of layers, as (name, trainable) in Keras's weight order: names for what
+# `inspect` shows, and the order that places a nested model's variables in a legacy
+# `.h5`, where Keras 2 and 3 store them flattened, trainable ones first.
+def layer_variables(
+    class_name: str, config: dict[str, Any], count: int | None = None
+) -> list[tuple[str, bool]] | None:
+    """The variables a layer holds, or None if the class is not known here.
+
+    ``count``, the number of variables found, stands in for the config where there is
+    none (a class inferred from the store): one variable fewer means no bias.
+    """
     cls = conv_class(class_name)
-    use_bias = bool(config.get("use_bias", True))
+    use_bias = bool(config.get("use_bias", True)) if "use_bias" in config or count is None else None
     if cls is not None:
+        if use_bias is None:
+            use_bias = count == len(cls.kernel_names) + 1
         return [(n, True) for n in cls.variable_names(use_bias)]
     if class_name in ("Dense", "EinsumDense"):
+        if use_bias is None:
+            use_bias = count in (2, 3)
+        mode = _quantization_mode(config)
+        if mode in ("int8", "int4") or (mode is None and count == 3 and not config):
+            return [("kernel", True)] + ([("bias", True)] if use_bias else []) + [("kernel_scale", False)]
         return [("kernel", True)] + ([("bias", True)] if use_bias else [])
     if class_name in ("BatchNormalization", "SyncBatchNormalization"):
         out = []
-        if config.get("scale", True):
+        if config.get("scale", True if count is None else count >= 3):
             out.append(("gamma", True))
-        if config.get("center", True):
+        if config.get("center", True if count is None else count == 4):
             out.append(("beta", True))
         return out + [("moving_mean", False), ("moving_variance", False)]
     if class_name in ("LayerNormalization", "GroupNormalization"):
@@ -166,8 +188,58 @@ def layer_variables(class_name: str, config: dict[str, Any]) -> list[tuple[str, 
         return [("embeddings", True)]
     if class_name == "PReLU":
         return [("alpha", True)]
+    if class_name in ("LSTMCell", "GRUCell", "SimpleRNNCell"):
+        return [("kernel", True), ("recurrent_kernel", True)] + (
+            [("bias", True)] if config.get("use_bias", True if count is None else count == 3) else [])
+    if class_name == "SeedGenerator":
+        return [("seed_generator_state", False)]
     if class_name in WEIGHTLESS_CLASSES:
         return []
+    return None
+
+
+# Classes whose snake-cased name identifies them in a store path or a default layer name.
+KNOWN_CLASSES = tuple(CONV_CLASSES) + (
+    "Dense", "EinsumDense", "BatchNormalization", "SyncBatchNormalization", "LayerNormalization",
+    "GroupNormalization", "Embedding", "PReLU", "LSTMCell", "GRUCell", "SimpleRNNCell", "LSTM",
+    "GRU", "SimpleRNN", "SeedGenerator",
+)
+
+
+def class_for_snake_name(name: str) -> str | None:
+    """The known class a snake-cased store key or default layer name stands for:
+    ``conv2d_3`` -> ``Conv2D``, ``batch_normalization`` -> ``BatchNormalization``."""
+    from .naming import to_snake_case
+
+    base = re.sub(r"_\d+$", "", name)
+    for class_name in KNOWN_CLASSES:
+        if to_snake_case(class_name) == base:
+            return class_name
+    return None
+
+
+def infer_class(shapes: list[tuple[int, ...]]) -> str | None:
+    """The class a layer's variable shapes can only belong to, or None when they could
+    be several (a 4-D kernel whose bias matches its second-to-last axis is a transposed
+    conv or a depthwise one)."""
+    if not shapes or len(shapes) > 4:
+        return None
+    kernel = shapes[0]
+    rest = shapes[1:]
+    if 3 <= len(kernel) <= 5 and len(rest) <= 1 and all(len(s) == 1 for s in rest):
+        # The common case, a plain conv; a bias that only fits the second-to-last axis
+        # belongs to a transposed or depthwise conv, which shapes cannot tell apart.
+        if not rest or rest[0][0] == kernel[-1]:
+            return f"Conv{len(kernel) - 2}D"
+        return None
+    if (len(shapes) == 3 and len(kernel) in (3, 4) and len(shapes[1]) == len(kernel)
+            and all(d == 1 for d in shapes[1][:-2]) and shapes[2] == (shapes[1][-1],)
+            and shapes[1][-2] == kernel[-2] * kernel[-1]):
+        return f"SeparableConv{len(kernel) - 2}D"
+    if len(kernel) == 2 and len(rest) <= 1 and all(s == (kernel[1],) for s in rest):
+        return "Dense"
+    if len(shapes) == 4 and all(len(s) == 1 and s == kernel for s in shapes):
+        return "BatchNormalization"
     return None
 
 

@@ -31,12 +31,15 @@ import h5py
 import numpy as np
 
 from .modelfile import (
+    PARSE_TIMEOUT_S,
     Layer,
     ModelSource,
+    OpenStore,
     Variable,
-    open_weight_store,
+    open_store,
     read_dataset,
     read_structure,
+    run_bounded,
 )
 
 LayerStatus = Literal["same", "changed", "only_a", "only_b", "incompatible"]
@@ -105,43 +108,44 @@ class _Store:
     each variable through h5py first took 0.35 s.
     """
 
-    h5: h5py.File
-    buffer: bytes | mmap.mmap | None  # None: a compressed .keras member
-    base: int  # where the weight store starts inside ``buffer``
+    store: OpenStore
+    buffers: tuple[tuple[bytes | mmap.mmap | None, int], ...]  # per file: (bytes under it, where the HDF5 starts); None: a compressed .keras member
 
     def stored_bytes(self, variable: Variable) -> np.ndarray | None:
         """The variable's bytes as stored (no copy), or None if not stored contiguously."""
-        if self.buffer is None:
+        buffer, base = self.buffers[variable.file]
+        if buffer is None:
             return None
-        dataset = h5py.h5d.open(self.h5.id, variable.dataset.encode())
+        dataset = h5py.h5d.open(self.store.h5s[variable.file].id, variable.dataset.encode())
         offset = dataset.get_offset()  # None for chunked, compressed or unallocated data
         size = variable.size * dataset.dtype.itemsize
         if offset is None or dataset.get_storage_size() != size:
             return None
-        start = self.base + offset
-        if start + size > len(self.buffer):
+        start = base + offset
+        if start + size > len(buffer):
             return None
-        return np.frombuffer(self.buffer, dtype=np.uint8, count=size, offset=start)
+        return np.frombuffer(buffer, dtype=np.uint8, count=size, offset=start)
 
     def value(self, variable: Variable) -> np.ndarray:
-        return read_dataset(self.h5[variable.dataset])
+        return read_dataset(self.store.dataset(variable))
 
 
 @contextmanager
 def _open_store(source: ModelSource) -> Iterator[_Store]:
-    with open_weight_store(source) as (h5, meta), ExitStack() as stack:
-        member = meta.get("member")
-        if member is not None and not member.stored:
-            yield _Store(h5, None, 0)
-            return
-        base = member.data_offset if member is not None else 0
-        if source.data is not None:
-            yield _Store(h5, source.data, base)
-            return
-        assert source.path is not None
-        handle = stack.enter_context(open(source.path, "rb"))
-        mapped = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-        yield _Store(h5, mapped, base)
+    with open_store(source) as store, ExitStack() as stack:
+        buffers: list[tuple[bytes | mmap.mmap | None, int]] = []
+        for store_file in store.files:
+            member = store_file.member
+            if member is not None and not member.stored:
+                buffers.append((None, 0))
+            elif store_file.path is None:
+                assert source.data is not None
+                buffers.append((source.data, member.data_offset if member is not None else 0))
+            else:
+                handle = stack.enter_context(open(store_file.path, "rb"))
+                mapped = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+                buffers.append((mapped, member.data_offset if member is not None else 0))
+        yield _Store(store, tuple(buffers))
 
 
 def diff_models(a: ModelSource, b: ModelSource, *, all_layers: bool = False) -> DiffReport:
@@ -154,7 +158,13 @@ def diff_models(a: ModelSource, b: ModelSource, *, all_layers: bool = False) -> 
     ...                      ModelSource.from_path("sample_models/tiny_cnn.h5"))
     >>> report.identical, [layer.status for layer in report.layers]
     (True, ['same', 'same', 'same'])
+
+    Both files are untrusted: the comparison runs in a bounded worker.
     """
+    return run_bounded(lambda: _diff_models(a, b, all_layers), PARSE_TIMEOUT_S, f"{a.label} and {b.label}")
+
+
+def _diff_models(a: ModelSource, b: ModelSource, all_layers: bool) -> DiffReport:
     layers_a = {layer.path: layer for layer in read_structure(a).layers}
     layers_b = {layer.path: layer for layer in read_structure(b).layers}
 

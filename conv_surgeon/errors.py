@@ -59,3 +59,12 @@ class SmokeTestError(ConvSurgeonError):
     """The written model failed the forward-pass smoke test. Exit code 3; nothing written."""
 
     exit_code = 3
+
+
+class InternalError(Exception):
+    """A bug in conv-surgeon found in a worker process: exit 70, with the worker's
+    traceback shown under ``--debug``."""
+
+    def __init__(self, message: str, worker_traceback: str) -> None:
+        super().__init__(message)
+        self.worker_traceback = worker_traceback

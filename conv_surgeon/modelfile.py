@@ -1,15 +1,26 @@
 """Reading a saved Keras model's structure and weights without TensorFlow.
 
-Two formats (DESIGN.md §3):
+Every kind of save Keras writes is a *weight store* (one or more HDF5 files) and,
+for most kinds, a config beside it (DESIGN.md §3, §3b):
 
-- ``.keras``: a zip whose ``model.weights.h5`` member holds every variable at an
-  object-graph path (``layers/conv2d/vars/0``). The member is stored uncompressed, so it
-  is read in place at its byte offset inside the archive.
-- legacy ``.h5``: the model config in a file attribute, weights under
-  ``model_weights/<layer>/...`` listed by ``weight_names`` attributes.
+| kind      | what it is                                   | weight store              | config            |
+|-----------|----------------------------------------------|---------------------------|-------------------|
+| `keras`   | a `.keras` zip archive                        | its `model.weights.h5`    | `config.json`     |
+| `h5`      | a legacy whole-model `.h5`                    | `model_weights/...`       | `model_config`    |
+| `weights` | `save_weights("x.weights.h5")`, or a Keras 2 weights-only `.h5` | the file | `--config` only |
+| `sharded` | `save_weights("x.weights.json", max_shard_size=...)` | the map's shards  | `--config` only   |
+| `dir`     | `model.save("dir", zipped=False)`            | `model.weights.h5` (or a sharded map) | `config.json` |
+| `preset`  | a keras-hub preset directory (`save_to_preset`) | as `dir`               | `config.json`     |
 
-Parsing untrusted HDF5 can spin forever, so :func:`read_structure` parses in a forked
-worker that is killed after a time limit.
+Two HDF5 layouts: Keras 3 keeps every variable at an object-graph path
+(``layers/conv2d/vars/0``), the legacy one under ``<layer>/<weight name>`` listed by
+``weight_names`` attributes. The structure is a tree of variable-holding objects, walked
+the way Keras's saver walks them: wrappers, custom layers and sub-layers included. A
+variable the walk cannot place on a layer is reported (:attr:`ModelStructure.unplaced`),
+never dropped.
+
+Parsing untrusted HDF5 can spin forever, so every read of a store runs in a forked
+worker that is killed after a time limit (:func:`run_bounded`).
 """
 
 from __future__ import annotations
@@ -20,14 +31,15 @@ import json
 import math
 import os
 import pickle
+import re
 import select
 import signal
 import stat
-import struct
 import time
+import traceback
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
@@ -35,52 +47,78 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 from .catalogue import (
     ConvClass,
     canonical_variable_name,
+    class_for_snake_name,
     conv_class,
+    infer_class,
     layer_variables,
 )
-from .errors import ConvSurgeonError, ModelFileError
+from .errors import ConvSurgeonError, InternalError, ModelFileError
 from .naming import to_snake_case
+from .store.archive import ZIP_MAGIC, Member, Window, locate_member
+from .store.hdf5 import (
+    HDF5_MAGIC,
+    attr_list,
+    attr_text,
+    damaged_store_is_an_error,
+    dataset_dtype,
+    h5_file,
+    read_dataset,
+)
 
 if TYPE_CHECKING:
-    # Imported where used: `inspect` parses in a worker, and the CLI process itself
-    # never needs h5py or numpy to print what the worker read.
     import h5py
     import numpy as np
 
-ModelFormat = Literal["keras", "h5"]
+ModelFormat = Literal["keras", "h5", "weights", "sharded", "dir", "preset"]
+# Kinds whose store is several files in a folder: written by staging a folder.
+FOLDER_FORMATS = ("sharded", "dir", "preset")
 
-ZIP_MAGIC = b"PK\x03\x04"
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"
+WEIGHTS_MAP = "model.weights.json"
+CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"
 PARSE_TIMEOUT_S = 20.0
+OPTIMIZER_ROOT = "optimizer"
+# Keras 2.13's .keras archives name the layers container this way.
+LAYER_CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
 
 T = TypeVar("T")
+
 
 
 @dataclass(frozen=True)
 class Variable:
     """One variable of a layer, where it lives in the weight store."""
 
-    name: str  # as stored: "kernel", "bias", "depthwise_kernel"; Keras 2's ":0" dropped
-    dataset: str  # path of the dataset inside the weight store
+    name: str  # unique in its layer: "kernel", "bias", "kernel_scale"; Keras 2's ":0" dropped
+    dataset: str  # path of the dataset inside its store file
     shape: tuple[int, ...]
     dtype: str  # "float32", "float16", "bfloat16", ...
     index: int  # position in the layer's weight list (Keras's `layer.weights` order)
+    file: int = 0  # which file of the store (a shard) holds it
+    position: int = -1  # legacy layout: position in the top-level group's `weight_names`
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
 
 
+ClassSource = Literal["config", "store key", "name", "shapes", "unknown"]
+
+
 @dataclass(frozen=True)
 class Layer:
-    """A layer that holds variables, with its place in the model."""
+    """An object that holds variables (a layer or a sub-layer), with its place in the model."""
 
     name: str
-    path: str  # names of the enclosing models and the layer, root excluded
-    class_name: str
+    path: str  # layer names from the root down, root excluded: "td/conv2d", "block/conv"
+    class_name: str  # "?" when nothing tells the class
     config: dict[str, Any]
     variables: tuple[Variable, ...]
+    store_path: str = ""  # the object's group in the weight store ("layers/time_distributed/layer")
+    alias: str | None = None  # the path by attribute names where it differs: "td/layer"
+    class_source: ClassSource = "config"
+    inferred_from: str | None = None  # what the class was inferred from, when not the config
 
     @property
     def conv(self) -> ConvClass | None:
@@ -92,6 +130,15 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class StoreFile:
+    """One HDF5 file of a weight store."""
+
+    label: str  # how messages name it
+    path: Path | None  # the file on disk holding it (the archive, for a member); None: stdin bytes
+    member: Member | None = None  # a `.keras` archive's weight store member
+
+
+@dataclass(frozen=True)
 class ModelStructure:
     """Everything `inspect` shows, read from the file's structure alone."""
 
@@ -100,33 +147,48 @@ class ModelStructure:
     model_name: str
     model_class: str
     layers: tuple[Layer, ...] = field(default_factory=tuple)
+    files: tuple[StoreFile, ...] = ()
+    legacy: bool = False  # the legacy HDF5 layout (weight_names), not object paths
+    optimizer_variables: int = 0
+    unplaced: tuple[str, ...] = ()  # datasets that belong to no listed layer
+    config_source: str | None = None  # where the classes came from, if not the model itself
+    inferred: tuple[str, ...] = ()  # paths of layers whose class was inferred
 
     @property
     def conv_layers(self) -> tuple[Layer, ...]:
         return tuple(layer for layer in self.layers if layer.conv is not None)
 
+    @property
+    def variable_count(self) -> int:
+        return sum(len(layer.variables) for layer in self.layers)
+
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model given as a path, or as the bytes read from stdin."""
+    """A model given as a path (file or folder), or as the bytes read from stdin.
+
+    ``config`` names another save of the same model whose config gives a weights-only
+    store its classes (``--config``).
+    """
 
     label: str
     path: Path | None = None
     data: bytes | None = None
+    config: Path | None = None
 
     @classmethod
-    def from_path(cls, path: str | Path) -> ModelSource:
-        return cls(label=str(path), path=Path(path))
+    def from_path(cls, path: str | Path, config: str | Path | None = None) -> ModelSource:
+        return cls(label=str(path), path=Path(path), config=Path(config) if config is not None else None)
 
     @classmethod
-    def from_stream(cls, stream: BinaryIO, label: str = "<stdin>") -> ModelSource:
+    def from_stream(cls, stream: BinaryIO, label: str = "<stdin>", config: str | Path | None = None) -> ModelSource:
         data = stream.read()
         if not data:
             raise ModelFileError(
                 f"{label}: no model received (0 bytes); expected a .keras or .h5 file piped "
                 "in, e.g. `< model.keras`"
             )
-        return cls(label=label, data=data)
+        return cls(label=label, data=data, config=Path(config) if config is not None else None)
 
     @contextmanager
     def open_binary(self) -> Iterator[BinaryIO]:
@@ -138,172 +200,215 @@ class ModelSource:
             yield handle
 
 
-class _Window(io.RawIOBase):
-    """A read-only view of ``size`` bytes at ``offset`` of a seekable binary file.
-
-    h5py reads the weight store through it in place inside the zip: a
-    ``zipfile.open()`` stream would re-read from the member's start on every seek.
-    """
-
-    def __init__(self, raw: BinaryIO, offset: int, size: int) -> None:
-        super().__init__()
-        self._raw, self._offset, self._size, self._pos = raw, offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = base + pos
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._size - self._pos))
-        if n == 0:
-            return 0
-        self._raw.seek(self._offset + self._pos)
-        got = self._raw.readinto(view[:n]) or 0
-        self._pos += got
-        return got
-
-
-@dataclass(frozen=True)
-class WeightMember:
-    """Where a `.keras` archive keeps its weight store."""
-
-    data_offset: int  # offset of the member's first byte in the archive
-    size: int
-    crc: int
-    stored: bool  # uncompressed, so readable and patchable in place
-    local_header_offset: int
-    flag_bits: int
-
-
-def sniff_format(head: bytes, label: str) -> ModelFormat:
-    if head.startswith(ZIP_MAGIC):
-        return "keras"
-    if head.startswith(HDF5_MAGIC):
-        return "h5"
-    raise ModelFileError(
-        f"{label}: not a Keras model (expected a .keras zip archive or a legacy .h5 "
-        f"HDF5 file, received bytes starting {head[:8]!r}); check the path"
-    )
-
-
 def _check_path(path: Path) -> None:
     try:
-        mode = path.stat().st_mode
+        path.stat()
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file; check the path") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read it ({exc.strerror})") from None
-    if stat.S_ISDIR(mode):
-        if (path / "saved_model.pb").exists():
-            raise ModelFileError(
-                f"{path}: this is a TensorFlow SavedModel directory; conv-surgeon works on "
-                "Keras .keras and .h5 files: load it in Keras and save it with "
-                "model.save('model.keras')"
-            )
-        raise ModelFileError(
-            f"{path}: is a directory; expected a .keras or .h5 model file"
-        )
 
 
-def detect_format(source: ModelSource) -> ModelFormat:
-    """Tell `.keras` from `.h5` by the first bytes, never by the extension."""
-    if source.path is not None:
-        _check_path(source.path)
-    with source.open_binary() as handle:
-        head = handle.read(8)
-    return sniff_format(head, source.label)
-
-
-def locate_weight_member(archive: zipfile.ZipFile, raw: BinaryIO, label: str) -> WeightMember:
-    try:
-        info = archive.getinfo(WEIGHTS_MEMBER)
-    except KeyError:
-        raise ModelFileError(
-            f"{label}: zip archive without {WEIGHTS_MEMBER} (members: "
-            f"{', '.join(archive.namelist()[:6]) or 'none'}); not a Keras 3 .keras file"
-        ) from None
-    raw.seek(info.header_offset)
-    header = raw.read(30)
-    if len(header) < 30 or header[:4] != ZIP_MAGIC:
-        raise ModelFileError(f"{label}: the zip archive is damaged (bad local header)")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return WeightMember(
-        data_offset=info.header_offset + 30 + name_len + extra_len,
-        size=info.file_size,
-        crc=info.CRC,
-        stored=info.compress_type == zipfile.ZIP_STORED,
-        local_header_offset=info.header_offset,
-        flag_bits=info.flag_bits,
+def sniff_format(head: bytes, label: str) -> Literal["keras", "h5", "sharded"]:
+    """What a file is, told by its first bytes (never by its name)."""
+    if head.startswith(ZIP_MAGIC):
+        return "keras"
+    if head.startswith(HDF5_MAGIC):
+        return "h5"
+    if head.lstrip()[:1] == b"{":
+        return "sharded"
+    raise ModelFileError(
+        f"{label}: not a Keras model (expected a .keras zip archive, an HDF5 .h5 or "
+        f".weights.h5 file, a .weights.json shard map or a saved model folder, received "
+        f"bytes starting {head[:8]!r}); check the path"
     )
 
 
-@contextmanager
-def open_weight_store(source: ModelSource) -> Iterator[tuple[h5py.File, dict[str, Any]]]:
-    """Open the model's weight store read-only, with the model's config beside it.
+def detect_format(source: ModelSource) -> ModelFormat:
+    """The kind of save, from the folder's files or the file's first bytes.
 
-    Yields the h5py file and a dict with ``format``, ``config``, ``keras_version`` and,
-    for `.keras`, ``member`` (a :class:`WeightMember`).
+    An HDF5 file says "h5" here; whether it is a whole model or weights only is told
+    by its attributes once it is open (:func:`open_store`).
     """
-    fmt = detect_format(source)
-    with source.open_binary() as raw:
-        if fmt == "h5":
-            with h5_file(raw, source.label) as h5:
-                yield h5, {"format": fmt, **_h5_meta(h5, source.label)}
+    if source.path is not None:
+        _check_path(source.path)
+        if source.path.is_dir():
+            return _folder_kind(source.path)
+    with source.open_binary() as handle:
+        head = handle.read(8)
+    kind = sniff_format(head, source.label)
+    if kind == "sharded" and source.path is None:
+        raise ModelFileError(
+            f"{source.label}: a sharded weights map cannot come from stdin (its shards are "
+            "files beside it); pass the .weights.json path"
+        )
+    return kind
+
+
+def _folder_kind(path: Path) -> ModelFormat:
+    if (path / "saved_model.pb").exists():
+        raise ModelFileError(
+            f"{path}: this is a TensorFlow SavedModel directory; conv-surgeon works on "
+            "Keras .keras and .h5 files and Keras save folders: load it in Keras and save it "
+            "with model.save('model.keras')"
+        )
+    if not (path / CONFIG_MEMBER).is_file():
+        raise ModelFileError(
+            f"{path}: is a directory without {CONFIG_MEMBER}; expected a .keras or .h5 model "
+            "file, a `model.save(dir, zipped=False)` folder or a keras-hub preset folder"
+        )
+    metadata = _json_file(path / METADATA_MEMBER, str(path)) if (path / METADATA_MEMBER).is_file() else {}
+    kind: ModelFormat = "preset" if isinstance(metadata, dict) and "keras_hub_version" in metadata else "dir"
+    if not (path / WEIGHTS_MEMBER).is_file() and not (path / WEIGHTS_MAP).is_file():
+        what = "keras-hub preset" if kind == "preset" else "saved model folder"
+        raise ModelFileError(
+            f"{path}: {what} without weights (no {WEIGHTS_MEMBER} or {WEIGHTS_MAP}); save it "
+            "again with its weights"
+        )
+    return kind
+
+
+def _json_file(path: Path, label: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ModelFileError(f"{label}: cannot read {path.name} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{label}: {path.name} is not valid JSON ({exc}); re-save the model with Keras") from None
+
+
+def shard_names(map_path: Path, label: str) -> list[str]:
+    """The shard files a `.weights.json` map lists, in order, each checked to be a file
+    beside the map."""
+    document = _json_file(map_path, label)
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ModelFileError(
+            f"{label}: not a Keras shard map (expected a JSON object with a 'weight_map' "
+            "object, as save_weights('x.weights.json', max_shard_size=...) writes)"
+        )
+    names: list[str] = []
+    for key, value in weight_map.items():
+        for name in value if isinstance(value, list) else [value]:
+            if not isinstance(name, str) or not name:
+                raise ModelFileError(f"{label}: weight_map['{key}'] is {name!r}, expected a shard file name")
+            if name in (".", "..") or Path(name).name != name or "\\" in name:
+                raise ModelFileError(
+                    f"{label}: weight_map['{key}'] names {name!r}, outside the map's folder; "
+                    "shards must lie beside the map, refusing to read it"
+                )
+            if name not in names:
+                names.append(name)
+    missing = [n for n in names if not (map_path.parent / n).is_file()]
+    if missing:
+        raise ModelFileError(
+            f"{label}: shard {missing[0]} is missing (the map lists {len(names)} shards, "
+            f"{len(missing)} not found in {map_path.parent}); copy every shard beside the map"
+        )
+    return names
+
+
+@dataclass
+class OpenStore:
+    """An open weight store: its HDF5 files, and the config and version beside them."""
+
+    format: ModelFormat
+    files: tuple[StoreFile, ...]
+    h5s: tuple[h5py.File, ...]
+    config: dict[str, Any] | None
+    keras_version: str | None
+    legacy: bool = False
+
+    def dataset(self, variable: Variable) -> h5py.Dataset:
+        return self.h5s[variable.file][variable.dataset]
+
+
+def _store_files(folder: Path, label: str) -> list[StoreFile]:
+    """The files of a folder's weight store: ``model.weights.h5`` or a shard map's shards."""
+    if (folder / WEIGHTS_MEMBER).is_file():
+        return [StoreFile(str(folder / WEIGHTS_MEMBER), folder / WEIGHTS_MEMBER)]
+    map_path = folder / WEIGHTS_MAP
+    return [StoreFile(str(map_path.parent / n), map_path.parent / n) for n in shard_names(map_path, label)]
+
+
+@contextmanager
+def open_store(source: ModelSource) -> Iterator[OpenStore]:
+    """Open the model's weight store read-only, with its config (if it has one)."""
+    kind = detect_format(source)
+    with ExitStack() as stack:
+        if kind in ("dir", "preset"):
+            assert source.path is not None
+            config = _json_file(source.path / CONFIG_MEMBER, source.label)
+            metadata = (_json_file(source.path / METADATA_MEMBER, source.label)
+                        if (source.path / METADATA_MEMBER).is_file() else {})
+            files = _store_files(source.path, source.label)
+            version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+            yield _opened(stack, kind, files, _checked_config(config, source.label), version)
+            return
+        if kind == "sharded":
+            assert source.path is not None
+            names = shard_names(source.path, source.label)
+            files = [StoreFile(str(source.path.parent / n), source.path.parent / n) for n in names]
+            yield _opened(stack, kind, files, None, None)
+            return
+        raw = stack.enter_context(source.open_binary())
+        if kind == "h5":
+            h5 = stack.enter_context(h5_file(raw, source.label))
+            legacy, config, version = _h5_meta(h5, source.label)
+            fmt: ModelFormat = "h5" if config is not None else "weights"
+            yield OpenStore(fmt, (StoreFile(source.label, source.path),), (h5,), config, version, legacy)
             return
         try:
-            archive = zipfile.ZipFile(raw)
+            archive = stack.enter_context(zipfile.ZipFile(raw))
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelFileError(
                 f"{source.label}: not a readable .keras archive ({exc}); the file may be "
                 "truncated or corrupt"
             ) from None
-        with archive:
-            meta = _keras_meta(archive, source.label)
-            member = locate_weight_member(archive, raw, source.label)
-            if member.stored:
-                store: BinaryIO = _Window(raw, member.data_offset, member.size)  # type: ignore[assignment]
-            else:
-                store = io.BytesIO(archive.read(WEIGHTS_MEMBER))
-            with h5_file(store, source.label) as h5:
-                yield h5, {"format": fmt, "member": member, **meta}
+        config, version = _keras_meta(archive, source.label)
+        member = locate_member(archive, raw, WEIGHTS_MEMBER, source.label)
+        if member.stored:
+            store: BinaryIO = Window(raw, member.data_offset, member.size)  # type: ignore[assignment]
+        else:
+            store = io.BytesIO(archive.read(WEIGHTS_MEMBER))
+        h5 = stack.enter_context(h5_file(store, source.label))
+        yield OpenStore("keras", (StoreFile(source.label, source.path, member),), (h5,), config, version)
 
 
-@contextmanager
-def h5_file(handle: BinaryIO, label: str) -> Iterator[h5py.File]:
-    """An HDF5 file over a Python file object, read-only, closed before the object."""
-    import h5py
+def _opened(stack: ExitStack, kind: ModelFormat, files: list[StoreFile],
+            config: dict[str, Any] | None, version: str | None) -> OpenStore:
+    h5s = []
+    for store_file in files:
+        assert store_file.path is not None
+        try:
+            raw = stack.enter_context(open(store_file.path, "rb"))
+        except OSError as exc:
+            raise ModelFileError(f"{store_file.label}: cannot read it ({exc.strerror})") from None
+        h5 = stack.enter_context(h5_file(raw, store_file.label))
+        if "model_config" in h5.attrs or "layer_names" in h5.attrs:
+            raise ModelFileError(
+                f"{store_file.label}: a legacy .h5 file where a Keras 3 weight store was "
+                "expected; inspect it on its own"
+            )
+        h5s.append(h5)
+    return OpenStore(kind, tuple(files), tuple(h5s), config, version)
 
-    try:
-        h5 = h5py.File(handle, "r")
-    except (OSError, ValueError) as exc:
+
+def _checked_config(config: Any, label: str) -> dict[str, Any]:
+    if not isinstance(config, dict) or "class_name" not in config:
         raise ModelFileError(
-            f"{label}: the HDF5 weight store cannot be read ({exc}); the file may be "
-            "truncated or corrupt"
-        ) from None
-    # Close the HDF5 file before the Python file object under it (DESIGN §3).
-    try:
-        yield h5
-    finally:
-        h5.close()
+            f"{label}: the model's config.json is broken (expected an object with "
+            "'class_name' and 'config'); re-save the model with Keras"
+        )
+    return config
 
 
-def _keras_meta(archive: zipfile.ZipFile, label: str) -> dict[str, Any]:
+def _keras_meta(archive: zipfile.ZipFile, label: str) -> tuple[dict[str, Any], str | None]:
     try:
-        config = json.loads(archive.read("config.json"))
+        config = json.loads(archive.read(CONFIG_MEMBER))
     except KeyError:
         raise ModelFileError(
-            f"{label}: zip archive without config.json; not a Keras 3 .keras file"
+            f"{label}: zip archive without {CONFIG_MEMBER}; not a Keras 3 .keras file"
         ) from None
     except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
         # zipfile raises RuntimeError for an encrypted member.
@@ -311,65 +416,90 @@ def _keras_meta(archive: zipfile.ZipFile, label: str) -> dict[str, Any]:
             f"{label}: the model's config.json is broken ({exc}); the archive cannot be "
             "used, re-save the model with Keras"
         ) from None
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ModelFileError(
-            f"{label}: the model's config.json is broken (expected an object with "
-            "'class_name' and 'config'); re-save the model with Keras"
-        )
     version = None
     try:
-        version = json.loads(archive.read("metadata.json")).get("keras_version")
+        version = json.loads(archive.read(METADATA_MEMBER)).get("keras_version")
     except (KeyError, ValueError, AttributeError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
         pass
-    return {"config": config, "keras_version": version}
+    return _checked_config(config, label), version
 
 
-def _attr_text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _h5_meta(h5: h5py.File, label: str) -> dict[str, Any]:
+def _h5_meta(h5: h5py.File, label: str) -> tuple[bool, dict[str, Any] | None, str | None]:
+    """(legacy layout, model config or None for weights only, Keras version)."""
+    version = h5.attrs.get("keras_version")
+    version_text = attr_text(version) if version is not None else None
     if "model_config" not in h5.attrs:
+        if "layer_names" in h5.attrs:
+            return True, None, version_text  # Keras 2 save_weights
+        if "layers" in h5 or "vars" in h5:
+            return False, None, version_text  # Keras 3 save_weights
         raise ModelFileError(
-            f"{label}: HDF5 file without a model_config attribute (a weights-only file?); "
-            "conv-surgeon needs a whole model saved with model.save('model.h5')"
+            f"{label}: an HDF5 file that is not a Keras save (no model_config, no layer_names, "
+            "no layers group); expected a model .h5, a .weights.h5 or a .keras file"
         )
     try:
-        config = json.loads(_attr_text(h5.attrs["model_config"]))
+        config = json.loads(attr_text(h5.attrs["model_config"]))
     except ValueError as exc:
         raise ModelFileError(
             f"{label}: the model config is broken ({exc}); re-save the model with Keras"
         ) from None
-    version = h5.attrs.get("keras_version")
-    return {"config": config, "keras_version": _attr_text(version) if version is not None else None}
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{label}: the model config is not a JSON object; re-save the model with Keras")
+    return True, _modern_config(config), version_text
 
 
-def dataset_dtype(dataset: h5py.Dataset) -> str:
-    if dataset.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
-        return "bfloat16"
-    return str(dataset.dtype)
+def _modern_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Keras <= 2.1 wrote a Sequential's config as a plain list of layer configs."""
+    if isinstance(config.get("config"), list):
+        return {**config, "config": {"name": "sequential", "layers": config["config"]}}
+    return config
 
 
-def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
-    """A dataset as numpy, bfloat16 records decoded through ml_dtypes."""
-    import numpy as np
-
-    value = dataset[()]
-    if dataset_dtype(dataset) == "bfloat16":
-        import ml_dtypes
-
-        value = np.frombuffer(np.ascontiguousarray(value).tobytes(), dtype=ml_dtypes.bfloat16)
-        value = value.reshape(dataset.shape)
-    return np.asarray(value)
+# --- structure: the Keras 3 object layout ---------------------------------------------
 
 
-# --- structure ---------------------------------------------------------------------
+@dataclass
+class _Node:
+    """A group of the store that has a ``vars`` group: one object Keras saved."""
+
+    path: str  # "" for the root object
+    name: str | None = None  # the `name` attribute of its vars group (Keras >= 3.6)
+    variables: list[tuple[int, tuple[int, ...], str, int]] = field(default_factory=list)  # (index, shape, dtype, file)
+
+
+def _collect_nodes(store: OpenStore) -> tuple[dict[str, _Node], list[str]]:
+    """Every object of the store (shards merged), and the datasets outside any `vars` group."""
+    import h5py
+
+    nodes: dict[str, _Node] = {}
+    stray: list[str] = []
+    for file_index, h5 in enumerate(store.h5s):
+
+        def visit(name: str, obj: Any, file_index: int = file_index) -> None:
+            parent, _, leaf = name.rpartition("/")
+            if isinstance(obj, h5py.Group):
+                if leaf == "vars":
+                    node = nodes.setdefault(parent, _Node(parent))
+                    if "name" in obj.attrs:
+                        node.name = attr_text(obj.attrs["name"])
+                return
+            owner, _, vars_leaf = parent.rpartition("/")
+            if vars_leaf != "vars" or not leaf.isdigit():
+                stray.append(name)
+                return
+            if parent == "vars":
+                owner = ""
+            is_bf16 = h5py.h5a.exists(obj.id, b"dtype") and obj.attrs["dtype"] in ("bfloat16", b"bfloat16")
+            node = nodes.setdefault(owner, _Node(owner))
+            node.variables.append((int(leaf), tuple(int(d) for d in obj.shape),
+                                   "bfloat16" if is_bf16 else str(obj.dtype), file_index))
+
+        h5.visititems(visit)
+    return nodes, stray
 
 
 def _is_model_config(entry: dict[str, Any]) -> bool:
-    return isinstance(entry.get("config"), dict) and isinstance(
-        entry["config"].get("layers"), list
-    )
+    return isinstance(entry.get("config"), dict) and isinstance(entry["config"].get("layers"), list)
 
 
 def _is_op(entry: dict[str, Any]) -> bool:
@@ -380,94 +510,287 @@ def _layer_name(entry: dict[str, Any]) -> str:
     return str(entry.get("config", {}).get("name") or entry.get("name") or "")
 
 
-def _keras_layers(
-    h5: h5py.File, model_entry: dict[str, Any], prefix: str, path: tuple[str, ...]
-) -> Iterator[Layer]:
-    """Walk one model level of a `.keras` weight store (DESIGN §3)."""
-    import h5py
+# RNN layers build their cell themselves; the cell's class follows from the layer's.
+_RNN_CELLS = {"LSTM": "LSTMCell", "GRU": "GRUCell", "SimpleRNN": "SimpleRNNCell",
+              "ConvLSTM1D": "ConvLSTMCell", "ConvLSTM2D": "ConvLSTMCell", "ConvLSTM3D": "ConvLSTMCell"}
 
-    entries = model_entry["config"]["layers"]
-    is_sequential = model_entry.get("class_name") == "Sequential"
-    children = prefix + "layers/"
-    # Each child's `vars` group, by store key, and the key each layer name maps to.
-    vars_groups: dict[str, h5py.Group] = {}
-    by_name: dict[str, str] = {}
-    group = h5.get(children.rstrip("/"))
-    if isinstance(group, h5py.Group):
-        for key, child in group.items():
-            vars_group = child.get("vars") if isinstance(child, h5py.Group) else None
-            if not isinstance(vars_group, h5py.Group):
+
+def _sub_entries(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The configs of a layer's sub-layers, by attribute name, as far as its config says."""
+    config = entry.get("config", {})
+    found: dict[str, dict[str, Any]] = {}
+    inner = config.get("layer")
+    if isinstance(inner, dict) and "class_name" in inner:
+        found["layer"] = inner
+        if entry.get("class_name") == "Bidirectional":
+            found["forward_layer"] = inner
+            backward = config.get("backward_layer")
+            found["backward_layer"] = backward if isinstance(backward, dict) and "class_name" in backward else inner
+    cell = config.get("cell")
+    if isinstance(cell, dict) and "class_name" in cell:
+        found["cell"] = cell
+    elif entry.get("class_name") in _RNN_CELLS:
+        found["cell"] = {"class_name": _RNN_CELLS[str(entry["class_name"])], "config": config}
+    return found
+
+
+def _guide(nodes: dict[str, _Node], store_paths: set[str], entry: dict[str, Any], path: str,
+           guided: dict[str, tuple[dict[str, Any], str]]) -> None:
+    """Match config entries to store objects, as Keras's saver named them (DESIGN §3)."""
+    guided[path] = (entry, _layer_name(entry))
+    if _is_model_config(entry):
+        container = next((c for c in LAYER_CONTAINERS if _join(path, c) in store_paths), LAYER_CONTAINERS[0])
+        children = _join(path, container)
+        by_name = {node.name: p for p, node in nodes.items()
+                   if node.name is not None and p.rpartition("/")[0] == children}
+        counters: dict[str, int] = {}
+        is_sequential = entry.get("class_name") == "Sequential"
+        for position, child in enumerate(entry["config"]["layers"]):
+            if _is_op(child):
                 continue
-            vars_groups[key] = vars_group
-            if "name" in vars_group.attrs:
-                by_name[_attr_text(vars_group.attrs["name"])] = key
-    counters: dict[str, int] = {}
-    for position, entry in enumerate(entries):
-        if _is_op(entry):
-            continue
-        if is_sequential and position == 0 and entry.get("class_name") == "InputLayer":
-            continue
-        snake = to_snake_case(str(entry.get("class_name", "")))
-        count = counters.get(snake, 0)
-        counters[snake] = count + 1
-        derived = snake if count == 0 else f"{snake}_{count}"
-        name = _layer_name(entry)
-        key = by_name.get(name, derived)
-        layer_prefix = f"{children}{key}/"
-        if _is_model_config(entry):
-            yield from _keras_layers(h5, entry, layer_prefix, path + (name,))
-            continue
-        vars_group = vars_groups.get(key)
-        if vars_group is None or len(vars_group) == 0:
-            continue
-        variables = _vars_of(vars_group, layer_prefix + "vars/", entry)
-        yield Layer(name, "/".join(path + (name,)), str(entry.get("class_name")),
-                    dict(entry.get("config", {})), variables)
+            if is_sequential and position == 0 and child.get("class_name") == "InputLayer":
+                continue
+            snake = to_snake_case(str(child.get("class_name", "")))
+            count = counters.get(snake, 0)
+            counters[snake] = count + 1
+            derived = _join(children, snake if count == 0 else f"{snake}_{count}")
+            _guide(nodes, store_paths, child, by_name.get(_layer_name(child), derived), guided)
+        return
+    for attribute, sub in _sub_entries(entry).items():
+        _guide(nodes, store_paths, sub, _join(path, attribute), guided)
 
 
-def _vars_of(vars_group: h5py.Group, prefix: str, entry: dict[str, Any]) -> tuple[Variable, ...]:
-    """The datasets of one `vars` group, read with h5py's low-level API.
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
 
-    High-level lookups dominate the time of `inspect` on large models; the
-    low-level calls cost a third as much.
-    """
-    import h5py
 
-    found = []
-    for raw_name in vars_group.id:
-        name = raw_name.decode()
-        if not name.isdigit():
+def _object_layers(store: OpenStore, config: dict[str, Any] | None) -> tuple[list[Layer], list[str], int]:
+    """(layers, unplaced datasets, optimizer variable count) of a Keras 3 store."""
+    nodes, stray = _collect_nodes(store)
+    store_paths = set()
+    for p in nodes:
+        parts = p.split("/")
+        store_paths.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    guided: dict[str, tuple[dict[str, Any], str]] = {}
+    if config is not None:
+        _guide(nodes, store_paths, config, "", guided)
+    optimizer = 0
+    layers: list[Layer] = []
+    rank = {path: i for i, path in enumerate(guided)}
+
+    def in_model_order(path: str) -> tuple[Any, ...]:
+        # Config order for what the config names, a sub-layer right after its owner,
+        # and the store's order (per-class counters) for the rest.
+        parts = path.split("/")
+        owner = next((rank["/".join(parts[:i])] for i in range(len(parts), -1, -1)
+                      if "/".join(parts[:i]) in rank), len(rank))
+        return (owner, _store_order(path))
+
+    for store_path in sorted(nodes, key=in_model_order):
+        node = nodes[store_path]
+        if store_path == OPTIMIZER_ROOT or store_path.startswith(OPTIMIZER_ROOT + "/"):
+            optimizer += len(node.variables)
             continue
-        dsid = h5py.h5d.open(vars_group.id, raw_name)
-        is_bf16 = h5py.h5a.exists(dsid, b"dtype") and vars_group[name].attrs["dtype"] in (
-            "bfloat16", b"bfloat16")
-        found.append((int(name), tuple(int(d) for d in dsid.shape),
-                      "bfloat16" if is_bf16 else str(dsid.dtype)))
-    found.sort()
-    names = _variable_names(entry, len(found))
-    return tuple(
-        Variable(name=names[i], dataset=f"{prefix}{k}", shape=shape, dtype=dtype, index=i)
-        for i, (k, shape, dtype) in enumerate(found)
+        if not node.variables:
+            continue
+        layers.append(_object_layer(node, nodes, guided))
+    return _unique_paths(layers), stray, optimizer
+
+
+def _store_order(path: str) -> tuple[Any, ...]:
+    """Store paths in the order Keras saved them: counters numerically (conv2d_2 < conv2d_10)."""
+    return tuple((re.sub(r"_\d+$", "", part), int(m.group(1)) if (m := re.search(r"_(\d+)$", part)) else -1)
+                 for part in path.split("/"))
+
+
+def _object_layer(node: _Node, nodes: dict[str, _Node], guided: dict[str, tuple[dict[str, Any], str]]) -> Layer:
+    parts = node.path.split("/")
+    names: list[str] = []
+    attributes: list[str] = []
+    for i in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:i])
+        if prefix not in nodes:
+            continue  # a container ("layers"), not an object
+        own = nodes[prefix].name or guided.get(prefix, ({}, ""))[1] or parts[i - 1]
+        names.append(own)
+        under_container = i >= 2 and "/".join(parts[:i - 1]) not in nodes
+        attributes.append(own if under_container else parts[i - 1])
+    path = "/".join(names)
+    alias = "/".join(attributes)
+    variables = sorted(node.variables)
+    shapes = [shape for _, shape, _, _ in variables]
+    if node.path in guided:
+        entry = guided[node.path][0]
+        class_name, config, source, hint = str(entry.get("class_name")), dict(entry.get("config", {})), "config", None
+    else:
+        class_name, source, hint = _inferred_class(node, shapes)
+        config = {}
+    names_of = _variable_names(class_name, config, shapes)
+    return Layer(
+        name=names[-1] if names else (node.name or ""),
+        path=path,
+        class_name=class_name,
+        config=config,
+        variables=tuple(
+            Variable(names_of[i], _join(node.path, "vars", str(k)), shape, dtype, i, file)
+            for i, (k, shape, dtype, file) in enumerate(variables)
+        ),
+        store_path=node.path,
+        alias=alias if alias != path else None,
+        class_source=source,
+        inferred_from=hint,
     )
 
 
-def _variable_names(entry: dict[str, Any], count: int) -> list[str]:
-    known = layer_variables(str(entry.get("class_name")), entry.get("config", {}))
-    if known is not None and len(known) == count:
+def _inferred_class(node: _Node, shapes: list[tuple[int, ...]]) -> tuple[str, ClassSource, str | None]:
+    """A class for an object no config describes: from its store key (the saver names
+    container children by snake-cased class), its name, or its variables' shapes."""
+    key = node.path.rpartition("/")[2]
+    parent = node.path.rpartition("/")[0]
+    if parent.rpartition("/")[2] in LAYER_CONTAINERS or re.fullmatch(r"container(_\d+)?", parent.rpartition("/")[2]):
+        known = class_for_snake_name(key)
+        if known is not None:
+            return known, "store key", f"store key '{key}'"
+    if node.name:
+        known = class_for_snake_name(node.name)
+        if known is not None:
+            return known, "name", f"its name '{node.name}'"
+    guess = infer_class(shapes)
+    if guess is not None:
+        return guess, "shapes", "its variable shapes " + ", ".join(str(s) for s in shapes)
+    return "?", "unknown", None
+
+
+def _variable_names(class_name: str, config: dict[str, Any], shapes: list[tuple[int, ...]]) -> list[str]:
+    """Keras's names for a layer's variables; positions ("0", "1") where the layout is unknown."""
+    known = layer_variables(class_name, config, len(shapes))
+    if known is not None and len(known) == len(shapes):
         return [name for name, _ in known]
-    return [str(i) for i in range(count)]
+    return [str(i) for i in range(len(shapes))]
 
 
-def _h5_attr_list(group: h5py.Group, name: str) -> list[str]:
-    """A list attribute that Keras may have split into ``name0``, ``name1``, ..."""
-    if name in group.attrs:
-        values = list(group.attrs[name])
-    else:
-        values, chunk = [], 0
-        while f"{name}{chunk}" in group.attrs:
-            values.extend(group.attrs[f"{name}{chunk}"])
-            chunk += 1
-    return [_attr_text(v) for v in values]
+def _unique_paths(layers: list[Layer]) -> list[Layer]:
+    """Two objects with the same names (sub-layers a custom layer named alike) fall back
+    to their attribute paths, then to their store paths: every path names one layer."""
+    from dataclasses import replace
+
+    for fallback in (lambda layer: layer.alias or layer.path, lambda layer: layer.store_path):
+        counts: dict[str, int] = {}
+        for layer in layers:
+            counts[layer.path] = counts.get(layer.path, 0) + 1
+        if all(c == 1 for c in counts.values()):
+            break
+        layers = [replace(layer, path=fallback(layer), alias=None) if counts[layer.path] > 1 else layer
+                  for layer in layers]
+    return layers
+
+
+# --- structure: the legacy HDF5 layout -------------------------------------------------
+
+
+def _legacy_layers(h5: h5py.File, config: dict[str, Any] | None, label: str) -> tuple[list[Layer], list[str], int]:
+    """(layers, unplaced datasets, optimizer variable count) of a legacy `.h5` or a
+    Keras 2 weights-only file; layers in the order of the ``layer_names`` attribute."""
+    import h5py
+
+    root = h5["model_weights"] if "model_weights" in h5 else h5
+    entries = {}
+    for entry in (config or {}).get("config", {}).get("layers", []):
+        if isinstance(entry, dict) and not _is_op(entry):
+            entries[_layer_name(entry)] = entry
+    names = attr_list(root, "layer_names") or [k for k in root if k in entries]
+    layers: list[Layer] = []
+    placed: set[str] = set()
+    for name in names:
+        group = root.get(name)
+        if not isinstance(group, h5py.Group):
+            continue
+        weight_names = attr_list(group, "weight_names")
+        if not weight_names:
+            continue
+        entry = entries.get(name)
+        if entry is not None and _is_model_config(entry):
+            found = list(_legacy_nested_layers(group, entry, weight_names, label))
+        else:
+            found = _legacy_layer(group, name, entry, weight_names)
+        layers += found
+        placed.update(v.dataset for layer in found for v in layer.variables)
+    stray: list[str] = []
+
+    def visit(path: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.name.lstrip("/") not in placed:
+            stray.append(obj.name.lstrip("/"))
+
+    root.visititems(visit)
+    optimizer = 0
+    if "optimizer_weights" in h5:
+        optimizer = _count_datasets(h5["optimizer_weights"])
+    return _unique_paths(layers), stray, optimizer
+
+
+def _count_datasets(group: h5py.Group) -> int:
+    import h5py
+
+    count = 0
+
+    def visit(_: str, obj: Any) -> None:
+        nonlocal count
+        count += isinstance(obj, h5py.Dataset)
+
+    group.visititems(visit)
+    return count
+
+
+def _legacy_layer(group: h5py.Group, name: str, entry: dict[str, Any] | None,
+                  weight_names: list[str]) -> list[Layer]:
+    """One top-level layer group: the layer itself, or the sub-layers its weight names
+    show (a wrapper's inner layer, a custom layer's convs, a Bidirectional's two RNNs)."""
+    by_owner: dict[str, list[tuple[int, str]]] = {}
+    for position, weight_name in enumerate(weight_names):
+        relative = weight_name[len(name) + 1:] if weight_name.startswith(name + "/") else weight_name
+        by_owner.setdefault(relative.rpartition("/")[0], []).append((position, weight_name))
+    class_name = str(entry.get("class_name")) if entry is not None else None
+    config = dict(entry.get("config", {})) if entry is not None else {}
+    own_layout = class_name is not None and layer_variables(class_name, config, None) is not None
+    if len(by_owner) == 1 and (own_layout or "" in by_owner):
+        ((_, slots),) = by_owner.items()
+        return [_legacy_leaf(group, name, name, class_name, config, slots)]
+    subs = _sub_entries(entry) if entry is not None else {}
+    layers = []
+    for owner, slots in by_owner.items():
+        if not owner:
+            layers.append(_legacy_leaf(group, name, name, class_name, config, slots))
+            continue
+        inner = subs.get("layer") if len(by_owner) == 1 else None
+        leaf_name = owner.rpartition("/")[2]
+        if inner is not None:
+            layers.append(_legacy_leaf(group, leaf_name, f"{name}/{owner}", str(inner.get("class_name")),
+                                       dict(inner.get("config", {})), slots))
+        else:
+            layers.append(_legacy_leaf(group, leaf_name, f"{name}/{owner}", None, {}, slots))
+    return layers
+
+
+def _legacy_leaf(group: h5py.Group, name: str, path: str, class_name: str | None,
+                 config: dict[str, Any], slots: list[tuple[int, str]]) -> Layer:
+    datasets = [group[weight_name] for _, weight_name in slots]
+    shapes = [tuple(int(d) for d in d_.shape) for d_ in datasets]
+    source: ClassSource = "config"
+    hint = None
+    if class_name is None:
+        class_name, source, hint = _inferred_class(_Node(path, name), shapes)
+        if source == "store key":
+            source = "name"
+    stored = [canonical_variable_name(weight_name) for _, weight_name in slots]
+    names = stored if len(set(stored)) == len(stored) else _variable_names(class_name, config, shapes)
+    return Layer(
+        name=name, path=path, class_name=class_name, config=config,
+        variables=tuple(
+            Variable(var_name, dataset.name.lstrip("/"), shape, dataset_dtype(dataset), i, position=position)
+            for i, (var_name, dataset, shape, (position, _)) in enumerate(zip(names, datasets, shapes, slots))
+        ),
+        store_path=group.name.lstrip("/"), class_source=source, inferred_from=hint,
+    )
 
 
 def _flatten_nested(
@@ -487,40 +810,7 @@ def _flatten_nested(
             )
 
 
-def _h5_layers(h5: h5py.File, config: dict[str, Any], label: str) -> Iterator[Layer]:
-    import h5py
-
-    root = h5["model_weights"] if "model_weights" in h5 else h5
-    for entry in config.get("config", {}).get("layers", []):
-        if _is_op(entry):
-            continue
-        name = _layer_name(entry)
-        group = root.get(name)
-        if not isinstance(group, h5py.Group):
-            continue
-        weight_names = _h5_attr_list(group, "weight_names")
-        if not weight_names:
-            continue
-        if _is_model_config(entry):
-            yield from _h5_nested_layers(group, entry, weight_names, label)
-            continue
-        cls = conv_class(str(entry.get("class_name")))
-        yield Layer(name, name, str(entry.get("class_name")), dict(entry.get("config", {})),
-                    tuple(_h5_variable(group, wn, i, cls) for i, wn in enumerate(weight_names)))
-
-
-def _h5_variable(group: h5py.Group, weight_name: str, index: int, cls: ConvClass | None) -> Variable:
-    dataset = group[weight_name]
-    return Variable(
-        name=canonical_variable_name(weight_name),
-        dataset=dataset.name.lstrip("/"),
-        shape=tuple(int(d) for d in dataset.shape),
-        dtype=dataset_dtype(dataset),
-        index=index,
-    )
-
-
-def _h5_nested_layers(
+def _legacy_nested_layers(
     group: h5py.Group, entry: dict[str, Any], weight_names: list[str], label: str
 ) -> Iterator[Layer]:
     """Place a nested model's flattened weights on its layers.
@@ -532,7 +822,7 @@ def _h5_nested_layers(
     leaves = list(_flatten_nested(entry, (_layer_name(entry),), True))
     slots: list[tuple[int, str, bool]] = []  # (leaf index, variable name, trainable)
     for leaf_index, (leaf, _, trainable) in enumerate(leaves):
-        known = layer_variables(str(leaf.get("class_name")), leaf.get("config", {}))
+        known = layer_variables(str(leaf.get("class_name")), leaf.get("config", {}), None)
         if known is None:
             raise ModelFileError(
                 f"{label}: nested model '{_layer_name(entry)}' holds a "
@@ -548,59 +838,89 @@ def _h5_nested_layers(
             f"weights but its config describes {len(ordered)}; save the model as .keras "
             "to edit it"
         )
-    per_leaf: dict[int, list[tuple[str, str]]] = {}
-    for (leaf_index, var_name, _), weight_name in zip(ordered, weight_names):
-        per_leaf.setdefault(leaf_index, []).append((var_name, weight_name))
+    per_leaf: dict[int, list[tuple[str, str, int]]] = {}
+    for position, ((leaf_index, var_name, _), weight_name) in enumerate(zip(ordered, weight_names)):
+        per_leaf.setdefault(leaf_index, []).append((var_name, weight_name, position))
     for leaf_index, (leaf, path, _) in enumerate(leaves):
-        pairs = per_leaf.get(leaf_index)
-        if not pairs:
+        triples = per_leaf.get(leaf_index)
+        if not triples:
             continue
         # Restore Keras's own per-layer order (the flattening moved non-trainables).
-        known_order = [n for n, _ in layer_variables(str(leaf.get("class_name")), leaf.get("config", {})) or []]
-        pairs.sort(key=lambda p: known_order.index(p[0]))
-        cls = conv_class(str(leaf.get("class_name")))
-        variables = tuple(
-            _h5_variable(group, weight_name, i, cls) for i, (_, weight_name) in enumerate(pairs)
-        )
+        known_order = [n for n, _ in layer_variables(str(leaf.get("class_name")), leaf.get("config", {}), None) or []]
+        triples.sort(key=lambda t: known_order.index(t[0]))
+        variables = []
+        for i, (_, weight_name, position) in enumerate(triples):
+            dataset = group[weight_name]
+            variables.append(Variable(
+                canonical_variable_name(weight_name), dataset.name.lstrip("/"),
+                tuple(int(d) for d in dataset.shape), dataset_dtype(dataset), i, position=position))
         yield Layer(path[-1], "/".join(path), str(leaf.get("class_name")),
-                    dict(leaf.get("config", {})), variables)
+                    dict(leaf.get("config", {})), tuple(variables), store_path=group.name.lstrip("/"))
 
 
-@contextmanager
-def damaged_store_is_an_error(label: str) -> Iterator[None]:
-    """h5py's errors on a damaged file (bad heap signature, truncated buffers, missing
-    objects) are bad input, not bugs: one clear line, exit 1."""
-    try:
-        yield
-    except ModelFileError:
-        raise
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
-        raise ModelFileError(
-            f"{label}: the HDF5 weight store is damaged ({' '.join(str(exc).split())}); "
-            "restore the file from a good copy"
-        ) from None
+# --- reading -----------------------------------------------------------------------
 
 
 def _parse_structure(source: ModelSource) -> ModelStructure:
-    with damaged_store_is_an_error(source.label), open_weight_store(source) as (h5, meta):
-        config = meta["config"]
-        if meta["format"] == "keras":
-            if not _is_model_config(config):
-                raise ModelFileError(
-                    f"{source.label}: the model is a {config.get('class_name')} whose "
-                    "config lists no layers (a subclassed model?); conv-surgeon reads "
-                    "Sequential and Functional models"
-                )
-            layers = tuple(_keras_layers(h5, config, "", ()))
+    with damaged_store_is_an_error(source.label), open_store(source) as store:
+        config = store.config
+        config_source = None
+        if source.config is not None:
+            config = _config_of(source.config)
+            config_source = str(source.config)
+        if store.legacy:
+            layers, stray, optimizer = _legacy_layers(store.h5s[0], config, source.label)
         else:
-            layers = tuple(_h5_layers(h5, config, source.label))
-        return ModelStructure(
-            format=meta["format"],
-            keras_version=meta["keras_version"],
-            model_name=str(config.get("config", {}).get("name", "")),
-            model_class=str(config.get("class_name", "")),
-            layers=layers,
+            layers, stray, optimizer = _object_layers(store, config)
+        structure = ModelStructure(
+            format=store.format,
+            keras_version=store.keras_version,
+            model_name=str((config or {}).get("config", {}).get("name", "") if isinstance((config or {}).get("config"), dict) else ""),
+            model_class=str((config or {}).get("class_name", "") or "weights only"),
+            layers=tuple(layers),
+            files=store.files,
+            legacy=store.legacy,
+            optimizer_variables=optimizer,
+            unplaced=tuple(stray),
+            config_source=config_source,
+            inferred=tuple(layer.path for layer in layers if layer.class_source != "config"),
         )
+    if source.config is not None:
+        _check_config_matches(structure, source)
+    return structure
+
+
+def _config_of(path: Path) -> dict[str, Any]:
+    """The model config of another save of the model (``--config``)."""
+    with open_store(ModelSource.from_path(path)) as store:
+        if store.config is None:
+            raise ModelFileError(
+                f"--config {path}: holds weights only, no model config; pass the .keras, "
+                ".h5, saved folder or preset the weights belong to"
+            )
+        return store.config
+
+
+def _check_config_matches(structure: ModelStructure, source: ModelSource) -> None:
+    """Every variable of the weights file is where the config's own save has it, with
+    the same shape: otherwise the config describes another model."""
+    assert source.config is not None
+    reference = _parse_structure(ModelSource.from_path(source.config))
+    theirs = {(layer.path, v.name): v.shape for layer in reference.layers for v in layer.variables}
+    ours = {(layer.path, v.name): v.shape for layer in structure.layers for v in layer.variables}
+    for key in list(ours) + list(theirs):
+        if ours.get(key) != theirs.get(key):
+            what = f"layer '{key[0]}' {key[1]}"
+            raise ModelFileError(
+                f"{source.label}: does not match --config {source.config}: {what} is "
+                f"{_shape_or_absent(ours.get(key))} in the weights and "
+                f"{_shape_or_absent(theirs.get(key))} in the config's model; pass the model "
+                "these weights were saved from"
+            )
+
+
+def _shape_or_absent(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else str(shape)
 
 
 def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
@@ -638,6 +958,8 @@ class _Worker:
         pid = os.fork()
         if pid == 0:  # the worker
             os.close(read_end)
+            # The parent's prefetch workers are not this process's children.
+            _prefetched.clear()
             code = 0
             try:
                 try:
@@ -645,7 +967,7 @@ class _Worker:
                 except ConvSurgeonError as exc:
                     payload = pickle.dumps(("error", exc))
                 except BaseException as exc:  # noqa: BLE001 - reported by the parent as a bug
-                    payload = pickle.dumps(("bug", f"{type(exc).__name__}: {exc}"))
+                    payload = pickle.dumps(("bug", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
                 with os.fdopen(write_end, "wb") as out:
                     out.write(payload)
             except BaseException:  # noqa: BLE001
@@ -680,7 +1002,8 @@ class _Worker:
             return value
         if kind == "error":
             raise value
-        raise RuntimeError(f"reading {self.label} failed inside the worker: {value}")
+        message, worker_traceback = value
+        raise InternalError(f"reading {self.label} failed inside the worker: {message}", worker_traceback)
 
     def kill(self) -> None:
         try:
@@ -737,7 +1060,16 @@ def abandon_prefetched() -> None:
         os.close(worker.read_end)
 
 
-def read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
-    """The values of ``variables``, keyed by dataset path."""
-    with damaged_store_is_an_error(source.label), open_weight_store(source) as (h5, _):
-        return {v.dataset: read_dataset(h5[v.dataset]) for v in variables}
+def read_variables(source: ModelSource, variables: list[Variable], timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
+    """The values of ``variables``, keyed by dataset path, read in a bounded worker."""
+    return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
+
+
+def read_own_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
+    """:func:`read_variables` of a file conv-surgeon itself just wrote: no worker needed."""
+    return _read_variables(source, variables)
+
+
+def _read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
+    with damaged_store_is_an_error(source.label), open_store(source) as store:
+        return {v.dataset: read_dataset(store.dataset(v)) for v in variables}

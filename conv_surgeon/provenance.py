@@ -40,10 +40,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
 from .errors import ModelFileError
-from .modelfile import PARSE_TIMEOUT_S, ModelSource, detect_format, h5_file, run_bounded
+from .modelfile import METADATA_MEMBER, PARSE_TIMEOUT_S, ModelSource, detect_format, run_bounded
+from .store.hdf5 import h5_file
 
 TOOL_NAME = "conv-surgeon"
-METADATA_MEMBER = "metadata.json"
 METADATA_KEY = "conv_surgeon"  # in metadata.json: {"conv_surgeon": {"history": [...]}}
 HISTORY_ATTRIBUTE = "conv_surgeon_history"  # root attribute of a legacy .h5
 
@@ -78,7 +78,8 @@ class EditRecord(TypedDict):
 
 
 def make_record(
-    command: list[str], edits: list[EditRecord], version: str, *, now: datetime | None = None
+    command: list[str], edits: list[EditRecord], version: str, *, now: datetime | None = None,
+    imports: list[str] | None = None,
 ) -> dict[str, Any]:
     """One history record for a write; raises ValueError if it is not plain JSON.
 
@@ -96,6 +97,8 @@ def make_record(
         "command": [str(arg) for arg in command],
         "edits": [dict(edit) for edit in edits],
     }
+    if imports:
+        record["imports"] = list(imports)  # modules the smoke test needed to load the model
     encode_history([record])
     return record
 
@@ -117,11 +120,17 @@ def read_history(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> list[
     Records that are not JSON objects are skipped; a history that is not a list
     (or not JSON at all) reads as [].
     """
-    if detect_format(source) == "h5":
+    kind = detect_format(source)
+    if kind == "h5":
         # Untrusted HDF5 can hang the parser: read it in a bounded worker.
         text = run_bounded(lambda: _h5_history_text(source), timeout, source.label)
         return _parse_history(text)
-    metadata = _read_metadata(source)
+    if kind in ("dir", "preset", "sharded"):
+        assert source.path is not None
+        folder_file = source.path / METADATA_MEMBER if kind != "sharded" else source.path
+        metadata = _json_object(folder_file.read_bytes()) if folder_file.is_file() else None
+    else:
+        metadata = _read_metadata(source)
     section = metadata.get(METADATA_KEY) if metadata is not None else None
     return _records(section.get("history") if isinstance(section, dict) else None)
 
@@ -173,8 +182,10 @@ def _read_metadata(source: ModelSource) -> dict[str, Any] | None:
                 f"{source.label}: not a readable .keras archive ({exc}); the file may be "
                 "truncated or corrupt"
             ) from None
-    if data is None:
-        return None
+    return _json_object(data) if data is not None else None
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
         metadata = json.loads(data)
     except ValueError:
