@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import ConvSurgeonError, UsageError
+from .errors import ConvSurgeonError, InternalError, UsageError
 
 EXIT_INTERNAL = 70
 
@@ -46,6 +46,8 @@ class _ErrorBoundary(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - every other failure is our bug
             if ctx.obj and ctx.obj.get("debug"):
                 click.echo(traceback.format_exc(), err=True, nl=False)
+                if isinstance(exc, InternalError):
+                    click.echo("In the worker process:\n" + exc.worker_traceback, err=True, nl=False)
             click.echo(
                 f"Internal error (a bug in conv-surgeon {__version__}): "
                 f"{type(exc).__name__}: {exc}. Re-run with --debug for the traceback "
@@ -90,12 +92,12 @@ def _stdout() -> BinaryIO:
     return click.get_binary_stream("stdout")
 
 
-def _model_source(model: str) -> Any:
+def _model_source(model: str, config: Path | None = None) -> Any:
     from .modelfile import ModelSource
 
     if model == "-":
-        return ModelSource.from_stream(_stdin())
-    return ModelSource.from_path(model)
+        return ModelSource.from_stream(_stdin(), config=config)
+    return ModelSource.from_path(model, config=config)
 
 
 def _refuse_terminal(stream: BinaryIO, what: str, hint: str) -> None:
@@ -103,7 +105,11 @@ def _refuse_terminal(stream: BinaryIO, what: str, hint: str) -> None:
         raise UsageError(f"refusing to write {what} to a terminal; {hint}")
 
 
-ModelArg = Annotated[str, typer.Argument(help="A .keras or .h5 model file, or - for stdin.", show_default=False)]
+ModelArg = Annotated[str, typer.Argument(help="A .keras or .h5 model, a .weights.h5 or .weights.json weights save, a saved folder or keras-hub preset, or - for stdin.", show_default=False)]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="For a weights-only MODEL: the model it belongs to (.keras, .h5, saved folder or preset); gives its layers' classes and makes a smoke test possible.", show_default=False),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 LayoutOpt = Annotated[
     str,
@@ -121,12 +127,13 @@ def inspect(
     stats: Annotated[bool, typer.Option("--stats", help="Add min, max, mean, std, L2 norm, zeros and non-finite counts per variable.")] = False,
     history: Annotated[bool, typer.Option("--history", help="Also print the record of every edit conv-surgeon made to this file.")] = False,
     json_output: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """List the convolution layers of MODEL with kernel and bias shapes."""
     from .reading import inspect_model
     from .render import inspect_document, print_json, render_inspect
 
-    report = inspect_model(_model_source(model), all_layers=all_layers, stats=stats, history=history)
+    report = inspect_model(_model_source(model, config), all_layers=all_layers, stats=stats, history=history)
     if json_output:
         print_json(inspect_document(report))
     else:
@@ -156,6 +163,7 @@ def get(
         typer.Option("--all", help="Every convolution variable of the model as one .npz bundle, keys <layer path>/<variable>."),
     ] = False,
     layout: LayoutOpt = "keras",
+    config: ConfigOpt = None,
 ) -> None:
     """Write one variable of a layer as .npy (all of its variables, or with --all every conv's, as .npz)."""
     from .fileio import npy_bytes, npz_bytes, refuse_overwriting, write_atomically
@@ -170,7 +178,7 @@ def get(
         _refuse_terminal(_stdout(), "array data", "use -o FILE or pipe the output")
     else:
         refuse_overwriting(output, model, "-o")
-    source = _model_source(model)
+    source = _model_source(model, config)
     if every_layer:
         export = export_bundle(source, layout=layout)
     else:
@@ -226,6 +234,7 @@ AtolOpt = Annotated[float, typer.Option("--atol", help="Absolute tolerance for -
 RtolOpt = Annotated[float, typer.Option("--rtol", help="Relative tolerance for --expect-same.")]
 SaveInputsOpt = Annotated[Optional[Path], typer.Option("--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)]
 LoadInputsOpt = Annotated[Optional[Path], typer.Option("--load-inputs", help="Smoke-test on the arrays of FILE.npz (keys input_0, ... or input names).", show_default=False)]
+ImportOpt = Annotated[list[str], typer.Option("--import", help="Import MODULE before Keras loads the model for the smoke test, so its custom layers are registered (repeatable; the current folder is importable).")]
 OptionalModelArg = Annotated[
     Optional[str],
     typer.Argument(help="A .keras or .h5 model; omitted or - reads it from stdin.", show_default=False),
@@ -246,6 +255,7 @@ def _prepare_write(
     rtol: float,
     save_inputs: Path | None,
     load_inputs: Path | None,
+    imports: list[str],
 ) -> tuple[Any, Any]:
     """The checks to run and where the model goes, from the options every writer shares."""
     from .fileio import check_output_dir, refuse_overwriting
@@ -270,7 +280,10 @@ def _prepare_write(
         expect_same=Tolerance(atol, rtol) if expect_same else None,
         load_inputs=load_inputs,
         save_inputs=save_inputs,
+        imports=tuple(imports),
     )
+    if no_smoke and imports:
+        raise UsageError("--import is for the smoke test; drop it or drop --no-smoke")
     if model in (None, "-") and _stdin().isatty():
         raise UsageError("no model given: pass MODEL, or pipe one in (`conv-surgeon set ... < in.keras`)")
     destination = None
@@ -319,6 +332,8 @@ def set_command(
     rtol: RtolOpt = 1e-5,
     save_inputs: SaveInputsOpt = None,
     load_inputs: LoadInputsOpt = None,
+    imports: ImportOpt = [],
+    config: ConfigOpt = None,
 ) -> None:
     """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
     from .surgery import (
@@ -351,9 +366,9 @@ def set_command(
         require_requests(requests, donor_spec)
     checks, destination = _prepare_write(
         model, output, in_place, dry_run, no_smoke, input_shape, unsafe, compare, expect_same,
-        atol, rtol, save_inputs, load_inputs,
+        atol, rtol, save_inputs, load_inputs, imports,
     )
-    source = _model_source(model or "-")
+    source = _model_source(model or "-", config)
     if from_npz is not None:
         report = edit_model(source, bundle_edits(from_npz, layout), destination, seed=seed,
                             checks=checks, progress=_progress(), command=_command())
@@ -382,6 +397,8 @@ def apply_command(
     rtol: RtolOpt = 1e-5,
     save_inputs: SaveInputsOpt = None,
     load_inputs: LoadInputsOpt = None,
+    imports: ImportOpt = [],
+    config: ConfigOpt = None,
 ) -> None:
     """Apply every edit of a plan, all or nothing: one write and one smoke test."""
     import json
@@ -396,9 +413,9 @@ def apply_command(
         raise UsageError("apply needs MODEL and PLAN: conv-surgeon apply model.keras plan.toml -o out.keras")
     checks, destination = _prepare_write(
         model, output, in_place, dry_run, no_smoke, input_shape, unsafe, compare, expect_same,
-        atol, rtol, save_inputs, load_inputs,
+        atol, rtol, save_inputs, load_inputs, imports,
     )
-    report = apply_plan(_model_source(model), load_plan(plan), destination, checks=checks,
+    report = apply_plan(_model_source(model, config), load_plan(plan), destination, checks=checks,
                         progress=_progress(), command=_command())
     _render_write(report, destination, json_output)
 

@@ -102,3 +102,38 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
+
+
+def replace_files_together(moves: list[tuple[Path, Path]]) -> None:
+    """Move each staged file onto its destination: all of them, or (on any failure) none.
+
+    Each staged file is fsynced first; each destination that exists is kept as a hard
+    link until every move has succeeded, and put back if one fails. Failing I/O is a
+    :class:`ConvSurgeonError`, as in :func:`atomic_output`.
+    """
+    backups: list[tuple[Path, Path]] = []  # (backup, destination)
+    created: list[Path] = []
+    try:
+        for staged, _ in moves:
+            with open(staged, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for staged, destination in moves:
+            if destination.exists():
+                backup = Path(tempfile.mktemp(prefix=f".{destination.name}.", suffix=".bak", dir=destination.parent))
+                os.link(destination, backup)
+                backups.append((backup, destination))
+                os.chmod(staged, destination.stat().st_mode & 0o7777)
+            else:
+                created.append(destination)
+            os.replace(staged, destination)
+    except OSError as exc:
+        for backup, destination in backups:
+            os.replace(backup, destination)
+        for destination in created:
+            destination.unlink(missing_ok=True)
+        raise ConvSurgeonError(
+            f"{moves[0][1].parent}: writing failed ({exc.strerror or exc}); nothing was "
+            "changed, check the free space and permissions of the folder"
+        ) from None
+    for backup, _ in backups:
+        backup.unlink(missing_ok=True)

@@ -95,14 +95,16 @@ def inspect_model(
 
 
 def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> Layer:
-    """The one layer that ``query`` names: a full path, a unique path suffix, or a name."""
-    by_path = [layer for layer in structure.layers if layer.path == query]
-    if by_path:
+    """The one layer that ``query`` names: a full path (by layer names, or by attribute
+    names such as ``td/layer``), a unique path suffix, or a name."""
+    by_path = [layer for layer in structure.layers if query in (layer.path, layer.alias)]
+    if len(by_path) == 1:
         return by_path[0]
-    matches = [
+    matches = by_path or [
         layer
         for layer in structure.layers
-        if layer.path.endswith("/" + query) or layer.name == query
+        if any(p is not None and p.endswith("/" + query) for p in (layer.path, layer.alias))
+        or layer.name == query
     ]
     if len(matches) == 1:
         return matches[0]
@@ -114,7 +116,7 @@ def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> L
         )
     candidates = [layer.path for layer in structure.layers] + [
         layer.name for layer in structure.layers
-    ]
+    ] + [layer.alias for layer in structure.layers if layer.alias]
     close = difflib.get_close_matches(query, candidates, n=4, cutoff=0.5)
     known_hint = (
         f"did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?"

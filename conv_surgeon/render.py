@@ -84,6 +84,10 @@ def layer_document(layer: Layer, stats: dict[str, VariableStats] | None = None) 
         "name": layer.name,
         "path": layer.path,
         "class": layer.class_name,
+        "class_from": layer.class_source if layer.class_source != "config" else "config",
+        **({"class_inferred_from": layer.inferred_from} if layer.inferred_from else {}),
+        "store_path": layer.store_path,
+        **({"alias": layer.alias} if layer.alias else {}),
         "weights": weights,
         "parameters": layer.parameters,
         "config": main_config(layer.config),
@@ -99,7 +103,15 @@ def inspect_document(report: InspectReport) -> dict[str, Any]:
         "model_name": structure.model_name,
         "model_class": structure.model_class,
         "layers": [layer_document(layer, report.stats) for layer in report.layers],
-        "totals": {"layers": len(report.layers), "parameters": report.total_parameters},
+        "totals": {
+            "layers": len(report.layers),
+            "parameters": report.total_parameters,
+            "variables": sum(len(layer.variables) for layer in report.layers),
+            "store_variables": structure.variable_count + len(structure.unplaced),
+            "optimizer_variables": structure.optimizer_variables,
+            "unplaced": list(structure.unplaced),
+        },
+        **({"config_from": structure.config_source} if structure.config_source else {}),
         **({"history": report.history} if report.history is not None else {}),
     }
 
@@ -139,8 +151,9 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
     structure = report.structure
     kind = "layers with weights" if report.layers is structure.layers else "convolution layers"
     title = (
-        f"{report.source}: {structure.model_class} '{structure.model_name}' "
-        f"({structure.format}, Keras {structure.keras_version or 'unknown'})"
+        f"{report.source}: {structure.model_class}"
+        + (f" '{structure.model_name}'" if structure.model_name else "")
+        + f" ({structure.format}, Keras {structure.keras_version or 'unknown'})"
     )
     out.print(title)
     table = Table()
@@ -152,8 +165,13 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
         weights = "\n".join(
             f"{v.name} {format_shape(v.shape)} {v.dtype}" for v in layer.variables
         )
-        table.add_row(layer.path, layer.class_name, weights, _config_summary(layer.config))
+        class_text = layer.class_name + ("*" if layer.class_source != "config" else "")
+        table.add_row(layer.path, class_text, weights, _config_summary(layer.config))
     out.print(table)
+    inferred = [layer for layer in report.layers if layer.class_source != "config"]
+    for layer in inferred:
+        source = layer.inferred_from or "nothing: the store names no class and its shapes fit several"
+        out.print(f"* {layer.path}: class inferred from {source}")
     if report.stats is not None:
         out.print("weight statistics")
         stats_table = Table()
@@ -168,6 +186,16 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
                 )
         out.print(stats_table)
     out.print(f"{len(report.layers)} {kind}, {report.total_parameters:,} parameters")
+    if report.layers is structure.layers:
+        # Account for every variable of the store, so that nothing is silently left out.
+        out.print(
+            f"{structure.variable_count} variables in {len(structure.layers)} layers; "
+            f"{structure.optimizer_variables} optimizer variables; "
+            f"{len(structure.unplaced)} not placed on a layer"
+        )
+    warn = console(sys.stderr)
+    for dataset in structure.unplaced:
+        warn.print(f"warning: {dataset} belongs to no layer conv-surgeon could place")
     if report.history is not None:
         render_history(report.history, out)
 
@@ -247,6 +275,7 @@ def set_document(report: SetReport) -> dict[str, Any]:
             ],
         },
         "smoke_skipped": smoke is None and not report.dry_run,
+        **({"smoke_skipped_reason": report.smoke_skipped} if report.smoke_skipped else {}),
     }
 
 
@@ -297,6 +326,8 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
             out.print(compared)
         for note in smoke.notes:
             out.print(f"note: {note}")
+    elif report.smoke_skipped is not None:
+        out.print(f"note: {report.smoke_skipped}")
     elif not report.dry_run:
         out.print("smoke test skipped (--no-smoke)")
 

@@ -7,22 +7,39 @@ only way to keep it off the user's terminal is to point file descriptor 2 at
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
 import os
 import re
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from .errors import SmokeTestError
+from .errors import ConvSurgeonError, SmokeTestError
+from .naming import format_shape
 
-DEFAULT_SPATIAL = 32
+# Unknown input sizes are tried from LADDER_START, doubling while every input that has
+# unknown sizes stays within MAX_INPUT_ELEMENTS values (2**22: 16 MB of float32, so
+# up to 1024 x 1024 x 3 for an image, 128**3 for a volume, a million steps for a signal).
+LADDER_START = 32
+MAX_INPUT_ELEMENTS = 1 << 22
+
+_SKIP_HINT = "or skip the check with --no-smoke"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_KERAS_HUB_CONFIG = re.compile(r'"(?:module|registered_name)"\s*:\s*"keras_hub[.>"]')
+_UNKNOWN_CLASS = re.compile(
+    r"Could not locate (?:class|function) '([^']+)'|Unknown (?:layer|object|class)\w*: '?([\w.>]+)"
+)
 
 
 @contextmanager
@@ -81,13 +98,34 @@ class KerasWarmUp:
 
 
 @dataclass(frozen=True)
-class ExpectedValue:
-    """A variable the smoke test checks: where Keras holds it, and its intended value."""
+class SmokeTarget:
+    """What Keras loads for the smoke test."""
 
-    layer_path: str
-    index: int  # position in the Keras layer's `weights`
-    name: str
+    # A .keras/.h5 file, a `model.save(dir, zipped=False)` directory, a keras-hub preset
+    # directory, or a weights file (.weights.h5, or the .weights.json map of a sharded save).
+    path: Path
+    kind: Literal["model", "preset", "weights"] = "model"
+    # kind "weights": the model whose architecture to build (a .keras file, a
+    # zipped=False directory or a keras-hub preset directory).
+    config: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind == "weights") != (self.config is not None):
+            raise ValueError(f"SmokeTarget {self.path}: a config is needed for kind 'weights' and only for it")
+
+
+@dataclass(frozen=True)
+class ExpectedValue:
+    """A variable the smoke test checks, where the saved file keeps it, and its intended value."""
+
+    label: str  # for messages: "layer 'td/conv2d' kernel"
     value: np.ndarray
+    # .keras/.weights.h5/sharded/dir/preset: the object's group in the weight store, e.g.
+    # "layers/time_distributed/layer" (the variable is "<store_object>/vars/<store_index>").
+    store_object: str | None = None
+    store_index: int = 0
+    h5_layer: str | None = None  # legacy .h5: the top-level group name under model_weights
+    h5_position: int = 0  # legacy .h5: position in that group's `weight_names` attribute
 
 
 @dataclass(frozen=True)
@@ -126,54 +164,20 @@ class SmokeReport:
     comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
 
 
-def _find_layer(model: Any, path: str) -> Any:
-    layer = model
-    for name in path.split("/"):
-        layer = layer.get_layer(name)
-    return layer
+class _ForwardFailure(Exception):
+    """The model raised while running an input; the message is the short reason."""
 
 
-def _input_shapes(model: Any, given: list[tuple[int, ...]] | None) -> tuple[list[tuple[int, ...]], list[str]]:
-    notes: list[str] = []
-    shapes: list[tuple[int, ...]] = []
-    symbolic = [tuple(t.shape) for t in model.inputs]
-    if given is not None and len(given) != len(symbolic):
-        raise SmokeTestError(
-            f"--input-shape: the model has {len(symbolic)} input(s) "
-            f"{', '.join(str(s) for s in symbolic)}, received {len(given)} shape(s); give "
-            "one --input-shape per input, without the batch axis"
-        )
-    for i, shape in enumerate(symbolic):
-        body = shape[1:]
-        if given is not None:
-            wanted = given[i]
-            if len(wanted) == len(shape):
-                wanted = wanted[1:]
-            if len(wanted) != len(body) or any(
-                d is not None and d != w for d, w in zip(body, wanted)
-            ):
-                raise SmokeTestError(
-                    f"--input-shape {tuple(wanted)} does not fit model input {i} "
-                    f"{shape} (batch axis excluded: {body}); give the sizes for its None axes"
-                )
-            shapes.append((1,) + tuple(int(w) for w in wanted))
-            continue
-        if any(d is None for d in body):
-            notes.append(
-                f"input {i} {shape}: unknown sizes set to {DEFAULT_SPATIAL}; use --input-shape to choose them"
-            )
-        shapes.append((1,) + tuple(DEFAULT_SPATIAL if d is None else int(d) for d in body))
-    return shapes, notes
-
-
-def _seeded_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Random values an input of ``dtype`` accepts: noise for floats, 0/1 otherwise."""
-    if "float" in dtype:
-        return rng.standard_normal(shape).astype(np.float32)
-    if "int" in dtype or dtype == "bool":
-        # Small non-negative integers are valid token ids and lookup indices.
-        return rng.integers(0, 2, size=shape).astype(dtype)
-    return np.full(shape, "a" if dtype == "string" else 0, dtype=object if dtype == "string" else dtype)
+def _short_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, without Keras's call banner, argument dump and colours."""
+    text = _ANSI.sub("", str(exc)).split("Arguments received by", 1)[0]
+    banner = re.match(r"\s*Exception encountered when calling (\w+)\.call\(\)\.", text)
+    if banner:
+        text = f"{banner.group(1)}: {text[banner.end():]}"
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _load_failure_reason(exc: Exception, message: str) -> str:
@@ -186,6 +190,168 @@ def _load_failure_reason(exc: Exception, message: str) -> str:
     return f"{prefix}{cause}" if cause else type(exc).__name__
 
 
+def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    return " and ".join(format_shape(s) for s in shapes)
+
+
+def _inputs_text(symbolic: Sequence[tuple[Any, ...]], indices: Iterable[int]) -> str:
+    """``input 0 (None, None, 1)``: model inputs with their batch and unknown axes as None."""
+    return " and ".join(f"input {i} {symbolic[i]}" for i in indices)
+
+
+# --- what is loaded ---------------------------------------------------------------------
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules that register custom classes; the current directory comes first, as with ``python -m``."""
+    here = os.getcwd()
+    if names and here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of user code means "cannot import"
+            hint = f" (a module name, not a file: --import {name[:-3].replace('/', '.')})" if name.endswith(".py") else ""
+            raise ConvSurgeonError(
+                f"--import {name}: the module could not be imported ({_short_error(exc)}); give the "
+                f"name of a module importable from the current directory ({here}) or the Python "
+                f"path{hint}, e.g. --import my_layers for ./my_layers.py"
+            ) from None
+
+
+def _config_text(path: Path) -> str:
+    """The ``config.json`` of a .keras archive or a model directory; "" when there is none."""
+    try:
+        if path.is_dir():
+            return (path / "config.json").read_text(encoding="utf-8")
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return archive.read("config.json").decode("utf-8")
+    except (OSError, KeyError, UnicodeDecodeError, zipfile.BadZipFile):
+        pass  # Keras says what is wrong with the file when it loads it
+    return ""
+
+
+def _is_preset(path: Path) -> bool:
+    """A keras-hub preset directory: its metadata.json names the keras-hub version."""
+    try:
+        metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and "keras_hub_version" in metadata
+
+
+def _require_keras_hub(what: str) -> None:
+    """Import keras_hub: it registers the ``keras_hub>...`` classes the config names."""
+    try:
+        import keras_hub  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a missing or broken install is not a bug of ours
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "keras_hub":
+            raise SmokeTestError(
+                f"the {what} is a keras-hub model and keras-hub is not installed; "
+                f"`pip install keras-hub` to smoke-test it, {_SKIP_HINT}"
+            ) from None
+        raise SmokeTestError(
+            f"the {what} is a keras-hub model and keras-hub failed to import "
+            f"({_short_error(exc)}); repair the keras-hub install, {_SKIP_HINT}"
+        ) from None
+
+
+def _cannot_load(keras: Any, exc: Exception, what: str) -> SmokeTestError:
+    message = " ".join(_ANSI.sub("", str(exc)).split())
+    if "safe_mode" in message or "Lambda" in message and "unsafe" in message.lower():
+        return SmokeTestError(
+            "the model holds a Lambda layer with Python code, which Keras refuses to "
+            "load in safe mode; pass --unsafe if you trust this file, or --no-smoke "
+            "to write it without the check"
+        )
+    unknown = _UNKNOWN_CLASS.search(message)
+    if unknown:
+        name = unknown.group(1) or unknown.group(2)
+        return SmokeTestError(
+            f"Keras {keras.__version__} could not load the {what}: it uses class '{name}', which "
+            "no imported module registers, so nothing was written; pass --import MODULE naming "
+            "the module that registers it (with @keras.saving.register_keras_serializable), "
+            "or --no-smoke to write it without the check"
+        )
+    return SmokeTestError(
+        f"Keras {keras.__version__} could not load the {what} "
+        f"({_load_failure_reason(exc, message)}), so nothing was written; "
+        "--no-smoke writes it without the check"
+    )
+
+
+def _load_model(keras: Any, path: Path, unsafe: bool, what: str) -> Any:
+    if _KERAS_HUB_CONFIG.search(_config_text(path)):
+        _require_keras_hub(what)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; all mean "cannot load"
+        raise _cannot_load(keras, exc, what) from None
+
+
+def _load_preset(keras: Any, path: Path, unsafe: bool, what: str, load_weights: bool) -> Any:
+    _require_keras_hub(what)
+    import keras_hub
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        # An absolute path: keras-hub reads a bare name such as "resnet_50_imagenet" as a
+        # built-in preset and downloads it.
+        with SafeModeScope(not unsafe):
+            return keras_hub.models.Backbone.from_preset(str(path.resolve()), load_weights=load_weights)
+    except Exception as exc:  # noqa: BLE001
+        raise _cannot_load(keras, exc, what) from None
+
+
+def _load_target(keras: Any, target: SmokeTarget, unsafe: bool, what: str) -> Any:
+    if target.kind == "preset":
+        return _load_preset(keras, target.path, unsafe, what, load_weights=True)
+    if target.kind == "model":
+        return _load_model(keras, target.path, unsafe, what)
+    assert target.config is not None
+    architecture = f"model {target.config.name} (the architecture for the {what})"
+    if _is_preset(target.config):
+        model = _load_preset(keras, target.config, unsafe, architecture, load_weights=False)
+    else:
+        model = _load_model(keras, target.config, unsafe, architecture)
+    try:
+        model.load_weights(str(target.path))
+    except Exception as exc:  # noqa: BLE001
+        raise SmokeTestError(
+            f"Keras {keras.__version__} could not load the {what} {target.path.name} into the "
+            f"architecture of {target.config.name} ({_short_error(exc)}), so nothing was written; "
+            "--no-smoke writes it without the check"
+        ) from None
+    return model
+
+
+def _legacy_weights_file(target: SmokeTarget) -> Path | None:
+    """The legacy .h5 file Keras read the weights from by position, or None for a weight store.
+
+    Keras chooses its loader by the name's ending, and so does this.
+    """
+    name = str(target.path)
+    if target.kind == "preset" or name.endswith((".keras", ".weights.h5", ".weights.json")):
+        return None
+    if name.endswith((".h5", ".hdf5")) and not target.path.is_dir():
+        return target.path
+    return None
+
+
+# --- inputs and the forward pass ----------------------------------------------------------
+
+
+def _seeded_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Random values an input of ``dtype`` accepts: noise for floats, 0/1 otherwise."""
+    if "float" in dtype:
+        return rng.standard_normal(shape).astype(np.float32)
+    if "int" in dtype or dtype == "bool":
+        # Small non-negative integers are valid token ids and lookup indices.
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return np.full(shape, "a" if dtype == "string" else 0, dtype=object if dtype == "string" else dtype)
+
+
 def _as_list(outputs: Any) -> list[Any]:
     if isinstance(outputs, dict):
         return list(outputs.values())
@@ -194,33 +360,120 @@ def _as_list(outputs: Any) -> list[Any]:
     return [outputs]
 
 
-def _load(keras: Any, path: Path, unsafe: bool, what: str) -> Any:
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types; all mean "cannot load"
-        message = " ".join(str(exc).split())
-        if "safe_mode" in message or "Lambda" in message and "unsafe" in message.lower():
-            raise SmokeTestError(
-                "the model holds a Lambda layer with Python code, which Keras refuses to "
-                "load in safe mode; pass --unsafe if you trust this file, or --no-smoke "
-                "to write it without the check"
-            ) from None
-        raise SmokeTestError(
-            f"Keras {keras.__version__} could not load the {what} "
-            f"({_load_failure_reason(exc, message)}), so nothing was written; "
-            "--no-smoke writes it without the check"
-        ) from None
-
-
 def _forward(keras: Any, model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     try:
         outputs = _as_list(model(inputs if len(inputs) > 1 else inputs[0], training=False))
+        return [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
     except Exception as exc:  # noqa: BLE001
+        raise _ForwardFailure(_short_error(exc)) from None
+
+
+def _given_shapes(symbolic: list[tuple[Any, ...]], given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The --input-shape sizes checked against the model's inputs, with a batch axis of 1."""
+    if len(given) != len(symbolic):
         raise SmokeTestError(
-            f"the forward pass failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-            "nothing was written"
-        ) from None
-    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
+            f"--input-shape: the model has {len(symbolic)} input(s) "
+            f"{', '.join(str(s) for s in symbolic)}, received {len(given)} shape(s); give "
+            "one --input-shape per input, without the batch axis"
+        )
+    shapes = []
+    for i, shape in enumerate(symbolic):
+        body, wanted = shape[1:], tuple(given[i])
+        if len(wanted) == len(shape):
+            wanted = wanted[1:]
+        if len(wanted) != len(body) or any(d is not None and d != w for d, w in zip(body, wanted)):
+            raise SmokeTestError(
+                f"--input-shape {tuple(wanted)} does not fit model input {i} "
+                f"{shape} (batch axis excluded: {body}); give the sizes for its None axes"
+            )
+        shapes.append((1,) + tuple(int(w) for w in wanted))
+    return shapes
+
+
+def _filled(symbolic: list[tuple[Any, ...]], size: int) -> list[tuple[int, ...]]:
+    return [(1,) + tuple(size if d is None else int(d) for d in shape[1:]) for shape in symbolic]
+
+
+def _ladder(symbolic: list[tuple[Any, ...]], free: list[int]) -> list[int]:
+    """The sizes to try for unknown axes: cheapest first, bounded per input."""
+    sizes = [LADDER_START]
+    while all(
+        math.prod(2 * sizes[-1] if d is None else int(d) for d in symbolic[i][1:]) <= MAX_INPUT_ELEMENTS
+        for i in free
+    ):
+        sizes.append(2 * sizes[-1])
+    return sizes
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    return ", ".join(map(str, sizes)) if len(sizes) <= 3 else f"{sizes[0]}, {sizes[1]}, ..., {sizes[-1]}"
+
+
+def _run_seeded(
+    keras: Any, model: Any, given: Sequence[tuple[int, ...]] | None, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Inputs the model accepts, its outputs on them, and notes on the sizes chosen.
+
+    Unknown sizes not given are searched: each size of the ladder in turn, until the
+    forward pass runs and gives a non-empty output. Each try draws its input from a
+    fresh generator, so the inputs found are those ``--input-shape`` would give.
+    """
+    symbolic = [tuple(t.shape) for t in model.inputs]
+    dtypes = [str(t.dtype) for t in model.inputs]
+
+    def attempt(shapes: list[tuple[int, ...]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        rng = np.random.default_rng(seed)
+        inputs = [_seeded_input(rng, shape, dtype) for shape, dtype in zip(shapes, dtypes)]
+        return inputs, _forward(keras, model, inputs)
+
+    free = [i for i, shape in enumerate(symbolic) if None in shape[1:]]
+    if given is not None or not free:
+        shapes = _given_shapes(symbolic, given) if given is not None else _filled(symbolic, LADDER_START)
+        try:
+            inputs, arrays = attempt(shapes)
+        except _ForwardFailure as failure:
+            if given is None:
+                raise SmokeTestError(
+                    f"the forward pass failed on the input {_shapes_text(shapes)} ({failure}); "
+                    f"nothing was written; {_SKIP_HINT}"
+                ) from None
+            raise SmokeTestError(
+                f"the forward pass failed on the input {_shapes_text(shapes)} given by --input-shape "
+                f"({failure}); nothing was written; give sizes that "
+                f"{_inputs_text(symbolic, range(len(symbolic)))} accepts with --input-shape SHAPE "
+                f"(without the batch axis), {_SKIP_HINT}"
+            ) from None
+        return inputs, arrays, []
+    rejected: list[int] = []
+    last = ""
+    for size in _ladder(symbolic, free):
+        shapes = _filled(symbolic, size)
+        try:
+            inputs, arrays = attempt(shapes)
+        except _ForwardFailure as failure:
+            rejected.append(size)
+            last = f"on {_shapes_text(shapes)}: {failure}"
+            continue
+        empty = next((a.shape for a in arrays if a.size == 0), None)
+        if empty is not None:
+            # A too-small input can shrink to nothing without an error: nothing to check then.
+            rejected.append(size)
+            last = f"on {_shapes_text(shapes)}: the output {format_shape(empty)} is empty"
+            continue
+        tried = ""
+        if rejected:
+            tried = f" ({rejected[0]} was rejected)" if len(rejected) == 1 else f" ({rejected[0]}..{rejected[-1]} were rejected)"
+        notes = [
+            f"input {i} {symbolic[i]}: unknown sizes set to {size}{tried}; use --input-shape to choose them"
+            for i in free
+        ]
+        return inputs, arrays, notes
+    raise SmokeTestError(
+        f"the forward pass failed at every input size tried: the unknown sizes of "
+        f"{_inputs_text(symbolic, free)} at "
+        f"{_sizes_text(rejected)} (last error {last}); nothing was written; give the sizes "
+        f"with --input-shape SHAPE (without the batch axis), {_SKIP_HINT}"
+    )
 
 
 def _loaded_inputs(path: Path, model: Any) -> list[np.ndarray]:
@@ -258,39 +511,57 @@ def compare_outputs(name: str, original: np.ndarray, edited: np.ndarray) -> Outp
 
 
 def run_smoke_test(
-    path: Path,
-    expected: list[ExpectedValue],
+    target: Path | SmokeTarget,
+    expected: Sequence[ExpectedValue],
     *,
-    input_shapes: list[tuple[int, ...]] | None = None,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
     unsafe: bool = False,
     seed: int = 0,
-    reference: Path | None = None,
+    reference: Path | SmokeTarget | None = None,
     expect_same: Tolerance | None = None,
     load_inputs: Path | None = None,
     save_inputs: Path | None = None,
+    imports: Sequence[str] = (),
 ) -> SmokeReport:
-    """Load ``path`` with Keras, run one seeded forward pass, check outputs and values.
+    """Load ``target`` with Keras, run one seeded forward pass, check outputs and values.
 
-    With ``reference`` (the original model) both run on the same inputs and their
-    outputs are compared; ``expect_same`` turns a difference beyond it into a failure.
+    ``imports`` are modules imported first (they register custom classes). Unknown input
+    sizes not given by ``input_shapes`` are searched (see ``_run_seeded``). With
+    ``reference`` (the original model) both run on the same inputs and their outputs are
+    compared; ``expect_same`` turns a difference beyond it into a failure.
     """
+    edited = target if isinstance(target, SmokeTarget) else SmokeTarget(target)
     keras = import_keras()
     with quiet_stderr():
-        model = _load(keras, path, unsafe, "written model")
+        _import_modules(imports)
+        model = _load_target(keras, edited, unsafe, "written model")
         if load_inputs is not None:
             inputs = _loaded_inputs(load_inputs, model)
-            shapes, notes = [tuple(a.shape) for a in inputs], [f"inputs from {load_inputs}"]
+            notes = [f"inputs from {load_inputs}"]
+            try:
+                arrays = _forward(keras, model, inputs)
+            except _ForwardFailure as failure:
+                raise SmokeTestError(
+                    f"the forward pass failed on the input {_shapes_text([a.shape for a in inputs])} "
+                    f"from --load-inputs {load_inputs} ({failure}); nothing was written; "
+                    f"check the arrays of --load-inputs, {_SKIP_HINT}"
+                ) from None
         else:
-            shapes, notes = _input_shapes(model, input_shapes)
-            rng = np.random.default_rng(seed)
-            dtypes = [str(t.dtype) for t in model.inputs]
-            inputs = [_seeded_input(rng, shape, dtype) for shape, dtype in zip(shapes, dtypes)]
-        arrays = _forward(keras, model, inputs)
+            inputs, arrays, notes = _run_seeded(keras, model, input_shapes, seed)
         symbolic = [tuple(t.shape) for t in _as_list(model.outputs)]
-        checked = _check_variables(model, expected)
+        checked = _check_variables(keras, model, expected, _legacy_weights_file(edited))
         originals = None
         if reference is not None:
-            originals = _forward(keras, _load(keras, reference, unsafe, "original model"), inputs)
+            original = reference if isinstance(reference, SmokeTarget) else SmokeTarget(reference)
+            try:
+                originals = _forward(keras, _load_target(keras, original, unsafe, "original model"), inputs)
+            except _ForwardFailure as failure:
+                raise SmokeTestError(
+                    f"the forward pass of the original model failed on the input "
+                    f"{_shapes_text([a.shape for a in inputs])} the edited model ran on ({failure}); "
+                    "nothing was written; drop --compare to skip the comparison"
+                ) from None
+    shapes = [tuple(a.shape) for a in inputs]
     summaries = []
     for i, (array, shape) in enumerate(zip(arrays, symbolic)):
         name = f"output {i}"
@@ -349,21 +620,83 @@ def _check_tolerance(
             )
 
 
-def _check_variables(model: Any, expected: list[ExpectedValue]) -> int:
+# --- the edited variables -------------------------------------------------------------------
+
+
+def _store_variables(model: Any) -> dict[str, dict[str, Any]]:
+    """What ``model.save`` would put in the weight store, by object path, without writing.
+
+    Runs Keras's own saver walk (``saving_lib._save_state``: "layers" first, then
+    attributes, class-name counters inside containers, each object once) over a store
+    that only records, so paths and variable order are those Keras loads by.
+    """
+    from keras.src.saving import saving_lib
+
+    class Recorder(saving_lib.H5IOStore):  # type: ignore[misc]
+        def __init__(self) -> None:  # no file behind it
+            self.objects: dict[str, dict[str, Any]] = {}
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+            return self.objects.setdefault(path, {})
+
+    recorder = Recorder()
+    saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
+    return recorder.objects
+
+
+def _legacy_variables(model: Any, path: Path) -> dict[str, list[Any]]:
+    """Each weight group of a legacy .h5 with the variables Keras assigned it by position.
+
+    As ``load_weights_from_hdf5_group``: the groups that list weights pair in order with
+    the model's layers that have weights, and a group's ``weight_names`` pair with the
+    layer's ``trainable_weights + non_trainable_weights`` (``_legacy_weights``).
+    """
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format as legacy
+
+    with h5py.File(path, "r") as handle:
+        group = handle["model_weights"] if "layer_names" not in handle.attrs and "model_weights" in handle else handle
+        names = [
+            name
+            for name in legacy.load_attributes_from_hdf5_group(group, "layer_names")
+            if legacy.load_attributes_from_hdf5_group(group[name], "weight_names")
+        ]
+    layers = [layer for layer in model.layers if legacy._legacy_weights(layer)]
+    return {name: legacy._legacy_weights(layer) for name, layer in zip(names, layers)}
+
+
+def _check_variables(keras: Any, model: Any, expected: Sequence[ExpectedValue], legacy_file: Path | None) -> int:
+    if not expected:
+        return 0
+    if legacy_file is not None:
+        by_group = _legacy_variables(model, legacy_file)
+
+        def locate(item: ExpectedValue) -> tuple[Any, str]:
+            group = by_group.get(item.h5_layer or "", [])
+            found = group[item.h5_position] if 0 <= item.h5_position < len(group) else None
+            return found, f"weight {item.h5_position} of group '{item.h5_layer}' in the .h5 file"
+    else:
+        store = _store_variables(model)
+
+        def locate(item: ExpectedValue) -> tuple[Any, str]:
+            found = store.get(item.store_object, {}).get(str(item.store_index)) if item.store_object is not None else None
+            return found, f"'{item.store_object}/vars/{item.store_index}' in the weight store"
+
     for item in expected:
-        try:
-            layer = _find_layer(model, item.layer_path)
-            loaded = np.asarray(layer.weights[item.index].numpy())
-        except (ValueError, IndexError, AttributeError) as exc:
+        variable, where = locate(item)
+        if variable is None:
             raise SmokeTestError(
-                f"layer '{item.layer_path}' {item.name}: not found in the model Keras loaded "
-                f"({exc}); nothing was written"
-            ) from None
+                f"{item.label}: not found in the model Keras loaded (looked for {where}); "
+                "nothing was written (please report this bug)"
+            )
         want = item.value.astype(np.float32)
-        got = loaded.astype(np.float32)
+        got = np.asarray(keras.ops.convert_to_numpy(variable)).astype(np.float32)
         if got.shape != want.shape or not np.array_equal(got, want):
             raise SmokeTestError(
-                f"layer '{item.layer_path}' {item.name}: Keras loaded values that differ from "
-                "the ones written; nothing was written (please report this bug)"
+                f"{item.label}: Keras loaded values that differ from the ones written; "
+                "nothing was written (please report this bug)"
             )
     return len(expected)

@@ -27,12 +27,14 @@ from .errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from .fileio import atomic_output, check_output_dir, same_file
 from .layout import from_torch, torch_axis_names, torch_shape, variable_role
 from .modelfile import (
+    FOLDER_FORMATS,
     HDF5_MAGIC,
     PARSE_TIMEOUT_S,
     Layer,
     ModelSource,
     ModelStructure,
     Variable,
+    read_own_variables,
     read_structure,
     read_variables,
     run_bounded,
@@ -45,12 +47,13 @@ from .smoke import (
     ExpectedValue,
     KerasWarmUp,
     SmokeReport,
+    SmokeTarget,
     Tolerance,
     import_keras,
     quiet_stderr,
     run_smoke_test,
 )
-from .writer import apply_edits, plan_edits
+from .writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
 
 Layout = str  # one of catalogue.LAYOUTS
 Progress = Callable[[int, int, str], None]
@@ -115,6 +118,7 @@ class SetReport:
     seed_drawn: bool
     smoke: SmokeReport | None  # None when skipped or dry-run
     dry_run: bool
+    smoke_skipped: str | None = None  # why no smoke test ran though it was not turned off
 
     @property
     def layer(self) -> Layer:
@@ -145,6 +149,7 @@ class SmokeOptions:
     expect_same: Tolerance | None = None
     load_inputs: Path | None = None
     save_inputs: Path | None = None
+    imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
 
 
 NO_SMOKE = SmokeOptions(enabled=False)
@@ -173,7 +178,11 @@ def choose_destination(
             f"-o {output} is the input model; use --in-place to overwrite it, or choose "
             "another output file"
         )
-    check_output_dir(out)
+    if model not in (None, "-") and Path(model).is_dir():
+        if not out.parent.is_dir():
+            raise ConvSurgeonError(f"{out}: output directory {out.parent} does not exist; create it first")
+    else:
+        check_output_dir(out)
     return Destination(path=out)
 
 
@@ -252,7 +261,8 @@ def edit_model(
             progress(done, total, what)
 
     structure = read_structure(source)
-    if destination is not None and destination.path is not None:
+    if destination is not None and destination.path is not None and not (
+            source.path is not None and same_file(destination.path, source.path)):
         _check_suffix(destination.path, structure.format)
     seeded = _needs_seed(edits)
     seed_drawn = seeded and seed is None
@@ -311,35 +321,77 @@ def edit_model(
         return SetReport(source.label, None, layers, changes, seed if seeded else None,
                          seed_drawn, None, True)
 
-    # Read before TensorFlow starts importing in a thread: reading an .h5 forks a worker.
-    history = read_history(source) + [make_record(list(command), records, __version__)]
+    # Everything that reads the (untrusted) input runs in bounded worker processes, so it
+    # is done before TensorFlow starts importing in a thread: fork and threads mix badly.
+    changes = _changes(source, edited)
+    plan = plan_edits_bounded(source, {v.dataset: a.value for _, a, v in edited})
+    history = read_history(source) + [make_record(list(command), records, __version__,
+                                                  imports=list(checks.imports))]
+    smoke_target = _smoke_kind(structure, source, checks)
     # Every value is valid: TensorFlow can start importing while the file is written.
-    warm_up = KerasWarmUp().start() if checks.enabled else None
+    warm_up = KerasWarmUp().start() if smoke_target is not None else None
     try:
-        changes = _changes(source, edited)
-        plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
-        with _staging_file(destination, structure.format) as staged:
-            apply_edits(source, plan, staged, history=history)
-            _verify_written(staged, edited)
+        with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
+            _verify_written(staged, structure, edited)
             step(len(edits) + 1, "written")
             report = None
-            if warm_up is not None:
+            if warm_up is not None and smoke_target is not None:
                 warm_up.wait()
-                expected = [ExpectedValue(layer.path, v.index, v.name, a.value) for layer, a, v in edited]
+                expected = [_expected(structure, layer, v, a.value) for layer, a, v in edited]
                 with _reference_file(source, structure.format, checks.compare) as reference:
                     report = run_smoke_test(
-                        staged, expected, input_shapes=checks.input_shapes, unsafe=checks.unsafe,
-                        reference=reference, expect_same=checks.expect_same,
-                        load_inputs=checks.load_inputs, save_inputs=checks.save_inputs,
+                        smoke_target(load_path), expected, input_shapes=checks.input_shapes,
+                        unsafe=checks.unsafe,
+                        reference=smoke_target(reference) if reference is not None else None,
+                        expect_same=checks.expect_same, load_inputs=checks.load_inputs,
+                        save_inputs=checks.save_inputs, imports=checks.imports,
                     )
                 step(total, "smoke test passed")
-            _deliver(staged, destination)
+            commit()
     finally:
         if warm_up is not None:
             # The import silences fd 2: let it finish before any error is printed.
             warm_up.join()
+    skipped = _smoke_skipped(structure, checks, smoke_target is not None)
     return SetReport(source.label, destination.label, layers, changes, seed if seeded else None,
-                     seed_drawn, report, False)
+                     seed_drawn, report, False, skipped)
+
+
+def plan_edits_bounded(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
+    """:func:`plan_edits` in a bounded worker: it parses the untrusted store."""
+    return run_bounded(lambda: plan_edits(source, values), PARSE_TIMEOUT_S, source.label)
+
+
+def _smoke_kind(structure: ModelStructure, source: ModelSource,
+                checks: SmokeOptions) -> Callable[[Path], SmokeTarget] | None:
+    """How Keras loads the written model, or None when it cannot be smoke-tested."""
+    if not checks.enabled:
+        return None
+    if structure.format in ("weights", "sharded"):
+        if source.config is None:
+            return None
+        config = source.config
+        return lambda path: SmokeTarget(path, "weights", config)
+    kind = "preset" if structure.format == "preset" else "model"
+    return lambda path: SmokeTarget(path, kind)  # type: ignore[arg-type]
+
+
+def _smoke_skipped(structure: ModelStructure, checks: SmokeOptions, ran: bool) -> str | None:
+    if ran or not checks.enabled:
+        return None
+    return (f"no smoke test: a weights-only file holds no model to run; pass --config MODEL "
+            f"(the .keras, .h5, folder or preset it belongs to) to smoke-test it")
+
+
+def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value: np.ndarray) -> ExpectedValue:
+    label = f"layer '{layer.path}' {variable.name}"
+    if structure.legacy:
+        top = variable.dataset.split("/")
+        top_layer = top[1] if top[0] == "model_weights" else top[0]
+        return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position)
+    owner, _, index = variable.dataset.rpartition("/")
+    return ExpectedValue(label, value, store_object=owner.removesuffix("/vars").removesuffix("vars"),
+                         store_index=int(index))
 
 
 def apply_plan(
@@ -400,19 +452,38 @@ def _variable_named(layer: Layer, name: str) -> Variable:
     return next(v for v in layer.variables if v.name == name)
 
 
-SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "keras": (".keras",), "h5": (".h5", ".hdf5"), "weights": (".weights.h5", ".h5", ".hdf5"),
+    "sharded": (".weights.json",),
+}
 
 
 def _check_suffix(path: Path, fmt: str) -> None:
-    """Keras picks its loader by extension: an output must not claim the other format."""
-    suffix = path.suffix.lower()
-    other = "h5" if fmt == "keras" else "keras"
-    if suffix in SUFFIXES[other]:
-        kind = "a .keras archive" if fmt == "keras" else "a legacy .h5 file"
+    """Keras picks its loader by extension: an output must not claim another format."""
+    name = path.name.lower()
+    if fmt in ("dir", "preset"):
+        if name.endswith((".keras", ".h5", ".hdf5", ".json")):
+            raise UsageError(
+                f"-o {path.name}: the model is a saved folder and conv-surgeon keeps its format; "
+                "name an output folder (without a file extension)"
+            )
+        return
+    if fmt == "sharded":
+        if not name.endswith(".weights.json"):
+            raise UsageError(
+                f"-o {path.name}: the model is a sharded weights map and Keras loads one only "
+                f"from a .weights.json name; name the output {path.stem}.weights.json"
+            )
+        return
+    other = {"keras": SUFFIXES["h5"], "h5": SUFFIXES["keras"], "weights": SUFFIXES["keras"]}[fmt]
+    if name.endswith(other) or (fmt == "h5" and name.endswith(".weights.h5")):
+        kind = {"keras": "a .keras archive", "h5": "a legacy .h5 file",
+                "weights": "a weights-only HDF5 file"}[fmt]
+        wanted = {"keras": ".keras", "h5": ".h5", "weights": ".weights.h5"}[fmt]
         raise UsageError(
             f"-o {path.name}: the model is {kind} and conv-surgeon keeps its format, but "
-            f"Keras would read a {suffix} name as the other format; name the output "
-            f"{path.with_suffix(SUFFIXES[fmt][0]).name}"
+            f"Keras would read that name as another format; name the output "
+            f"{path.name.split('.')[0]}{wanted}"
         )
 
 
@@ -616,9 +687,42 @@ def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:
 
 
 @contextmanager
+def _staged(
+    source: ModelSource, structure: ModelStructure, plan: EditPlan, destination: Destination,
+    history: list[dict[str, Any]],
+) -> Iterator[tuple[ModelSource, Path, Callable[[], None]]]:
+    """Write the edited model beside its destination; yields (the written model as a
+    source, what Keras loads, the commit that moves it into place)."""
+    if structure.format in FOLDER_FORMATS:
+        if destination.path is None:
+            raise UsageError(
+                f"{source.label}: a {structure.format} save is several files and cannot go to "
+                "stdout; use -o OUT or --in-place"
+            )
+        target = destination.path
+        in_place = source.path is not None and same_file(target, source.path)
+        parent = target.parent if str(target.parent) else Path(".")
+        check_output_dir(target) if structure.format == "sharded" else None
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staged", dir=parent))
+        except OSError as exc:
+            raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
+        try:
+            staged = stage_folder(source, plan, folder, target.name, history, keep_names=in_place)
+            yield (ModelSource.from_path(staged.load_path), staged.load_path,
+                   lambda: commit_folder(staged, source, target, in_place))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
+        apply_edits(source, plan, path, history=history)
+        yield ModelSource.from_path(path), path, lambda: _deliver(path, destination)
+
+
+@contextmanager
 def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
     """A temporary file for the edited model: beside the target, or in a temp dir."""
-    suffix = ".keras" if fmt == "keras" else ".h5"
+    suffix = {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5")
     if destination.path is not None:
         # Keras picks its loader by extension, so the staged file keeps the right one.
         with atomic_output(destination.path) as tmp:
@@ -633,9 +737,10 @@ def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
         yield Path(folder) / f"model{suffix}"
 
 
-def _verify_written(staged: Path, edited: list[tuple[Layer, Assignment, Variable]]) -> None:
+def _verify_written(staged: ModelSource, structure: ModelStructure,
+                    edited: list[tuple[Layer, Assignment, Variable]]) -> None:
     """Read the written datasets back: the bytes on disk are the intended values."""
-    values = read_variables(ModelSource.from_path(staged), [v for _, _, v in edited])
+    values = read_own_variables(staged, [v for _, _, v in edited])
     for _, assignment, variable in edited:
         got = values[variable.dataset]
         if got.shape != assignment.value.shape or got.tobytes() != assignment.value.tobytes():
@@ -644,14 +749,14 @@ def _verify_written(staged: Path, edited: list[tuple[Layer, Assignment, Variable
 
 @contextmanager
 def _reference_file(source: ModelSource, fmt: str, wanted: bool) -> Iterator[Path | None]:
-    """The original model as a file Keras can load, for --compare."""
+    """The original model as a path Keras can load, for --compare."""
     if not wanted:
         yield None
-    elif source.path is not None and source.path.suffix.lower() in SUFFIXES[fmt]:
+    elif source.path is not None and (fmt in FOLDER_FORMATS or source.path.name.lower().endswith(SUFFIXES[fmt])):
         yield source.path
     else:
         with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-            copy = Path(folder) / ("original.keras" if fmt == "keras" else "original.h5")
+            copy = Path(folder) / ("original" + {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5"))
             if source.data is not None:
                 copy.write_bytes(source.data)
             else:

@@ -328,14 +328,14 @@ def test_stdin_source_to_stream_destination(samples: Path, tmp_path: Path) -> No
 
 def test_smoke_test_passes_and_checks_the_values(samples: Path) -> None:
     conv1 = value_of(samples / "tiny_cnn.keras", "conv1")
-    report = run_smoke_test(samples / "tiny_cnn.keras", [ExpectedValue("conv1", 0, "kernel", conv1)])
+    report = run_smoke_test(samples / "tiny_cnn.keras", [ExpectedValue("layer 'conv1' kernel", conv1, store_object="layers/conv2d", store_index=0)])
     assert report.inputs == (("input 0", (1, 28, 28, 1)),)
     assert report.outputs[0].shape == (1, 10) and report.checked_variables == 1
 
 
 def test_smoke_test_detects_values_that_differ(samples: Path) -> None:
     with pytest.raises(SmokeTestError, match="differ") as info:
-        run_smoke_test(samples / "tiny_cnn.keras", [ExpectedValue("conv1", 0, "kernel", np.zeros((3, 3, 1, 4)))])
+        run_smoke_test(samples / "tiny_cnn.keras", [ExpectedValue("layer 'conv1' kernel", np.zeros((3, 3, 1, 4)), store_object="layers/conv2d")])
     assert info.value.exit_code == 3
 
 
