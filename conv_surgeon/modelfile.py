@@ -623,7 +623,9 @@ def _object_layer(node: _Node, nodes: dict[str, _Node], guided: dict[str, tuple[
         entry = guided[node.path][0]
         class_name, config, source, hint = str(entry.get("class_name")), dict(entry.get("config", {})), "config", None
     else:
-        class_name, source, hint = _inferred_class(node, shapes)
+        # A child of a container (a group that is no object) has a snake-cased class as its key.
+        in_container = bool(node.path) and node.path.rpartition("/")[0] not in nodes
+        class_name, source, hint = _inferred_class(node, shapes, in_container)
         config = {}
     names_of = _variable_names(class_name, config, shapes)
     return Layer(
@@ -642,12 +644,11 @@ def _object_layer(node: _Node, nodes: dict[str, _Node], guided: dict[str, tuple[
     )
 
 
-def _inferred_class(node: _Node, shapes: list[tuple[int, ...]]) -> tuple[str, ClassSource, str | None]:
+def _inferred_class(node: _Node, shapes: list[tuple[int, ...]], in_container: bool) -> tuple[str, ClassSource, str | None]:
     """A class for an object no config describes: from its store key (the saver names
     container children by snake-cased class), its name, or its variables' shapes."""
-    key = node.path.rpartition("/")[2]
-    parent = node.path.rpartition("/")[0]
-    if parent.rpartition("/")[2] in LAYER_CONTAINERS or re.fullmatch(r"container(_\d+)?", parent.rpartition("/")[2]):
+    parent, _, key = node.path.rpartition("/")
+    if in_container:
         known = class_for_snake_name(key)
         if known is not None:
             return known, "store key", f"store key '{key}'"
@@ -778,9 +779,7 @@ def _legacy_leaf(group: h5py.Group, name: str, path: str, class_name: str | None
     source: ClassSource = "config"
     hint = None
     if class_name is None:
-        class_name, source, hint = _inferred_class(_Node(path, name), shapes)
-        if source == "store key":
-            source = "name"
+        class_name, source, hint = _inferred_class(_Node(path, name), shapes, False)
     stored = [canonical_variable_name(weight_name) for _, weight_name in slots]
     names = stored if len(set(stored)) == len(stored) else _variable_names(class_name, config, shapes)
     return Layer(
