@@ -8,6 +8,10 @@ Needs tf-keras, which the project venv does not have. Made with:
     /tmp/tfk/bin/python tests/data/make_keras2_fixtures.py          # small fixtures
     /tmp/tfk/bin/python tests/data/make_keras2_fixtures.py --mobilenet
     # --mobilenet also writes /tmp/keras2_mobilenetv2.h5 (too big to commit)
+    /tmp/tfk/bin/python tests/data/make_keras2_fixtures.py --zoo-only
+    # --zoo-only writes only the zoo files (keras2_weights_only*.h5,
+    # keras21_sequential.h5, keras2_expected.json), not keras2_tiny/convs.h5
+    # --out DIR writes into DIR instead of tests/data (to compare a re-run)
 
 TF_USE_LEGACY_KERAS=1 is set below before TensorFlow is imported. Seeded
 (tf_keras.utils.set_random_seed(0)), so the weights are the same every run.
@@ -50,6 +54,64 @@ Writes:
                     "Unrecognized keyword arguments passed to DepthwiseConv2D:
                     {'groups': 1}" (checked); keras2_convs.h5 fails the same way.
 
+  keras2_weights_only.h5   tf-keras model.save_weights("keras2_weights_only.h5")
+                    of Functional "keras2_weights_only", input "image"
+                    (8, 8, 3): conv1 (Conv2D 3x3, 4), bn
+                    (BatchNormalization, distinct values), relu (Activation),
+                    conv2 (Conv2D 3x3 valid, 4), gap, head (Dense 2). Not
+                    compiled. Root attributes layer_names (every layer,
+                    "image" included), backend, keras_version; no
+                    model_config, no model_weights group: the layer groups sit
+                    at the root (conv1/conv1/kernel:0 ...), plus an empty
+                    top_level_model_weights group.
+  keras2_weights_only_model.h5   the same model, model.save() (full .h5):
+                    pass it as --config; Keras 3.15 load_model()s it and
+                    load_weights("keras2_weights_only.h5") then works.
+  keras21_sequential.h5   a Keras <= 2.1 style Sequential, made by rewriting a
+                    tf-keras .h5 (tf-keras cannot write the old format):
+                    Sequential "keras21_sequential", input (8, 8, 1): conv1
+                    (Conv2D 3x3 same, 4), bn (BatchNormalization), pool
+                    (MaxPooling2D), conv2 (Conv2D 3x3, 2), flatten, dense
+                    (Dense 3). Rewritten as Keras 2.1.6 + h5py 2 wrote it:
+                    model_config = {"class_name": "Sequential", "config":
+                    [<layer configs, plain list>]}, no InputLayer entry, the
+                    first layer carrying "batch_input_shape" and "dtype"; each
+                    layer config reduced to {"class_name", "config"} (no
+                    "module"/"registered_name"), "groups" dropped from the
+                    convs, initializers written as Keras 2.1 did
+                    (glorot_uniform = VarianceScaling(scale=1, fan_avg,
+                    uniform)); root attrs keras_version="2.1.6",
+                    backend="tensorflow", model_config as fixed-length byte
+                    strings (numpy.bytes_); model_weights attrs layer_names
+                    and each layer's weight_names as numpy arrays of fixed-
+                    length bytes (dtype 'S..'), not variable-length strings;
+                    no top_level_model_weights group, no training_config.
+                    The datasets themselves are the ones tf-keras wrote
+                    (model_weights/conv1/conv1/kernel:0 ...).
+                    Keras 3.15 load_model (compile=False too) fails on it:
+                    "TypeError: pop expected at most 1 argument, got 2"
+                    (legacy saving_utils.model_from_config calls
+                    config["config"].pop(...) on the list);
+                    keras.Sequential.from_config(list) refuses a list; and
+                    the legacy per-layer model_from_config turns
+                    batch_input_shape into input_shape WITH the batch axis
+                    ("Kernel shape must have the same length as input").
+                    Rebuilt as Sequential([Input(batch_input_shape[1:])] +
+                    per-layer legacy model_from_config), load_weights() of
+                    the file then gives exactly the expected variables
+                    (tests/zoo.py load_keras21_sequential, checked).
+  keras2_expected.json  {file name: [{"name", "shape", "dtype", "sha256"}]}
+                    for every file above (the tf-keras variable name, e.g.
+                    "conv1/kernel:0"; the sha256 of the raw C-order bytes).
+                    keras2_tiny.h5 and keras2_convs.h5 entries are computed
+                    from tf-keras load_model() of the committed files; the
+                    others from the live model right before saving. Order:
+                    layer by layer in model.layers order, a nested model's
+                    layers recursively, each layer's weights in its own
+                    order (BN: gamma, beta, moving_mean, moving_variance),
+                    i.e. Keras 3's model.weights order, NOT the .h5
+                    weight_names order (trainable first) of nested models.
+
 What the files look like (checked with h5py; printed by this script):
   - file attrs keras_version="2.21.0", backend="tensorflow", model_config,
     training_config; model_weights.attrs["layer_names"] lists every layer in
@@ -77,6 +139,8 @@ What the files look like (checked with h5py; printed by this script):
     "Adam/v/conv1/kernel:0", ... (13 in keras2_tiny, 43 in keras2_convs).
 """
 
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -93,8 +157,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MOBILENET_PATH = os.path.join(tempfile.gettempdir(), "keras2_mobilenetv2.h5")
 
 
+OUT_DIR = HERE
+
+
 def out(name):
-    return os.path.join(HERE, name)
+    return os.path.join(OUT_DIR, name)
 
 
 def make_tiny():
@@ -189,6 +256,199 @@ def make_mobilenet():
     return model
 
 
+# --- the zoo's Keras 2 files -------------------------------------------------
+
+
+def ordered_weights(model):
+    """Keras 3's model.weights order: layer by layer, nested models recursed."""
+    found, seen = [], set()
+
+    def walk(layer):
+        if isinstance(layer, keras.Model):
+            for child in layer.layers:
+                walk(child)
+            rest = layer._trainable_weights + layer._non_trainable_weights
+        else:
+            rest = layer.weights
+        for w in rest:
+            if id(w) not in seen:
+                seen.add(id(w))
+                found.append(w)
+
+    walk(model)
+    assert len(found) == len(model.weights), (len(found), len(model.weights))
+    return found
+
+
+def expected_of(model):
+    entries = []
+    for w in ordered_weights(model):
+        value = np.asarray(w.numpy())
+        entries.append({
+            "name": w.name,
+            "shape": list(value.shape),
+            "dtype": w.dtype.name,
+            "sha256": hashlib.sha256(value.tobytes()).hexdigest(),
+        })
+    return entries
+
+
+def make_weights_only():
+    keras.utils.set_random_seed(0)
+    img = keras.Input((8, 8, 3), name="image")
+    x = layers.Conv2D(4, 3, padding="same", name="conv1")(img)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Activation("relu", name="relu")(x)
+    x = layers.Conv2D(4, 3, name="conv2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    y = layers.Dense(2, name="head")(x)
+    model = keras.Model(img, y, name="keras2_weights_only")
+    distinct_bn_values(model, seed=2)
+    expected = expected_of(model)
+    model.save_weights(out("keras2_weights_only.h5"))
+    model.save(out("keras2_weights_only_model.h5"))
+    return expected
+
+
+KERAS21_INITIALIZERS = {
+    # Keras 2.1 serialized glorot_uniform as the VarianceScaling it is.
+    "GlorotUniform": {"class_name": "VarianceScaling", "config": {
+        "scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": None}},
+}
+
+
+def keras21_style(obj):
+    """A tf-keras serialized object as Keras 2.1 wrote it: only class_name and
+    config, glorot_uniform spelled as VarianceScaling, no 'groups'."""
+    if isinstance(obj, dict):
+        if "class_name" in obj and "config" in obj:
+            if obj["class_name"] in KERAS21_INITIALIZERS:
+                return KERAS21_INITIALIZERS[obj["class_name"]]
+            return {"class_name": obj["class_name"], "config": keras21_style(obj["config"])}
+        return {k: keras21_style(v) for k, v in obj.items() if k != "groups"}
+    if isinstance(obj, list):
+        return [keras21_style(v) for v in obj]
+    return obj
+
+
+def as_fixed_bytes(strings):
+    """A numpy array of fixed-length byte strings, as h5py 2 stored a list of bytes."""
+    values = [s.encode("utf8") if isinstance(s, str) else s for s in strings]
+    return np.array(values, dtype="S%d" % max([len(v) for v in values] + [1]))
+
+
+def make_keras21_sequential():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1"),
+            layers.BatchNormalization(name="bn"),
+            layers.MaxPooling2D(name="pool"),
+            layers.Conv2D(2, 3, activation="relu", name="conv2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(3, name="dense"),
+        ],
+        name="keras21_sequential",
+    )
+    distinct_bn_values(model, seed=3)
+    expected = expected_of(model)
+    path = out("keras21_sequential.h5")
+    model.save(path)
+
+    config = model.get_config()
+    layer_configs = [c for c in config["layers"] if c["class_name"] != "InputLayer"]
+    inputs = [c for c in config["layers"] if c["class_name"] == "InputLayer"]
+    layer_configs = keras21_style(layer_configs)
+    first = layer_configs[0]["config"]
+    # Keras 2.1: the first layer carries the input shape; keys in that order.
+    shaped = {"name": first.pop("name"), "trainable": first.pop("trainable"),
+              "batch_input_shape": inputs[0]["config"]["batch_input_shape"],
+              "dtype": first.pop("dtype")}
+    shaped.update(first)
+    layer_configs[0]["config"] = shaped
+    model_config = {"class_name": "Sequential", "config": layer_configs}
+
+    with h5py.File(path, "r+") as f:
+        for key in list(f.attrs):
+            del f.attrs[key]
+        # h5py 2 stored Python bytes as fixed-length strings: numpy.bytes_.
+        f.attrs["keras_version"] = np.bytes_(b"2.1.6")
+        f.attrs["backend"] = np.bytes_(b"tensorflow")
+        f.attrs["model_config"] = np.bytes_(json.dumps(model_config).encode("utf8"))
+        mw = f["model_weights"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in mw.attrs["layer_names"]]
+        if "top_level_model_weights" in mw:
+            del mw["top_level_model_weights"]
+        for key in list(mw.attrs):
+            del mw.attrs[key]
+        mw.attrs["layer_names"] = as_fixed_bytes(names)
+        mw.attrs["backend"] = np.bytes_(b"tensorflow")
+        mw.attrs["keras_version"] = np.bytes_(b"2.1.6")
+        for name in names:
+            g = mw[name]
+            wn = [w.decode() if isinstance(w, bytes) else w for w in g.attrs["weight_names"]]
+            if wn:  # an empty list stays what both wrote: an empty float64 array
+                del g.attrs["weight_names"]
+                g.attrs["weight_names"] = as_fixed_bytes(wn)
+    # h5py leaves the freed attribute space in the file: repack small.
+    tmp = path + ".tmp"
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for key in src:
+            src.copy(src[key], dst, name=key)
+    os.replace(tmp, path)
+    return expected
+
+
+def expected_of_file(name):
+    model = keras.models.load_model(out(name), compile=False)
+    return expected_of(model)
+
+
+def expected_json(expected):
+    """One line per variable, files in name order."""
+    lines = ["{"]
+    for i, name in enumerate(sorted(expected)):
+        lines.append(f"  {json.dumps(name)}: [")
+        entries = [json.dumps(e, sort_keys=True) for e in expected[name]]
+        lines.append(",\n".join("    " + e for e in entries))
+        lines.append("  ]" + ("," if i < len(expected) - 1 else ""))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_zoo(with_committed=True):
+    expected = {}
+    weights_only = make_weights_only()
+    expected["keras2_weights_only.h5"] = weights_only
+    expected["keras2_weights_only_model.h5"] = weights_only
+    expected["keras21_sequential.h5"] = make_keras21_sequential()
+    if with_committed:
+        for name in ("keras2_tiny.h5", "keras2_convs.h5"):
+            expected[name] = expected_of_file(name)
+    with open(out("keras2_expected.json"), "w") as f:
+        f.write(expected_json(expected))
+    return expected
+
+
+def describe_any(path):
+    """Every group and dataset, with attributes and their numpy types."""
+    print(f"== {os.path.basename(path)}  {os.path.getsize(path)} bytes")
+    with h5py.File(path, "r") as f:
+        for key, value in f.attrs.items():
+            shown = value if len(repr(value)) < 100 else repr(value)[:100] + "..."
+            print(f"  @{key} ({type(value).__name__}, {getattr(value, 'dtype', '')}): {shown}")
+
+        def visit(name, obj):
+            kind = "G" if isinstance(obj, h5py.Group) else f"D {obj.shape} {obj.dtype}"
+            attrs = {k: (v, getattr(v, "dtype", type(v).__name__)) for k, v in obj.attrs.items()}
+            print(f"  {kind} {name} {attrs if attrs else ''}")
+
+        f.visititems(visit)
+
+
 def describe(path):
     print(f"== {os.path.basename(path)}  {os.path.getsize(path)} bytes")
     with h5py.File(path, "r") as f:
@@ -206,10 +466,26 @@ def describe(path):
 
 
 def main():
-    make_tiny()
-    describe(out("keras2_tiny.h5"))
-    make_convs()
-    describe(out("keras2_convs.h5"))
+    global OUT_DIR
+    args = sys.argv[1:]
+    if "--out" in args:
+        OUT_DIR = args[args.index("--out") + 1]
+        os.makedirs(OUT_DIR, exist_ok=True)
+    if "--zoo-only" not in args:
+        make_tiny()
+        describe(out("keras2_tiny.h5"))
+        make_convs()
+        describe(out("keras2_convs.h5"))
+    # keras2_tiny/convs entries are read back from the files in OUT_DIR (or,
+    # with --zoo-only, from the committed ones in tests/data).
+    if "--zoo-only" in args and OUT_DIR != HERE:
+        for name in ("keras2_tiny.h5", "keras2_convs.h5"):
+            if not os.path.exists(out(name)):
+                import shutil
+                shutil.copyfile(os.path.join(HERE, name), out(name))
+    write_zoo()
+    for name in ("keras2_weights_only.h5", "keras2_weights_only_model.h5", "keras21_sequential.h5"):
+        describe_any(out(name))
     if "--mobilenet" in sys.argv[1:]:
         m = make_mobilenet()
         print(MOBILENET_PATH, "params", m.count_params(), "size", os.path.getsize(MOBILENET_PATH))
