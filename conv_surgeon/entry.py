@@ -13,28 +13,34 @@ from __future__ import annotations
 import os
 import sys
 
-from .modelfile import HDF5_MAGIC, ZIP_MAGIC, abandon_prefetched, prefetch_structures
+from .modelfile import CONFIG_MEMBER, HDF5_MAGIC, ZIP_MAGIC, abandon_prefetched, prefetch_structures
 
 # The commands whose speed is bounded by reading structure, and how many models each reads.
 READ_COMMANDS = {"inspect": 1, "get": 1, "diff": 2}
 
 
 def models_named(args: list[str]) -> list[str]:
-    """The model files a read command names: existing files that start like a model."""
+    """The models a read command names: files that start like a model or a shard map,
+    and folders holding a config.json."""
     command = next((a for a in args if not a.startswith("-")), None)
     if command not in READ_COMMANDS:
         return []
     found = []
     for arg in args[args.index(command) + 1 :]:
-        if arg.startswith("-") or not os.path.isfile(arg):
+        if arg.startswith("-"):
             continue
-        try:
-            with open(arg, "rb") as handle:
-                head = handle.read(8)
-        except OSError:
-            continue
-        if head.startswith(ZIP_MAGIC) or head.startswith(HDF5_MAGIC):
-            found.append(arg)
+        if os.path.isdir(arg):
+            # A saved folder or keras-hub preset.
+            if os.path.isfile(os.path.join(arg, CONFIG_MEMBER)):
+                found.append(arg)
+        elif os.path.isfile(arg):
+            try:
+                with open(arg, "rb") as handle:
+                    head = handle.read(8)
+            except OSError:
+                continue
+            if head.startswith((ZIP_MAGIC, HDF5_MAGIC)) or (arg.endswith(".json") and head.lstrip()[:1] == b"{"):
+                found.append(arg)
         if len(found) == READ_COMMANDS[command]:
             break
     return found

@@ -567,7 +567,7 @@ def _join(*parts: str) -> str:
 def _object_layers(store: OpenStore, config: dict[str, Any] | None) -> tuple[list[Layer], list[str], int]:
     """(layers, unplaced datasets, optimizer variable count) of a Keras 3 store."""
     nodes, stray = _collect_nodes(store)
-    store_paths = set()
+    store_paths: set[str] = set()
     for p in nodes:
         parts = p.split("/")
         store_paths.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
@@ -619,9 +619,11 @@ def _object_layer(node: _Node, nodes: dict[str, _Node], guided: dict[str, tuple[
     alias = "/".join(attributes)
     variables = sorted(node.variables)
     shapes = [shape for _, shape, _, _ in variables]
+    source: ClassSource = "config"
+    hint: str | None = None
     if node.path in guided:
         entry = guided[node.path][0]
-        class_name, config, source, hint = str(entry.get("class_name")), dict(entry.get("config", {})), "config", None
+        class_name, config = str(entry.get("class_name")), dict(entry.get("config", {}))
     else:
         # A child of a container (a group that is no object) has a snake-cased class as its key.
         in_container = bool(node.path) and node.path.rpartition("/")[0] not in nodes
@@ -1042,8 +1044,8 @@ def prefetch_structures(paths: list[str]) -> None:
 
 
 def _claim_prefetched(source: ModelSource) -> _Worker | None:
-    if source.path is None or not _prefetched:
-        return None
+    if source.path is None or source.config is not None or not _prefetched:
+        return None  # a prefetch reads the file alone, without --config
     key = _file_key(source.path)
     worker = _prefetched.pop(key, None) if key is not None else None
     if worker is not None:

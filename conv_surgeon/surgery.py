@@ -324,7 +324,7 @@ def edit_model(
     # Everything that reads the (untrusted) input runs in bounded worker processes, so it
     # is done before TensorFlow starts importing in a thread: fork and threads mix badly.
     changes = _changes(source, edited)
-    plan = plan_edits_bounded(source, {v.dataset: a.value for _, a, v in edited})
+    plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
     history = read_history(source) + [make_record(list(command), records, __version__,
                                                   imports=list(checks.imports))]
     smoke_target = _smoke_kind(structure, source, checks)
@@ -352,14 +352,9 @@ def edit_model(
         if warm_up is not None:
             # The import silences fd 2: let it finish before any error is printed.
             warm_up.join()
-    skipped = _smoke_skipped(structure, checks, smoke_target is not None)
+    skipped = _smoke_skipped(checks, smoke_target is not None)
     return SetReport(source.label, destination.label, layers, changes, seed if seeded else None,
                      seed_drawn, report, False, skipped)
-
-
-def plan_edits_bounded(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
-    """:func:`plan_edits` in a bounded worker: it parses the untrusted store."""
-    return run_bounded(lambda: plan_edits(source, values), PARSE_TIMEOUT_S, source.label)
 
 
 def _smoke_kind(structure: ModelStructure, source: ModelSource,
@@ -376,11 +371,11 @@ def _smoke_kind(structure: ModelStructure, source: ModelSource,
     return lambda path: SmokeTarget(path, kind)  # type: ignore[arg-type]
 
 
-def _smoke_skipped(structure: ModelStructure, checks: SmokeOptions, ran: bool) -> str | None:
+def _smoke_skipped(checks: SmokeOptions, ran: bool) -> str | None:
     if ran or not checks.enabled:
         return None
-    return (f"no smoke test: a weights-only file holds no model to run; pass --config MODEL "
-            f"(the .keras, .h5, folder or preset it belongs to) to smoke-test it")
+    return ("no smoke test: a weights-only file holds no model to run; pass --config MODEL "
+            "(the .keras, .h5, folder or preset it belongs to) to smoke-test it")
 
 
 def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value: np.ndarray) -> ExpectedValue:
@@ -389,9 +384,8 @@ def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value
         top = variable.dataset.split("/")
         top_layer = top[1] if top[0] == "model_weights" else top[0]
         return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position)
-    owner, _, index = variable.dataset.rpartition("/")
-    return ExpectedValue(label, value, store_object=owner.removesuffix("/vars").removesuffix("vars"),
-                         store_index=int(index))
+    return ExpectedValue(label, value, store_object=layer.store_path,
+                         store_index=int(variable.dataset.rpartition("/")[2]))
 
 
 def apply_plan(
@@ -702,7 +696,8 @@ def _staged(
         target = destination.path
         in_place = source.path is not None and same_file(target, source.path)
         parent = target.parent if str(target.parent) else Path(".")
-        check_output_dir(target) if structure.format == "sharded" else None
+        if structure.format == "sharded":
+            check_output_dir(target)
         try:
             folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staged", dir=parent))
         except OSError as exc:

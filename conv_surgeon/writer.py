@@ -7,9 +7,9 @@ rewritten: one shard of a sharded save, the weight store of a saved folder.
 
 A single-file model (`.keras`, `.h5`, `.weights.h5`) is written to one staged file. A
 folder format (a `zipped=False` folder, a keras-hub preset, a sharded map and its
-shards) is written to a staged folder that holds the whole result, every untouched file
-hard-linked from the source; the caller smoke-tests it there and then commits it
-(:func:`commit_folder`): every file replaced, or none.
+shards) is written to a staged folder that holds the whole result (for an in-place edit
+the untouched files are hard-linked from the source); the caller smoke-tests it there
+and then commits it (:func:`commit_folder`): every changed file replaced, or none.
 
 The provenance history goes where each format keeps metadata: ``metadata.json`` of an
 archive or folder, a root attribute of an HDF5 file, a ``conv_surgeon`` key of a shard
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,17 @@ from .errors import ModelFileError
 from .fileio import replace_files_together
 from .modelfile import (
     FOLDER_FORMATS,
+    PARSE_TIMEOUT_S,
     METADATA_MEMBER,
     WEIGHTS_MEMBER,
     ModelFormat,
     ModelSource,
     StoreFile,
     open_store,
+    run_bounded,
 )
 from .provenance import HISTORY_ATTRIBUTE, encode_history, metadata_with_history, read_metadata_bytes
-from .store.archive import member_crcs, replace_member, write_member_crc
+from .store.archive import Member, member_crcs, replace_member, write_member_crc
 from .store.hdf5 import contiguous_offset, encode_for_dataset
 
 
@@ -76,8 +79,13 @@ def plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
 
     ``values`` maps dataset paths of the weight store to the exact arrays to write.
     For a `.keras` the weight store's CRC is verified first: reading in place skips
-    the zip's own check, and a corrupt input must not get a fresh, valid CRC.
+    the zip's own check, and a corrupt input must not get a fresh, valid CRC. The store
+    is untrusted: it is parsed in a bounded worker.
     """
+    return run_bounded(lambda: _plan_edits(source, values), PARSE_TIMEOUT_S, source.label)
+
+
+def _plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
     with open_store(source) as store:
         per_file: dict[int, list[Patch]] = {}
         for path, value in values.items():
@@ -133,20 +141,12 @@ def apply_edits(
     edit = plan.edits[0] if plan.edits else None
     member = edit.file.member if edit is not None else None
     if plan.format == "keras" and history is not None:
+        assert member is not None, "a .keras edit patches its weight member"
         with source.open_binary() as raw:
-            import zipfile
-
             with zipfile.ZipFile(raw) as archive:
                 old = read_metadata_bytes(archive, source.label)
             data = metadata_with_history(old, history, source.label)
-            if member is not None:
-                member = replace_member(raw, destination, METADATA_MEMBER, data, member, source.label)
-            else:
-                # Nothing to patch (an edit that writes the values already there).
-                with open_store(source) as store:
-                    weights_member = store.files[0].member
-                assert weights_member is not None
-                replace_member(raw, destination, METADATA_MEMBER, data, weights_member, source.label)
+            member = replace_member(raw, destination, METADATA_MEMBER, data, member, source.label)
     elif source.path is not None:
         shutil.copyfile(source.path, destination)
     else:
@@ -158,7 +158,7 @@ def apply_edits(
         _write_h5_history(destination, history, source.label)
 
 
-def _patch_file(path: Path, edit: FileEdit, member: Any) -> None:
+def _patch_file(path: Path, edit: FileEdit, member: Member | None) -> None:
     """Write ``edit``'s patches into the copy at ``path`` (a `.keras` archive whose weight
     member now lies where ``member`` says, or an HDF5 file)."""
     base = member.data_offset if member is not None else 0
@@ -212,7 +212,8 @@ def stage_folder(
 
     For a shard map, ``output_name`` is the map's file name in the result; unless
     ``keep_names`` (an in-place edit), the shards are named after it as Keras names them
-    (``<stem>_00000.weights.h5``), so a copy beside the source never takes its files.
+    (``<stem>_00000.weights.h5``), so a copy beside the source never takes its files,
+    and every file is a copy of its own.
     """
     assert source.path is not None and plan.format in FOLDER_FORMATS
     patched = {edit.file.path: edit for edit in plan.edits}
@@ -221,7 +222,7 @@ def stage_folder(
         renames = _shard_names(source.path, output_name, keep_names)
         for old_name, new_name in renames.items():
             edit = patched.get(source.path.parent / old_name)
-            _stage_file(source.path.parent / old_name, staging / new_name, edit)
+            _stage_file(source.path.parent / old_name, staging / new_name, edit, link=keep_names)
             files[new_name] = edit is not None or new_name != old_name
         map_bytes = _shard_map(source.path, renames, history, source.label)
         (staging / output_name).write_bytes(map_bytes)
@@ -238,7 +239,7 @@ def stage_folder(
             target.write_bytes(metadata_with_history(entry.read_bytes(), history, source.label))
             files[str(relative)] = True
             continue
-        _stage_file(entry, target, edit)
+        _stage_file(entry, target, edit, link=keep_names)
         files[str(relative)] = edit is not None
     if history is not None and METADATA_MEMBER not in files:
         (staging / METADATA_MEMBER).write_bytes(metadata_with_history(None, history, source.label))
@@ -246,10 +247,15 @@ def stage_folder(
     return StagedFolder(staging, staging, files)
 
 
-def _stage_file(original: Path, target: Path, edit: FileEdit | None) -> None:
-    """An untouched file is hard-linked (copied across filesystems); a patched one copied."""
+def _stage_file(original: Path, target: Path, edit: FileEdit | None, link: bool) -> None:
+    """Stage one file of the result: patched, copied, or (``link``) hard-linked.
+
+    Links only serve an in-place edit, whose untouched files stay where they are: an
+    output that shared an inode with its source would change when the source is saved
+    over (Keras truncates the file it saves to).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    if edit is None:
+    if edit is None and link:
         try:
             os.link(original, target)
             return

@@ -25,6 +25,17 @@ def test_models_named_only_for_read_commands(samples: Path) -> None:
     assert models_named(["inspect", npy]) == []  # not a model: nothing to start
 
 
+def test_models_named_takes_saved_folders_and_shard_maps(tmp_path: Path) -> None:
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    shard_map = tmp_path / "w.weights.json"
+    shard_map.write_text('{"weight_map": {}}')
+    assert models_named(["inspect", str(folder), "--all"]) == [str(folder)]
+    assert models_named(["get", str(shard_map), "--layer", "c"]) == [str(shard_map)]
+    assert models_named(["inspect", str(tmp_path)]) == []  # a folder without config.json
+
+
 def test_a_prefetched_structure_is_the_one_read(samples: Path) -> None:
     path = samples / "all_convs.keras"
     expected = read_structure(ModelSource.from_path(path))

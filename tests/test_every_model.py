@@ -232,3 +232,18 @@ def test_a_bug_in_the_worker_comes_back_with_its_traceback() -> None:
     with pytest.raises(InternalError, match="boom") as info:
         run_bounded(broken, 10.0, "m")
     assert "ValueError: boom" in info.value.worker_traceback and "broken" in info.value.worker_traceback
+
+
+@pytest.mark.parametrize("kind", ["sharded", "unzipped_dir"])
+def test_a_copy_shares_no_file_with_its_source(cli, zoo_models, kind: str, tmp_path: Path) -> None:
+    """Keras saves over a file by truncating it: an output hard-linked to its source would
+    change with it."""
+    model = copy_of(zoo_models(kind), tmp_path / "in")
+    conv = _first_conv(read_structure(ModelSource.from_path(model.path)))
+    out = tmp_path / "out" / ("edited.weights.json" if kind == "sharded" else "edited")
+    out.parent.mkdir()
+    result = cli("set", model.path, "--layer", conv.path, "--kernel-init", "zeros", "-o", out, "--no-smoke")
+    assert result.exit_code == 0, result.stderr
+    inputs = {p.stat().st_ino for p in (tmp_path / "in").rglob("*") if p.is_file()}
+    outputs = {p.stat().st_ino for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert len(outputs) >= 2 and not inputs & outputs
