@@ -4,6 +4,7 @@ Run from the repository root (``make bench`` does this):
 
     .venv/bin/python bench/bench.py                   # every section
     .venv/bin/python bench/bench.py --only inspect    # one section (comma list allowed)
+    .venv/bin/python bench/bench.py --only inspect-sharded,inspect-preset,set-sharded
     .venv/bin/python bench/bench.py --repeat 5        # more runs per case
 
 What is measured
@@ -57,10 +58,38 @@ Sections
                      they differ. ``resnet50_b.keras`` is made once in the cache by
                      ``conv-surgeon set --layer conv1_conv --kernel-init zeros
                      --no-smoke``. Ratio row: Keras / ours (A vs B), no target.
+    inspect-sharded  ``conv-surgeon inspect`` of ResNet50 saved as sharded weights (a map
+                     and 5 shards) versus ``inspect`` of ``resnet50.keras``; both listings
+                     (``--json``, untimed) must name the same layers and shapes. Ratio row:
+                     sharded / .keras, time <= 1.2x.
+    inspect-preset   ``conv-surgeon inspect`` of a keras-hub ResNet50 backbone saved with
+                     ``save_to_preset`` versus the same backbone saved as one ``.keras``
+                     (same-listing check as above). Ratio rows: preset / hub .keras, time
+                     <= 1.2x; hub .keras / ``resnet50.keras`` (keras.applications), for
+                     information.
+    set-sharded      The set section's edit (``--kernel`` of ``conv1_conv``) with
+                     ``--no-smoke`` on the sharded ResNet50: (a) ``-o NEW.weights.json``
+                     into a fresh folder in the cache; (b) ``--in-place`` on a real copy of
+                     the sharded folder (re-copied after every run); (c) set's case (b) on
+                     ``resnet50.keras`` (measured once if both sections run). One further
+                     untimed run of each shows what it changed: shards whose sha256 differs
+                     from the source's (and, for (a), how many are hard links to the
+                     source's; for (b), how many were replaced: a new inode or mtime), the
+                     source left untouched, and the bytes the child wrote (its rusage
+                     ``ru_oublock``: pages it dirtied, accounted on ext4/xfs, not on tmpfs)
+                     next to the kernel's own size. Target: exactly one shard differs in
+                     (a) and in (b) (FAIL otherwise, which never fails the run). Ratio rows:
+                     (a)/(c) and (b)/(c), no target.
 
 Models
     ResNet50 (``keras.applications.ResNet50(weights=None)``) is built once, in a
     child process, into ``bench/.cache/resnet50.keras`` (git-ignored) and reused.
+    ``bench/.cache/resnet50_sharded/`` holds the same model's weights (loaded from
+    resnet50.keras) saved with ``save_weights(..., max_shard_size=0.022)`` (GiB: 5
+    shards). ``bench/.cache/resnet50_hub/`` holds one random-weight
+    ``keras_hub.models.ResNetBackbone`` with ResNet50's arguments (HUB_RESNET50_ARGS;
+    nothing downloaded, no ``from_preset``), saved as ``resnet50_hub.keras`` and with
+    ``save_to_preset`` into ``preset/``. Each folder is built aside and renamed into place.
     The tiny model is ``sample_models/tiny_cnn.keras``; if that file is missing a
     similar tiny CNN is built into the cache instead.
 
@@ -77,8 +106,12 @@ sections is measured once per run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +143,24 @@ APPLY_LAYERS = 20  # the first 20 conv layers of ResNet50, as `inspect --json` l
 APPLY_SEED = 1  # the plan's "seed" (its initializers) and the seed of its .npy kernels
 APPLY_INIT = "he_normal"
 APPLY_TIME_TARGET = 1.3  # apply (20 layers) / set (1 layer), both with the smoke test
+SET_KERNEL_BYTES = math.prod(SET_KERNEL_SHAPE) * 4  # float32, as MAKE_KERNEL writes it
+SHARD_GB = 0.022  # save_weights(max_shard_size=...), in GiB: ResNet50 in 5 shards of <= 23.6 MB
+SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the .keras
+PRESET_INSPECT_TARGET = 1.2  # inspect of the keras-hub preset / inspect of its .keras
+# keras_hub.models.ResNetBackbone arguments of ResNet50: keras-hub 0.32 ships no config for
+# its presets (resnet_presets.py only names Kaggle handles); these are the ones its timm
+# converter (keras_hub/src/utils/timm/convert_resnet.py) builds for "resnet50". The build
+# checks the parameter count against resnet_presets.py's "resnet_50_imagenet" metadata.
+HUB_RESNET50_ARGS = {
+    "input_conv_filters": [64],
+    "input_conv_kernel_sizes": [7],
+    "stackwise_num_filters": [64, 128, 256, 512],
+    "stackwise_num_blocks": [3, 4, 6, 3],
+    "stackwise_num_strides": [1, 2, 2, 2],
+    "block_type": "bottleneck_block",
+    "use_pre_activation": False,
+}
+HUB_RESNET50_PARAMS = 23_561_152
 
 
 # --------------------------------------------------------------------------- measuring
@@ -127,8 +178,9 @@ class CommandFailed(Exception):
         self.cmd, self.code, self.stderr = cmd, code, stderr
 
 
-def run_once(cmd: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
-    """Run cmd in a fresh child; return (wall seconds, the child's peak RSS in MB).
+def run_child(cmd: list[str], ok_codes: tuple[int, ...] = (0,)
+              ) -> tuple[float, resource.struct_rusage]:
+    """Run cmd in a fresh child; return (wall seconds, the child's own rusage).
 
     An exit status outside ok_codes raises CommandFailed (e.g. ``diff`` exits 1
     when the models differ: pass ``ok_codes=(1,)`` or ``(0, 1)`` for it).
@@ -147,6 +199,12 @@ def run_once(cmd: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, f
         if code not in ok_codes:
             err.seek(0)
             raise CommandFailed(cmd, code, err.read().decode("utf-8", "replace"))
+    return elapsed, usage
+
+
+def run_once(cmd: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """Run cmd in a fresh child; return (wall seconds, the child's peak RSS in MB)."""
+    elapsed, usage = run_child(cmd, ok_codes)
     return elapsed, usage.ru_maxrss / 1024.0  # Linux reports KiB
 
 
@@ -225,6 +283,65 @@ def _build_cached(name: str, script: str) -> Path:
 
 def resnet50() -> Path:
     return _build_cached("resnet50.keras", BUILD_RESNET50)
+
+
+def _build_cached_folder(name: str, script: str, *args: str) -> Path:
+    """CACHE/name, made once by ``script FOLDER *args`` aside and renamed into place."""
+    folder = CACHE / name
+    if folder.exists():
+        return folder
+    tmp = CACHE / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier build
+    tmp.mkdir(parents=True)
+    print(f"building {rel(folder)}/ (once) ...", flush=True)
+    start = time.perf_counter()
+    run_once([PYTHON, "-c", script, str(tmp), *args])
+    tmp.rename(folder)
+    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
+    return folder
+
+
+# The same ResNet50 as resnet50.keras (its weights loaded), saved as sharded weights.
+BUILD_RESNET50_SHARDED = """
+import sys, keras
+folder, source, shard_gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
+model = keras.saving.load_model(source, compile=False)
+model.save_weights(f"{folder}/resnet50.weights.json", max_shard_size=shard_gb)
+"""
+
+
+def resnet50_sharded() -> Path:
+    """The map of resnet50.keras saved as weights in shards of SHARD_GB, made once."""
+    folder = _build_cached_folder("resnet50_sharded", BUILD_RESNET50_SHARDED,
+                                  str(resnet50()), str(SHARD_GB))
+    return folder / "resnet50.weights.json"
+
+
+def shard_files(weights_map: Path) -> list[Path]:
+    """The shard files a sharded-weights map names, in file-name order."""
+    names = {name for shards in json.loads(weights_map.read_text())["weight_map"].values()
+             for name in shards}
+    return [weights_map.parent / name for name in sorted(names)]
+
+
+# One random-weight keras-hub ResNet50 backbone, saved both ways. argv: folder,
+# constructor arguments (JSON), expected parameter count.
+BUILD_RESNET50_HUB = """
+import json, sys, keras_hub
+folder, kwargs, params = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+backbone = keras_hub.models.ResNetBackbone(**kwargs)
+if backbone.count_params() != params:
+    sys.exit(f"ResNetBackbone has {backbone.count_params()} parameters, expected {params}")
+backbone.save(f"{folder}/resnet50_hub.keras")
+backbone.save_to_preset(f"{folder}/preset")
+"""
+
+
+def resnet50_hub() -> tuple[Path, Path]:
+    """(backbone .keras, preset folder) of one keras-hub ResNet50 backbone, made once."""
+    folder = _build_cached_folder("resnet50_hub", BUILD_RESNET50_HUB,
+                                  json.dumps(HUB_RESNET50_ARGS), str(HUB_RESNET50_PARAMS))
+    return folder / "resnet50_hub.keras", folder / "preset"
 
 
 def tiny_model() -> Path:
@@ -395,13 +512,25 @@ def measure_set_smoke(ctx: Context) -> Measurement:
         _remover(out)()
 
 
+def _set_no_smoke_cmd() -> list[str]:
+    return [*_set_base_cmd(), "--no-smoke", "-o", str(_set_outs()["b"])]
+
+
+def measure_set_no_smoke(ctx: Context) -> Measurement:
+    """Case (b) of the set section; the set-sharded section compares against it too."""
+    out = _set_outs()["b"]
+    try:
+        return ctx.measure(_set_no_smoke_cmd(), after=_remover(out))
+    finally:
+        _remover(out)()
+
+
 def bench_set(ctx: Context) -> list[Row]:
     model, kernel = resnet50(), set_kernel()
     outs = _set_outs()
-    base = _set_base_cmd()
     try:
         a = measure_set_smoke(ctx)
-        b = ctx.measure([*base, "--no-smoke", "-o", str(outs["b"])], after=_remover(outs["b"]))
+        b = measure_set_no_smoke(ctx)
         c = ctx.measure([PYTHON, "-c", KERAS_SET_KERNEL, str(model), SET_LAYER, str(kernel),
                          str(outs["c"])], after=_remover(outs["c"]))
     finally:  # e.g. after Ctrl-C mid-run
@@ -424,6 +553,16 @@ def bench_set(ctx: Context) -> list[Row]:
         ("set", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, SET_NO_SMOKE_TIME_TARGET)),
         ("set", "ratio (a)/(c) memory", "", f"{a_m:.2f}x", verdict(a_m, SET_SMOKE_MEMORY_TARGET)),
     ]
+
+
+def inspect_json(model: Path) -> dict:
+    """What ``conv-surgeon inspect MODEL --json`` prints, parsed (untimed)."""
+    cmd = [CLI, "inspect", str(model), "--json"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, env=CHILD_ENV, cwd=ROOT,
+                          text=True)
+    if proc.returncode != 0:
+        raise CommandFailed(cmd, proc.returncode, proc.stderr)
+    return json.loads(proc.stdout)
 
 
 # Writes the apply section's plan into a folder: one seeded random-normal kernel
@@ -458,15 +597,11 @@ def apply_plan() -> Path:
     if plan.exists():
         return plan
     print(f"building {rel(plan)} (once) ...", flush=True)
-    cmd = [CLI, "inspect", str(resnet50()), "--json"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, env=CHILD_ENV, cwd=ROOT,
-                          text=True)
-    if proc.returncode != 0:
-        raise CommandFailed(cmd, proc.returncode, proc.stderr)
     layers = [(entry["path"], entry["weights"]["kernel"]["shape"])
-              for entry in json.loads(proc.stdout)["layers"] if "kernel" in entry["weights"]]
+              for entry in inspect_json(resnet50())["layers"] if "kernel" in entry["weights"]]
     if len(layers) < APPLY_LAYERS:
-        raise CommandFailed(cmd, 0, f"only {len(layers)} layers with a kernel listed")
+        raise CommandFailed([CLI, "inspect", str(resnet50()), "--json"], 0,
+                            f"only {len(layers)} layers with a kernel listed")
     spec = {"seed": APPLY_SEED, "init": APPLY_INIT, "layers": layers[:APPLY_LAYERS]}
     tmp = CACHE / f".{folder.name}.partial"
     if tmp.exists():
@@ -560,12 +695,177 @@ def bench_diff(ctx: Context) -> list[Row]:
     ]
 
 
+def _same_layers(a: Path, b: Path) -> bool:
+    """Whether ``inspect --json`` lists the same layer paths and variable shapes for both."""
+    def listing(model: Path) -> list[tuple[str, dict[str, list[int]]]]:
+        return [(entry["path"], {name: var["shape"] for name, var in entry["weights"].items()})
+                for entry in inspect_json(model)["layers"]]
+    return listing(a) == listing(b)
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def bench_inspect_sharded(ctx: Context) -> list[Row]:
+    single, sharded = resnet50(), resnet50_sharded()
+    shards = shard_files(sharded)
+    ours = ctx.measure([CLI, "inspect", str(sharded)])
+    base = ctx.measure([CLI, "inspect", str(single)])
+    t_ratio, m_ratio = ours.median_s / base.median_s, ours.max_rss_mb / base.max_rss_mb
+    same = "same layers" if _same_layers(sharded, single) else "LAYERS DIFFER from .keras"
+    verdict = "PASS" if t_ratio <= SHARDED_INSPECT_TARGET else "MISS"
+    s = "inspect-sharded"
+    return [
+        (s, "inspect sharded weights", f"{ours.median_s:.2f}", f"{ours.max_rss_mb:.0f}",
+         f"{sharded.name} + {len(shards)} shards, "
+         f"{_folder_size(sharded.parent) / 1e6:.1f} MB; {same}"),
+        (s, "inspect .keras", f"{base.median_s:.2f}", f"{base.max_rss_mb:.0f}",
+         f"{single.name}, {single.stat().st_size / 1e6:.1f} MB (= inspect section)"),
+        (s, "ratio (sharded/.keras)", f"{t_ratio:.2f}x", f"{m_ratio:.2f}x",
+         f"time target <= {SHARDED_INSPECT_TARGET:g}x: {verdict}"),
+    ]
+
+
+def bench_inspect_preset(ctx: Context) -> list[Row]:
+    hub_keras, preset = resnet50_hub()
+    apps_keras = resnet50()
+    ours = ctx.measure([CLI, "inspect", str(preset)])
+    hub = ctx.measure([CLI, "inspect", str(hub_keras)])
+    apps = ctx.measure([CLI, "inspect", str(apps_keras)])
+    t_ratio, m_ratio = ours.median_s / hub.median_s, ours.max_rss_mb / hub.max_rss_mb
+    same = "same layers" if _same_layers(preset, hub_keras) else "LAYERS DIFFER from .keras"
+    verdict = "PASS" if t_ratio <= PRESET_INSPECT_TARGET else "MISS"
+    s = "inspect-preset"
+    return [
+        (s, "inspect keras-hub preset", f"{ours.median_s:.2f}", f"{ours.max_rss_mb:.0f}",
+         f"ResNetBackbone save_to_preset, {_folder_size(preset) / 1e6:.1f} MB; {same}"),
+        (s, "inspect keras-hub .keras", f"{hub.median_s:.2f}", f"{hub.max_rss_mb:.0f}",
+         f"the same backbone, {hub_keras.stat().st_size / 1e6:.1f} MB"),
+        (s, "inspect applications .keras", f"{apps.median_s:.2f}", f"{apps.max_rss_mb:.0f}",
+         f"keras.applications.ResNet50 {apps_keras.name} (= inspect section)"),
+        (s, "ratio (preset/hub .keras)", f"{t_ratio:.2f}x", f"{m_ratio:.2f}x",
+         f"time target <= {PRESET_INSPECT_TARGET:g}x: {verdict}"),
+        (s, "ratio (hub/applications .keras)", f"{hub.median_s / apps.median_s:.2f}x",
+         f"{hub.max_rss_mb / apps.max_rss_mb:.2f}x", "for information, no target"),
+    ]
+
+
+class FileState(NamedTuple):
+    inode: int
+    mtime_ns: int
+    sha256: str
+
+
+def file_states(paths: list[Path]) -> dict[str, FileState]:
+    def state(path: Path) -> FileState:
+        st = path.stat()
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return FileState(st.st_ino, st.st_mtime_ns, digest)
+    return {path.name: state(path) for path in paths}
+
+
+def _fresh_folder(folder: Path, copy_of: Path | None = None) -> Callable[[], None]:
+    """A callable that makes folder empty, or a real copy of the folder copy_of."""
+    def reset() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if copy_of is None:
+            folder.mkdir(parents=True)
+        else:  # copied, not hard-linked: an in-place edit must never reach the cache
+            shutil.copytree(copy_of, folder)
+    return reset
+
+
+def _written(usage: resource.struct_rusage) -> str:
+    """Bytes the child wrote to files, from its rusage (dirtied pages, on ext4/xfs)."""
+    written = usage.ru_oublock * 512
+    return f"wrote {written / 1e6:.1f} MB" if written else "writes not accounted"
+
+
+def bench_set_sharded(ctx: Context) -> list[Row]:
+    source, kernel = resnet50_sharded(), set_kernel()
+    source_shards = shard_files(source)
+    fresh = CACHE / "set-sharded-o"  # (a) writes its new map and shards in here
+    new_map = fresh / "resnet50_edit.weights.json"
+    copy = CACHE / "set-sharded-in-place"  # (b) edits a real copy of the cached folder
+    copy_map = copy / source.name
+    edit = ["--layer", SET_LAYER, "--kernel", str(kernel), "--no-smoke"]
+    cmd_a = [CLI, "set", str(source), *edit, "-o", str(new_map)]
+    cmd_b = [CLI, "set", str(copy_map), *edit, "--in-place"]
+    reset_a, reset_b = _fresh_folder(fresh), _fresh_folder(copy, copy_of=source.parent)
+    try:
+        reset_a()
+        a = ctx.measure(cmd_a, after=reset_a)
+        reset_b()
+        b = ctx.measure(cmd_b, after=reset_b)
+        c = measure_set_no_smoke(ctx)
+
+        # One more run of each, untimed, to see what it changed on disk.
+        source_before = file_states([source, *source_shards])
+        reset_a()
+        _, usage_a = run_child(cmd_a)
+        out_shards = shard_files(new_map)
+        out_states = file_states(out_shards)
+        differ_a = sum(out_states[o.name].sha256 != source_before[s.name].sha256
+                       for o, s in zip(out_shards, source_shards))
+        source_inodes = {st.inode for st in source_before.values()}
+        linked_a = sum(st.inode in source_inodes for st in out_states.values())
+        source_kept = file_states([source, *source_shards]) == source_before
+        reset_a()
+
+        reset_b()
+        before_b = file_states(shard_files(copy_map))
+        _, usage_b = run_child(cmd_b)
+        after_b = file_states(shard_files(copy_map))
+        leftovers_b = sorted(f.name for f in copy.iterdir()) != sorted(
+            f.name for f in source.parent.iterdir())
+        rewritten_b = sum(after_b[n][:2] != before_b[n][:2] for n in before_b)
+        differ_b = sum(after_b[n].sha256 != before_b[n].sha256 for n in before_b)
+        shards_same_b = after_b.keys() == before_b.keys()
+        reset_b()
+
+        _, usage_c = run_child(_set_no_smoke_cmd())
+    finally:  # e.g. after Ctrl-C mid-run
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        _remover(_set_outs()["b"])()
+
+    n = len(source_shards)
+    counts_ok = (differ_a == 1 and len(out_shards) == n and differ_b == 1 and shards_same_b
+                 and source_kept and not leftovers_b)
+    kernel_note = f"kernel {SET_KERNEL_BYTES / 1e3:.1f} kB"
+    s = "set-sharded"
+    return [
+        (s, "(a) set --no-smoke -o NEW.weights.json", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
+         f"{differ_a} of {len(out_shards)} shards differ from the source, {linked_a} "
+         f"hard-linked to it; {_written(usage_a)} ({kernel_note})"
+         + ("" if source_kept else "; SOURCE CHANGED")),
+        (s, "(b) set --no-smoke --in-place", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}",
+         f"{differ_b} of {len(before_b)} shards differ, {rewritten_b} rewritten "
+         f"(inode/mtime); {_written(usage_b)}"
+         + ("" if shards_same_b else "; SHARD FILES CHANGED")
+         + ("; FILES ADDED OR REMOVED" if leftovers_b else "")),
+        (s, "(c) set --no-smoke on .keras", f"{c.median_s:.2f}", f"{c.max_rss_mb:.0f}",
+         f"{resnet50().name} -o (= set (b)); {_written(usage_c)}"),
+        (s, "shards differing (a), (b)", f"{differ_a}, {differ_b}", "",
+         f"target exactly 1 of {n}: {'PASS' if counts_ok else 'FAIL'}"),
+        (s, "ratio (a)/(c)", f"{a.median_s / c.median_s:.2f}x",
+         f"{a.max_rss_mb / c.max_rss_mb:.2f}x", "no target"),
+        (s, "ratio (b)/(c)", f"{b.median_s / c.median_s:.2f}x",
+         f"{b.max_rss_mb / c.max_rss_mb:.2f}x", "no target"),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
     "set": bench_set,
     "apply": bench_apply,
     "diff": bench_diff,
+    "inspect-sharded": bench_inspect_sharded,
+    "inspect-preset": bench_inspect_preset,
+    "set-sharded": bench_set_sharded,
 }
 
 
