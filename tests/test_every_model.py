@@ -247,3 +247,33 @@ def test_a_copy_shares_no_file_with_its_source(cli, zoo_models, kind: str, tmp_p
     inputs = {p.stat().st_ino for p in (tmp_path / "in").rglob("*") if p.is_file()}
     outputs = {p.stat().st_ino for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert len(outputs) >= 2 and not inputs & outputs
+
+
+def test_diff_of_a_save_with_itself_is_identical_and_with_an_edit_names_the_layer(
+    cli, zoo_model: ZooModel, tmp_path: Path
+) -> None:
+    same = cli("diff", zoo_model.path, zoo_model.path, "--all")
+    assert same.exit_code == 0, same.stdout + same.stderr
+    model = copy_of(zoo_model, tmp_path / "in")
+    conv = _first_conv(read_structure(ModelSource.from_path(model.path)))
+    result = cli("set", model.path, "--layer", conv.path, "--kernel-init", "ones", "--in-place", "--no-smoke")
+    assert result.exit_code == 0, result.stderr
+    changed = cli("diff", zoo_model.path, model.path, "--json")
+    assert changed.exit_code == 1
+    assert [layer["path"] for layer in json.loads(changed.stdout)["layers"] if layer["status"] != "same"] == [conv.path]
+
+
+def test_a_weights_only_file_is_a_donor_for_set_from(cli, zoo_models, tmp_path: Path) -> None:
+    donor = zoo_models("weights_only")
+    conv = _first_conv(read_structure(ModelSource.from_path(donor.path)))
+    zeroed = tmp_path / "zeroed.keras"  # the model the weights were saved from, that conv zeroed
+    assert cli("set", donor.extra["config"], "--layer", conv.path, "--kernel-init", "zeros",
+               "--bias-init", "zeros", "-o", zeroed, "--no-smoke").exit_code == 0
+    out = tmp_path / "out.keras"
+    result = cli("set", zeroed, "--layer", conv.path, "--from", donor.path, "-o", out, "--no-smoke", "--json")
+    assert result.exit_code == 0, result.stderr
+    values = read_variables(ModelSource.from_path(donor.path), list(conv.variables))
+    edited = read_structure(ModelSource.from_path(out))
+    got = read_variables(ModelSource.from_path(out), list(_first_conv(edited).variables))
+    assert np.any(values[conv.variables[0].dataset] != 0)  # the kernel (a fresh bias is zeros)
+    assert [a.tobytes() for a in values.values()] == [a.tobytes() for a in got.values()]
