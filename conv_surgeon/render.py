@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from .catalogue import main_config
-from .modelfile import Layer
-from .naming import format_shape
-from .reading import InspectReport, VariableStats
+from .model.catalogue import main_config
+from .model.structure import Layer
+from .model.naming import format_shape
+from .ops.reading import InspectReport, VariableStats
 
 if TYPE_CHECKING:
-    from .diff import DiffReport
-    from .surgery import SetReport
+    from .ops.compare import DiffReport
+    from .ops.surgery import SetReport
 
 SCHEMA_VERSION = 1
 

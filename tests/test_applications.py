@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from conv_surgeon.catalogue import CONV_CLASSES
-from conv_surgeon.modelfile import ModelSource, read_structure
+from conv_surgeon.model.catalogue import CONV_CLASSES
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure
 
 keras = pytest.importorskip("keras")
 

@@ -6,8 +6,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conv_surgeon.assign import Assignment, TargetVariable, check_assignment, plan_assignments
-from conv_surgeon.catalogue import CONV_CLASSES
+from conv_surgeon.edits.assign import Assignment, check_assignment, plan_assignments
+from conv_surgeon.edits.targets import TargetVariable
+from conv_surgeon.model.catalogue import CONV_CLASSES
 from conv_surgeon.errors import AssignmentError
 
 CONV2D = CONV_CLASSES["Conv2D"]

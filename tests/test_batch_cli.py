@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import copy_into, listing
 
-from conv_surgeon.modelfile import ModelSource
-from conv_surgeon.reading import get_weights
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.ops.reading import get_weights
 from conv_surgeon.render import progress_callback
 
 
@@ -93,7 +93,7 @@ def test_bad_plans_are_refused_with_their_place(cli, samples: Path, tmp_path: Pa
 
 
 def test_apply_schema_is_the_packaged_json_schema(cli) -> None:
-    from conv_surgeon.plan import plan_schema
+    from conv_surgeon.edits.plan import plan_schema
 
     result = cli("apply", "--schema")
     assert result.exit_code == 0 and json.loads(result.stdout) == plan_schema()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conv_surgeon.cli import app
-from conv_surgeon.modelfile import ModelSource, read_structure, read_variables
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure, read_variables
 
 
 def test_inspect_table_lists_convs_with_shapes(cli, samples: Path) -> None:
@@ -118,7 +119,7 @@ def test_read_errors_are_one_line_without_traceback(cli, samples: Path, tmp_path
 
 
 def test_internal_errors_exit_70_and_show_traceback_only_with_debug(cli, samples: Path, monkeypatch) -> None:
-    import conv_surgeon.reading as reading
+    import conv_surgeon.ops.reading as reading
 
     def broken(*args, **kwargs):
         raise KeyError("boom")

@@ -22,8 +22,8 @@ import pytest
 
 from helpers import copy_into, listing
 
-from conv_surgeon.modelfile import ModelSource
-from conv_surgeon.reading import get_weights
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.ops.reading import get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"

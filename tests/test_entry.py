@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conv_surgeon import modelfile
-from conv_surgeon.entry import models_named
-from conv_surgeon.modelfile import ModelSource, abandon_prefetched, prefetch_structures, read_structure
+from conv_surgeon.model import structure as modelfile
+from conv_surgeon.cli.entry import models_named
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import abandon_prefetched, prefetch_structures, read_structure
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / ".venv" / "bin" / "conv-surgeon"

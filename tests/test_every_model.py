@@ -21,9 +21,11 @@ import pytest
 import zoo
 from zoo import ExpectedVariable, ZooModel, copy_of, zoo_model, zoo_models  # noqa: F401  (fixtures)
 
-from conv_surgeon.catalogue import KNOWN_CLASSES
+from conv_surgeon.model.catalogue import KNOWN_CLASSES
 from conv_surgeon.errors import InternalError
-from conv_surgeon.modelfile import ModelSource, read_structure, read_variables, run_bounded
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure, read_variables
+from conv_surgeon.store.worker import run_bounded
 
 # Kinds that hold no model config: their classes come from the store.
 WEIGHTS_ONLY = {"weights_only", "sharded", "keras2_weights_only"}
@@ -141,7 +143,7 @@ def test_set_smoke_tests_wrappers_custom_blocks_and_keras_hub(
 
 def test_a_wrapped_conv_answers_to_its_path_its_attribute_path_and_its_name(zoo_models) -> None:
     structure = read_structure(ModelSource.from_path(zoo_models("time_distributed").path))
-    from conv_surgeon.reading import resolve_layer
+    from conv_surgeon.model.selection import resolve_layer
 
     layer = resolve_layer(structure, "td/layer", "m")
     assert layer.class_name == "Conv2D" and layer.class_source == "config"

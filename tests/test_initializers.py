@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import InitializerError
-from conv_surgeon.initializers import (
+from conv_surgeon.edits.initializers import (
     INITIALIZERS,
     InitializerSpec,
     draw_initializer,
@@ -233,7 +233,7 @@ def test_draw_stft_without_scipy_or_with_window_none() -> None:
 def test_draw_is_reproducible_across_processes() -> None:
     code = (
         "import json, sys\n"
-        "from conv_surgeon.initializers import draw_initializer, parse_initializer_spec\n"
+        "from conv_surgeon.edits.initializers import draw_initializer, parse_initializer_spec\n"
         "spec = parse_initializer_spec('variance_scaling:scale=2,distribution=uniform')\n"
         "a = draw_initializer(spec, (3, 3, 2, 4), seed=123)\n"
         "print(json.dumps(a.ravel().tolist()))\n"

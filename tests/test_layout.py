@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conv_surgeon.assign import TargetVariable
-from conv_surgeon.catalogue import CONV_CLASSES, ConvClass
+from conv_surgeon.edits.targets import TargetVariable
+from conv_surgeon.model.catalogue import CONV_CLASSES, ConvClass
 from conv_surgeon.errors import AssignmentError
-from conv_surgeon.layout import from_torch, to_torch, torch_axis_names, torch_shape
+from conv_surgeon.edits.layout import from_torch, to_torch, torch_axis_names, torch_shape
 
 SPATIAL = {1: (3,), 2: (3, 5), 3: (2, 3, 5)}
 IN_CHANNELS, MULTIPLIER, FILTERS = 4, 2, 6

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ModelFileError
-from conv_surgeon.modelfile import ModelSource, read_structure, read_variables, run_bounded
-from conv_surgeon.reading import get_weights, inspect_model
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure, read_variables
+from conv_surgeon.store.worker import run_bounded
+from conv_surgeon.ops.reading import get_weights, inspect_model
 
 EVERY_CONV_CLASS = {
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ConvSurgeonError, PlanError
-from conv_surgeon.plan import (
+from conv_surgeon.edits.plan import (
     Plan,
     PlanEdit,
     PlanWeight,
@@ -22,7 +22,7 @@ from conv_surgeon.plan import (
     plan_from_mapping,
     plan_schema,
 )
-from conv_surgeon.sources import split_source_spec
+from conv_surgeon.edits.sources import split_source_spec
 
 GOOD_JSON = """\
 {
@@ -498,7 +498,7 @@ def test_a_toml_date_is_named_as_such() -> None:
 def test_plan_module_imports_nothing_heavy() -> None:
     code = (
         "import sys\n"
-        "import conv_surgeon.plan\n"
+        "import conv_surgeon.edits.plan\n"
         "loaded = sorted(m for m in ('numpy', 'tensorflow', 'keras') if m in sys.modules)\n"
         "print(','.join(loaded))\n"
     )

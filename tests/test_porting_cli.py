@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from helpers import copy_into, listing
 
-from conv_surgeon.modelfile import ModelSource
-from conv_surgeon.reading import get_weights
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.ops.reading import get_weights
 
 
 def _kernel(path: Path, layer: str) -> dict[str, np.ndarray]:

@@ -21,15 +21,16 @@ import pytest
 from helpers import copy_into
 
 from conv_surgeon.errors import ModelFileError
-from conv_surgeon.modelfile import ModelSource, read_structure
-from conv_surgeon.provenance import (
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure
+from conv_surgeon.store.provenance import (
+    EditRecord,
     HISTORY_ATTRIBUTE,
     METADATA_KEY,
-    EditRecord,
     make_record,
     read_history,
 )
-from conv_surgeon.writer import apply_edits, plan_edits
+from conv_surgeon.store.writer import apply_edits, plan_edits
 
 SOBEL = np.repeat(
     np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[:, :, None, None], 4, axis=3

@@ -15,25 +15,21 @@ import h5py
 import numpy as np
 import pytest
 
-from conv_surgeon.errors import (
-    ConvSurgeonError,
-    ModelFileError,
-    SmokeTestError,
-    UsageError,
-)
+from conv_surgeon.errors import ConvSurgeonError, ModelFileError, SmokeTestError, UsageError
 from helpers import copy_into, listing
 
-from conv_surgeon.modelfile import ModelSource, read_structure
-from conv_surgeon.reading import get_weights
-from conv_surgeon.smoke import ExpectedValue, run_smoke_test
-from conv_surgeon.surgery import (
-    NO_SMOKE,
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure
+from conv_surgeon.ops.reading import get_weights
+from conv_surgeon.transaction.smoke import ExpectedValue, run_smoke_test
+from conv_surgeon.ops.surgery import (
     Destination,
+    NO_SMOKE,
     WeightRequest,
     choose_destination,
     set_weights,
 )
-from conv_surgeon.writer import apply_edits, plan_edits
+from conv_surgeon.store.writer import apply_edits, plan_edits
 
 SOBEL = np.repeat(
     np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[:, :, None, None], 4, axis=3

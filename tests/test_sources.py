@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from conv_surgeon.errors import SourceError
-from conv_surgeon.sources import LoadedArray, load_source, split_source_spec
+from conv_surgeon.edits.sources import LoadedArray, load_source, split_source_spec
 
 KERNEL = np.arange(36, dtype=np.float32).reshape(3, 3, 1, 4)
 
@@ -54,8 +54,8 @@ def torch() -> Any:
 def test_modules_import_without_tensorflow_keras_or_torch() -> None:
     code = (
         "import sys\n"
-        "import conv_surgeon.sources, conv_surgeon.assign, conv_surgeon.initializers\n"
-        "import conv_surgeon.layout\n"
+        "import conv_surgeon.edits.sources, conv_surgeon.edits.assign, conv_surgeon.edits.initializers\n"
+        "import conv_surgeon.edits.layout\n"
         "loaded = sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules)\n"
         "print(','.join(loaded))\n"
     )
@@ -452,7 +452,7 @@ def test_pt_without_torch_says_what_to_do(here: Path, torch: Any) -> None:
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "from conv_surgeon.errors import SourceError\n"
-        "from conv_surgeon.sources import load_source\n"
+        "from conv_surgeon.edits.sources import load_source\n"
         "print(load_source('w.safetensors').array.shape)\n"
         "try:\n"
         "    load_source('w.pt:w')\n"

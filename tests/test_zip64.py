@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conv_surgeon.modelfile import ModelSource, read_structure, read_variables
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.model.structure import read_structure, read_variables
 
 GIB = 1 << 30
 

@@ -16,8 +16,8 @@ from typing import Literal, Union
 
 import numpy as np
 
-from conv_surgeon.errors import InitializerError
-from conv_surgeon.naming import format_shape, to_snake_case
+from ..errors import InitializerError
+from ..model.naming import format_shape, to_snake_case
 
 ArgumentValue = Union[float, str, bool, tuple[int, ...], None]
 ArgumentKind = Literal["number", "choice", "bool", "axes", "text"]

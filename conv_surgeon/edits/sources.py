@@ -32,8 +32,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from conv_surgeon.errors import SourceError
-from conv_surgeon.modelfile import HDF5_MAGIC, ZIP_MAGIC, read_dataset
+from ..errors import SourceError
+from ..store.hdf5 import HDF5_MAGIC, read_dataset
+from ..store.archive import ZIP_MAGIC
 
 NPY_MAGIC = b"\x93NUMPY"
 # torch.save's legacy (pre-zip) format opens with its magic number pickled at protocol 2.

@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
-from .modelfile import CONFIG_MEMBER, HDF5_MAGIC, ZIP_MAGIC, abandon_prefetched, prefetch_structures
+from ..store.source import CONFIG_MEMBER
+from ..store.hdf5 import HDF5_MAGIC
+from ..store.archive import ZIP_MAGIC
+from ..model.structure import abandon_prefetched, prefetch_structures
 
 # The commands whose speed is bounded by reading structure, and how many models each reads.
 READ_COMMANDS = {"inspect": 1, "get": 1, "diff": 2}
@@ -48,7 +51,7 @@ def models_named(args: list[str]) -> list[str]:
 
 def main() -> None:
     prefetch_structures(models_named(sys.argv[1:]))
-    from .cli import main as cli_main
+    from . import main as cli_main
 
     try:
         cli_main()

@@ -12,8 +12,8 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from . import __version__
-from .errors import ConvSurgeonError, InternalError, UsageError
+from .. import __version__
+from ..errors import ConvSurgeonError, InternalError, UsageError
 
 EXIT_INTERNAL = 70
 
@@ -93,7 +93,7 @@ def _stdout() -> BinaryIO:
 
 
 def _model_source(model: str, config: Path | None = None) -> Any:
-    from .modelfile import ModelSource
+    from ..store.source import ModelSource
 
     if model == "-":
         return ModelSource.from_stream(_stdin(), config=config)
@@ -130,8 +130,8 @@ def inspect(
     config: ConfigOpt = None,
 ) -> None:
     """List the convolution layers of MODEL with kernel and bias shapes."""
-    from .reading import inspect_model
-    from .render import inspect_document, print_json, render_inspect
+    from ..ops.reading import inspect_model
+    from ..render import inspect_document, print_json, render_inspect
 
     report = inspect_model(_model_source(model, config), all_layers=all_layers, stats=stats, history=history)
     if json_output:
@@ -166,8 +166,8 @@ def get(
     config: ConfigOpt = None,
 ) -> None:
     """Write one variable of a layer as .npy (all of its variables, or with --all every conv's, as .npz)."""
-    from .fileio import npy_bytes, npz_bytes, refuse_overwriting, write_atomically
-    from .reading import export_bundle, get_weights
+    from ..store.fileio import npy_bytes, npz_bytes, refuse_overwriting, write_atomically
+    from ..ops.reading import export_bundle, get_weights
 
     if every_layer == (layer is not None):
         raise UsageError("give --layer L for one layer, or --all for every convolution layer (not both)")
@@ -258,9 +258,9 @@ def _prepare_write(
     imports: list[str],
 ) -> tuple[Any, Any]:
     """The checks to run and where the model goes, from the options every writer shares."""
-    from .fileio import check_output_dir, refuse_overwriting
-    from .smoke import Tolerance
-    from .surgery import SmokeOptions, choose_destination
+    from ..store.fileio import check_output_dir, refuse_overwriting
+    from ..transaction.smoke import Tolerance
+    from ..ops.surgery import SmokeOptions, choose_destination
 
     if save_inputs is not None:
         check_output_dir(save_inputs)
@@ -295,7 +295,7 @@ def _prepare_write(
 
 
 def _render_write(report: Any, destination: Any, json_output: bool) -> None:
-    from .render import print_json, render_set_report, set_document
+    from ..render import print_json, render_set_report, set_document
 
     # When stdout carries the model, every report goes to stderr.
     stream = sys.stderr if destination is not None and destination.stream is not None else sys.stdout
@@ -336,7 +336,7 @@ def set_command(
     config: ConfigOpt = None,
 ) -> None:
     """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
-    from .surgery import (
+    from ..ops.surgery import (
         WeightRequest,
         bundle_edits,
         edit_model,
@@ -403,8 +403,8 @@ def apply_command(
     """Apply every edit of a plan, all or nothing: one write and one smoke test."""
     import json
 
-    from .plan import load_plan, plan_schema
-    from .surgery import apply_plan
+    from ..edits.plan import load_plan, plan_schema
+    from ..ops.surgery import apply_plan
 
     if schema:
         click.echo(json.dumps(plan_schema(), indent=2))
@@ -428,8 +428,8 @@ def diff(
     json_output: JsonOpt = False,
 ) -> None:
     """Compare the weights of two models. Exit 0 identical, 1 different, 2 error (as diff(1))."""
-    from .diff import diff_models
-    from .render import diff_document, print_json, render_diff
+    from ..ops.compare import diff_models
+    from ..render import diff_document, print_json, render_diff
 
     try:
         if model_a == model_b == "-":
@@ -454,7 +454,7 @@ def _progress() -> Any:
     """A progress display on stderr, only when stderr is a terminal."""
     if not sys.stderr.isatty():
         return None
-    from .render import progress_callback
+    from ..render import progress_callback
 
     return progress_callback(sys.stderr)
 

@@ -24,8 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from conv_surgeon.catalogue import LAYOUTS
-from conv_surgeon.errors import PlanError
+from ..model.catalogue import LAYOUTS
+from ..errors import PlanError
 
 SEED_LIMIT = 2**63  # a seed is a non-negative int64: 0 to SEED_LIMIT - 1
 
@@ -120,7 +120,7 @@ def plan_from_mapping(document: Mapping[str, Any], *, base_dir: Path, label: str
 
 def plan_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a plan, as shipped in the package."""
-    resource = resources.files("conv_surgeon").joinpath(SCHEMA_RESOURCE)
+    resource = resources.files("conv_surgeon.edits").joinpath(SCHEMA_RESOURCE)
     text = resource.read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema

@@ -39,9 +39,10 @@ import zipfile
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
-from .errors import ModelFileError
-from .modelfile import METADATA_MEMBER, PARSE_TIMEOUT_S, ModelSource, detect_format, run_bounded
-from .store.hdf5 import h5_file
+from ..errors import ModelFileError
+from .source import METADATA_MEMBER, ModelSource, detect_format
+from .worker import PARSE_TIMEOUT_S, run_bounded
+from .hdf5 import h5_file
 
 TOOL_NAME = "conv-surgeon"
 METADATA_KEY = "conv_surgeon"  # in metadata.json: {"conv_surgeon": {"history": [...]}}

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import ConvSurgeonError
+from ..errors import ConvSurgeonError
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

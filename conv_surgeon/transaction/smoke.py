@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import ConvSurgeonError, SmokeTestError
-from .naming import format_shape
+from ..errors import ConvSurgeonError, SmokeTestError
+from ..model.naming import format_shape
 
 # Unknown input sizes are tried from LADDER_START, doubling while every input that has
 # unknown sizes stays within MAX_INPUT_ELEMENTS values (2**22: 16 MB of float32, so
@@ -587,7 +587,7 @@ def run_smoke_test(
         if expect_same is not None:
             _check_tolerance(originals, arrays, comparisons, expect_same)
     if save_inputs is not None:
-        from .fileio import npz_bytes, write_atomically
+        from ..store.fileio import npz_bytes, write_atomically
 
         data = npz_bytes({f"input_{i}": a for i, a in enumerate(inputs)})
         write_atomically(save_inputs, lambda handle: handle.write(data))

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from conv_surgeon.catalogue import canonical_variable_name
-from conv_surgeon.errors import AssignmentError
-from conv_surgeon.naming import format_shape
+from ..model.catalogue import canonical_variable_name
+from ..errors import AssignmentError
+from ..model.naming import format_shape
 
 if TYPE_CHECKING:
-    from conv_surgeon.assign import TargetVariable
+    from .targets import TargetVariable
 
 VariableRole = Literal["dense", "depthwise", "bias"]
 

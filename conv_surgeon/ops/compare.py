@@ -30,17 +30,10 @@ from typing import Literal
 import h5py
 import numpy as np
 
-from .modelfile import (
-    PARSE_TIMEOUT_S,
-    Layer,
-    ModelSource,
-    OpenStore,
-    Variable,
-    open_store,
-    read_dataset,
-    read_structure,
-    run_bounded,
-)
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..model.structure import Layer, Variable, read_structure
+from ..store.source import ModelSource, OpenStore, open_store
+from ..store.hdf5 import read_dataset
 
 LayerStatus = Literal["same", "changed", "only_a", "only_b", "incompatible"]
 
@@ -127,7 +120,7 @@ class _Store:
         return np.frombuffer(buffer, dtype=np.uint8, count=size, offset=start)
 
     def value(self, variable: Variable) -> np.ndarray:
-        return read_dataset(self.store.dataset(variable))
+        return read_dataset(self.store.dataset(variable.file, variable.dataset))
 
 
 @contextmanager

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from conv_surgeon.catalogue import ConvClass, stored_name_matches
-from conv_surgeon.errors import AssignmentError
-from conv_surgeon.layout import from_torch_code, torch_axis_names, torch_shape
-from conv_surgeon.naming import format_shape
+from ..model.catalogue import ConvClass, stored_name_matches
+from ..errors import AssignmentError
+from .targets import TargetVariable
+from .layout import from_torch_code, torch_axis_names, torch_shape
+from ..model.naming import format_shape
 
 TARGET_DTYPES: dict[str, np.dtype] = {
     "float16": np.dtype(np.float16),
@@ -28,27 +29,6 @@ TARGET_DTYPES: dict[str, np.dtype] = {
 
 # Float64 holds every integer up to 2**53 exactly; larger ones need an exact check.
 _EXACT_IN_FLOAT64 = 2**53
-
-
-@dataclass(frozen=True)
-class TargetVariable:
-    """One variable of a convolution layer, as stored in the model file."""
-
-    layer: str
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    conv: ConvClass
-
-    @property
-    def axis_names(self) -> tuple[str, ...]:
-        """What each axis of the variable means, from the catalogue."""
-        return self.conv.axis_names(self.name)
-
-    @property
-    def label(self) -> str:
-        """How messages name the variable: ``layer 'conv1' kernel``."""
-        return f"layer '{self.layer}' {self.name}"
 
 
 @dataclass(frozen=True)

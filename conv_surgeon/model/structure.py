@@ -1,89 +1,46 @@
-"""Reading a saved Keras model's structure and weights without TensorFlow.
+"""A saved model's layers, read from its weight store without TensorFlow.
 
-Every kind of save Keras writes is a *weight store* (one or more HDF5 files) and,
-for most kinds, a config beside it (DESIGN.md §3, §3b):
+The structure is a tree of variable-holding objects, walked the way Keras's saver walks
+them (`_save_state` in keras/src/saving/saving_lib.py): wrappers, custom layers and
+sub-layers included. Two HDF5 layouts: Keras 3 keeps every variable at an object-graph
+path (``layers/conv2d/vars/0``), the legacy one under ``<layer>/<weight name>`` listed by
+``weight_names`` attributes. A variable the walk cannot place on a layer is reported
+(:attr:`ModelStructure.unplaced`), never dropped.
 
-| kind      | what it is                                   | weight store              | config            |
-|-----------|----------------------------------------------|---------------------------|-------------------|
-| `keras`   | a `.keras` zip archive                        | its `model.weights.h5`    | `config.json`     |
-| `h5`      | a legacy whole-model `.h5`                    | `model_weights/...`       | `model_config`    |
-| `weights` | `save_weights("x.weights.h5")`, or a Keras 2 weights-only `.h5` | the file | `--config` only |
-| `sharded` | `save_weights("x.weights.json", max_shard_size=...)` | the map's shards  | `--config` only   |
-| `dir`     | `model.save("dir", zipped=False)`            | `model.weights.h5` (or a sharded map) | `config.json` |
-| `preset`  | a keras-hub preset directory (`save_to_preset`) | as `dir`               | `config.json`     |
-
-Two HDF5 layouts: Keras 3 keeps every variable at an object-graph path
-(``layers/conv2d/vars/0``), the legacy one under ``<layer>/<weight name>`` listed by
-``weight_names`` attributes. The structure is a tree of variable-holding objects, walked
-the way Keras's saver walks them: wrappers, custom layers and sub-layers included. A
-variable the walk cannot place on a layer is reported (:attr:`ModelStructure.unplaced`),
-never dropped.
-
-Parsing untrusted HDF5 can spin forever, so every read of a store runs in a forked
-worker that is killed after a time limit (:func:`run_bounded`).
+Every read of a store runs in a bounded worker (:func:`conv_surgeon.store.worker.run_bounded`).
 """
 
 from __future__ import annotations
 
 import atexit
-import io
-import json
 import math
 import os
-import pickle
 import re
-import select
-import signal
-import stat
-import time
-import traceback
-import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from .catalogue import (
-    ConvClass,
-    canonical_variable_name,
-    class_for_snake_name,
-    conv_class,
-    infer_class,
-    layer_variables,
-)
-from .errors import ConvSurgeonError, InternalError, ModelFileError
-from .naming import to_snake_case
-from .store.archive import ZIP_MAGIC, Member, Window, locate_member
-from .store.hdf5 import (
-    HDF5_MAGIC,
+from ..errors import ModelFileError
+from ..store.hdf5 import (
     attr_list,
     attr_text,
     damaged_store_is_an_error,
     dataset_dtype,
-    h5_file,
     read_dataset,
 )
+from ..store.source import ModelFormat, ModelSource, OpenStore, StoreFile, open_store
+from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
+from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
+from .naming import to_snake_case
 
 if TYPE_CHECKING:
     import h5py
     import numpy as np
 
-ModelFormat = Literal["keras", "h5", "weights", "sharded", "dir", "preset"]
-# Kinds whose store is several files in a folder: written by staging a folder.
-FOLDER_FORMATS = ("sharded", "dir", "preset")
-
-WEIGHTS_MEMBER = "model.weights.h5"
-WEIGHTS_MAP = "model.weights.json"
-CONFIG_MEMBER = "config.json"
-METADATA_MEMBER = "metadata.json"
-PARSE_TIMEOUT_S = 20.0
 OPTIMIZER_ROOT = "optimizer"
 # Keras 2.13's .keras archives name the layers container this way.
 LAYER_CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
-
-T = TypeVar("T")
-
 
 
 @dataclass(frozen=True)
@@ -130,15 +87,6 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class StoreFile:
-    """One HDF5 file of a weight store."""
-
-    label: str  # how messages name it
-    path: Path | None  # the file on disk holding it (the archive, for a member); None: stdin bytes
-    member: Member | None = None  # a `.keras` archive's weight store member
-
-
-@dataclass(frozen=True)
 class ModelStructure:
     """Everything `inspect` shows, read from the file's structure alone."""
 
@@ -161,298 +109,6 @@ class ModelStructure:
     @property
     def variable_count(self) -> int:
         return sum(len(layer.variables) for layer in self.layers)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model given as a path (file or folder), or as the bytes read from stdin.
-
-    ``config`` names another save of the same model whose config gives a weights-only
-    store its classes (``--config``).
-    """
-
-    label: str
-    path: Path | None = None
-    data: bytes | None = None
-    config: Path | None = None
-
-    @classmethod
-    def from_path(cls, path: str | Path, config: str | Path | None = None) -> ModelSource:
-        return cls(label=str(path), path=Path(path), config=Path(config) if config is not None else None)
-
-    @classmethod
-    def from_stream(cls, stream: BinaryIO, label: str = "<stdin>", config: str | Path | None = None) -> ModelSource:
-        data = stream.read()
-        if not data:
-            raise ModelFileError(
-                f"{label}: no model received (0 bytes); expected a .keras or .h5 file piped "
-                "in, e.g. `< model.keras`"
-            )
-        return cls(label=label, data=data, config=Path(config) if config is not None else None)
-
-    @contextmanager
-    def open_binary(self) -> Iterator[BinaryIO]:
-        if self.data is not None:
-            yield io.BytesIO(self.data)
-            return
-        assert self.path is not None
-        with open(self.path, "rb") as handle:
-            yield handle
-
-
-def _check_path(path: Path) -> None:
-    try:
-        path.stat()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file; check the path") from None
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read it ({exc.strerror})") from None
-
-
-def sniff_format(head: bytes, label: str) -> Literal["keras", "h5", "sharded"]:
-    """What a file is, told by its first bytes (never by its name)."""
-    if head.startswith(ZIP_MAGIC):
-        return "keras"
-    if head.startswith(HDF5_MAGIC):
-        return "h5"
-    if head.lstrip()[:1] == b"{":
-        return "sharded"
-    raise ModelFileError(
-        f"{label}: not a Keras model (expected a .keras zip archive, an HDF5 .h5 or "
-        f".weights.h5 file, a .weights.json shard map or a saved model folder, received "
-        f"bytes starting {head[:8]!r}); check the path"
-    )
-
-
-def detect_format(source: ModelSource) -> ModelFormat:
-    """The kind of save, from the folder's files or the file's first bytes.
-
-    An HDF5 file says "h5" here; whether it is a whole model or weights only is told
-    by its attributes once it is open (:func:`open_store`).
-    """
-    if source.path is not None:
-        _check_path(source.path)
-        if source.path.is_dir():
-            return _folder_kind(source.path)
-    with source.open_binary() as handle:
-        head = handle.read(8)
-    kind = sniff_format(head, source.label)
-    if kind == "sharded" and source.path is None:
-        raise ModelFileError(
-            f"{source.label}: a sharded weights map cannot come from stdin (its shards are "
-            "files beside it); pass the .weights.json path"
-        )
-    return kind
-
-
-def _folder_kind(path: Path) -> ModelFormat:
-    if (path / "saved_model.pb").exists():
-        raise ModelFileError(
-            f"{path}: this is a TensorFlow SavedModel directory; conv-surgeon works on "
-            "Keras .keras and .h5 files and Keras save folders: load it in Keras and save it "
-            "with model.save('model.keras')"
-        )
-    if not (path / CONFIG_MEMBER).is_file():
-        raise ModelFileError(
-            f"{path}: is a directory without {CONFIG_MEMBER}; expected a .keras or .h5 model "
-            "file, a `model.save(dir, zipped=False)` folder or a keras-hub preset folder"
-        )
-    metadata = _json_file(path / METADATA_MEMBER, str(path)) if (path / METADATA_MEMBER).is_file() else {}
-    kind: ModelFormat = "preset" if isinstance(metadata, dict) and "keras_hub_version" in metadata else "dir"
-    if not (path / WEIGHTS_MEMBER).is_file() and not (path / WEIGHTS_MAP).is_file():
-        what = "keras-hub preset" if kind == "preset" else "saved model folder"
-        raise ModelFileError(
-            f"{path}: {what} without weights (no {WEIGHTS_MEMBER} or {WEIGHTS_MAP}); save it "
-            "again with its weights"
-        )
-    return kind
-
-
-def _json_file(path: Path, label: str) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as exc:
-        raise ModelFileError(f"{label}: cannot read {path.name} ({exc.strerror})") from None
-    except ValueError as exc:
-        raise ModelFileError(f"{label}: {path.name} is not valid JSON ({exc}); re-save the model with Keras") from None
-
-
-def shard_names(map_path: Path, label: str) -> list[str]:
-    """The shard files a `.weights.json` map lists, in order, each checked to be a file
-    beside the map."""
-    document = _json_file(map_path, label)
-    weight_map = document.get("weight_map") if isinstance(document, dict) else None
-    if not isinstance(weight_map, dict):
-        raise ModelFileError(
-            f"{label}: not a Keras shard map (expected a JSON object with a 'weight_map' "
-            "object, as save_weights('x.weights.json', max_shard_size=...) writes)"
-        )
-    names: list[str] = []
-    for key, value in weight_map.items():
-        for name in value if isinstance(value, list) else [value]:
-            if not isinstance(name, str) or not name:
-                raise ModelFileError(f"{label}: weight_map['{key}'] is {name!r}, expected a shard file name")
-            if name in (".", "..") or Path(name).name != name or "\\" in name:
-                raise ModelFileError(
-                    f"{label}: weight_map['{key}'] names {name!r}, outside the map's folder; "
-                    "shards must lie beside the map, refusing to read it"
-                )
-            if name not in names:
-                names.append(name)
-    missing = [n for n in names if not (map_path.parent / n).is_file()]
-    if missing:
-        raise ModelFileError(
-            f"{label}: shard {missing[0]} is missing (the map lists {len(names)} shards, "
-            f"{len(missing)} not found in {map_path.parent}); copy every shard beside the map"
-        )
-    return names
-
-
-@dataclass
-class OpenStore:
-    """An open weight store: its HDF5 files, and the config and version beside them."""
-
-    format: ModelFormat
-    files: tuple[StoreFile, ...]
-    h5s: tuple[h5py.File, ...]
-    config: dict[str, Any] | None
-    keras_version: str | None
-    legacy: bool = False
-
-    def dataset(self, variable: Variable) -> h5py.Dataset:
-        return self.h5s[variable.file][variable.dataset]
-
-
-def _store_files(folder: Path, label: str) -> list[StoreFile]:
-    """The files of a folder's weight store: ``model.weights.h5`` or a shard map's shards."""
-    if (folder / WEIGHTS_MEMBER).is_file():
-        return [StoreFile(str(folder / WEIGHTS_MEMBER), folder / WEIGHTS_MEMBER)]
-    map_path = folder / WEIGHTS_MAP
-    return [StoreFile(str(map_path.parent / n), map_path.parent / n) for n in shard_names(map_path, label)]
-
-
-@contextmanager
-def open_store(source: ModelSource) -> Iterator[OpenStore]:
-    """Open the model's weight store read-only, with its config (if it has one)."""
-    kind = detect_format(source)
-    with ExitStack() as stack:
-        if kind in ("dir", "preset"):
-            assert source.path is not None
-            config = _json_file(source.path / CONFIG_MEMBER, source.label)
-            metadata = (_json_file(source.path / METADATA_MEMBER, source.label)
-                        if (source.path / METADATA_MEMBER).is_file() else {})
-            files = _store_files(source.path, source.label)
-            version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-            yield _opened(stack, kind, files, _checked_config(config, source.label), version)
-            return
-        if kind == "sharded":
-            assert source.path is not None
-            names = shard_names(source.path, source.label)
-            files = [StoreFile(str(source.path.parent / n), source.path.parent / n) for n in names]
-            yield _opened(stack, kind, files, None, None)
-            return
-        raw = stack.enter_context(source.open_binary())
-        if kind == "h5":
-            h5 = stack.enter_context(h5_file(raw, source.label))
-            legacy, config, version = _h5_meta(h5, source.label)
-            fmt: ModelFormat = "h5" if config is not None else "weights"
-            yield OpenStore(fmt, (StoreFile(source.label, source.path),), (h5,), config, version, legacy)
-            return
-        try:
-            archive = stack.enter_context(zipfile.ZipFile(raw))
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ModelFileError(
-                f"{source.label}: not a readable .keras archive ({exc}); the file may be "
-                "truncated or corrupt"
-            ) from None
-        config, version = _keras_meta(archive, source.label)
-        member = locate_member(archive, raw, WEIGHTS_MEMBER, source.label)
-        if member.stored:
-            store: BinaryIO = Window(raw, member.data_offset, member.size)  # type: ignore[assignment]
-        else:
-            store = io.BytesIO(archive.read(WEIGHTS_MEMBER))
-        h5 = stack.enter_context(h5_file(store, source.label))
-        yield OpenStore("keras", (StoreFile(source.label, source.path, member),), (h5,), config, version)
-
-
-def _opened(stack: ExitStack, kind: ModelFormat, files: list[StoreFile],
-            config: dict[str, Any] | None, version: str | None) -> OpenStore:
-    h5s = []
-    for store_file in files:
-        assert store_file.path is not None
-        try:
-            raw = stack.enter_context(open(store_file.path, "rb"))
-        except OSError as exc:
-            raise ModelFileError(f"{store_file.label}: cannot read it ({exc.strerror})") from None
-        h5 = stack.enter_context(h5_file(raw, store_file.label))
-        if "model_config" in h5.attrs or "layer_names" in h5.attrs:
-            raise ModelFileError(
-                f"{store_file.label}: a legacy .h5 file where a Keras 3 weight store was "
-                "expected; inspect it on its own"
-            )
-        h5s.append(h5)
-    return OpenStore(kind, tuple(files), tuple(h5s), config, version)
-
-
-def _checked_config(config: Any, label: str) -> dict[str, Any]:
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ModelFileError(
-            f"{label}: the model's config.json is broken (expected an object with "
-            "'class_name' and 'config'); re-save the model with Keras"
-        )
-    return config
-
-
-def _keras_meta(archive: zipfile.ZipFile, label: str) -> tuple[dict[str, Any], str | None]:
-    try:
-        config = json.loads(archive.read(CONFIG_MEMBER))
-    except KeyError:
-        raise ModelFileError(
-            f"{label}: zip archive without {CONFIG_MEMBER}; not a Keras 3 .keras file"
-        ) from None
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-        # zipfile raises RuntimeError for an encrypted member.
-        raise ModelFileError(
-            f"{label}: the model's config.json is broken ({exc}); the archive cannot be "
-            "used, re-save the model with Keras"
-        ) from None
-    version = None
-    try:
-        version = json.loads(archive.read(METADATA_MEMBER)).get("keras_version")
-    except (KeyError, ValueError, AttributeError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
-        pass
-    return _checked_config(config, label), version
-
-
-def _h5_meta(h5: h5py.File, label: str) -> tuple[bool, dict[str, Any] | None, str | None]:
-    """(legacy layout, model config or None for weights only, Keras version)."""
-    version = h5.attrs.get("keras_version")
-    version_text = attr_text(version) if version is not None else None
-    if "model_config" not in h5.attrs:
-        if "layer_names" in h5.attrs:
-            return True, None, version_text  # Keras 2 save_weights
-        if "layers" in h5 or "vars" in h5:
-            return False, None, version_text  # Keras 3 save_weights
-        raise ModelFileError(
-            f"{label}: an HDF5 file that is not a Keras save (no model_config, no layer_names, "
-            "no layers group); expected a model .h5, a .weights.h5 or a .keras file"
-        )
-    try:
-        config = json.loads(attr_text(h5.attrs["model_config"]))
-    except ValueError as exc:
-        raise ModelFileError(
-            f"{label}: the model config is broken ({exc}); re-save the model with Keras"
-        ) from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{label}: the model config is not a JSON object; re-save the model with Keras")
-    return True, _modern_config(config), version_text
-
-
-def _modern_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Keras <= 2.1 wrote a Sequential's config as a plain list of layer configs."""
-    if isinstance(config.get("config"), list):
-        return {**config, "config": {"name": "sequential", "layers": config["config"]}}
-    return config
 
 
 # --- structure: the Keras 3 object layout ---------------------------------------------
@@ -936,85 +592,7 @@ def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> Mod
     return run_bounded(lambda: _parse_structure(source), timeout, source.label)
 
 
-def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
-    """Run ``work`` in a forked worker, killed after ``timeout`` seconds.
-
-    ``work``'s result and any :class:`ConvSurgeonError` it raises come back pickled.
-
-    HDF5 can loop forever on a corrupt file inside C code that no Python signal can
-    interrupt; a separate process is the only bound that always works.
-    """
-    if not hasattr(os, "fork"):
-        return work()
-    return _Worker(work, timeout, label).result()
-
-
-class _Worker:
-    """``work`` running in a forked child; :meth:`result` waits for it, up to a deadline."""
-
-    def __init__(self, work: Callable[[], Any], timeout: float, label: str) -> None:
-        self.label, self.timeout = label, timeout
-        self.deadline = time.monotonic() + timeout
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.close(read_end)
-            # The parent's prefetch workers are not this process's children.
-            _prefetched.clear()
-            code = 0
-            try:
-                try:
-                    payload = pickle.dumps(("ok", work()))
-                except ConvSurgeonError as exc:
-                    payload = pickle.dumps(("error", exc))
-                except BaseException as exc:  # noqa: BLE001 - reported by the parent as a bug
-                    payload = pickle.dumps(("bug", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
-                with os.fdopen(write_end, "wb") as out:
-                    out.write(payload)
-            except BaseException:  # noqa: BLE001
-                code = 1
-            os._exit(code)
-        os.close(write_end)
-        self.pid, self.read_end = pid, read_end
-
-    def result(self) -> Any:
-        chunks: list[bytes] = []
-        try:
-            while True:
-                remaining = self.deadline - time.monotonic()
-                ready, _, _ = select.select([self.read_end], [], [], max(0.0, remaining))
-                if not ready:
-                    self.kill()
-                    raise ModelFileError(
-                        f"{self.label}: reading it did not finish within {self.timeout:.0f} s; "
-                        "its HDF5 data is probably corrupt"
-                    )
-                chunk = os.read(self.read_end, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(self.read_end)
-        os.waitpid(self.pid, 0)
-        if not chunks:
-            raise ModelFileError(f"{self.label}: the reader crashed on this file; it is probably corrupt")
-        kind, value = pickle.loads(b"".join(chunks))
-        if kind == "ok":
-            return value
-        if kind == "error":
-            raise value
-        message, worker_traceback = value
-        raise InternalError(f"reading {self.label} failed inside the worker: {message}", worker_traceback)
-
-    def kill(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
-
-_prefetched: dict[tuple[str, int, int], _Worker] = {}
+_prefetched: dict[tuple[str, int, int], Worker] = {}
 
 
 def _file_key(path: Path) -> tuple[str, int, int] | None:
@@ -1038,12 +616,17 @@ def prefetch_structures(paths: list[str]) -> None:
         source = ModelSource.from_path(path)
         key = _file_key(Path(path))
         if key is not None and key not in _prefetched:
-            _prefetched[key] = _Worker(lambda s=source: _parse_structure(s), PARSE_TIMEOUT_S, path)
+            _prefetched[key] = Worker(lambda s=source: _parse_structure(s), PARSE_TIMEOUT_S, path)
     if _prefetched:
         atexit.register(abandon_prefetched)
 
 
-def _claim_prefetched(source: ModelSource) -> _Worker | None:
+# A worker's parent's prefetch workers are not the worker's own children.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_prefetched.clear)
+
+
+def _claim_prefetched(source: ModelSource) -> Worker | None:
     if source.path is None or source.config is not None or not _prefetched:
         return None  # a prefetch reads the file alone, without --config
     key = _file_key(source.path)
@@ -1073,4 +656,4 @@ def read_own_variables(source: ModelSource, variables: list[Variable]) -> dict[s
 
 def _read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
     with damaged_store_is_an_error(source.label), open_store(source) as store:
-        return {v.dataset: read_dataset(store.dataset(v)) for v in variables}
+        return {v.dataset: read_dataset(store.dataset(v.file, v.dataset)) for v in variables}

@@ -20,30 +20,30 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import __version__
-from .assign import Assignment, TargetVariable, plan_assignments
-from .catalogue import LAYOUTS, conv_class, stored_name_matches
-from .errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
-from .fileio import atomic_output, check_output_dir, same_file
-from .layout import from_torch, torch_axis_names, torch_shape, variable_role
-from .modelfile import (
-    FOLDER_FORMATS,
-    HDF5_MAGIC,
-    PARSE_TIMEOUT_S,
+from .. import __version__
+from ..edits.assign import Assignment, plan_assignments
+from ..edits.targets import TargetVariable
+from ..model.catalogue import LAYOUTS, conv_class, stored_name_matches
+from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
+from ..store.fileio import atomic_output, check_output_dir, same_file
+from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
+from ..store.source import FOLDER_FORMATS, ModelSource
+from ..store.hdf5 import HDF5_MAGIC
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..model.structure import (
     Layer,
-    ModelSource,
     ModelStructure,
     Variable,
     read_own_variables,
     read_structure,
     read_variables,
-    run_bounded,
 )
-from .naming import format_shape
-from .plan import Plan
-from .provenance import EditRecord, make_record, read_history
-from .reading import layer_targets, main_kernel, resolve_layer, resolve_variable
-from .smoke import (
+from ..model.naming import format_shape
+from ..edits.plan import Plan
+from ..store.provenance import EditRecord, make_record, read_history
+from ..edits.targets import layer_targets
+from ..model.selection import main_kernel, resolve_layer, resolve_variable
+from ..transaction.smoke import (
     ExpectedValue,
     KerasWarmUp,
     SmokeReport,
@@ -53,7 +53,7 @@ from .smoke import (
     quiet_stderr,
     run_smoke_test,
 )
-from .writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
+from ..store.writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
 
 Layout = str  # one of catalogue.LAYOUTS
 Progress = Callable[[int, int, str], None]
@@ -420,7 +420,7 @@ def _place(edit: LayerEdit) -> str:
 
 def _needs_seed(edits: list[LayerEdit]) -> bool:
     """Whether any initializer takes a seed; bad specs are reported later, with their place."""
-    from .initializers import parse_initializer_spec
+    from ..edits.initializers import parse_initializer_spec
 
     def takes_seed(spec: str) -> bool:
         try:
@@ -490,8 +490,8 @@ def _load_candidates(
     would fit the PyTorch layout too is taken as Keras, and the report says so) and
     where each value came from, for the provenance record.
     """
-    from .initializers import draw_initializer, parse_initializer_spec
-    from .sources import load_source
+    from ..edits.initializers import draw_initializer, parse_initializer_spec
+    from ..edits.sources import load_source
 
     requests = edit.requests
     if sum(r.source == "-" for r in requests) > 1:
@@ -560,7 +560,7 @@ def _load_candidates(
 
 def _names_hdf5(spec: str) -> bool:
     """Whether a source spec names an HDF5 file (told by its first bytes)."""
-    from .sources import split_source_spec
+    from ..edits.sources import split_source_spec
 
     try:
         path, _ = split_source_spec(spec)
@@ -584,7 +584,7 @@ def bundle_edits(path: Path, layout: Layout = "keras") -> list[LayerEdit]:
     The bundle is read once; each layer becomes one edit, so a bundle costs one
     write and one smoke test like any plan.
     """
-    from .sources import load_npz_arrays
+    from ..edits.sources import load_npz_arrays
 
     by_layer: dict[str, list[WeightRequest]] = {}
     arrays, digest = load_npz_arrays(path)

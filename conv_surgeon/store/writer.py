@@ -28,22 +28,26 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .fileio import replace_files_together
-from .modelfile import (
+from .source import (
     FOLDER_FORMATS,
-    PARSE_TIMEOUT_S,
     METADATA_MEMBER,
-    WEIGHTS_MEMBER,
     ModelFormat,
     ModelSource,
     StoreFile,
+    WEIGHTS_MEMBER,
     open_store,
-    run_bounded,
 )
-from .provenance import HISTORY_ATTRIBUTE, encode_history, metadata_with_history, read_metadata_bytes
-from .store.archive import Member, member_crcs, replace_member, write_member_crc
-from .store.hdf5 import contiguous_offset, encode_for_dataset
+from .worker import PARSE_TIMEOUT_S, run_bounded
+from .provenance import (
+    HISTORY_ATTRIBUTE,
+    encode_history,
+    metadata_with_history,
+    read_metadata_bytes,
+)
+from .archive import Member, member_crcs, replace_member, write_member_crc
+from .hdf5 import contiguous_offset, encode_for_dataset
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def apply_edits(
     temporary file).
 
     ``history``, when given, is the model's whole provenance history to store (the
-    records already in the file and the new one, see :mod:`conv_surgeon.provenance`).
+    records already in the file and the new one, see :mod:`conv_surgeon.store.provenance`).
     """
     assert plan.format not in FOLDER_FORMATS, "folder formats are written by stage_folder"
     edit = plan.edits[0] if plan.edits else None
@@ -267,7 +271,7 @@ def _stage_file(original: Path, target: Path, edit: FileEdit | None, link: bool)
 
 
 def _shard_names(map_path: Path, output_name: str, keep_names: bool) -> dict[str, str]:
-    from .modelfile import shard_names
+    from .source import shard_names
 
     names = shard_names(map_path, str(map_path))
     if keep_names:

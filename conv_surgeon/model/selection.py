@@ -1,0 +1,77 @@
+"""Choosing a layer and a variable by what the user typed."""
+
+from __future__ import annotations
+
+import difflib
+
+from ..errors import ConvSurgeonError, LayerNotFoundError
+from .catalogue import stored_name_matches
+from .structure import Layer, ModelStructure, Variable
+
+
+def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> Layer:
+    """The one layer that ``query`` names: a full path (by layer names, or by attribute
+    names such as ``td/layer``), a unique path suffix, or a name."""
+    by_path = [layer for layer in structure.layers if query in (layer.path, layer.alias)]
+    if len(by_path) == 1:
+        return by_path[0]
+    matches = by_path or [
+        layer
+        for layer in structure.layers
+        if any(p is not None and p.endswith("/" + query) for p in (layer.path, layer.alias))
+        or layer.name == query
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        paths = ", ".join(layer.path for layer in matches)
+        raise LayerNotFoundError(
+            f"{source_label}: layer name '{query}' is ambiguous: it matches {paths}; "
+            "pass one of these paths to --layer"
+        )
+    candidates = [layer.path for layer in structure.layers] + [
+        layer.name for layer in structure.layers
+    ] + [layer.alias for layer in structure.layers if layer.alias]
+    close = difflib.get_close_matches(query, candidates, n=4, cutoff=0.5)
+    known_hint = (
+        f"did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?"
+        if close
+        else f"run `conv-surgeon inspect {source_label} --all` to list the layers"
+    )
+    raise LayerNotFoundError(
+        f"{source_label}: no layer with weights named '{query}'; {known_hint}"
+    )
+
+
+def resolve_variable(layer: Layer, name: str, source_label: str) -> Variable:
+    """The layer's variable called ``name`` (Keras 2 and 3 names both work)."""
+    for variable in layer.variables:
+        if stored_name_matches(layer.conv, variable.name, name):
+            return variable
+    names = ", ".join(v.name for v in layer.variables)
+    raise ConvSurgeonError(
+        f"{source_label}: layer '{layer.path}' has no variable '{name}' (it has: {names}); "
+        "pass one of these to --weight"
+    )
+
+
+def main_kernel(layer: Layer, source_label: str, option: str = "--weight NAME=...") -> Variable:
+    """The variable ``--kernel`` means; a separable conv has two and must be told which.
+
+    ``option`` is how the command names one variable (``--weight NAME=SRC`` for set,
+    ``--weight NAME`` for get), so the message shows what to type.
+    """
+    conv = layer.conv
+    if conv is not None and conv.kind == "separable":
+        raise ConvSurgeonError(
+            f"{source_label}: layer '{layer.path}' ({layer.class_name}) has two kernels; "
+            f"name one with {option.replace('NAME', 'depthwise_kernel')} or "
+            f"{option.replace('NAME', 'pointwise_kernel')}"
+        )
+    for variable in layer.variables:
+        if stored_name_matches(conv, variable.name, "kernel"):
+            return variable
+    raise ConvSurgeonError(
+        f"{source_label}: layer '{layer.path}' ({layer.class_name}) has no kernel "
+        f"(variables: {', '.join(v.name for v in layer.variables)}); use --weight NAME"
+    )

@@ -1,0 +1,338 @@
+"""Every kind of Keras save, found and opened: which files hold its weight store, and
+the config and version beside them. No TensorFlow, and no knowledge of layers.
+
+| kind      | what it is                                   | weight store              | config            |
+|-----------|----------------------------------------------|---------------------------|-------------------|
+| `keras`   | a `.keras` zip archive                        | its `model.weights.h5`    | `config.json`     |
+| `h5`      | a legacy whole-model `.h5`                    | `model_weights/...`       | `model_config`    |
+| `weights` | `save_weights("x.weights.h5")`, or a Keras 2 weights-only `.h5` | the file | `--config` only |
+| `sharded` | `save_weights("x.weights.json", max_shard_size=...)` | the map's shards  | `--config` only   |
+| `dir`     | `model.save("dir", zipped=False)`            | `model.weights.h5` (or a sharded map) | `config.json` |
+| `preset`  | a keras-hub preset directory (`save_to_preset`) | as `dir`               | `config.json`     |
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+from ..errors import ModelFileError
+from .archive import Member, Window, ZIP_MAGIC, locate_member
+from .hdf5 import HDF5_MAGIC, attr_text, h5_file
+
+if TYPE_CHECKING:
+    import h5py
+
+ModelFormat = Literal["keras", "h5", "weights", "sharded", "dir", "preset"]
+# Kinds whose store is several files in a folder: written by staging a folder.
+FOLDER_FORMATS = ("sharded", "dir", "preset")
+
+WEIGHTS_MEMBER = "model.weights.h5"
+WEIGHTS_MAP = "model.weights.json"
+CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    """One HDF5 file of a weight store."""
+
+    label: str  # how messages name it
+    path: Path | None  # the file on disk holding it (the archive, for a member); None: stdin bytes
+    member: Member | None = None  # a `.keras` archive's weight store member
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model given as a path (file or folder), or as the bytes read from stdin.
+
+    ``config`` names another save of the same model whose config gives a weights-only
+    store its classes (``--config``).
+    """
+
+    label: str
+    path: Path | None = None
+    data: bytes | None = None
+    config: Path | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path, config: str | Path | None = None) -> ModelSource:
+        return cls(label=str(path), path=Path(path), config=Path(config) if config is not None else None)
+
+    @classmethod
+    def from_stream(cls, stream: BinaryIO, label: str = "<stdin>", config: str | Path | None = None) -> ModelSource:
+        data = stream.read()
+        if not data:
+            raise ModelFileError(
+                f"{label}: no model received (0 bytes); expected a .keras or .h5 file piped "
+                "in, e.g. `< model.keras`"
+            )
+        return cls(label=label, data=data, config=Path(config) if config is not None else None)
+
+    @contextmanager
+    def open_binary(self) -> Iterator[BinaryIO]:
+        if self.data is not None:
+            yield io.BytesIO(self.data)
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as handle:
+            yield handle
+
+def _check_path(path: Path) -> None:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file; check the path") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def sniff_format(head: bytes, label: str) -> Literal["keras", "h5", "sharded"]:
+    """What a file is, told by its first bytes (never by its name)."""
+    if head.startswith(ZIP_MAGIC):
+        return "keras"
+    if head.startswith(HDF5_MAGIC):
+        return "h5"
+    if head.lstrip()[:1] == b"{":
+        return "sharded"
+    raise ModelFileError(
+        f"{label}: not a Keras model (expected a .keras zip archive, an HDF5 .h5 or "
+        f".weights.h5 file, a .weights.json shard map or a saved model folder, received "
+        f"bytes starting {head[:8]!r}); check the path"
+    )
+
+
+def detect_format(source: ModelSource) -> ModelFormat:
+    """The kind of save, from the folder's files or the file's first bytes.
+
+    An HDF5 file says "h5" here; whether it is a whole model or weights only is told
+    by its attributes once it is open (:func:`open_store`).
+    """
+    if source.path is not None:
+        _check_path(source.path)
+        if source.path.is_dir():
+            return _folder_kind(source.path)
+    with source.open_binary() as handle:
+        head = handle.read(8)
+    kind = sniff_format(head, source.label)
+    if kind == "sharded" and source.path is None:
+        raise ModelFileError(
+            f"{source.label}: a sharded weights map cannot come from stdin (its shards are "
+            "files beside it); pass the .weights.json path"
+        )
+    return kind
+
+
+def _folder_kind(path: Path) -> ModelFormat:
+    if (path / "saved_model.pb").exists():
+        raise ModelFileError(
+            f"{path}: this is a TensorFlow SavedModel directory; conv-surgeon works on "
+            "Keras .keras and .h5 files and Keras save folders: load it in Keras and save it "
+            "with model.save('model.keras')"
+        )
+    if not (path / CONFIG_MEMBER).is_file():
+        raise ModelFileError(
+            f"{path}: is a directory without {CONFIG_MEMBER}; expected a .keras or .h5 model "
+            "file, a `model.save(dir, zipped=False)` folder or a keras-hub preset folder"
+        )
+    metadata = _json_file(path / METADATA_MEMBER, str(path)) if (path / METADATA_MEMBER).is_file() else {}
+    kind: ModelFormat = "preset" if isinstance(metadata, dict) and "keras_hub_version" in metadata else "dir"
+    if not (path / WEIGHTS_MEMBER).is_file() and not (path / WEIGHTS_MAP).is_file():
+        what = "keras-hub preset" if kind == "preset" else "saved model folder"
+        raise ModelFileError(
+            f"{path}: {what} without weights (no {WEIGHTS_MEMBER} or {WEIGHTS_MAP}); save it "
+            "again with its weights"
+        )
+    return kind
+
+
+def _json_file(path: Path, label: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ModelFileError(f"{label}: cannot read {path.name} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{label}: {path.name} is not valid JSON ({exc}); re-save the model with Keras") from None
+
+
+def shard_names(map_path: Path, label: str) -> list[str]:
+    """The shard files a `.weights.json` map lists, in order, each checked to be a file
+    beside the map."""
+    document = _json_file(map_path, label)
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ModelFileError(
+            f"{label}: not a Keras shard map (expected a JSON object with a 'weight_map' "
+            "object, as save_weights('x.weights.json', max_shard_size=...) writes)"
+        )
+    names: list[str] = []
+    for key, value in weight_map.items():
+        for name in value if isinstance(value, list) else [value]:
+            if not isinstance(name, str) or not name:
+                raise ModelFileError(f"{label}: weight_map['{key}'] is {name!r}, expected a shard file name")
+            if name in (".", "..") or Path(name).name != name or "\\" in name:
+                raise ModelFileError(
+                    f"{label}: weight_map['{key}'] names {name!r}, outside the map's folder; "
+                    "shards must lie beside the map, refusing to read it"
+                )
+            if name not in names:
+                names.append(name)
+    missing = [n for n in names if not (map_path.parent / n).is_file()]
+    if missing:
+        raise ModelFileError(
+            f"{label}: shard {missing[0]} is missing (the map lists {len(names)} shards, "
+            f"{len(missing)} not found in {map_path.parent}); copy every shard beside the map"
+        )
+    return names
+
+
+@dataclass
+class OpenStore:
+    """An open weight store: its HDF5 files, and the config and version beside them."""
+
+    format: ModelFormat
+    files: tuple[StoreFile, ...]
+    h5s: tuple[h5py.File, ...]
+    config: dict[str, Any] | None
+    keras_version: str | None
+    legacy: bool = False
+
+    def dataset(self, file: int, path: str) -> h5py.Dataset:
+        return self.h5s[file][path]
+
+
+def _store_files(folder: Path, label: str) -> list[StoreFile]:
+    """The files of a folder's weight store: ``model.weights.h5`` or a shard map's shards."""
+    if (folder / WEIGHTS_MEMBER).is_file():
+        return [StoreFile(str(folder / WEIGHTS_MEMBER), folder / WEIGHTS_MEMBER)]
+    map_path = folder / WEIGHTS_MAP
+    return [StoreFile(str(map_path.parent / n), map_path.parent / n) for n in shard_names(map_path, label)]
+
+
+@contextmanager
+def open_store(source: ModelSource) -> Iterator[OpenStore]:
+    """Open the model's weight store read-only, with its config (if it has one)."""
+    kind = detect_format(source)
+    with ExitStack() as stack:
+        if kind in ("dir", "preset"):
+            assert source.path is not None
+            config = _json_file(source.path / CONFIG_MEMBER, source.label)
+            metadata = (_json_file(source.path / METADATA_MEMBER, source.label)
+                        if (source.path / METADATA_MEMBER).is_file() else {})
+            files = _store_files(source.path, source.label)
+            version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+            yield _opened(stack, kind, files, _checked_config(config, source.label), version)
+            return
+        if kind == "sharded":
+            assert source.path is not None
+            names = shard_names(source.path, source.label)
+            files = [StoreFile(str(source.path.parent / n), source.path.parent / n) for n in names]
+            yield _opened(stack, kind, files, None, None)
+            return
+        raw = stack.enter_context(source.open_binary())
+        if kind == "h5":
+            h5 = stack.enter_context(h5_file(raw, source.label))
+            legacy, config, version = _h5_meta(h5, source.label)
+            fmt: ModelFormat = "h5" if config is not None else "weights"
+            yield OpenStore(fmt, (StoreFile(source.label, source.path),), (h5,), config, version, legacy)
+            return
+        try:
+            archive = stack.enter_context(zipfile.ZipFile(raw))
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise ModelFileError(
+                f"{source.label}: not a readable .keras archive ({exc}); the file may be "
+                "truncated or corrupt"
+            ) from None
+        config, version = _keras_meta(archive, source.label)
+        member = locate_member(archive, raw, WEIGHTS_MEMBER, source.label)
+        if member.stored:
+            store: BinaryIO = Window(raw, member.data_offset, member.size)  # type: ignore[assignment]
+        else:
+            store = io.BytesIO(archive.read(WEIGHTS_MEMBER))
+        h5 = stack.enter_context(h5_file(store, source.label))
+        yield OpenStore("keras", (StoreFile(source.label, source.path, member),), (h5,), config, version)
+
+
+def _opened(stack: ExitStack, kind: ModelFormat, files: list[StoreFile],
+            config: dict[str, Any] | None, version: str | None) -> OpenStore:
+    h5s = []
+    for store_file in files:
+        assert store_file.path is not None
+        try:
+            raw = stack.enter_context(open(store_file.path, "rb"))
+        except OSError as exc:
+            raise ModelFileError(f"{store_file.label}: cannot read it ({exc.strerror})") from None
+        h5 = stack.enter_context(h5_file(raw, store_file.label))
+        if "model_config" in h5.attrs or "layer_names" in h5.attrs:
+            raise ModelFileError(
+                f"{store_file.label}: a legacy .h5 file where a Keras 3 weight store was "
+                "expected; inspect it on its own"
+            )
+        h5s.append(h5)
+    return OpenStore(kind, tuple(files), tuple(h5s), config, version)
+
+
+def _checked_config(config: Any, label: str) -> dict[str, Any]:
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelFileError(
+            f"{label}: the model's config.json is broken (expected an object with "
+            "'class_name' and 'config'); re-save the model with Keras"
+        )
+    return config
+
+
+def _keras_meta(archive: zipfile.ZipFile, label: str) -> tuple[dict[str, Any], str | None]:
+    try:
+        config = json.loads(archive.read(CONFIG_MEMBER))
+    except KeyError:
+        raise ModelFileError(
+            f"{label}: zip archive without {CONFIG_MEMBER}; not a Keras 3 .keras file"
+        ) from None
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+        # zipfile raises RuntimeError for an encrypted member.
+        raise ModelFileError(
+            f"{label}: the model's config.json is broken ({exc}); the archive cannot be "
+            "used, re-save the model with Keras"
+        ) from None
+    version = None
+    try:
+        version = json.loads(archive.read(METADATA_MEMBER)).get("keras_version")
+    except (KeyError, ValueError, AttributeError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+        pass
+    return _checked_config(config, label), version
+
+
+def _h5_meta(h5: h5py.File, label: str) -> tuple[bool, dict[str, Any] | None, str | None]:
+    """(legacy layout, model config or None for weights only, Keras version)."""
+    version = h5.attrs.get("keras_version")
+    version_text = attr_text(version) if version is not None else None
+    if "model_config" not in h5.attrs:
+        if "layer_names" in h5.attrs:
+            return True, None, version_text  # Keras 2 save_weights
+        if "layers" in h5 or "vars" in h5:
+            return False, None, version_text  # Keras 3 save_weights
+        raise ModelFileError(
+            f"{label}: an HDF5 file that is not a Keras save (no model_config, no layer_names, "
+            "no layers group); expected a model .h5, a .weights.h5 or a .keras file"
+        )
+    try:
+        config = json.loads(attr_text(h5.attrs["model_config"]))
+    except ValueError as exc:
+        raise ModelFileError(
+            f"{label}: the model config is broken ({exc}); re-save the model with Keras"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{label}: the model config is not a JSON object; re-save the model with Keras")
+    return True, _modern_config(config), version_text
+
+
+def _modern_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Keras <= 2.1 wrote a Sequential's config as a plain list of layer configs."""
+    if isinstance(config.get("config"), list):
+        return {**config, "config": {"name": "sequential", "layers": config["config"]}}
+    return config
