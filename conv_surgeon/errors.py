@@ -7,18 +7,31 @@ single line that says what was expected, what was received and what to do.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit status of the command line, in one table."""
+
+    OK = 0
+    FAILED = 1  # the operation was refused or failed: bad input, mismatch, unreadable file
+    USAGE = 2  # the command line itself is wrong
+    SMOKE_FAILED = 3  # the written model failed its smoke test; nothing was written
+    INTERNAL = 70  # a bug in conv-surgeon (EX_SOFTWARE)
+    INTERRUPTED = 130  # Ctrl-C
+    BROKEN_PIPE = 141  # the reader of stdout went away
 
 
 class ConvSurgeonError(Exception):
     """A user-facing failure: bad input, refused operation. Exit code 1."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.FAILED
 
 
 class UsageError(ConvSurgeonError):
     """The command line itself is wrong (missing option, conflicting flags). Exit code 2."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ModelFileError(ConvSurgeonError):
@@ -58,7 +71,7 @@ class PlanError(ConvSurgeonError):
 class SmokeTestError(ConvSurgeonError):
     """The written model failed the forward-pass smoke test. Exit code 3; nothing written."""
 
-    exit_code = 3
+    exit_code = ExitCode.SMOKE_FAILED
 
 
 class InternalError(Exception):

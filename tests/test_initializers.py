@@ -17,9 +17,10 @@ from conv_surgeon.errors import InitializerError
 from conv_surgeon.edits.initializers import (
     INITIALIZERS,
     InitializerSpec,
-    draw_initializer,
     parse_initializer_spec,
 )
+from conv_surgeon.errors import UsageError
+from conv_surgeon.transaction.keras_runtime import draw_initializer
 
 KERNEL = (3, 3, 2, 4)
 
@@ -212,10 +213,14 @@ def test_draw_refuses_shapes_the_initializer_cannot_fill() -> None:
     assert "input_axes [0, 1, 5] names an axis outside (3, 3, 2, 4)" in message
 
 
-def test_draw_refuses_bad_seeds() -> None:
-    not_an_int: int = "1"  # type: ignore[assignment]
-    assert "seed must be an integer" in draw_error("he_normal", KERNEL, seed=not_an_int)
-    assert "outside the 64-bit integer range" in draw_error("he_normal", KERNEL, seed=2**64)
+@pytest.mark.parametrize("seed", ["1", -1, 2**63, 2**64, True])
+def test_draw_refuses_seeds_outside_the_one_seed_range(seed: object) -> None:
+    with pytest.raises(UsageError, match=r"seed .*: expected an integer from 0 to 2\*\*63-1"):
+        draw_initializer(parse_initializer_spec("he_normal"), KERNEL, seed=seed)  # type: ignore[arg-type]
+
+
+def test_the_top_of_the_seed_range_draws() -> None:
+    assert draw_initializer(parse_initializer_spec("he_normal"), KERNEL, seed=2**63 - 1).shape == KERNEL
 
 
 def test_draw_stft_without_scipy_or_with_window_none() -> None:
@@ -233,7 +238,8 @@ def test_draw_stft_without_scipy_or_with_window_none() -> None:
 def test_draw_is_reproducible_across_processes() -> None:
     code = (
         "import json, sys\n"
-        "from conv_surgeon.edits.initializers import draw_initializer, parse_initializer_spec\n"
+        "from conv_surgeon.edits.initializers import parse_initializer_spec\n"
+        "from conv_surgeon.transaction.keras_runtime import draw_initializer\n"
         "spec = parse_initializer_spec('variance_scaling:scale=2,distribution=uniform')\n"
         "a = draw_initializer(spec, (3, 3, 2, 4), seed=123)\n"
         "print(json.dumps(a.ravel().tolist()))\n"

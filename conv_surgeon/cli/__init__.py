@@ -13,9 +13,9 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from ..errors import ConvSurgeonError, InternalError, UsageError
+from ..edits import LAYOUTS
+from ..errors import ConvSurgeonError, ExitCode, InternalError, UsageError
 
-EXIT_INTERNAL = 70
 
 
 class _ErrorBoundary(TyperGroup):
@@ -39,10 +39,10 @@ class _ErrorBoundary(TyperGroup):
             # The reader went away (`| head`): stop quietly, as other filters do.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(141) from None
+            raise typer.Exit(ExitCode.BROKEN_PIPE) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing was written.", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         except Exception as exc:  # noqa: BLE001 - every other failure is our bug
             if ctx.obj and ctx.obj.get("debug"):
                 click.echo(traceback.format_exc(), err=True, nl=False)
@@ -54,7 +54,7 @@ class _ErrorBoundary(TyperGroup):
                 "and report it.",
                 err=True,
             )
-            raise typer.Exit(EXIT_INTERNAL) from None
+            raise typer.Exit(ExitCode.INTERNAL) from None
 
 
 app = typer.Typer(
@@ -70,7 +70,7 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         click.echo(f"conv-surgeon {__version__}")
-        raise typer.Exit(0)
+        raise typer.Exit(ExitCode.OK)
 
 
 @app.callback()
@@ -115,7 +115,7 @@ LayoutOpt = Annotated[
     str,
     typer.Option(
         "--layout",
-        click_type=click.Choice(["keras", "torch"]),
+        click_type=click.Choice(LAYOUTS),
         help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.",
     ),
 ]
@@ -315,7 +315,7 @@ def set_command(
     kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
     bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
     weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initializers (drawn and reported when omitted).", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initializers, 0 to 2**63-1 (drawn and reported when omitted).", show_default=False)] = None,
     donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
     from_npz: Annotated[Optional[Path], typer.Option("--from-npz", help="Set every variable of an .npz bundle (keys <layer path>/<variable>, as `get --all` writes), in one write.", show_default=False)] = None,
     layout: LayoutOpt = "keras",
@@ -436,14 +436,14 @@ def diff(
             raise UsageError("only one of A and B can come from stdin ('-')")
         report = diff_models(_model_source(model_a), _model_source(model_b), all_layers=all_layers)
     except ConvSurgeonError as exc:
-        exc.exit_code = 2  # scripts test diff's status: 2 means trouble, as in diff(1)
+        exc.exit_code = ExitCode.USAGE  # scripts test diff's status: 2 means trouble, as in diff(1)
         raise
     if json_output:
         print_json(diff_document(report))
     else:
         render_diff(report)
     if not report.identical:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def _command() -> list[str]:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 
 from ..errors import InitializerError
+from . import SEED_LIMIT, check_seed
 from ..model.naming import format_shape, to_snake_case
 
 ArgumentValue = Union[float, str, bool, tuple[int, ...], None]
 ArgumentKind = Literal["number", "choice", "bool", "axes", "text"]
 Sign = Literal["any", "positive", "non_negative"]
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -214,38 +214,33 @@ def parse_initializer_spec(text: str) -> InitializerSpec:
     )
 
 
-def draw_initializer(
-    spec: InitializerSpec, shape: tuple[int, ...], seed: int | None
-) -> np.ndarray:
-    """Draw a float32 array of ``shape`` with Keras; the same seed gives the same array.
-
-    ``seed`` is ignored by initializers that take none (Zeros, Ones, Constant, ...).
-    """
+def keras_config(spec: InitializerSpec, shape: tuple[int, ...], seed: int | None) -> dict[str, Any]:
+    """The checked Keras config that draws ``spec`` for ``shape`` (``seed`` ignored by
+    initializers that take none: Zeros, Ones, Constant, ...)."""
     entry = INITIALIZERS[spec.name]
-    shape = tuple(int(d) for d in shape)
     _check_shape(spec, entry, shape)
-    config: dict[str, object] = {
+    config: dict[str, Any] = {
         k: list(v) if isinstance(v, tuple) else v for k, v in spec.arguments
     }
     if spec.takes_seed:
         config["seed"] = _check_seed(spec, seed)
+    return {"class_name": spec.name, "config": config}
 
-    import keras
 
-    try:
-        initializer = keras.initializers.get({"class_name": spec.name, "config": config})
-        drawn = keras.ops.convert_to_numpy(initializer(shape, dtype="float32"))
-    except ImportError as exc:
-        raise InitializerError(
+def drawing_failed(spec: InitializerSpec, shape: tuple[int, ...], exc: Exception) -> InitializerError:
+    """The error for an initializer Keras could not draw (a bad argument value only fails then)."""
+    if isinstance(exc, ImportError):
+        return InitializerError(
             f"initializer '{spec.text}' needs a module that is not installed "
             f"({_one_line(exc)})"
             + ("; or pass window=none" if spec.name == "STFT" else "")
-        ) from exc
-    except (ValueError, TypeError) as exc:
-        raise InitializerError(
-            f"initializer '{spec.text}' cannot draw {format_shape(shape)}: {_one_line(exc)}"
-        ) from exc
-    array = np.asarray(drawn, dtype=np.float32)
+        )
+    return InitializerError(
+        f"initializer '{spec.text}' cannot draw {format_shape(shape)}: {_one_line(exc)}"
+    )
+
+
+def check_drawn(spec: InitializerSpec, shape: tuple[int, ...], array: np.ndarray) -> np.ndarray:
     if array.shape != shape:
         raise InitializerError(
             f"initializer '{spec.text}' drew {format_shape(array.shape)} for "
@@ -416,19 +411,21 @@ def _check_shape(spec: InitializerSpec, entry: InitializerEntry, shape: tuple[in
             )
 
 
+def variable_seed(seed: int, index: int) -> int:
+    """The seed of a layer's ``index``-th variable: the base seed plus its position, so a
+    kernel and a bias drawn in one call are independent, and still in the seed range."""
+    return (seed + index) % SEED_LIMIT
+
+
+def draw_seed() -> int:
+    """A base seed for a run that gave none (reported, so the run can be repeated)."""
+    import secrets
+
+    return secrets.randbelow(2**31)
+
+
 def _check_seed(spec: InitializerSpec, seed: int | None) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InitializerError(
-            f"initializer '{spec.text}': seed must be an integer, received {seed!r}"
-        )
-    if not _INT64_MIN <= int(seed) <= _INT64_MAX:
-        raise InitializerError(
-            f"initializer '{spec.text}': seed {seed} is outside the 64-bit integer range; "
-            "give a smaller seed"
-        )
-    return int(seed)
+    return None if seed is None else check_seed(seed, f"initializer '{spec.text}': seed")
 
 
 def _example(entry: InitializerEntry) -> str:

@@ -24,10 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..model.catalogue import LAYOUTS
 from ..errors import PlanError
+from . import LAYOUTS, SEED_LIMIT, Layout
 
-SEED_LIMIT = 2**63  # a seed is a non-negative int64: 0 to SEED_LIMIT - 1
 
 SCHEMA_RESOURCE = "plan.schema.json"
 
@@ -59,7 +58,7 @@ class PlanEdit:
 
     place: str  # "edits[2]", counted from 0 in JSON and TOML alike
     layer: str
-    layout: str  # one of LAYOUTS
+    layout: Layout
     weights: tuple[PlanWeight, ...]
 
     def place_of(self, weight: PlanWeight) -> str:

@@ -19,8 +19,6 @@ from typing import Any, Literal
 
 ConvKind = Literal["conv", "transpose", "depthwise", "separable"]
 
-# Array layouts a user can name: Keras's own, or PyTorch / ONNX (see layout.py).
-LAYOUTS = ("keras", "torch")
 
 _SPATIAL_AXES = {1: ("k",), 2: ("kh", "kw"), 3: ("kd", "kh", "kw")}
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..model.catalogue import LAYOUTS, stored_name_matches
+from ..edits import LAYOUTS, Layout
 from ..errors import ConvSurgeonError, LayerNotFoundError
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.source import ModelSource
@@ -98,7 +98,7 @@ class WeightsExport:
     notes: tuple[str, ...] = ()
 
 
-def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelSource, layout: str,
+def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelSource, layout: Layout,
               key: Callable[[Layer, Variable], str]) -> WeightsExport:
     """Read the variables and make them .npy-ready: PyTorch layout if asked, and
     bfloat16 as float32 (.npy has no bfloat16; float32 holds each value exactly)."""
@@ -130,7 +130,7 @@ def get_weights(
     *,
     weight: str | None = None,
     every: bool = False,
-    layout: str = "keras",
+    layout: Layout = "keras",
 ) -> WeightsExport:
     """One variable of a layer (the kernel by default), or all of them with ``every``.
 
@@ -149,7 +149,7 @@ def get_weights(
     return _exported([(layer, chosen)], source, layout, lambda _, v: v.name)
 
 
-def export_bundle(source: ModelSource, *, layout: str = "keras") -> WeightsExport:
+def export_bundle(source: ModelSource, *, layout: Layout = "keras") -> WeightsExport:
     """Every convolution variable under ``<layer path>/<variable>`` keys, for `set --from-npz`."""
     structure = read_structure(source)
     if not structure.conv_layers:

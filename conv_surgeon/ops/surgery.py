@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +22,10 @@ import numpy as np
 from .. import __version__
 from ..edits.assign import Assignment, plan_assignments
 from ..edits.targets import TargetVariable
-from ..model.catalogue import LAYOUTS, conv_class, stored_name_matches
+from ..model.catalogue import conv_class, stored_name_matches
 from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from ..store.fileio import atomic_output, check_output_dir, same_file
+from ..edits import LAYOUTS, Layout
 from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
 from ..store.source import FOLDER_FORMATS, ModelSource
 from ..store.hdf5 import HDF5_MAGIC
@@ -39,23 +39,22 @@ from ..model.structure import (
     read_variables,
 )
 from ..model.naming import format_shape
+from ..edits import check_seed
+from ..edits.initializers import draw_seed
 from ..edits.plan import Plan
 from ..store.provenance import EditRecord, make_record, read_history
 from ..edits.targets import layer_targets
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
+from ..transaction.keras_runtime import KerasWarmUp
 from ..transaction.smoke import (
     ExpectedValue,
-    KerasWarmUp,
     SmokeReport,
     SmokeTarget,
     Tolerance,
-    import_keras,
-    quiet_stderr,
     run_smoke_test,
 )
 from ..store.writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
 
-Layout = str  # one of catalogue.LAYOUTS
 Progress = Callable[[int, int, str], None]
 
 
@@ -264,10 +263,12 @@ def edit_model(
     if destination is not None and destination.path is not None and not (
             source.path is not None and same_file(destination.path, source.path)):
         _check_suffix(destination.path, structure.format)
+    if seed is not None:
+        seed = check_seed(seed)
     seeded = _needs_seed(edits)
     seed_drawn = seeded and seed is None
     if seed_drawn:
-        seed = secrets.randbelow(2**31)
+        seed = draw_seed()
     planned: list[_PlannedLayer] = []
     records: list[EditRecord] = []
     problems: list[tuple[LayerEdit, ConvSurgeonError]] = []
@@ -490,7 +491,8 @@ def _load_candidates(
     would fit the PyTorch layout too is taken as Keras, and the report says so) and
     where each value came from, for the provenance record.
     """
-    from ..edits.initializers import draw_initializer, parse_initializer_spec
+    from ..edits.initializers import parse_initializer_spec, variable_seed
+    from ..transaction.keras_runtime import draw_initializer
     from ..edits.sources import load_source
 
     requests = edit.requests
@@ -540,8 +542,6 @@ def _load_candidates(
                 "pass --layout torch if it comes from PyTorch"
             )
         candidates.append((name, array, origin))
-    if specs:
-        import_keras()
     for request, spec in specs:
         variable = _variable_for(layer, request, source.label)
         if variable is None:
@@ -549,12 +549,11 @@ def _load_candidates(
             continue
         # Each variable draws from its own seed (the base seed + its position in the
         # layer), so a kernel and a bias are independent and still reproducible.
-        variable_seed = None if seed is None else (seed + variable.index) % 2**63
-        with quiet_stderr():
-            drawn = draw_initializer(spec, variable.shape, variable_seed)
-        origin = f"init {spec.text}" + (f" (seed {variable_seed})" if spec.takes_seed else "")
+        seed_of_variable = None if seed is None else variable_seed(seed, variable.index)
+        drawn = draw_initializer(spec, variable.shape, seed_of_variable)
+        origin = f"init {spec.text}" + (f" (seed {seed_of_variable})" if spec.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
-        sources[variable.name] = {"init": spec.text, "seed": variable_seed if spec.takes_seed else None}
+        sources[variable.name] = {"init": spec.text, "seed": seed_of_variable if spec.takes_seed else None}
     return candidates, notes, sources
 
 

@@ -13,8 +13,6 @@ import math
 import os
 import re
 import sys
-import threading
-import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +24,7 @@ import numpy as np
 
 from ..errors import ConvSurgeonError, SmokeTestError
 from ..model.naming import format_shape
+from .keras_runtime import import_keras, quiet_stderr
 
 # Unknown input sizes are tried from LADDER_START, doubling while every input that has
 # unknown sizes stays within MAX_INPUT_ELEMENTS values (2**22: 16 MB of float32, so
@@ -40,61 +39,6 @@ _KERAS_HUB_CONFIG = re.compile(r'"(?:module|registered_name)"\s*:\s*"keras_hub[.
 _UNKNOWN_CLASS = re.compile(
     r"Could not locate (?:class|function) '([^']+)'|Unknown (?:layer|object|class)\w*: '?([\w.>]+)"
 )
-
-
-@contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence fd 2 (C++ logs) and Python warnings; restore both afterwards."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def import_keras() -> Any:
-    """Keras with TensorFlow's start-up noise kept off stderr."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with quiet_stderr():
-        import keras
-
-        keras.utils.disable_interactive_logging()
-    return keras
-
-
-class KerasWarmUp:
-    """Import TensorFlow in the background while the model file is being written."""
-
-    def __init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="keras-import", daemon=True)
-        self._error: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            import_keras()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._error = exc
-
-    def start(self) -> KerasWarmUp:
-        self._thread.start()
-        return self
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def wait(self) -> None:
-        """Join, and raise what the import raised."""
-        self.join()
-        if self._error is not None:
-            raise self._error
 
 
 @dataclass(frozen=True)

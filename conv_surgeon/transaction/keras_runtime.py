@@ -1,0 +1,93 @@
+"""The boundary with Keras: importing it quietly, warming it up, drawing initializers.
+
+TensorFlow's start-up chatter comes from C++ before Python logging exists, so the
+only way to keep it off the user's terminal is to point file descriptor 2 at
+/dev/null around the import, the load and the forward pass (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..edits.initializers import InitializerSpec, check_drawn, drawing_failed, keras_config
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 (C++ logs) and Python warnings; restore both afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_keras() -> Any:
+    """Keras with TensorFlow's start-up noise kept off stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with quiet_stderr():
+        import keras
+
+        keras.utils.disable_interactive_logging()
+    return keras
+
+
+class KerasWarmUp:
+    """Import TensorFlow in the background while the model file is being written."""
+
+    def __init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="keras-import", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            import_keras()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+
+    def start(self) -> KerasWarmUp:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self) -> None:
+        """Join, and raise what the import raised."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+
+
+def draw_initializer(spec: InitializerSpec, shape: tuple[int, ...], seed: int | None) -> np.ndarray:
+    """Draw a float32 array of ``shape`` with Keras; the same seed gives the same array.
+
+    The spec, shape and seed are checked first (:func:`keras_config`), so Keras only
+    ever sees arguments it accepts.
+    """
+    shape = tuple(int(d) for d in shape)
+    config = keras_config(spec, shape, seed)
+    keras = import_keras()
+    try:
+        with quiet_stderr():
+            initializer = keras.initializers.get(config)
+            drawn = keras.ops.convert_to_numpy(initializer(shape, dtype="float32"))
+    except (ImportError, ValueError, TypeError) as exc:
+        raise drawing_failed(spec, shape, exc) from exc
+    return check_drawn(spec, shape, np.asarray(drawn, dtype=np.float32))
