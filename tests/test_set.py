@@ -22,13 +22,8 @@ from conv_surgeon.store.source import ModelSource
 from conv_surgeon.model.structure import read_structure
 from conv_surgeon.ops.reading import get_weights
 from conv_surgeon.transaction.smoke import ExpectedValue, run_smoke_test
-from conv_surgeon.ops.surgery import (
-    Destination,
-    NO_SMOKE,
-    WeightRequest,
-    choose_destination,
-    set_weights,
-)
+from conv_surgeon.transaction.transaction import Destination, NO_SMOKE, WriteOptions, choose_destination
+from conv_surgeon.ops.surgery import WeightRequest, set_weights
 from conv_surgeon.store.writer import apply_edits, plan_edits
 
 SOBEL = np.repeat(
@@ -81,7 +76,7 @@ def test_keras_edit_keeps_every_other_byte_and_the_optimizer_state(keras, sample
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelSource.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-        Destination(path=out), checks=NO_SMOKE,
+        WriteOptions(Destination(path=out), NO_SMOKE),
     )
     assert report.destination == str(out) and not report.dry_run
 
@@ -126,7 +121,7 @@ def test_h5_edit_keeps_every_other_dataset_and_every_attribute(keras, samples: P
     out = tmp_path / "out.h5"
     set_weights(
         ModelSource.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-        Destination(path=out), checks=NO_SMOKE,
+        WriteOptions(Destination(path=out), NO_SMOKE),
     )
     with h5py.File(original, "r") as before, h5py.File(out, "r") as after:
         old_sets, old_groups = h5_contents(before)
@@ -165,7 +160,7 @@ def test_corrupt_weight_store_is_refused_not_laundered(samples: Path, tmp_path: 
     with pytest.raises(ModelFileError, match="CRC"):
         set_weights(
             ModelSource.from_path(bad), "conv1", [WeightRequest(None, source=str(tmp_path / "k.npy"))],
-            Destination(path=tmp_path / "out.keras"), checks=NO_SMOKE,
+            WriteOptions(Destination(path=tmp_path / "out.keras"), NO_SMOKE),
         )
     assert listing(tmp_path) == before
 
@@ -202,7 +197,7 @@ def test_dry_run_reports_the_change_and_writes_nothing(samples: Path, tmp_path: 
     old = value_of(src, "conv1")
     report = set_weights(
         ModelSource.from_path(src), "conv1",
-        [WeightRequest(None, source=str(tmp_path / "k.npy")), WeightRequest("bias", init="zeros")], None,
+        [WeightRequest(None, source=str(tmp_path / "k.npy")), WeightRequest("bias", init="zeros")], WriteOptions(),
     )
     assert report.dry_run and report.destination is None and report.smoke is None
     assert listing(tmp_path) == before
@@ -219,7 +214,7 @@ def test_int64_source_is_cast_to_float32_and_reported(samples: Path, tmp_path: P
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelSource.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
-        Destination(path=out), checks=NO_SMOKE,
+        WriteOptions(Destination(path=out), NO_SMOKE),
     )
     assert report.changes[0].cast == "int64 -> float32"
     written = value_of(out, "conv1")
@@ -234,7 +229,7 @@ def test_bfloat16_values_are_rounded_and_the_cast_reported(samples: Path, tmp_pa
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelSource.from_path(samples / "tiny_bf16.keras"), "conv1",
-        [WeightRequest(None, source=save_npy(tmp_path / "k.npy", value))], Destination(path=out), checks=NO_SMOKE,
+        [WeightRequest(None, source=save_npy(tmp_path / "k.npy", value))], WriteOptions(Destination(path=out), NO_SMOKE),
     )
     assert report.changes[0].dtype == "bfloat16" and report.changes[0].cast == "float32 -> bfloat16"
     rounded = value.astype(ml_dtypes.bfloat16)
@@ -246,13 +241,13 @@ def test_initializer_with_a_seed_is_reproducible_and_seedless_ones_report_no_see
     source = ModelSource.from_path(samples / "tiny_cnn.keras")
     runs = []
     for name in ("a.keras", "b.keras"):
-        report = set_weights(source, "conv2", [WeightRequest(None, init="he_normal")], Destination(path=tmp_path / name),
-                             seed=11, checks=NO_SMOKE)
+        report = set_weights(source, "conv2", [WeightRequest(None, init="he_normal")], WriteOptions(Destination(path=tmp_path / name), NO_SMOKE),
+                             seed=11)
         assert report.seed == 11 and not report.seed_drawn
         runs.append(value_of(tmp_path / name, "conv2"))
     np.testing.assert_array_equal(runs[0], runs[1])
     assert runs[0].std() > 0
-    zeros = set_weights(source, "conv2", [WeightRequest("bias", init="zeros")], None)
+    zeros = set_weights(source, "conv2", [WeightRequest("bias", init="zeros")], WriteOptions())
     assert zeros.seed is None and not zeros.seed_drawn
 
 
@@ -261,7 +256,7 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
     src = save_npy(tmp_path / "k.npy", value)
     for query, name in (("func_block/deep_block/deep_conv", "a.keras"), ("deep_conv", "b.keras")):
         report = set_weights(ModelSource.from_path(samples / "all_convs.keras"), query,
-                             [WeightRequest(None, source=src)], Destination(path=tmp_path / name), checks=NO_SMOKE)
+                             [WeightRequest(None, source=src)], WriteOptions(Destination(path=tmp_path / name), NO_SMOKE))
         assert report.layer.path == "func_block/deep_block/deep_conv"
         np.testing.assert_array_equal(value_of(tmp_path / name, "func_block/deep_block/deep_conv"), value)
 
@@ -269,7 +264,7 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
 def test_set_weights_refuses_a_non_convolution(samples: Path, tmp_path: Path) -> None:
     with pytest.raises(ConvSurgeonError, match=r"'head' is a Dense, not a convolution"):
         set_weights(ModelSource.from_path(samples / "tiny_cnn.keras"), "head",
-                    [WeightRequest(None, init="zeros")], Destination(path=tmp_path / "o.keras"), checks=NO_SMOKE)
+                    [WeightRequest(None, init="zeros")], WriteOptions(Destination(path=tmp_path / "o.keras"), NO_SMOKE))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -279,7 +274,7 @@ def test_in_place_destination_updates_the_file_and_leaves_no_temp(samples: Path,
     names = sorted(p.name for p in tmp_path.iterdir())
     destination = choose_destination(str(model), None, True, io.BytesIO())
     assert destination.path == model
-    set_weights(ModelSource.from_path(model), "conv1", [WeightRequest(None, source=src)], destination, checks=NO_SMOKE)
+    set_weights(ModelSource.from_path(model), "conv1", [WeightRequest(None, source=src)], WriteOptions(destination, NO_SMOKE))
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     np.testing.assert_array_equal(value_of(model, "conv1"), SOBEL)
 
@@ -312,7 +307,7 @@ def test_stdin_source_to_stream_destination(samples: Path, tmp_path: Path) -> No
     stream = io.BytesIO()
     source = ModelSource(label="<stdin>", data=(samples / "tiny_cnn.keras").read_bytes())
     report = set_weights(source, "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-                         Destination(stream=stream), checks=NO_SMOKE)
+                         WriteOptions(Destination(stream=stream), NO_SMOKE))
     assert report.destination == "<stdout>"
     out = tmp_path / "streamed.keras"
     out.write_bytes(stream.getvalue())
@@ -355,7 +350,7 @@ def test_smoke_test_refuses_outputs_that_overflow(samples: Path, tmp_path: Path)
     src = save_npy(tmp_path / "k.npy", np.full((3, 3, 1, 4), 3e38, np.float32))
     with pytest.raises(SmokeTestError, match="NaN or Inf"):
         set_weights(ModelSource.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
-                    Destination(path=out))
+                    WriteOptions(Destination(path=out)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npy"]
 
 

@@ -260,7 +260,7 @@ def _prepare_write(
     """The checks to run and where the model goes, from the options every writer shares."""
     from ..store.fileio import check_output_dir, refuse_overwriting
     from ..transaction.smoke import Tolerance
-    from ..ops.surgery import SmokeOptions, choose_destination
+    from ..transaction.transaction import SmokeOptions, choose_destination
 
     if save_inputs is not None:
         check_output_dir(save_inputs)
@@ -336,6 +336,7 @@ def set_command(
     config: ConfigOpt = None,
 ) -> None:
     """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
+    from ..transaction.transaction import WriteOptions
     from ..ops.surgery import (
         WeightRequest,
         bundle_edits,
@@ -369,13 +370,14 @@ def set_command(
         atol, rtol, save_inputs, load_inputs, imports,
     )
     source = _model_source(model or "-", config)
+    options = WriteOptions(destination, checks, tuple(_command()))
     if from_npz is not None:
-        report = edit_model(source, bundle_edits(from_npz, layout), destination, seed=seed,
-                            checks=checks, progress=_progress(), command=_command())
+        report = edit_model(source, bundle_edits(from_npz, layout), options, seed=seed,
+                            progress=_progress())
     else:
         assert layer is not None
-        report = set_weights(source, layer, requests, destination, seed=seed, stdin=_stdin(),
-                             layout=layout, donor=donor_spec, checks=checks, command=_command())
+        report = set_weights(source, layer, requests, options, seed=seed, stdin=_stdin(),
+                             layout=layout, donor=donor_spec)
     _render_write(report, destination, json_output)
 
 
@@ -405,6 +407,7 @@ def apply_command(
 
     from ..edits.plan import load_plan, plan_schema
     from ..ops.surgery import apply_plan
+    from ..transaction.transaction import WriteOptions
 
     if schema:
         click.echo(json.dumps(plan_schema(), indent=2))
@@ -415,8 +418,8 @@ def apply_command(
         model, output, in_place, dry_run, no_smoke, input_shape, unsafe, compare, expect_same,
         atol, rtol, save_inputs, load_inputs, imports,
     )
-    report = apply_plan(_model_source(model, config), load_plan(plan), destination, checks=checks,
-                        progress=_progress(), command=_command())
+    report = apply_plan(_model_source(model, config), load_plan(plan),
+                        WriteOptions(destination, checks, tuple(_command())), progress=_progress())
     _render_write(report, destination, json_output)
 
 

@@ -1,59 +1,44 @@
-"""The write side: `set` as one library call.
+"""Weight surgery: `set`, bundles and `apply` as library calls.
 
-Read the structure, check every new value with the assignment engine, write an edited
-copy beside the destination, smoke-test it with Keras, and only then move it into place
-(or stream it to stdout). Nothing is written when any step fails.
+Read the structure, resolve each edit's layer, gather its values (files, initializers,
+a donor model), check every one with the assignment engine, and hand the exact values
+to the write transaction (:mod:`conv_surgeon.transaction.transaction`), which stages,
+verifies, smoke-tests and delivers. Nothing is written when any step fails.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from .. import __version__
+from ..edits import LAYOUTS, Layout, check_seed
 from ..edits.assign import Assignment, plan_assignments
-from ..edits.targets import TargetVariable
-from ..model.catalogue import conv_class, stored_name_matches
-from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
-from ..store.fileio import atomic_output, check_output_dir, same_file
-from ..edits import LAYOUTS, Layout
-from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
-from ..store.source import FOLDER_FORMATS, ModelSource
-from ..store.hdf5 import HDF5_MAGIC
-from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..model.structure import (
-    Layer,
-    ModelStructure,
-    Variable,
-    read_own_variables,
-    read_structure,
-    read_variables,
-)
-from ..model.naming import format_shape
-from ..edits import check_seed
 from ..edits.initializers import draw_seed
+from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
 from ..edits.plan import Plan
-from ..store.provenance import EditRecord, make_record, read_history
-from ..edits.targets import layer_targets
+from ..edits.targets import TargetVariable, layer_targets
+from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
+from ..model.catalogue import conv_class, stored_name_matches
+from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
-from ..transaction.keras_runtime import KerasWarmUp
-from ..transaction.smoke import (
-    ExpectedValue,
-    SmokeReport,
-    SmokeTarget,
-    Tolerance,
-    run_smoke_test,
+from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
+from ..store.hdf5 import HDF5_MAGIC
+from ..store.provenance import EditRecord
+from ..store.source import ModelSource
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..transaction.smoke import SmokeReport
+from ..transaction.transaction import (
+    WriteOptions,
+    WrittenValue,
+    check_destination,
+    write_transaction,
 )
-from ..store.writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
 
 Progress = Callable[[int, int, str], None]
 
@@ -125,66 +110,6 @@ class SetReport:
         return self.layers[0]
 
 
-@dataclass(frozen=True)
-class Destination:
-    """Where the edited model goes: a path (replaced atomically) or a binary stream."""
-
-    path: Path | None = None
-    stream: BinaryIO | None = None
-
-    @property
-    def label(self) -> str:
-        return str(self.path) if self.path is not None else "<stdout>"
-
-
-@dataclass(frozen=True)
-class SmokeOptions:
-    """How the written model is checked; ``enabled`` False skips Keras entirely."""
-
-    enabled: bool = True
-    input_shapes: list[tuple[int, ...]] | None = None
-    unsafe: bool = False
-    compare: bool = False  # also run the original model and compare outputs
-    expect_same: Tolerance | None = None
-    load_inputs: Path | None = None
-    save_inputs: Path | None = None
-    imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
-
-
-NO_SMOKE = SmokeOptions(enabled=False)
-
-
-def choose_destination(
-    model: str | None, output: str | None, in_place: bool, stdout: BinaryIO
-) -> Destination:
-    """Apply the contract: the input is only ever overwritten with --in-place."""
-    if in_place:
-        if model in (None, "-"):
-            raise UsageError("--in-place needs a MODEL path; a model on stdin has no file to update")
-        if output is not None:
-            raise UsageError("give either -o OUT or --in-place, not both")
-        return Destination(path=Path(model))
-    if output in (None, "-"):
-        if output is None and model not in (None, "-"):
-            raise UsageError(
-                f"say where the edited model goes: -o OUT.keras, -o - for stdout, or "
-                f"--in-place to overwrite {model}"
-            )
-        return Destination(stream=stdout)
-    out = Path(output)
-    if model not in (None, "-") and same_file(out, model):
-        raise UsageError(
-            f"-o {output} is the input model; use --in-place to overwrite it, or choose "
-            "another output file"
-        )
-    if model not in (None, "-") and Path(model).is_dir():
-        if not out.parent.is_dir():
-            raise ConvSurgeonError(f"{out}: output directory {out.parent} does not exist; create it first")
-    else:
-        check_output_dir(out)
-    return Destination(path=out)
-
-
 def require_requests(requests: list[WeightRequest], donor: Donor | None = None) -> None:
     """Naming a layer but no weight is a usage error that lists the weight options."""
     if not requests and donor is None:
@@ -206,25 +131,23 @@ def set_weights(
     source: ModelSource,
     layer_query: str,
     requests: list[WeightRequest],
-    destination: Destination | None,
+    options: WriteOptions,
     *,
     seed: int | None = None,
     stdin: BinaryIO | None = None,
     layout: Layout = "keras",
     donor: Donor | None = None,
-    checks: SmokeOptions | None = None,
-    command: Sequence[str] = (),
 ) -> SetReport:
-    """Set variables of one convolution layer; ``destination`` None is a dry run.
+    """Set variables of one convolution layer (``options.destination`` None: a dry run).
 
+    >>> from conv_surgeon.transaction.transaction import Destination, NO_SMOKE
     >>> set_weights(ModelSource.from_path("in.keras"), "conv1",
-    ...             [WeightRequest(None, source="k.npy")], Destination(Path("out.keras")),
-    ...             checks=NO_SMOKE)
+    ...             [WeightRequest(None, source="k.npy")],
+    ...             WriteOptions(Destination(Path("out.keras")), NO_SMOKE))
     """
     require_requests(requests, donor)
     edit = LayerEdit(layer_query, tuple(requests), layout, donor)
-    return edit_model(source, [edit], destination, seed=seed, checks=checks, stdin=stdin,
-                      command=command)
+    return edit_model(source, [edit], options, seed=seed, stdin=stdin)
 
 
 @dataclass(frozen=True)
@@ -236,33 +159,31 @@ class _PlannedLayer:
 def edit_model(
     source: ModelSource,
     edits: list[LayerEdit],
-    destination: Destination | None,
+    options: WriteOptions,
     *,
     seed: int | None = None,
-    checks: SmokeOptions | None = None,
     stdin: BinaryIO | None = None,
     progress: Progress | None = None,
-    command: Sequence[str] = (),
 ) -> SetReport:
     """Apply ``edits`` (one per layer) with one read, one write and one smoke test.
 
     Every edit is checked before anything is written. With one edit its error is
     raised as it is; with several, one :class:`PlanError` lists every problem.
     ``progress(done, total, step)`` hears of each edit checked, the write and the smoke test.
-    The written model records what was done (``command`` and every edit's source) in
-    its history, after the records already there.
+    The written model records what was done (``options.command`` and every edit's
+    source) in its history, after the records already there.
     """
-    checks = checks or SmokeOptions()
-    total = len(edits) + 1 + (1 if checks.enabled else 0)
+    total = len(edits) + 1 + (1 if options.smoke.enabled else 0)
+    done = 0
 
-    def step(done: int, what: str) -> None:
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
         if progress is not None:
             progress(done, total, what)
 
     structure = read_structure(source)
-    if destination is not None and destination.path is not None and not (
-            source.path is not None and same_file(destination.path, source.path)):
-        _check_suffix(destination.path, structure.format)
+    check_destination(source, structure, options)
     if seed is not None:
         seed = check_seed(seed)
     seeded = _needs_seed(edits)
@@ -303,7 +224,7 @@ def edit_model(
             if len(edits) == 1:
                 raise
             problems.append((edit, exc))
-        step(len(planned) + len(problems), f"checked {_place(edit)}")
+        step(f"checked {_place(edit)}")
     if problems:
         lines = tuple(f"{_place(edit)}: {exc}" for edit, exc in problems)
         raise PlanError(
@@ -317,86 +238,25 @@ def edit_model(
         for a in layer_plan.assignments
     ]
     layers = tuple(p.layer for p in planned)
-    if destination is None:
-        changes = _changes(source, edited)
-        return SetReport(source.label, None, layers, changes, seed if seeded else None,
-                         seed_drawn, None, True)
-
-    # Everything that reads the (untrusted) input runs in bounded worker processes, so it
-    # is done before TensorFlow starts importing in a thread: fork and threads mix badly.
+    # Read before the transaction starts TensorFlow importing in a thread (bounded workers fork).
     changes = _changes(source, edited)
-    plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
-    history = read_history(source) + [make_record(list(command), records, __version__,
-                                                  imports=list(checks.imports))]
-    smoke_target = _smoke_kind(structure, source, checks)
-    # Every value is valid: TensorFlow can start importing while the file is written.
-    warm_up = KerasWarmUp().start() if smoke_target is not None else None
-    try:
-        with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
-            _verify_written(staged, structure, edited)
-            step(len(edits) + 1, "written")
-            report = None
-            if warm_up is not None and smoke_target is not None:
-                warm_up.wait()
-                expected = [_expected(structure, layer, v, a.value) for layer, a, v in edited]
-                with _reference_file(source, structure.format, checks.compare) as reference:
-                    report = run_smoke_test(
-                        smoke_target(load_path), expected, input_shapes=checks.input_shapes,
-                        unsafe=checks.unsafe,
-                        reference=smoke_target(reference) if reference is not None else None,
-                        expect_same=checks.expect_same, load_inputs=checks.load_inputs,
-                        save_inputs=checks.save_inputs, imports=checks.imports,
-                    )
-                step(total, "smoke test passed")
-            commit()
-    finally:
-        if warm_up is not None:
-            # The import silences fd 2: let it finish before any error is printed.
-            warm_up.join()
-    skipped = _smoke_skipped(checks, smoke_target is not None)
-    return SetReport(source.label, destination.label, layers, changes, seed if seeded else None,
-                     seed_drawn, report, False, skipped)
-
-
-def _smoke_kind(structure: ModelStructure, source: ModelSource,
-                checks: SmokeOptions) -> Callable[[Path], SmokeTarget] | None:
-    """How Keras loads the written model, or None when it cannot be smoke-tested."""
-    if not checks.enabled:
-        return None
-    if structure.format in ("weights", "sharded"):
-        if source.config is None:
-            return None
-        config = source.config
-        return lambda path: SmokeTarget(path, "weights", config)
-    kind = "preset" if structure.format == "preset" else "model"
-    return lambda path: SmokeTarget(path, kind)  # type: ignore[arg-type]
-
-
-def _smoke_skipped(checks: SmokeOptions, ran: bool) -> str | None:
-    if ran or not checks.enabled:
-        return None
-    return ("no smoke test: a weights-only file holds no model to run; pass --config MODEL "
-            "(the .keras, .h5, folder or preset it belongs to) to smoke-test it")
-
-
-def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value: np.ndarray) -> ExpectedValue:
-    label = f"layer '{layer.path}' {variable.name}"
-    if structure.legacy:
-        top = variable.dataset.split("/")
-        top_layer = top[1] if top[0] == "model_weights" else top[0]
-        return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position)
-    return ExpectedValue(label, value, store_object=layer.store_path,
-                         store_index=int(variable.dataset.rpartition("/")[2]))
+    base_seed = seed if seeded else None
+    if options.destination is None:
+        return SetReport(source.label, None, layers, changes, base_seed, seed_drawn, None, True)
+    written = write_transaction(
+        source, structure, [WrittenValue(layer, v, a.value) for layer, a, v in edited], records,
+        options, step,
+    )
+    return SetReport(source.label, written.destination, layers, changes, base_seed, seed_drawn,
+                     written.smoke, False, written.smoke_skipped)
 
 
 def apply_plan(
     source: ModelSource,
     plan: Plan,
-    destination: Destination | None,
+    options: WriteOptions,
     *,
-    checks: SmokeOptions | None = None,
     progress: Progress | None = None,
-    command: Sequence[str] = (),
 ) -> SetReport:
     """Every edit of a plan, all or nothing, with one write and one smoke test."""
     edits = [
@@ -411,8 +271,7 @@ def apply_plan(
         )
         for edit in plan.edits
     ]
-    return edit_model(source, edits, destination, seed=plan.seed, checks=checks, progress=progress,
-                      command=command)
+    return edit_model(source, edits, options, seed=plan.seed, progress=progress)
 
 
 def _place(edit: LayerEdit) -> str:
@@ -445,41 +304,6 @@ def _resolve_conv_layer(structure: ModelStructure, query: str, label: str) -> La
 
 def _variable_named(layer: Layer, name: str) -> Variable:
     return next(v for v in layer.variables if v.name == name)
-
-
-SUFFIXES: dict[str, tuple[str, ...]] = {
-    "keras": (".keras",), "h5": (".h5", ".hdf5"), "weights": (".weights.h5", ".h5", ".hdf5"),
-    "sharded": (".weights.json",),
-}
-
-
-def _check_suffix(path: Path, fmt: str) -> None:
-    """Keras picks its loader by extension: an output must not claim another format."""
-    name = path.name.lower()
-    if fmt in ("dir", "preset"):
-        if name.endswith((".keras", ".h5", ".hdf5", ".json")):
-            raise UsageError(
-                f"-o {path.name}: the model is a saved folder and conv-surgeon keeps its format; "
-                "name an output folder (without a file extension)"
-            )
-        return
-    if fmt == "sharded":
-        if not name.endswith(".weights.json"):
-            raise UsageError(
-                f"-o {path.name}: the model is a sharded weights map and Keras loads one only "
-                f"from a .weights.json name; name the output {path.stem}.weights.json"
-            )
-        return
-    other = {"keras": SUFFIXES["h5"], "h5": SUFFIXES["keras"], "weights": SUFFIXES["keras"]}[fmt]
-    if name.endswith(other) or (fmt == "h5" and name.endswith(".weights.h5")):
-        kind = {"keras": "a .keras archive", "h5": "a legacy .h5 file",
-                "weights": "a weights-only HDF5 file"}[fmt]
-        wanted = {"keras": ".keras", "h5": ".h5", "weights": ".weights.h5"}[fmt]
-        raise UsageError(
-            f"-o {path.name}: the model is {kind} and conv-surgeon keeps its format, but "
-            f"Keras would read that name as another format; name the output "
-            f"{path.name.split('.')[0]}{wanted}"
-        )
 
 
 def _load_candidates(
@@ -677,90 +501,3 @@ def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:
         new_l2=float(np.linalg.norm(new64)),
         max_abs_change=float(np.max(np.abs(new64 - old64))) if new64.size else 0.0,
     )
-
-
-@contextmanager
-def _staged(
-    source: ModelSource, structure: ModelStructure, plan: EditPlan, destination: Destination,
-    history: list[dict[str, Any]],
-) -> Iterator[tuple[ModelSource, Path, Callable[[], None]]]:
-    """Write the edited model beside its destination; yields (the written model as a
-    source, what Keras loads, the commit that moves it into place)."""
-    if structure.format in FOLDER_FORMATS:
-        if destination.path is None:
-            raise UsageError(
-                f"{source.label}: a {structure.format} save is several files and cannot go to "
-                "stdout; use -o OUT or --in-place"
-            )
-        target = destination.path
-        in_place = source.path is not None and same_file(target, source.path)
-        parent = target.parent if str(target.parent) else Path(".")
-        if structure.format == "sharded":
-            check_output_dir(target)
-        try:
-            folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staged", dir=parent))
-        except OSError as exc:
-            raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
-        try:
-            staged = stage_folder(source, plan, folder, target.name, history, keep_names=in_place)
-            yield (ModelSource.from_path(staged.load_path), staged.load_path,
-                   lambda: commit_folder(staged, source, target, in_place))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return
-    with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
-        apply_edits(source, plan, path, history=history)
-        yield ModelSource.from_path(path), path, lambda: _deliver(path, destination)
-
-
-@contextmanager
-def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
-    """A temporary file for the edited model: beside the target, or in a temp dir."""
-    suffix = {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5")
-    if destination.path is not None:
-        # Keras picks its loader by extension, so the staged file keeps the right one.
-        with atomic_output(destination.path) as tmp:
-            staged = tmp.with_name(tmp.name + suffix)
-            try:
-                yield staged
-                os.replace(staged, tmp)
-            finally:
-                staged.unlink(missing_ok=True)
-        return
-    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-        yield Path(folder) / f"model{suffix}"
-
-
-def _verify_written(staged: ModelSource, structure: ModelStructure,
-                    edited: list[tuple[Layer, Assignment, Variable]]) -> None:
-    """Read the written datasets back: the bytes on disk are the intended values."""
-    values = read_own_variables(staged, [v for _, _, v in edited])
-    for _, assignment, variable in edited:
-        got = values[variable.dataset]
-        if got.shape != assignment.value.shape or got.tobytes() != assignment.value.tobytes():
-            raise RuntimeError(f"read-back of {variable.dataset} differs from what was written")
-
-
-@contextmanager
-def _reference_file(source: ModelSource, fmt: str, wanted: bool) -> Iterator[Path | None]:
-    """The original model as a path Keras can load, for --compare."""
-    if not wanted:
-        yield None
-    elif source.path is not None and (fmt in FOLDER_FORMATS or source.path.name.lower().endswith(SUFFIXES[fmt])):
-        yield source.path
-    else:
-        with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-            copy = Path(folder) / ("original" + {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5"))
-            if source.data is not None:
-                copy.write_bytes(source.data)
-            else:
-                assert source.path is not None
-                shutil.copyfile(source.path, copy)
-            yield copy
-
-
-def _deliver(staged: Path, destination: Destination) -> None:
-    if destination.stream is not None:
-        with open(staged, "rb") as handle:
-            shutil.copyfileobj(handle, destination.stream, 1 << 20)
-        destination.stream.flush()

@@ -1,0 +1,337 @@
+"""The write transaction: every command that writes a model ends in it.
+
+Stage the edited model beside its destination (one file, or a folder of files), verify
+that the written datasets hold exactly the intended values, smoke-test it with Keras
+(only here and in :mod:`.smoke` is Keras imported), deliver it (rename, commit a
+folder's files together, or stream it to stdout) and record the provenance of the edit
+in the file. Nothing reaches the destination when any step fails.
+
+The options every writing command shares are one typed value, :class:`WriteOptions`,
+built once (by the command line's shared option group, or by the Python API).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConvSurgeonError, UsageError
+from ..model.structure import Layer, ModelStructure, Variable, read_own_variables
+from ..store.fileio import atomic_output, check_output_dir, same_file
+from ..store.provenance import EditRecord, make_record, read_history
+from ..store.source import FOLDER_FORMATS, ModelSource
+from ..store.writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
+from .keras_runtime import KerasWarmUp
+from .smoke import ExpectedValue, SmokeReport, SmokeTarget, Tolerance, run_smoke_test
+
+Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the edited model goes: a path (replaced atomically) or a binary stream."""
+
+    path: Path | None = None
+    stream: BinaryIO | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else "<stdout>"
+
+
+@dataclass(frozen=True)
+class SmokeOptions:
+    """How the written model is checked; ``enabled`` False skips Keras entirely."""
+
+    enabled: bool = True
+    input_shapes: list[tuple[int, ...]] | None = None
+    unsafe: bool = False
+    compare: bool = False  # also run the original model and compare outputs
+    expect_same: Tolerance | None = None
+    load_inputs: Path | None = None
+    save_inputs: Path | None = None
+    imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
+
+
+NO_SMOKE = SmokeOptions(enabled=False)
+
+
+def choose_destination(
+    model: str | None, output: str | None, in_place: bool, stdout: BinaryIO
+) -> Destination:
+    """Apply the contract: the input is only ever overwritten with --in-place."""
+    if in_place:
+        if model in (None, "-"):
+            raise UsageError("--in-place needs a MODEL path; a model on stdin has no file to update")
+        if output is not None:
+            raise UsageError("give either -o OUT or --in-place, not both")
+        return Destination(path=Path(model))
+    if output in (None, "-"):
+        if output is None and model not in (None, "-"):
+            raise UsageError(
+                f"say where the edited model goes: -o OUT.keras, -o - for stdout, or "
+                f"--in-place to overwrite {model}"
+            )
+        return Destination(stream=stdout)
+    out = Path(output)
+    if model not in (None, "-") and same_file(out, model):
+        raise UsageError(
+            f"-o {output} is the input model; use --in-place to overwrite it, or choose "
+            "another output file"
+        )
+    if model not in (None, "-") and Path(model).is_dir():
+        if not out.parent.is_dir():
+            raise ConvSurgeonError(f"{out}: output directory {out.parent} does not exist; create it first")
+    else:
+        check_output_dir(out)
+    return Destination(path=out)
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """Where a written model goes and how it is checked: the options every writer shares."""
+
+    destination: Destination | None = None  # None: a dry run, nothing is written
+    smoke: SmokeOptions = field(default_factory=SmokeOptions)
+    command: tuple[str, ...] = ()  # what the user typed, for the provenance record
+
+    @property
+    def dry_run(self) -> bool:
+        return self.destination is None
+
+
+@dataclass(frozen=True)
+class WrittenValue:
+    """One value the transaction writes: the layer's variable and its exact new value."""
+
+    layer: Layer
+    variable: Variable
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the transaction did."""
+
+    destination: str
+    bytes_written: int
+    smoke: SmokeReport | None
+    smoke_skipped: str | None  # why no smoke test ran though it was not turned off
+
+
+def check_destination(source: ModelSource, structure: ModelStructure, options: WriteOptions) -> None:
+    """Refuse a destination whose name Keras would read as another format, before any work."""
+    destination = options.destination
+    if destination is not None and destination.path is not None and not (
+            source.path is not None and same_file(destination.path, source.path)):
+        _check_suffix(destination.path, structure.format)
+
+
+def write_transaction(
+    source: ModelSource,
+    structure: ModelStructure,
+    values: Sequence[WrittenValue],
+    records: list[EditRecord],
+    options: WriteOptions,
+    step: Step | None = None,
+) -> Written:
+    """Write ``values`` into a copy of ``source`` and deliver it to ``options.destination``.
+
+    Everything that reads the (untrusted) input runs in bounded worker processes, so it
+    is done before TensorFlow starts importing in a thread: fork and threads mix badly.
+    """
+    destination = options.destination
+    assert destination is not None, "a dry run does not write"
+    checks = options.smoke
+    plan = plan_edits(source, {item.variable.dataset: item.value for item in values})
+    history = read_history(source) + [make_record(list(options.command), records, __version__,
+                                                  imports=list(checks.imports))]
+    smoke_target = _smoke_kind(structure, source, checks)
+    # Every value is valid: TensorFlow can start importing while the file is written.
+    warm_up = KerasWarmUp().start() if smoke_target is not None else None
+    report = None
+    try:
+        with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
+            _verify_written(staged, values)
+            if step is not None:
+                step("written")
+            if warm_up is not None and smoke_target is not None:
+                warm_up.wait()
+                expected = [_expected(structure, item.layer, item.variable, item.value) for item in values]
+                with _reference_file(source, structure.format, checks.compare) as reference:
+                    report = run_smoke_test(
+                        smoke_target(load_path), expected, input_shapes=checks.input_shapes,
+                        unsafe=checks.unsafe,
+                        reference=smoke_target(reference) if reference is not None else None,
+                        expect_same=checks.expect_same, load_inputs=checks.load_inputs,
+                        save_inputs=checks.save_inputs, imports=checks.imports,
+                    )
+                if step is not None:
+                    step("smoke test passed")
+            commit()
+    finally:
+        if warm_up is not None:
+            # The import silences fd 2: let it finish before any error is printed.
+            warm_up.join()
+    return Written(destination.label, plan.bytes_written, report,
+                   _smoke_skipped(checks, smoke_target is not None))
+
+
+def _smoke_kind(structure: ModelStructure, source: ModelSource,
+                checks: SmokeOptions) -> Callable[[Path], SmokeTarget] | None:
+    """How Keras loads the written model, or None when it cannot be smoke-tested."""
+    if not checks.enabled:
+        return None
+    if structure.format in ("weights", "sharded"):
+        if source.config is None:
+            return None
+        config = source.config
+        return lambda path: SmokeTarget(path, "weights", config)
+    kind = "preset" if structure.format == "preset" else "model"
+    return lambda path: SmokeTarget(path, kind)  # type: ignore[arg-type]
+
+
+def _smoke_skipped(checks: SmokeOptions, ran: bool) -> str | None:
+    if ran or not checks.enabled:
+        return None
+    return ("no smoke test: a weights-only file holds no model to run; pass --config MODEL "
+            "(the .keras, .h5, folder or preset it belongs to) to smoke-test it")
+
+
+def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value: np.ndarray) -> ExpectedValue:
+    label = f"layer '{layer.path}' {variable.name}"
+    if structure.legacy:
+        top = variable.dataset.split("/")
+        top_layer = top[1] if top[0] == "model_weights" else top[0]
+        return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position)
+    return ExpectedValue(label, value, store_object=layer.store_path,
+                         store_index=int(variable.dataset.rpartition("/")[2]))
+
+
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "keras": (".keras",), "h5": (".h5", ".hdf5"), "weights": (".weights.h5", ".h5", ".hdf5"),
+    "sharded": (".weights.json",),
+}
+
+
+def _check_suffix(path: Path, fmt: str) -> None:
+    """Keras picks its loader by extension: an output must not claim another format."""
+    name = path.name.lower()
+    if fmt in ("dir", "preset"):
+        if name.endswith((".keras", ".h5", ".hdf5", ".json")):
+            raise UsageError(
+                f"-o {path.name}: the model is a saved folder and conv-surgeon keeps its format; "
+                "name an output folder (without a file extension)"
+            )
+        return
+    if fmt == "sharded":
+        if not name.endswith(".weights.json"):
+            raise UsageError(
+                f"-o {path.name}: the model is a sharded weights map and Keras loads one only "
+                f"from a .weights.json name; name the output {path.stem}.weights.json"
+            )
+        return
+    other = {"keras": SUFFIXES["h5"], "h5": SUFFIXES["keras"], "weights": SUFFIXES["keras"]}[fmt]
+    if name.endswith(other) or (fmt == "h5" and name.endswith(".weights.h5")):
+        kind = {"keras": "a .keras archive", "h5": "a legacy .h5 file",
+                "weights": "a weights-only HDF5 file"}[fmt]
+        wanted = {"keras": ".keras", "h5": ".h5", "weights": ".weights.h5"}[fmt]
+        raise UsageError(
+            f"-o {path.name}: the model is {kind} and conv-surgeon keeps its format, but "
+            f"Keras would read that name as another format; name the output "
+            f"{path.name.split('.')[0]}{wanted}"
+        )
+
+
+@contextmanager
+def _staged(
+    source: ModelSource, structure: ModelStructure, plan: EditPlan, destination: Destination,
+    history: list[dict[str, Any]],
+) -> Iterator[tuple[ModelSource, Path, Callable[[], None]]]:
+    """Write the edited model beside its destination; yields (the written model as a
+    source, what Keras loads, the commit that moves it into place)."""
+    if structure.format in FOLDER_FORMATS:
+        if destination.path is None:
+            raise UsageError(
+                f"{source.label}: a {structure.format} save is several files and cannot go to "
+                "stdout; use -o OUT or --in-place"
+            )
+        target = destination.path
+        in_place = source.path is not None and same_file(target, source.path)
+        parent = target.parent if str(target.parent) else Path(".")
+        if structure.format == "sharded":
+            check_output_dir(target)
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staged", dir=parent))
+        except OSError as exc:
+            raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
+        try:
+            staged = stage_folder(source, plan, folder, target.name, history, keep_names=in_place)
+            yield (ModelSource.from_path(staged.load_path), staged.load_path,
+                   lambda: commit_folder(staged, source, target, in_place))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
+        apply_edits(source, plan, path, history=history)
+        yield ModelSource.from_path(path), path, lambda: _deliver(path, destination)
+
+
+@contextmanager
+def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
+    """A temporary file for the edited model: beside the target, or in a temp dir."""
+    suffix = {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5")
+    if destination.path is not None:
+        # Keras picks its loader by extension, so the staged file keeps the right one.
+        with atomic_output(destination.path) as tmp:
+            staged = tmp.with_name(tmp.name + suffix)
+            try:
+                yield staged
+                os.replace(staged, tmp)
+            finally:
+                staged.unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+        yield Path(folder) / f"model{suffix}"
+
+
+def _verify_written(staged: ModelSource, values: Sequence[WrittenValue]) -> None:
+    """Read the written datasets back: the bytes on disk are the intended values."""
+    read = read_own_variables(staged, [item.variable for item in values])
+    for item in values:
+        got = read[item.variable.dataset]
+        if got.shape != item.value.shape or got.tobytes() != item.value.tobytes():
+            raise RuntimeError(f"read-back of {item.variable.dataset} differs from what was written")
+
+
+@contextmanager
+def _reference_file(source: ModelSource, fmt: str, wanted: bool) -> Iterator[Path | None]:
+    """The original model as a path Keras can load, for --compare."""
+    if not wanted:
+        yield None
+    elif source.path is not None and (fmt in FOLDER_FORMATS or source.path.name.lower().endswith(SUFFIXES[fmt])):
+        yield source.path
+    else:
+        with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+            copy = Path(folder) / ("original" + {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5"))
+            if source.data is not None:
+                copy.write_bytes(source.data)
+            else:
+                assert source.path is not None
+                shutil.copyfile(source.path, copy)
+            yield copy
+
+
+def _deliver(staged: Path, destination: Destination) -> None:
+    if destination.stream is not None:
+        with open(staged, "rb") as handle:
+            shutil.copyfileobj(handle, destination.stream, 1 << 20)
+        destination.stream.flush()
