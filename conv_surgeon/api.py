@@ -1,0 +1,203 @@
+"""The public Python API: every command of the CLI as a typed function, for notebooks.
+
+Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`) never imports TensorFlow.
+Writing (:func:`set_weights`, :func:`apply`) goes through the same write transaction as
+the command line: staged beside the destination, verified, smoke-tested with Keras
+(unless ``smoke=False``) and only then moved into place. :func:`assign` does the same
+checks on a live Keras layer.
+
+Heavy modules are imported inside the functions, so ``import conv_surgeon`` stays cheap.
+
+>>> import conv_surgeon as cs
+>>> [layer.path for layer in cs.inspect("sample_models/tiny_cnn.keras").layers]
+['conv1', 'conv2', 'conv3']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from .edits import Layout
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .edits.assign import Assignment
+    from .ops.compare import DiffReport
+    from .ops.reading import InspectReport
+    from .ops.surgery import SetReport, WeightRequest
+    from .store.source import ModelSource
+    from .transaction.transaction import Destination
+
+PathLike = Union[str, "os.PathLike[str]"]
+# A new value: an array, or a source spec as the CLI takes it ("k.npy", "bank.npz:dw", ...).
+Value = Union["np.ndarray", str]
+
+
+def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelSource:
+    from .store.source import ModelSource
+
+    if isinstance(model, bytes):
+        import io
+
+        return ModelSource.from_stream(io.BytesIO(model), "<bytes>", config=config)
+    return ModelSource.from_path(model, config=config)
+
+
+def inspect(
+    model: PathLike | bytes, *, all_layers: bool = False, stats: bool = False,
+    config: PathLike | None = None,
+) -> InspectReport:
+    """The model's convolution layers (every layer with weights if ``all_layers``): each
+    with its ``path``, ``class_name`` and ``variables`` (name, shape, dtype).
+
+    ``model`` is any Keras save (``.keras``, ``.h5``, weights-only, a shard map, a saved
+    folder or a keras-hub preset) or the bytes of one; ``config`` gives a weights-only
+    save its model's classes.
+    """
+    from .ops.reading import inspect_model
+
+    return inspect_model(_source(model, config), all_layers=all_layers, stats=stats)
+
+
+def get_weights(
+    model: PathLike | bytes, layer: str, *, layout: Layout = "keras", config: PathLike | None = None,
+) -> dict[str, np.ndarray]:
+    """Every variable of ``layer``, by name: ``{"kernel": ..., "bias": ...}``.
+
+    ``layout="torch"`` gives convolution variables in PyTorch / ONNX layout.
+    """
+    from .ops.reading import get_weights as export
+
+    return export(_source(model, config), layer, every=True, layout=layout).arrays
+
+
+def set_weights(
+    model: PathLike,
+    layer: str,
+    *,
+    out: PathLike | None = None,
+    in_place: bool = False,
+    kernel: Value | None = None,
+    bias: Value | None = None,
+    weights: Mapping[str, Value] | None = None,
+    inits: Mapping[str, str] | None = None,
+    seed: int | None = None,
+    layout: Layout = "keras",
+    smoke: bool = True,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
+    imports: Sequence[str] = (),
+    unsafe: bool = False,
+    dry_run: bool = False,
+    config: PathLike | None = None,
+) -> SetReport:
+    """Set variables of one convolution layer and write the model to ``out`` (or over
+    ``model`` with ``in_place``); ``dry_run`` checks and reports without writing.
+
+    ``kernel``, ``bias`` and ``weights`` (other variables by name, e.g.
+    ``{"depthwise_kernel": dw}``) take arrays or source specs; ``inits`` takes
+    initializer specs by variable name (``{"kernel": "he_normal", "bias": "zeros"}``),
+    drawn with ``seed``. Arrays are in Keras layout unless ``layout="torch"``.
+
+    >>> import conv_surgeon as cs, numpy as np
+    >>> report = cs.set_weights("sample_models/tiny_cnn.keras", "conv1", out="build/api.keras",
+    ...                         kernel=np.zeros((3, 3, 1, 4), np.float32), smoke=False)
+    """
+    from .ops.surgery import set_weights as set_layer
+    from .transaction.transaction import SmokeOptions, WriteOptions
+
+    requests = _requests(kernel, bias, weights, inits)
+    destination = _destination(model, out, in_place, dry_run)
+    checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
+                          unsafe=unsafe, imports=tuple(imports))
+    command = ("conv_surgeon.set_weights", os.fspath(model), layer)
+    return set_layer(_source(model, config), layer, requests, WriteOptions(destination, checks, command),
+                     seed=seed, layout=layout)
+
+
+def apply(
+    model: PathLike, plan: PathLike, *, out: PathLike | None = None, in_place: bool = False,
+    smoke: bool = True, dry_run: bool = False, config: PathLike | None = None,
+) -> SetReport:
+    """Every edit of a JSON or TOML plan (see ``conv-surgeon apply --schema``), all or
+    nothing, with one write and one smoke test."""
+    from .edits.plan import load_plan
+    from .ops.surgery import apply_plan
+    from .transaction.transaction import SmokeOptions, WriteOptions
+
+    destination = _destination(model, out, in_place, dry_run)
+    options = WriteOptions(destination, SmokeOptions(enabled=smoke),
+                           ("conv_surgeon.apply", os.fspath(model), os.fspath(plan)))
+    return apply_plan(_source(model, config), load_plan(plan), options)
+
+
+def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
+    """Compare the convolution weights of two models (every layer's with ``all_layers``)."""
+    from .ops.compare import diff_models
+
+    return diff_models(_source(a), _source(b), all_layers=all_layers)
+
+
+def assign(
+    layer: Any, *, kernel: np.ndarray | None = None, bias: np.ndarray | None = None,
+    layout: Layout = "keras", **weights: np.ndarray,
+) -> list[Assignment]:
+    """Put new values into a live Keras convolution layer, built or not.
+
+    The recipe most tutorials teach (``conv.kernel = tf.Variable(...)``) raises on
+    Keras 3. This checks every array with the same engine and messages as ``set``,
+    builds an unbuilt layer from the kernel's shape, converts from PyTorch layout if
+    asked, and assigns. Returns what was assigned.
+    """
+    from .ops.live import assign_live
+
+    return assign_live(layer, kernel=kernel, bias=bias, layout=layout, named=weights)
+
+
+def _requests(kernel: Value | None, bias: Value | None, weights: Mapping[str, Value] | None,
+              inits: Mapping[str, str] | None) -> list[WeightRequest]:
+    from .ops.surgery import WeightRequest
+
+    def request(name: str, value: Value) -> WeightRequest:
+        variable = None if name == "kernel" else name
+        if isinstance(value, str):
+            return WeightRequest(variable, source=value)
+        import numpy as np
+
+        return WeightRequest(variable, array=np.asarray(value), origin=f"{name} array")
+
+    named: dict[str, Value] = dict(weights or {})
+    for name, value in (("kernel", kernel), ("bias", bias)):
+        if value is not None:
+            if name in named:
+                raise _usage(f"{name} is given twice (as {name}= and in weights=); give it once")
+            named[name] = value
+    requests = [request(name, value) for name, value in named.items()]
+    requests += [WeightRequest(None if name == "kernel" else name, init=spec) for name, spec in (inits or {}).items()]
+    if not requests:
+        raise _usage("no weight to set; give kernel=, bias=, weights={...} or inits={...}")
+    return requests
+
+
+def _usage(message: str) -> Exception:
+    from .errors import UsageError
+
+    return UsageError(message)
+
+
+def _destination(model: PathLike, out: PathLike | None, in_place: bool, dry_run: bool) -> Destination | None:
+    """Where a write goes, with the CLI's rules (the input is overwritten only in place)."""
+    from .transaction.transaction import choose_destination
+
+    if dry_run == (out is not None or in_place):
+        raise _usage("give out=PATH or in_place=True to write, or dry_run=True to only check (not both)")
+    if dry_run:
+        return None
+    if out is not None and os.fspath(out) == "-":
+        raise _usage("out='-' means stdout, which the Python API does not write to; give a path")
+    # No stream: with out or in_place given, choose_destination always returns a path.
+    return choose_destination(os.fspath(model), os.fspath(out) if out is not None else None, in_place,
+                              stdout=None)  # type: ignore[arg-type]
