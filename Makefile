@@ -1,4 +1,5 @@
-# conv-surgeon: `make demo` runs the tool on the bundled sample model, `make test` runs the tests.
+# conv-surgeon: `make demo` runs the tool on the bundled sample model, `make test` checks
+# types and import contracts and runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -29,7 +30,10 @@ demo: install
 	$(CLI) set $(SAMPLE) --layer conv1 --kernel sample_models/sobel.npy --bias-init zeros -o $(DEMO_OUT)/tiny_cnn_sobel.keras
 	$(CLI) inspect $(DEMO_OUT)/tiny_cnn_sobel.keras --stats
 
+# Types and the import contracts (pyproject.toml) first: both take seconds, pytest minutes.
 test: install-test
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 bench: install

@@ -9,10 +9,9 @@ Importing the package is cheap: numpy, h5py and TensorFlow load only when a func
 needs them.
 """
 
-__version__ = "0.1.0"
-
-from .api import apply, assign, diff, get_weights, inspect, set_weights  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .api import apply, assign, diff, get_weights, inspect, set_weights
+from .errors import (
     AssignmentError,
     ConvSurgeonError,
     ExitCode,

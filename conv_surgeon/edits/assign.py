@@ -1,6 +1,7 @@
 """The assignment engine: check a candidate array against a variable, return what to write.
 
-Pure numpy (and ml_dtypes for bfloat16): no TensorFlow. Every refusal is one
+Pure numpy (and ml_dtypes, imported only when a bfloat16 or float8 value is involved:
+it costs most of a second): no TensorFlow. Every refusal is one
 :class:`AssignmentError` line naming the layer, the variable, what was expected, what
 was received and, when one applies, a hint.
 """
@@ -11,7 +12,6 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from ..model.catalogue import ConvClass, stored_name_matches
@@ -20,12 +20,8 @@ from .targets import TargetVariable
 from .layout import from_torch_code, torch_axis_names, torch_shape
 from ..model.naming import format_shape
 
-TARGET_DTYPES: dict[str, np.dtype] = {
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-}
+# The stored dtypes conv-surgeon writes; bfloat16 is ml_dtypes', the others numpy's.
+TARGET_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # Float64 holds every integer up to 2**53 exactly; larger ones need an exact check.
 _EXACT_IN_FLOAT64 = 2**53
@@ -115,13 +111,17 @@ def _find_target(targets: Sequence[TargetVariable], wanted: str) -> int:
 
 
 def _target_dtype(target: TargetVariable) -> np.dtype:
-    try:
-        return TARGET_DTYPES[target.dtype]
-    except KeyError:
+    if target.dtype not in TARGET_DTYPES:
         raise AssignmentError(
             f"{target.label} is stored as {target.dtype}; conv-surgeon writes "
             f"{', '.join(TARGET_DTYPES)} variables only"
-        ) from None
+        )
+    if target.dtype == "bfloat16":
+        import ml_dtypes
+
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)  # ml_dtypes types it as np.generic
+        return bfloat16
+    return np.dtype(target.dtype)
 
 
 def _is_real_number_dtype(dtype: np.dtype) -> bool:
@@ -129,7 +129,10 @@ def _is_real_number_dtype(dtype: np.dtype) -> bool:
         return True
     if dtype.kind != "V":
         return False
-    # ml_dtypes floats (bfloat16, float8_*) report kind 'V' like raw records.
+    # ml_dtypes floats (bfloat16, float8_*) report kind 'V' like raw records; an array
+    # of one means ml_dtypes is already imported.
+    import ml_dtypes
+
     try:
         ml_dtypes.finfo(dtype)
     except (ValueError, TypeError):
@@ -231,7 +234,7 @@ def _cast(
     overflow = np.isinf(wide)
     if overflow.any():
         index = tuple(int(i) for i in np.argwhere(overflow)[0])
-        limit = float(ml_dtypes.finfo(dtype).max)
+        limit = _largest_finite(dtype)
         raise AssignmentError(
             f"{target.label}: {origin} value {array[index]} at index {index} overflows "
             f"{target.dtype} (largest finite value {limit:g}); scale the source into range"
@@ -245,6 +248,14 @@ def _cast(
             f"{flushed} nonzero values too small for {target.dtype} became 0",
         )
     return value, ()
+
+
+def _largest_finite(dtype: np.dtype) -> float:
+    if dtype.kind == "f":
+        return float(np.finfo(dtype).max)
+    import ml_dtypes  # bfloat16: the value was just cast to it, so this costs nothing
+
+    return float(ml_dtypes.finfo(dtype).max)
 
 
 def _check_exact_integers(

@@ -376,13 +376,19 @@ def _check_together(
             )
     if entry.ordered is not None:
         low_name, high_name = entry.ordered
-        low = float(values.get(low_name, _default(entry, low_name)))  # type: ignore[arg-type]
-        high = float(values.get(high_name, _default(entry, high_name)))  # type: ignore[arg-type]
+        low, high = _number_value(entry, values, low_name), _number_value(entry, values, high_name)
         if low > high:
             raise InitializerError(
                 f"initializer '{text}': {low_name} {low} is above {high_name} {high}; "
                 f"give {low_name} <= {high_name}"
             )
+
+
+def _number_value(entry: InitializerEntry, values: dict[str, ArgumentValue], argument: str) -> float:
+    """A number argument's value: as given, or its default."""
+    value = values.get(argument, _default(entry, argument))
+    assert isinstance(value, float), f"{entry.name} table orders {argument}, which is no number"
+    return value
 
 
 def _default(entry: InitializerEntry, argument: str) -> ArgumentValue:

@@ -75,18 +75,18 @@ class Plan:
     edits: tuple[PlanEdit, ...]
 
 
-def load_plan(path: str | Path) -> Plan:
+def load_plan(path: str | os.PathLike[str]) -> Plan:
     """Read and check the plan at ``path``; raise one PlanError listing every problem.
 
     >>> load_plan("plan.toml").edits[0].weights[0].source
     '/home/me/work/k.npy'
     """
-    label = str(path)
+    label = os.fspath(path)
     document = _parse(Path(path), label)
     return plan_from_mapping(document, base_dir=Path(path).absolute().parent, label=label)
 
 
-def plan_from_mapping(document: Mapping[str, Any], *, base_dir: Path, label: str) -> Plan:
+def plan_from_mapping(document: object, *, base_dir: Path, label: str) -> Plan:
     """Check a parsed plan and build it; ``label`` names the plan in messages.
 
     Relative sources are joined to ``base_dir``. Whichever ':' ``split_source_spec``
@@ -309,10 +309,11 @@ def _read_layer(entry: Mapping[str, Any], place: str, problems: list[str]) -> st
     return layer
 
 
-def _read_layout(entry: Mapping[str, Any], place: str, problems: list[str]) -> str:
+def _read_layout(entry: Mapping[str, Any], place: str, problems: list[str]) -> Layout:
     layout = entry.get("layout", LAYOUTS[0])
-    if layout in LAYOUTS:
-        return str(layout)
+    for known in LAYOUTS:
+        if layout == known:
+            return known
     typed = layout.lower() if isinstance(layout, str) else ""
     close = difflib.get_close_matches(typed, LAYOUTS, n=1)
     suggestion = f"did you mean '{close[0]}'? " if close else ""

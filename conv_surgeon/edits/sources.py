@@ -28,13 +28,16 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from ..errors import SourceError
 from ..store.hdf5 import HDF5_MAGIC, read_dataset
 from ..store.archive import ZIP_MAGIC
+
+if TYPE_CHECKING:
+    import h5py
 
 NPY_MAGIC = b"\x93NUMPY"
 # torch.save's legacy (pre-zip) format opens with its magic number pickled at protocol 2.
@@ -229,7 +232,7 @@ def _load_npy_bytes(data: bytes, what: str) -> np.ndarray:
         )
     try:
         # allow_pickle=False always: a pickled .npy runs code when loaded.
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
     except (ValueError, EOFError, OSError) as exc:
         raise SourceError(
             f"{what}: truncated or corrupt .npy data ({_one_line(exc)}); write it again "
@@ -334,7 +337,7 @@ def _load_safetensors(data: bytes, spec: str, path: str, key: str | None) -> np.
                     f"source '{spec}': tensor '{name}' in '{path}' has dtype {code}, which "
                     "numpy cannot hold; save it as float32 instead"
                 )
-            return tensors.get_tensor(name)
+            return np.asarray(tensors.get_tensor(name))
     except (SafetensorError, ValueError, KeyError) as exc:
         raise SourceError(
             f"source '{spec}': '{path}' is a truncated or corrupt safetensors file "
@@ -452,9 +455,9 @@ def _tensor_to_numpy(tensor: Any, spec: str, what: str) -> np.ndarray:
         if tensor.dtype == getattr(torch, dtype_name):
             dtype = np.dtype(getattr(ml_dtypes, dtype_name))
             bits = torch.int16 if dtype.itemsize == 2 else torch.uint8
-            return tensor.contiguous().view(bits).numpy().view(dtype)
+            return np.asarray(tensor.contiguous().view(bits).numpy()).view(dtype)
     try:
-        return tensor.numpy()
+        return np.asarray(tensor.numpy())
     except (TypeError, RuntimeError) as exc:
         raise SourceError(
             f"source '{spec}': {what} ({tensor.dtype}, {tensor.layout}) has no numpy "
@@ -481,7 +484,7 @@ def _choose_tensor(
     return _choose_key(spec, path, key, names, "tensor")
 
 
-def _datasets_below(group: object) -> list[str]:
+def _datasets_below(group: h5py.Group) -> list[str]:
     """Paths of every dataset below ``group``, relative to it."""
     import h5py
 
@@ -491,7 +494,7 @@ def _datasets_below(group: object) -> list[str]:
         if isinstance(node, h5py.Dataset):
             found.append(name)
 
-    group.visititems(visit)  # type: ignore[attr-defined]
+    group.visititems(visit)
     return found
 
 

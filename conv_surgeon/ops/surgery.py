@@ -13,13 +13,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from ..edits import LAYOUTS, Layout, check_seed
 from ..edits.assign import Assignment, plan_assignments
-from ..edits.initializers import draw_seed
+from ..edits.initializers import InitializerSpec, draw_seed, parse_initializer_spec, variable_seed
 from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
 from ..edits.plan import Plan
 from ..edits.targets import TargetVariable, layer_targets
@@ -29,7 +29,7 @@ from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.hdf5 import HDF5_MAGIC
-from ..store.provenance import EditRecord
+from ..store.provenance import EditRecord, EditSource
 from ..store.source import ModelSource
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..transaction.smoke import SmokeReport
@@ -217,7 +217,7 @@ def edit_model(
             planned.append(_PlannedLayer(layer, assignments))
             records += [
                 EditRecord(layer=layer.path, variable=a.target.name, layout=edit.layout,
-                           source=sources[a.target.name])  # type: ignore[typeddict-item]
+                           source=sources[a.target.name])
                 for a in assignments
             ]
         except ConvSurgeonError as exc:
@@ -280,7 +280,6 @@ def _place(edit: LayerEdit) -> str:
 
 def _needs_seed(edits: list[LayerEdit]) -> bool:
     """Whether any initializer takes a seed; bad specs are reported later, with their place."""
-    from ..edits.initializers import parse_initializer_spec
 
     def takes_seed(spec: str) -> bool:
         try:
@@ -308,16 +307,14 @@ def _variable_named(layer: Layer, name: str) -> Variable:
 
 def _load_candidates(
     source: ModelSource, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None
-) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str], dict[str, dict[str, Any]]]:
+) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str], dict[str, EditSource]]:
     """Every value the edit names, as (variable name, array, origin), in Keras layout.
 
     Also returns, by variable name, notes (a file array in Keras layout whose shape
     would fit the PyTorch layout too is taken as Keras, and the report says so) and
     where each value came from, for the provenance record.
     """
-    from ..edits.initializers import parse_initializer_spec, variable_seed
     from ..transaction.keras_runtime import draw_initializer
-    from ..edits.sources import load_source
 
     requests = edit.requests
     if sum(r.source == "-" for r in requests) > 1:
@@ -329,32 +326,22 @@ def _load_candidates(
     targets = {t.name: t for t in layer_targets(layer)}
     candidates: list[tuple[str, np.ndarray, str]] = []
     notes: dict[str, str] = {}
-    sources: dict[str, dict[str, Any]] = {}
+    sources: dict[str, EditSource] = {}
     if edit.donor is not None:
         donated = _donor_candidates(source, layer, edit.donor)
         candidates += donated
-        digest = _file_sha256(edit.donor.source)
-        sources.update({name: {"from": origin, "sha256": digest} for name, _, origin in donated})
-    specs = [(r, parse_initializer_spec(r.init)) for r in requests if r.init is not None]
+        donor_digest = _file_sha256(edit.donor.source)
+        sources.update({name: {"from": origin, "sha256": donor_digest} for name, _, origin in donated})
+    initializers: list[tuple[WeightRequest, InitializerSpec]] = [
+        (r, parse_initializer_spec(r.init)) for r in requests if r.init is not None
+    ]
     for request in requests:
         if request.source is None and request.array is None:
-            continue
+            continue  # an initializer: drawn below
         variable = _variable_for(layer, request, source.label)
         name = variable.name if variable is not None else request.label
-        if request.array is not None:
-            array, origin, digest = request.array, request.origin or "array", request.sha256
-        elif request.source == "-":
-            loaded = load_source("-", stdin)
-            array, origin, digest = loaded.array, loaded.origin, loaded.sha256
-        else:
-            spec = request.source
-            if _names_hdf5(spec):
-                # HDF5 parsing can spin forever on a corrupt file: bound it like a model's.
-                loaded = run_bounded(lambda: load_source(spec), PARSE_TIMEOUT_S, spec)
-            else:
-                loaded = load_source(spec)
-            array, origin, digest = loaded.array, loaded.origin, loaded.sha256
-        sources[name] = {"file": origin, "sha256": digest}
+        array, origin, file_digest = _requested_array(request, stdin)
+        sources[name] = {"file": origin, "sha256": file_digest}
         target = targets.get(name)
         if edit.layout == "torch" and target is not None:
             array = from_torch(target, array)
@@ -366,19 +353,40 @@ def _load_candidates(
                 "pass --layout torch if it comes from PyTorch"
             )
         candidates.append((name, array, origin))
-    for request, spec in specs:
+    for request, initializer in initializers:
         variable = _variable_for(layer, request, source.label)
         if variable is None:
-            candidates.append((request.label, np.zeros(0, np.float32), f"init {spec.text}"))
+            candidates.append((request.label, np.zeros(0, np.float32), f"init {initializer.text}"))
             continue
         # Each variable draws from its own seed (the base seed + its position in the
         # layer), so a kernel and a bias are independent and still reproducible.
         seed_of_variable = None if seed is None else variable_seed(seed, variable.index)
-        drawn = draw_initializer(spec, variable.shape, seed_of_variable)
-        origin = f"init {spec.text}" + (f" (seed {seed_of_variable})" if spec.takes_seed else "")
+        drawn = draw_initializer(initializer, variable.shape, seed_of_variable)
+        origin = f"init {initializer.text}" + (f" (seed {seed_of_variable})" if initializer.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
-        sources[variable.name] = {"init": spec.text, "seed": seed_of_variable if spec.takes_seed else None}
+        sources[variable.name] = {
+            "init": initializer.text, "seed": seed_of_variable if initializer.takes_seed else None,
+        }
     return candidates, notes, sources
+
+
+def _requested_array(request: WeightRequest, stdin: BinaryIO | None) -> tuple[np.ndarray, str, str | None]:
+    """The array a request gives or names the source of, what reports call it, and the
+    sha256 of the file it came from (None for an array given in memory)."""
+    from ..edits.sources import load_source
+
+    if request.array is not None:
+        return request.array, request.origin or "array", request.sha256
+    source_spec = request.source
+    assert source_spec is not None, "an initializer's request names no array"
+    if source_spec == "-":
+        loaded = load_source("-", stdin)
+    elif _names_hdf5(source_spec):
+        # HDF5 parsing can spin forever on a corrupt file: bound it like a model's.
+        loaded = run_bounded(lambda: load_source(source_spec), PARSE_TIMEOUT_S, source_spec)
+    else:
+        loaded = load_source(source_spec)
+    return loaded.array, loaded.origin, loaded.sha256
 
 
 def _names_hdf5(spec: str) -> bool:

@@ -86,8 +86,8 @@ def atomic_output(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through ``write`` with :func:`atomic_output`."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file through ``write`` (its result is ignored) with :func:`atomic_output`."""
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         write(handle)
 

@@ -3,6 +3,7 @@ and the byte geometry of a dataset (where its bytes lie, what bytes a value beco
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -17,8 +18,9 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 @contextmanager
-def h5_file(handle: BinaryIO, label: str) -> Iterator[h5py.File]:
-    """An HDF5 file over a Python file object, read-only, closed before the object."""
+def h5_file(handle: BinaryIO | io.RawIOBase, label: str) -> Iterator[h5py.File]:
+    """An HDF5 file over a Python file object (a file, bytes, or an archive's
+    :class:`~conv_surgeon.store.archive.Window`), read-only, closed before the object."""
     import h5py
 
     try:

@@ -53,7 +53,7 @@ class FileSource(TypedDict):
     """Values read from a file (``.npy``, ``.npz:KEY``, ``.h5:PATH``, ``-`` for stdin)."""
 
     file: str
-    sha256: str  # of the file's bytes (of stdin's bytes for "-")
+    sha256: str | None  # of the file's bytes (of stdin's bytes for "-"); None: an array in memory
 
 
 class InitSource(TypedDict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -61,11 +62,15 @@ class ModelSource:
     config: Path | None = None
 
     @classmethod
-    def from_path(cls, path: str | Path, config: str | Path | None = None) -> ModelSource:
-        return cls(label=str(path), path=Path(path), config=Path(config) if config is not None else None)
+    def from_path(
+        cls, path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
+    ) -> ModelSource:
+        return cls(label=os.fspath(path), path=Path(path), config=Path(config) if config is not None else None)
 
     @classmethod
-    def from_stream(cls, stream: BinaryIO, label: str = "<stdin>", config: str | Path | None = None) -> ModelSource:
+    def from_stream(
+        cls, stream: BinaryIO, label: str = "<stdin>", config: str | os.PathLike[str] | None = None
+    ) -> ModelSource:
         data = stream.read()
         if not data:
             raise ModelFileError(
@@ -251,7 +256,7 @@ def open_store(source: ModelSource) -> Iterator[OpenStore]:
         config, version = _keras_meta(archive, source.label)
         member = locate_member(archive, raw, WEIGHTS_MEMBER, source.label)
         if member.stored:
-            store: BinaryIO = Window(raw, member.data_offset, member.size)  # type: ignore[assignment]
+            store: BinaryIO | Window = Window(raw, member.data_offset, member.size)
         else:
             store = io.BytesIO(archive.read(WEIGHTS_MEMBER))
         h5 = stack.enter_context(h5_file(store, source.label))

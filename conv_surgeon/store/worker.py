@@ -13,7 +13,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Generic, TypeVar, cast
 
 from ..errors import ConvSurgeonError, InternalError, ModelFileError
 
@@ -35,10 +35,10 @@ def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
     return Worker(work, timeout, label).result()
 
 
-class Worker:
+class Worker(Generic[T]):
     """``work`` running in a forked child; :meth:`result` waits for it, up to a deadline."""
 
-    def __init__(self, work: Callable[[], Any], timeout: float, label: str) -> None:
+    def __init__(self, work: Callable[[], T], timeout: float, label: str) -> None:
         self.label, self.timeout = label, timeout
         self.deadline = time.monotonic() + timeout
         read_end, write_end = os.pipe()
@@ -61,7 +61,7 @@ class Worker:
         os.close(write_end)
         self.pid, self.read_end = pid, read_end
 
-    def result(self) -> Any:
+    def result(self) -> T:
         chunks: list[bytes] = []
         try:
             while True:
@@ -84,7 +84,7 @@ class Worker:
             raise ModelFileError(f"{self.label}: the reader crashed on this file; it is probably corrupt")
         kind, value = pickle.loads(b"".join(chunks))
         if kind == "ok":
-            return value
+            return cast(T, value)  # what work() returned, pickled by the child
         if kind == "error":
             raise value
         message, worker_traceback = value
