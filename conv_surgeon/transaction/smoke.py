@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import ConvSurgeonError, SmokeTestError
+from ..errors import ConvSurgeonError, SmokeTestError, UsageError
 from ..model.naming import format_shape
 from .keras_runtime import import_keras, quiet_stderr
 
@@ -31,6 +31,10 @@ from .keras_runtime import import_keras, quiet_stderr
 # up to 1024 x 1024 x 3 for an image, 128**3 for a volume, a million steps for a signal).
 LADDER_START = 32
 MAX_INPUT_ELEMENTS = 1 << 22
+
+# --compare counts values within this fraction of an output's largest magnitude as equal:
+# a few float32 roundings, far below the effect of any edit worth checking.
+INDISTINCT = 1e-6
 
 _SKIP_HINT = "or skip the check with --no-smoke"
 
@@ -70,6 +74,9 @@ class ExpectedValue:
     store_index: int = 0
     h5_layer: str | None = None  # legacy .h5: the top-level group name under model_weights
     h5_position: int = 0  # legacy .h5: position in that group's `weight_names` attribute
+    # The edited layer as `inspect` names it ("block_1_depthwise", "td/conv2d"); --compare
+    # compares its output. "" compares no layer output for this value.
+    layer_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,10 +113,35 @@ class SmokeReport:
     checked_variables: int
     notes: tuple[str, ...] = field(default_factory=tuple)
     comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
+    # --compare: the output of each edited layer that is a layer of the model's graph,
+    # named by its layer path, in the order of the edits.
+    layer_comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
 
 
 class _ForwardFailure(Exception):
     """The model raised while running an input; the message is the short reason."""
+
+
+class _NotProbed(Exception):
+    """An edited layer whose output cannot be computed alone; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A model Keras loaded, with its variable for each expected value (None where absent)."""
+
+    model: Any
+    variables: list[Any]
+
+
+@dataclass(frozen=True)
+class _Original:
+    """What --compare learnt from the original model on the edited model's inputs."""
+
+    outputs: list[np.ndarray]
+    layers: list[tuple[str, np.ndarray, np.ndarray]]  # (layer path, original output, edited output)
+    notes: list[str]  # the edited layers not compared, and why
+    changed: bool  # some edited variable holds another value than in the original
 
 
 def _short_error(exc: BaseException, limit: int = 300) -> str:
@@ -313,9 +345,13 @@ def _forward(keras: Any, model: Any, inputs: list[np.ndarray]) -> list[np.ndarra
 
 
 def _given_shapes(symbolic: list[tuple[Any, ...]], given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """The --input-shape sizes checked against the model's inputs, with a batch axis of 1."""
+    """The --input-shape sizes checked against the model's inputs, with a batch axis of 1.
+
+    A shape the model's inputs cannot take is a mistake on the command line (a usage
+    error), not a failure of the written model.
+    """
     if len(given) != len(symbolic):
-        raise SmokeTestError(
+        raise UsageError(
             f"--input-shape: the model has {len(symbolic)} input(s) "
             f"{', '.join(str(s) for s in symbolic)}, received {len(given)} shape(s); give "
             "one --input-shape per input, without the batch axis"
@@ -325,13 +361,18 @@ def _given_shapes(symbolic: list[tuple[Any, ...]], given: Sequence[tuple[int, ..
         body, wanted = shape[1:], tuple(given[i])
         if len(wanted) == len(shape):
             wanted = wanted[1:]
-        if len(wanted) != len(body) or any(d is not None and d != w for d, w in zip(body, wanted)):
-            raise SmokeTestError(
+        if not _fits(body, wanted):
+            raise UsageError(
                 f"--input-shape {tuple(wanted)} does not fit model input {i} "
                 f"{shape} (batch axis excluded: {body}); give the sizes for its None axes"
             )
         shapes.append((1,) + tuple(int(w) for w in wanted))
     return shapes
+
+
+def _fits(symbolic: Sequence[Any], shape: Sequence[int]) -> bool:
+    """Whether an array of ``shape`` fits a symbolic shape: same rank, every known size equal."""
+    return len(shape) == len(symbolic) and all(d is None or d == s for d, s in zip(symbolic, shape))
 
 
 def _filled(symbolic: list[tuple[Any, ...]], size: int) -> list[tuple[int, ...]]:
@@ -420,23 +461,55 @@ def _run_seeded(
     )
 
 
-def _loaded_inputs(path: Path, model: Any) -> list[np.ndarray]:
-    """Inputs saved by --save-inputs (keys input_0, input_1, ...) or named like the model's."""
+def _read_inputs_file(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a --load-inputs file: an .npz as --save-inputs writes it."""
+    redo = "save the inputs with np.savez('inputs.npz', input_0=x) (one key per model input)"
     try:
-        with np.load(path, allow_pickle=False) as bundle:
-            stored = {key: bundle[key] for key in bundle.files}
+        # A memory map: a .npy given by mistake is only opened to read its shape.
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError) as exc:
-        raise SmokeTestError(f"--load-inputs {path}: not a readable .npz file ({exc})") from None
+        raise ConvSurgeonError(f"--load-inputs {path}: not a readable .npz file ({exc}); {redo}") from None
+    if isinstance(loaded, np.ndarray):
+        raise ConvSurgeonError(
+            f"--load-inputs {path}: expected an .npz file with one array per model input, received "
+            f"a single .npy array {format_shape(loaded.shape)}; save it with "
+            f"np.savez('{path.with_suffix('.npz')}', input_0=np.load('{path}')) and pass that file"
+        )
+    try:
+        with loaded as bundle:
+            return {key: bundle[key] for key in bundle.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConvSurgeonError(f"--load-inputs {path}: not a readable .npz file ({exc}); {redo}") from None
+
+
+def _matched_inputs(path: Path, stored: dict[str, np.ndarray], model: Any) -> list[np.ndarray]:
+    """The arrays for the model's inputs (keys input_0, input_1, ... or the inputs' names),
+    each checked against its input's shape before anything runs."""
     inputs = []
     for i, tensor in enumerate(model.inputs):
         name = str(getattr(tensor, "name", ""))
         key = f"input_{i}" if f"input_{i}" in stored else name
         if key not in stored:
-            raise SmokeTestError(
+            raise ConvSurgeonError(
                 f"--load-inputs {path}: no array for model input {i} ('{name}'); expected key "
                 f"input_{i} or {name}, found: {', '.join(sorted(stored)) or 'none'}"
             )
-        inputs.append(stored[key])
+        array, expects = stored[key], tuple(tensor.shape)
+        if not _fits(expects, array.shape):
+            batch = _fits(expects, (1,) + array.shape)
+            raise ConvSurgeonError(
+                f"--load-inputs {path}: model input {i} expects {expects}, received {array.shape} "
+                f"(array '{key}'); "
+                + (f"add the batch axis: np.savez(FILE, input_{i}=x[None])" if batch else
+                   f"save arrays of that shape with np.savez(FILE, input_{i}=...)")
+            )
+        inputs.append(array)
+    batches = {a.shape[0] for a in inputs if a.ndim}
+    if len(batches) > 1:
+        raise ConvSurgeonError(
+            f"--load-inputs {path}: the arrays hold {_shapes_text([a.shape for a in inputs])}, "
+            "different numbers of samples; give every input the same first axis"
+        )
     return inputs
 
 
@@ -445,10 +518,14 @@ def compare_outputs(name: str, original: np.ndarray, edited: np.ndarray) -> Outp
     b = edited.astype(np.float64).ravel()
     diff = np.abs(b - a)
     denominator = np.linalg.norm(a) * np.linalg.norm(b)
+    # Where the original is 0 the relative error is unbounded: inf, without numpy's warning
+    # on the user's terminal (this runs after stderr is restored).
+    with np.errstate(over="ignore"):
+        relative = diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)
     return OutputComparison(
         name=name,
         max_abs=float(diff.max()) if diff.size else 0.0,
-        max_rel=float((diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)).max()) if diff.size else 0.0,
+        max_rel=float(relative.max()) if diff.size else 0.0,
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         cosine=float(np.dot(a, b) / denominator) if denominator > 0 else float(np.array_equal(a, b)),
     )
@@ -471,16 +548,19 @@ def run_smoke_test(
 
     ``imports`` are modules imported first (they register custom classes). Unknown input
     sizes not given by ``input_shapes`` are searched (see ``_run_seeded``). With
-    ``reference`` (the original model) both run on the same inputs and their outputs are
-    compared; ``expect_same`` turns a difference beyond it into a failure.
+    ``reference`` (the original model) both run on the same inputs and their outputs,
+    and the outputs of the edited layers, are compared; ``expect_same`` turns a
+    difference of the model's outputs beyond it into a failure.
     """
     edited = target if isinstance(target, SmokeTarget) else SmokeTarget(target)
+    # A wrong inputs file is refused before Keras loads anything.
+    stored = _read_inputs_file(load_inputs) if load_inputs is not None else None
     keras = import_keras()
     with quiet_stderr():
         _import_modules(imports)
         model = _load_target(keras, edited, unsafe, "written model")
-        if load_inputs is not None:
-            inputs = _loaded_inputs(load_inputs, model)
+        if load_inputs is not None and stored is not None:
+            inputs = _matched_inputs(load_inputs, stored, model)
             notes = [f"inputs from {load_inputs}"]
             try:
                 arrays = _forward(keras, model, inputs)
@@ -493,18 +573,15 @@ def run_smoke_test(
         else:
             inputs, arrays, notes = _run_seeded(keras, model, input_shapes, seed)
         symbolic = [tuple(t.shape) for t in _as_list(model.outputs)]
-        checked = _check_variables(keras, model, expected, _legacy_weights_file(edited))
-        originals = None
+        legacy_file = _legacy_weights_file(edited)
+        loaded = _Loaded(model, _locate_variables(model, expected, legacy_file))
+        checked = _check_variables(keras, expected, loaded.variables, legacy=legacy_file is not None)
+        original = None
         if reference is not None:
-            original = reference if isinstance(reference, SmokeTarget) else SmokeTarget(reference)
-            try:
-                originals = _forward(keras, _load_target(keras, original, unsafe, "original model"), inputs)
-            except _ForwardFailure as failure:
-                raise SmokeTestError(
-                    f"the forward pass of the original model failed on the input "
-                    f"{_shapes_text([a.shape for a in inputs])} the edited model ran on ({failure}); "
-                    "nothing was written; drop --compare to skip the comparison"
-                ) from None
+            original = _run_original(
+                keras, reference if isinstance(reference, SmokeTarget) else SmokeTarget(reference),
+                unsafe, expected, inputs, loaded,
+            )
     shapes = [tuple(a.shape) for a in inputs]
     summaries = []
     for i, (array, shape) in enumerate(zip(arrays, symbolic)):
@@ -524,12 +601,15 @@ def run_smoke_test(
             )
         summaries.append(OutputSummary(name, tuple(array.shape), float(values.min()), float(values.max())))
     comparisons: tuple[OutputComparison, ...] = ()
-    if originals is not None:
+    layer_comparisons: tuple[OutputComparison, ...] = ()
+    if original is not None:
         comparisons = tuple(
-            compare_outputs(f"output {i}", a, b) for i, (a, b) in enumerate(zip(originals, arrays))
+            compare_outputs(f"output {i}", a, b) for i, (a, b) in enumerate(zip(original.outputs, arrays))
         )
         if expect_same is not None:
-            _check_tolerance(originals, arrays, comparisons, expect_same)
+            _check_tolerance(original.outputs, arrays, comparisons, expect_same)
+        layer_comparisons = tuple(compare_outputs(path, a, b) for path, a, b in original.layers)
+        notes += original.notes + _comparison_notes(original, comparisons, layer_comparisons)
     if save_inputs is not None:
         from ..store.fileio import npz_bytes, write_atomically
 
@@ -542,7 +622,140 @@ def run_smoke_test(
         checked_variables=checked,
         notes=tuple(notes),
         comparisons=comparisons,
+        layer_comparisons=layer_comparisons,
     )
+
+
+# --- the comparison with the original model ----------------------------------------------
+
+
+def _run_original(
+    keras: Any,
+    reference: SmokeTarget,
+    unsafe: bool,
+    expected: Sequence[ExpectedValue],
+    inputs: list[np.ndarray],
+    edited: _Loaded,
+) -> _Original:
+    """Run the original model, and the edited layers of both models, on ``inputs``."""
+    model = _load_target(keras, reference, unsafe, "original model")
+    try:
+        outputs = _forward(keras, model, inputs)
+    except _ForwardFailure as failure:
+        raise SmokeTestError(
+            f"the forward pass of the original model failed on the input "
+            f"{_shapes_text([a.shape for a in inputs])} the edited model ran on ({failure}); "
+            "nothing was written; drop --compare to skip the comparison"
+        ) from None
+    loaded = _Loaded(model, _locate_variables(model, expected, _legacy_weights_file(reference)))
+    changed = any(
+        variable is not None and not _holds(keras, variable, item.value)
+        for item, variable in zip(expected, loaded.variables)
+    )
+    layers, notes = _layer_outputs(keras, loaded, edited, expected, inputs)
+    return _Original(outputs, layers, notes, changed)
+
+
+def _layer_outputs(
+    keras: Any,
+    original: _Loaded,
+    edited: _Loaded,
+    expected: Sequence[ExpectedValue],
+    inputs: list[np.ndarray],
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[str]]:
+    """Each edited layer's output in the original and the edited model, by layer path;
+    and a note for each edited layer that cannot be run alone.
+
+    A layer is found by the variables the weight-store walk located for it, and run as
+    a sub-model from the model's inputs to that layer's output, one for all the layers.
+    """
+    probes: list[tuple[str, Any, Any]] = []  # layer path, original output, edited output
+    notes: list[str] = []
+    seen: set[str] = set()
+    for i, item in enumerate(expected):
+        if not item.layer_path or item.layer_path in seen:
+            continue
+        seen.add(item.layer_path)
+        try:
+            probes.append((
+                item.layer_path,
+                _layer_output(keras, original.model, item.layer_path, original.variables[i]),
+                _layer_output(keras, edited.model, item.layer_path, edited.variables[i]),
+            ))
+        except _NotProbed as reason:
+            notes.append(f"layer '{item.layer_path}' is not compared: {reason}")
+    if not probes:
+        return [], notes
+    try:
+        before = _forward(keras, keras.Model(original.model.inputs, [p[1] for p in probes]), inputs)
+        after = _forward(keras, keras.Model(edited.model.inputs, [p[2] for p in probes]), inputs)
+    except _ForwardFailure as failure:
+        return [], notes + [f"the edited layers are not compared: running them alone failed ({failure})"]
+    return [(path, a, b) for (path, _, _), a, b in zip(probes, before, after)], notes
+
+
+def _layer_output(keras: Any, model: Any, path: str, variable: Any) -> Any:
+    """The symbolic output of the model's layer ``path``, the layer that holds ``variable``."""
+    owner = None if variable is None else next(
+        (layer for layer in model.layers if any(w is variable for w in layer.weights)), None)
+    if owner is None:
+        raise _NotProbed("no layer of the model Keras loaded holds its variables")
+    if owner.name != path:
+        raise _NotProbed(f"it is inside layer '{owner.name}', and only the model's own layers have an output to run to")
+    # Each build of a Sequential model adds a call to every layer, and it can hold a layer once.
+    calls = 1 if isinstance(model, keras.Sequential) else len(owner._inbound_nodes)
+    if calls != 1:
+        raise _NotProbed(f"the model calls it {calls} times, so it has no single output")
+    try:
+        output = owner.output
+        keras.Model(model.inputs, output)  # raises unless the model's inputs lead to it
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; all mean "no output in the graph"
+        raise _NotProbed(f"it has no output in the model's graph ({_short_error(exc)})") from None
+    if isinstance(output, (list, tuple, dict)):
+        raise _NotProbed(f"it has {len(output)} outputs")
+    return output
+
+
+def _comparison_notes(
+    original: _Original, comparisons: Sequence[OutputComparison], layers: Sequence[OutputComparison]
+) -> list[str]:
+    """Say when the inputs cannot show the edit's effect on an output.
+
+    That is when the original's output is (nearly) constant, or the same for every input,
+    or, though the edit changed variables, the same in both models.
+    """
+    moved = [c for c, (_, a, _) in zip(layers, original.layers) if not _indistinct(a, c)]
+    widest = max(moved, key=lambda c: c.max_abs, default=None)
+    notes = []
+    for array, comparison in zip(original.outputs, comparisons):
+        values = array.astype(np.float64)
+        if not values.size:
+            continue
+        scale = INDISTINCT * float(np.abs(values).max())
+        spread = float(values.max() - values.min())
+        if spread <= scale:
+            within = f" within {spread:.3g}" if spread else ""
+            reason = f"is constant on these inputs (every value {values.flat[0]:.6g}{within})"
+        elif values.ndim and len(values) > 1 and float(np.abs(values - values[:1]).max()) <= scale:
+            reason = f"is the same for each of the {len(values)} inputs"
+        elif original.changed and _indistinct(array, comparison):
+            reason = (f"is the same in the original and the edited model (max abs difference "
+                      f"{comparison.max_abs:.3g}) though the edit changed variables")
+        else:
+            continue
+        shown = ""
+        if widest is not None and _indistinct(array, comparison):
+            shown = f", while the output of layer '{widest.name}' changed by up to {widest.max_abs:.3g}"
+        notes.append(
+            f"{comparison.name} {format_shape(array.shape)} {reason}{shown}; the comparison cannot "
+            "show the edit's effect: use --load-inputs with real data"
+        )
+    return notes
+
+
+def _indistinct(original: np.ndarray, comparison: OutputComparison) -> bool:
+    """Whether the edited values equal the original ones but for float roundings."""
+    return comparison.max_abs <= INDISTINCT * float(np.abs(original.astype(np.float64)).max(initial=0.0))
 
 
 def _check_tolerance(
@@ -576,7 +789,7 @@ def _store_variables(model: Any) -> dict[str, dict[str, Any]]:
     """
     from keras.src.saving import saving_lib
 
-    class Recorder(saving_lib.H5IOStore):  # type: ignore[misc]
+    class Recorder(saving_lib.H5IOStore):  # type: ignore[misc]  # Keras has no types: its base is Any
         def __init__(self) -> None:  # no file behind it
             self.objects: dict[str, dict[str, Any]] = {}
 
@@ -612,33 +825,42 @@ def _legacy_variables(model: Any, path: Path) -> dict[str, list[Any]]:
     return {name: legacy._legacy_weights(layer) for name, layer in zip(names, layers)}
 
 
-def _check_variables(keras: Any, model: Any, expected: Sequence[ExpectedValue], legacy_file: Path | None) -> int:
+def _locate_variables(model: Any, expected: Sequence[ExpectedValue], legacy_file: Path | None) -> list[Any]:
+    """The model's variable for each expected value, None where the file's place for it is empty."""
     if not expected:
-        return 0
+        return []
     if legacy_file is not None:
         by_group = _legacy_variables(model, legacy_file)
+        groups = [by_group.get(item.h5_layer or "", []) for item in expected]
+        return [group[item.h5_position] if 0 <= item.h5_position < len(group) else None
+                for item, group in zip(expected, groups)]
+    store = _store_variables(model)
+    return [store.get(item.store_object, {}).get(str(item.store_index)) if item.store_object is not None else None
+            for item in expected]
 
-        def locate(item: ExpectedValue) -> tuple[Any, str]:
-            group = by_group.get(item.h5_layer or "", [])
-            found = group[item.h5_position] if 0 <= item.h5_position < len(group) else None
-            return found, f"weight {item.h5_position} of group '{item.h5_layer}' in the .h5 file"
-    else:
-        store = _store_variables(model)
 
-        def locate(item: ExpectedValue) -> tuple[Any, str]:
-            found = store.get(item.store_object, {}).get(str(item.store_index)) if item.store_object is not None else None
-            return found, f"'{item.store_object}/vars/{item.store_index}' in the weight store"
+def _where(item: ExpectedValue, legacy: bool) -> str:
+    if legacy:
+        return f"weight {item.h5_position} of group '{item.h5_layer}' in the .h5 file"
+    return f"'{item.store_object}/vars/{item.store_index}' in the weight store"
 
-    for item in expected:
-        variable, where = locate(item)
+
+def _holds(keras: Any, variable: Any, value: np.ndarray) -> bool:
+    """Whether ``variable`` holds exactly ``value`` (compared as float32, as written)."""
+    want = value.astype(np.float32)
+    got = np.asarray(keras.ops.convert_to_numpy(variable)).astype(np.float32)
+    return got.shape == want.shape and np.array_equal(got, want)
+
+
+def _check_variables(keras: Any, expected: Sequence[ExpectedValue], variables: Sequence[Any], legacy: bool) -> int:
+    """Check that Keras loaded each expected value into its variable (``_locate_variables``)."""
+    for item, variable in zip(expected, variables):
         if variable is None:
             raise SmokeTestError(
-                f"{item.label}: not found in the model Keras loaded (looked for {where}); "
+                f"{item.label}: not found in the model Keras loaded (looked for {_where(item, legacy)}); "
                 "nothing was written (please report this bug)"
             )
-        want = item.value.astype(np.float32)
-        got = np.asarray(keras.ops.convert_to_numpy(variable)).astype(np.float32)
-        if got.shape != want.shape or not np.array_equal(got, want):
+        if not _holds(keras, variable, item.value):
             raise SmokeTestError(
                 f"{item.label}: Keras loaded values that differ from the ones written; "
                 "nothing was written (please report this bug)"

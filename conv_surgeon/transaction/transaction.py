@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConvSurgeonError, UsageError
 from ..model.structure import Layer, ModelStructure, Variable, read_own_variables
 from ..store.fileio import atomic_output, check_output_dir, same_file
@@ -195,8 +195,8 @@ def _smoke_kind(structure: ModelStructure, source: ModelSource,
             return None
         config = source.config
         return lambda path: SmokeTarget(path, "weights", config)
-    kind = "preset" if structure.format == "preset" else "model"
-    return lambda path: SmokeTarget(path, kind)  # type: ignore[arg-type]
+    kind: Literal["preset", "model"] = "preset" if structure.format == "preset" else "model"
+    return lambda path: SmokeTarget(path, kind)
 
 
 def _smoke_skipped(checks: SmokeOptions, ran: bool) -> str | None:
@@ -211,9 +211,10 @@ def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value
     if structure.legacy:
         top = variable.dataset.split("/")
         top_layer = top[1] if top[0] == "model_weights" else top[0]
-        return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position)
+        return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position,
+                             layer_path=layer.path)
     return ExpectedValue(label, value, store_object=layer.store_path,
-                         store_index=int(variable.dataset.rpartition("/")[2]))
+                         store_index=int(variable.dataset.rpartition("/")[2]), layer_path=layer.path)
 
 
 SUFFIXES: dict[str, tuple[str, ...]] = {
