@@ -132,12 +132,12 @@ SAMPLE_TINY = ROOT / "sample_models" / "tiny_cnn.keras"
 
 CHILD_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 DEFAULT_REPEAT = 3
-INSPECT_SPEEDUP_TARGET = 15.0
+INSPECT_SPEEDUP_TARGET = 20.0
 SET_LAYER = "conv1_conv"  # ResNet50's first conv: kernel (7, 7, 3, 64), with a bias
 SET_KERNEL_SHAPE = (7, 7, 3, 64)
 SET_SEED = 0
 SET_SMOKE_TIME_TARGET = 0.8  # (a)/(c): conv-surgeon set (smoke test on) vs plain Keras
-SET_NO_SMOKE_TIME_TARGET = 0.15  # (b)/(c): conv-surgeon set --no-smoke vs plain Keras
+SET_NO_SMOKE_TIME_TARGET = 0.08  # (b)/(c): conv-surgeon set --no-smoke vs plain Keras
 SET_SMOKE_MEMORY_TARGET = 1.0  # (a)/(c): peak RSS
 APPLY_LAYERS = 20  # the first 20 conv layers of ResNet50, as `inspect --json` lists them
 APPLY_SEED = 1  # the plan's "seed" (its initializers) and the seed of its .npy kernels
@@ -145,6 +145,8 @@ APPLY_INIT = "he_normal"
 APPLY_TIME_TARGET = 1.3  # apply (20 layers) / set (1 layer), both with the smoke test
 SET_KERNEL_BYTES = math.prod(SET_KERNEL_SHAPE) * 4  # float32, as MAKE_KERNEL writes it
 SHARD_GB = 0.022  # save_weights(max_shard_size=...), in GiB: ResNet50 in 5 shards of <= 23.6 MB
+WALK_INSPECT_TARGET = 1.3  # conv-surgeon inspect / a bare h5py walk of the same store
+API_INSPECT_WARM_MS_TARGET = 50.0  # cs.inspect() of ResNet50 in a warm process
 SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the .keras
 PRESET_INSPECT_TARGET = 1.2  # inspect of the keras-hub preset / inspect of its .keras
 # keras_hub.models.ResNetBackbone arguments of ResNet50: keras-hub 0.32 ships no config for
@@ -857,9 +859,83 @@ def bench_set_sharded(ctx: Context) -> list[Row]:
     ]
 
 
+# The least a structure read can do: open the archive's weight store in place with
+# h5py and list every dataset's shape and dtype. What inspect is measured against.
+H5PY_WALK = """
+import sys, zipfile, struct, io, h5py
+path = sys.argv[1]
+raw = open(path, "rb")
+info = zipfile.ZipFile(raw).getinfo("model.weights.h5")
+raw.seek(info.header_offset + 26)
+name_len, extra_len = struct.unpack("<HH", raw.read(4))
+start = info.header_offset + 30 + name_len + extra_len
+class Window(io.RawIOBase):
+    def __init__(self): self.pos = 0
+    def readable(self): return True
+    def seekable(self): return True
+    def tell(self): return self.pos
+    def seek(self, pos, whence=0):
+        self.pos = {0: 0, 1: self.pos, 2: info.file_size}[whence] + pos
+        return self.pos
+    def readinto(self, buffer):
+        n = max(0, min(len(buffer), info.file_size - self.pos))
+        raw.seek(start + self.pos)
+        got = raw.readinto(memoryview(buffer)[:n])
+        self.pos += got
+        return got
+found = []
+with h5py.File(Window(), "r") as h5:
+    h5.visititems(lambda n, o: found.append((n, o.shape, o.dtype)) if isinstance(o, h5py.Dataset) else None)
+print(len(found))
+"""
+
+# cs.inspect() in a warm process: the package imported and one call made, then timed.
+API_INSPECT_WARM = """
+import sys, time, statistics
+import conv_surgeon as cs
+cs.inspect(sys.argv[1])
+times = []
+for _ in range(7):
+    start = time.perf_counter()
+    cs.inspect(sys.argv[1])
+    times.append(time.perf_counter() - start)
+print(f"{statistics.median(times) * 1000:.1f}")
+"""
+
+
+def bench_inspect_walk(ctx: Context) -> list[Row]:
+    """inspect against the least a structure read can do, and with the prefetch turned off."""
+    model = resnet50()
+    ours = ctx.measure([CLI, "inspect", str(model)])
+    walk = ctx.measure([PYTHON, "-c", H5PY_WALK, str(model)])
+    # The Typer app called directly skips entry.py's prefetch: is the prefetch worth it?
+    no_prefetch = ctx.measure([PYTHON, "-c", "import sys; from conv_surgeon.cli import main; main()",
+                               "inspect", str(model)])
+    ratio = ours.median_s / walk.median_s
+    verdict = "PASS" if ratio <= WALK_INSPECT_TARGET else "MISS"
+    warm = subprocess.run([PYTHON, "-c", API_INSPECT_WARM, str(model)], capture_output=True, text=True,
+                          env=CHILD_ENV, check=True)
+    warm_ms = float(warm.stdout.strip().splitlines()[-1])
+    warm_verdict = "PASS" if warm_ms < API_INSPECT_WARM_MS_TARGET else "MISS"
+    return [
+        ("inspect-walk", "bare h5py walk of the store", f"{walk.median_s:.2f}", f"{walk.max_rss_mb:.0f}",
+         "open in place, visititems: shapes and dtypes"),
+        ("inspect-walk", "conv-surgeon inspect", f"{ours.median_s:.2f}", f"{ours.max_rss_mb:.0f}",
+         "(= inspect section)"),
+        ("inspect-walk", "ratio (ours/walk)", f"{ratio:.2f}x", "",
+         f"target <= {WALK_INSPECT_TARGET:g}x: {verdict}"),
+        ("inspect-walk", "inspect without the prefetch", f"{no_prefetch.median_s:.2f}",
+         f"{no_prefetch.max_rss_mb:.0f}",
+         f"the prefetch saves {(no_prefetch.median_s - ours.median_s) * 1000:.0f} ms"),
+        ("inspect-walk", "cs.inspect() warm", f"{warm_ms / 1000:.3f}", "",
+         f"{warm_ms:.1f} ms, target < {API_INSPECT_WARM_MS_TARGET:g} ms: {warm_verdict}"),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
+    "inspect-walk": bench_inspect_walk,
     "set": bench_set,
     "apply": bench_apply,
     "diff": bench_diff,

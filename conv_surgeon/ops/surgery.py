@@ -31,6 +31,7 @@ from ..model.structure import Layer, ModelStructure, Variable, read_structure, r
 from ..store.hdf5 import HDF5_MAGIC
 from ..store.provenance import EditRecord, EditSource
 from ..store.source import ModelSource
+from ..store.writer import plan_edits
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..transaction.smoke import SmokeReport
 from ..transaction.transaction import (
@@ -238,14 +239,16 @@ def edit_model(
         for a in layer_plan.assignments
     ]
     layers = tuple(p.layer for p in planned)
-    # Read before the transaction starts TensorFlow importing in a thread (bounded workers fork).
-    changes = _changes(source, edited)
+    # Where every value goes, and the values there now, in one bounded read of the store
+    # (a dry run too: it shows the file can be patched).
+    plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
+    changes = tuple(_change(a, plan.old_values[v.dataset]) for _, a, v in edited)
     base_seed = seed if seeded else None
     if options.destination is None:
         return SetReport(source.label, None, layers, changes, base_seed, seed_drawn, None, True)
     written = write_transaction(
-        source, structure, [WrittenValue(layer, v, a.value) for layer, a, v in edited], records,
-        options, step,
+        source, structure, plan, [WrittenValue(layer, v, a.value) for layer, a, v in edited],
+        records, options, step,
     )
     return SetReport(source.label, written.destination, layers, changes, base_seed, seed_drawn,
                      written.smoke, False, written.smoke_skipped)
@@ -484,13 +487,6 @@ def _donor_candidates(source: ModelSource, layer: Layer, donor: Donor) -> list[t
         for target, d in pairs
         if d is not None
     ]
-
-
-def _changes(
-    source: ModelSource, edited: list[tuple[Layer, Assignment, Variable]]
-) -> tuple[VariableChange, ...]:
-    old_values = read_variables(source, [v for _, _, v in edited])
-    return tuple(_change(a, old_values[v.dataset]) for _, a, v in edited)
 
 
 def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:

@@ -127,9 +127,15 @@ def locate_member(archive: zipfile.ZipFile, raw: BinaryIO, name: str, label: str
 
 def member_crcs(raw: BinaryIO, member: Member, patches: Iterable[tuple[int, bytes]], label: str) -> tuple[int, int]:
     """CRC32 of the member as it is and as it will be with ``patches`` (offset, bytes,
-    sorted by offset, offsets within the member), in one pass over its bytes."""
-    old = new = 0
+    sorted by offset, offsets within the member), in one pass over its bytes.
+
+    The new CRC is not computed over the whole member again: for two messages of one
+    length, CRC32(A) xor CRC32(B) is the linear part of the CRC of A xor B, which is zero
+    but for each patch (:func:`crc32_of_change`).
+    """
+    old = 0
     position = 0
+    change = 0
     raw.seek(member.data_offset)
     for offset, data in [*patches, (member.size, b"")]:
         while position < offset:
@@ -137,14 +143,62 @@ def member_crcs(raw: BinaryIO, member: Member, patches: Iterable[tuple[int, byte
             if not chunk:
                 raise ModelFileError(f"{label}: the archive is truncated")
             old = zlib.crc32(chunk, old)
-            new = zlib.crc32(chunk, new)
             position += len(chunk)
         if data:
             replaced = raw.read(len(data))
+            if len(replaced) != len(data):
+                raise ModelFileError(f"{label}: the archive is truncated")
             old = zlib.crc32(replaced, old)
-            new = zlib.crc32(data, new)
+            change ^= crc32_of_change(replaced, data, member.size - offset - len(data))
             position += len(replaced)
-    return old, new
+    return old, old ^ change
+
+
+def crc32_of_change(old: bytes, new: bytes, after: int) -> int:
+    """What replacing ``old`` by ``new`` (same length), followed by ``after`` more bytes,
+    does to a message's CRC32: the value to xor into the old CRC."""
+    delta = bytes(a ^ b for a, b in zip(old, new)) if len(old) < 64 else (
+        (int.from_bytes(old, "little") ^ int.from_bytes(new, "little")).to_bytes(len(old), "little"))
+    # The linear part of CRC32(delta): the affine part (initial and final inversion)
+    # depends on the length alone and cancels against the CRC of as many zeros.
+    linear = zlib.crc32(delta) ^ zlib.crc32(bytes(len(delta)))
+    return _append_zeros(linear, after)
+
+
+def _append_zeros(crc: int, count: int) -> int:
+    """The linear CRC register after ``count`` zero bytes more (zlib's crc32_combine)."""
+    if count == 0 or crc == 0:
+        return crc
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)  # first pass: one zero byte
+        if count & 1:
+            crc = _gf2_times(even, crc)
+        count >>= 1
+        if count == 0:
+            return crc
+        odd = _gf2_square(even)
+        if count & 1:
+            crc = _gf2_times(odd, crc)
+        count >>= 1
+        if count == 0:
+            return crc
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, column) for column in matrix]
 
 
 def _replace_crc(handle: BinaryIO, offset: int, old: int, new: int) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from .provenance import (
     read_metadata_bytes,
 )
 from .archive import Member, member_crcs, replace_member, write_member_crc
-from .hdf5 import contiguous_offset, encode_for_dataset
+from .hdf5 import contiguous_offset, encode_for_dataset, read_dataset
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class FileEdit:
 class EditPlan:
     format: ModelFormat
     edits: tuple[FileEdit, ...]  # only the files that change
+    # The values the patched datasets hold now, read in the same pass (for the report).
+    old_values: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def bytes_written(self) -> int:
@@ -90,6 +92,7 @@ def plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
 
 
 def _plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
+    old_values: dict[str, np.ndarray] = {}
     with open_store(source) as store:
         per_file: dict[int, list[Patch]] = {}
         for path, value in values.items():
@@ -101,13 +104,14 @@ def _plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
             per_file.setdefault(index, []).append(
                 Patch(path, contiguous_offset(dataset, label), encode_for_dataset(dataset, value, label))
             )
+            old_values[path] = read_dataset(dataset)
         fmt, files = store.format, store.files
     edits = []
     for index, patches in sorted(per_file.items()):
         patches.sort(key=lambda p: p.offset)
         store_file = files[index]
         edits.append(FileEdit(store_file, tuple(patches), _new_crc(source, store_file, patches)))
-    return EditPlan(fmt, tuple(edits))
+    return EditPlan(fmt, tuple(edits), old_values)
 
 
 def _new_crc(source: ModelSource, store_file: StoreFile, patches: list[Patch]) -> int | None:

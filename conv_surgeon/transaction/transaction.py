@@ -29,7 +29,7 @@ from ..model.structure import Layer, ModelStructure, Variable, read_own_variable
 from ..store.fileio import atomic_output, check_output_dir, same_file
 from ..store.provenance import EditRecord, make_record, read_history
 from ..store.source import FOLDER_FORMATS, ModelSource
-from ..store.writer import EditPlan, apply_edits, commit_folder, plan_edits, stage_folder
+from ..store.writer import EditPlan, apply_edits, commit_folder, stage_folder
 from .keras_runtime import KerasWarmUp
 from .smoke import ExpectedValue, SmokeReport, SmokeTarget, Tolerance, run_smoke_test
 
@@ -138,12 +138,14 @@ def check_destination(source: ModelSource, structure: ModelStructure, options: W
 def write_transaction(
     source: ModelSource,
     structure: ModelStructure,
+    plan: EditPlan,
     values: Sequence[WrittenValue],
     records: list[EditRecord],
     options: WriteOptions,
     step: Step | None = None,
 ) -> Written:
-    """Write ``values`` into a copy of ``source`` and deliver it to ``options.destination``.
+    """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.writer.plan_edits`)
+    into a copy of ``source`` and deliver it to ``options.destination``.
 
     Everything that reads the (untrusted) input runs in bounded worker processes, so it
     is done before TensorFlow starts importing in a thread: fork and threads mix badly.
@@ -151,7 +153,6 @@ def write_transaction(
     destination = options.destination
     assert destination is not None, "a dry run does not write"
     checks = options.smoke
-    plan = plan_edits(source, {item.variable.dataset: item.value for item in values})
     history = read_history(source) + [make_record(list(options.command), records, __version__,
                                                   imports=list(checks.imports))]
     smoke_target = _smoke_kind(structure, source, checks)
