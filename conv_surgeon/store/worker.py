@@ -6,6 +6,7 @@ interrupt (DESIGN §3); a separate process is the only bound that always works.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import select
@@ -44,6 +45,9 @@ class Worker(Generic[T]):
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
+            # A short-lived child: the collector would only walk (and so copy, page by
+            # page) every object it shares with its parent.
+            gc.disable()
             os.close(read_end)
             code = 0
             try:
