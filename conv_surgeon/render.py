@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
 from .model.catalogue import main_config
 from .model.structure import Layer
 from .model.naming import format_shape
-from .ops.reading import InspectReport, VariableStats
+from .ops.reading import InspectReport, VariableStats, WeightsExport
 
 if TYPE_CHECKING:
     from .ops.compare import DiffReport
     from .ops.surgery import SetReport
+    from .transaction.smoke import OutputComparison
 
 SCHEMA_VERSION = 1
 
@@ -34,18 +39,91 @@ class _Console(Console):
 
 
 def console(stream: TextIO | None = None) -> Console:
-    """A console on ``stream``. Paths and layer names are data, never rich markup; off a
-    terminal, lines are as long as the table needs (logs and pipes cut nothing)."""
+    """A console on ``stream``. Paths and layer names are data, never rich markup.
+
+    The width is ``COLUMNS`` when set (as ``ls`` reads it), else the terminal's; off a
+    terminal, lines are as long as the table needs (logs and pipes cut nothing). Output
+    is plain text, without colour or bold, off a terminal and whenever ``NO_COLOR`` is set
+    (rich itself drops only the colours for ``NO_COLOR``).
+    """
     stream = stream or sys.stdout
     is_tty = stream.isatty()
-    return _Console(file=stream, width=None if is_tty else 100_000, highlight=False, markup=False,
-                    emoji=False, soft_wrap=False, no_color=not is_tty)
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else (None if is_tty else 100_000)
+    plain = not is_tty or os.environ.get("NO_COLOR", "") != ""
+    return _Console(file=stream, width=width, highlight=False, markup=False, emoji=False,
+                    soft_wrap=False, color_system=None if plain else "auto")
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 convolution layer``, ``3 convolution layers``, ``1,234 parameters``."""
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count:,} {word}"
+
+
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    keep: bool = True  # shapes, numbers, classes: never wrapped, never cut
+    right: bool = False
+
+
+# A column that may fold (paths, sources, config) keeps at least this many characters
+# before the table is allowed to run past the console's width.
+_FOLDED_MIN = 4
+
+
+def _table(columns: Sequence[_Column], rows: Sequence[Sequence[str]], compact: bool) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True) if compact else Table()
+    for column in columns:
+        table.add_column(column.header, no_wrap=column.keep, overflow="ellipsis" if column.keep else "fold",
+                         justify="right" if column.right else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_table(out: Console, columns: Sequence[_Column], rows: Sequence[Sequence[str]]) -> None:
+    """A table whose kept columns are never cut.
+
+    When the boxed table is wider than the console, a compact one without the outer box
+    is printed instead, and the other columns fold to make room; when even that is not
+    enough, the table runs past the width (the terminal wraps it) rather than lose a
+    digit of a shape.
+    """
+
+    def widest(index: int) -> int:
+        texts = [columns[index].header] + [row[index] for row in rows]
+        return max(cell_len(line) for text in texts for line in text.split("\n"))
+
+    widths = [widest(i) for i in range(len(columns))]
+    width = out.width
+    # The boxed table: a border and two spaces of padding around each cell.
+    compact = sum(widths) + 3 * len(columns) + 1 > width
+    # The compact one: two characters between columns, nothing at the edges.
+    needed = 2 * (len(columns) - 1) + sum(
+        w if column.keep else min(w, _FOLDED_MIN) for w, column in zip(widths, columns)
+    )
+    table = _table(columns, rows, compact)
+    if compact and needed > width:
+        out.width = needed
+    try:
+        out.print(table)
+    finally:
+        out.width = width
 
 
 def print_json(document: dict[str, Any], stream: TextIO | None = None) -> None:
     """One JSON object, data at the top level and the schema version beside it."""
     out = stream or sys.stdout
     out.write(json.dumps({"schema": SCHEMA_VERSION, **document}, indent=2, default=_json_default))
+    out.write("\n")
+
+
+def print_json_schema(schema: dict[str, Any], stream: TextIO | None = None) -> None:
+    """A JSON Schema as it is: it is a document of its own, not one of ours."""
+    out = stream or sys.stdout
+    out.write(json.dumps(schema, indent=2))
     out.write("\n")
 
 
@@ -149,48 +227,46 @@ def _config_summary(config: dict[str, Any]) -> str:
 def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
     out = console(stream)
     structure = report.structure
-    kind = "layers with weights" if report.layers is structure.layers else "convolution layers"
+    every_layer = report.layers is structure.layers
     title = (
         f"{report.source}: {structure.model_class}"
         + (f" '{structure.model_name}'" if structure.model_name else "")
         + f" ({structure.format}, Keras {structure.keras_version or 'unknown'})"
     )
     out.print(title)
-    table = Table()
-    table.add_column("layer", no_wrap=True)
-    table.add_column("class", no_wrap=True)
-    table.add_column("weights", no_wrap=True)
-    table.add_column("config")
+    rows = []
     for layer in report.layers:
-        weights = "\n".join(
-            f"{v.name} {format_shape(v.shape)} {v.dtype}" for v in layer.variables
-        )
+        weights = "\n".join(f"{v.name} {format_shape(v.shape)} {v.dtype}" for v in layer.variables)
         class_text = layer.class_name + ("*" if layer.class_source != "config" else "")
-        table.add_row(layer.path, class_text, weights, _config_summary(layer.config))
-    out.print(table)
+        rows.append((layer.path, class_text, weights, _config_summary(layer.config)))
+    # Shapes and classes are what the table is for; paths and the config fold instead.
+    _print_table(out, [_Column("layer", keep=False), _Column("class"), _Column("weights"),
+                       _Column("config", keep=False)], rows)
     inferred = [layer for layer in report.layers if layer.class_source != "config"]
     for layer in inferred:
         source = layer.inferred_from or "nothing: the store names no class and its shapes fit several"
         out.print(f"* {layer.path}: class inferred from {source}")
     if report.stats is not None:
         out.print("weight statistics")
-        stats_table = Table()
-        for column in ("layer", "variable", "min", "max", "mean", "std", "L2", "zeros", "non-finite"):
-            stats_table.add_column(column, no_wrap=True, justify="left" if column in ("layer", "variable") else "right")
+        stats_rows = []
         for layer in report.layers:
             for v in layer.variables:
                 s = report.stats[v.dataset]
-                stats_table.add_row(
+                stats_rows.append((
                     layer.path, v.name, f"{s.min:.4g}", f"{s.max:.4g}", f"{s.mean:.4g}",
                     f"{s.std:.4g}", f"{s.l2:.4g}", str(s.zeros), str(s.nonfinite),
-                )
-        out.print(stats_table)
-    out.print(f"{len(report.layers)} {kind}, {report.total_parameters:,} parameters")
-    if report.layers is structure.layers:
+                ))
+        _print_table(out, [_Column("layer", keep=False), _Column("variable", keep=False)] + [
+            _Column(header, right=True) for header in ("min", "max", "mean", "std", "L2", "zeros", "non-finite")
+        ], stats_rows)
+    kind = plural(len(report.layers), "layer with weights", "layers with weights") if every_layer else plural(
+        len(report.layers), "convolution layer")
+    out.print(f"{kind}, {plural(report.total_parameters, 'parameter')}")
+    if every_layer:
         # Account for every variable of the store, so that nothing is silently left out.
         out.print(
-            f"{structure.variable_count} variables in {len(structure.layers)} layers; "
-            f"{structure.optimizer_variables} optimizer variables; "
+            f"{plural(structure.variable_count, 'variable')} in {plural(len(structure.layers), 'layer')}; "
+            f"{plural(structure.optimizer_variables, 'optimizer variable')}; "
             f"{len(structure.unplaced)} not placed on a layer"
         )
     warn = console(sys.stderr)
@@ -213,25 +289,32 @@ def render_history(history: list[dict[str, Any]], out: Console) -> None:
     if not history:
         out.print("history: no edits recorded by conv-surgeon")
         return
+    # "write(s)": tests/test_batch_cli.py pins this wording; plural() is the fix once it may change.
     out.print(f"history: {len(history)} write(s) by conv-surgeon")
-    table = Table()
-    for column in ("#", "time", "version", "layer", "variable", "layout", "source"):
-        table.add_column(column, no_wrap=column != "source")
+    rows = []
     for number, record in enumerate(history, 1):
         edits = record.get("edits") or [{}]
         for i, edit in enumerate(edits):
             first = i == 0
-            table.add_row(
+            rows.append((
                 str(number) if first else "", str(record.get("time", "")) if first else "",
                 str(record.get("version", "")) if first else "", str(edit.get("layer", "")),
                 str(edit.get("variable", "")), str(edit.get("layout", "")),
                 _source_text(edit.get("source") or {}),
-            )
-    out.print(table)
+            ))
+    _print_table(out, [_Column("#"), _Column("time"), _Column("version"), _Column("layer", keep=False),
+                       _Column("variable"), _Column("layout"), _Column("source", keep=False)], rows)
     for number, record in enumerate(history, 1):
         command = " ".join(str(part) for part in record.get("command") or [])
         if command:
             out.print(f"#{number} $ {command}")
+
+
+def _comparison_document(comparisons: Sequence[OutputComparison]) -> list[dict[str, Any]]:
+    return [
+        {"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "mean_abs": c.mean_abs, "cosine": c.cosine}
+        for c in comparisons
+    ]
 
 
 def set_document(report: SetReport) -> dict[str, Any]:
@@ -268,15 +351,20 @@ def set_document(report: SetReport) -> dict[str, Any]:
             "outputs": [{"name": o.name, "shape": list(o.shape), "min": o.min, "max": o.max} for o in smoke.outputs],
             "checked_variables": smoke.checked_variables,
             "notes": list(smoke.notes),
-            "comparison": [
-                {"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "mean_abs": c.mean_abs,
-                 "cosine": c.cosine}
-                for c in smoke.comparisons
-            ],
+            "comparison": _comparison_document(smoke.comparisons),
+            "layer_comparison": _comparison_document(smoke.layer_comparisons),
         },
         "smoke_skipped": smoke is None and not report.dry_run,
         **({"smoke_skipped_reason": report.smoke_skipped} if report.smoke_skipped else {}),
     }
+
+
+def _print_comparisons(out: Console, title: str, first: str, comparisons: Sequence[OutputComparison]) -> None:
+    out.print(title)
+    _print_table(out, [_Column(first, keep=False)] + [
+        _Column(header, right=True) for header in ("max abs err", "max rel err", "mean abs err", "cosine")
+    ], [(c.name, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", f"{c.mean_abs:.3g}", f"{c.cosine:.6f}")
+        for c in comparisons])
 
 
 def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
@@ -286,24 +374,24 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
         layer = report.layers[0]
         what = f"layer '{layer.path}' ({layer.class_name})"
     else:
-        what = f"{len(report.layers)} layers"
+        what = plural(len(report.layers), "layer")
     out.print(f"{report.source}: {what}; {where}")
-    table = Table()
     several = len(report.layers) > 1
-    columns = (("layer",) if several else ()) + (
-        "variable", "shape", "dtype", "source", "old L2", "new L2", "max |change|")
-    for column in columns:
-        table.add_column(column, no_wrap=True, justify="right" if "L2" in column or "|" in column else "left")
-    for c in report.changes:
-        row = (c.variable, format_shape(c.shape), c.dtype, c.origin, f"{c.old_l2:.4g}",
-               f"{c.new_l2:.4g}", f"{c.max_abs_change:.4g}")
-        table.add_row(*(((c.layer,) if several else ()) + row))
-    out.print(table)
-    for c in report.changes:
-        label = f"{c.layer} {c.variable}" if several else c.variable
-        if c.cast:
-            out.print(f"note: {label}: cast {c.cast}")
-        for note in c.notes:
+    columns = ([_Column("layer", keep=False)] if several else []) + [
+        _Column("variable"), _Column("shape"), _Column("dtype"), _Column("source", keep=False),
+        _Column("old L2", right=True), _Column("new L2", right=True), _Column("max |change|", right=True),
+    ]
+    rows = []
+    for change in report.changes:
+        row = (change.variable, format_shape(change.shape), change.dtype, change.origin,
+               f"{change.old_l2:.4g}", f"{change.new_l2:.4g}", f"{change.max_abs_change:.4g}")
+        rows.append(((change.layer,) if several else ()) + row)
+    _print_table(out, columns, rows)
+    for change in report.changes:
+        label = f"{change.layer} {change.variable}" if several else change.variable
+        if change.cast:
+            out.print(f"note: {label}: cast {change.cast}")
+        for note in change.notes:
             out.print(f"note: {label}: {note}")
     if report.seed_drawn:
         out.print(f"seed: {report.seed} (drawn; pass --seed {report.seed} to repeat)")
@@ -313,17 +401,12 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
         outs = ", ".join(f"{format_shape(o.shape)} in [{o.min:.4g}, {o.max:.4g}]" for o in smoke.outputs)
         out.print(
             f"smoke test passed: Keras loaded the model, input {ins} -> output {outs}, all finite; "
-            f"{smoke.checked_variables} edited variable(s) read back exactly"
+            f"{plural(smoke.checked_variables, 'edited variable')} read back exactly"
         )
         if smoke.comparisons:
-            out.print("edited vs original, same inputs:")
-            compared = Table()
-            for column in ("output", "max abs err", "max rel err", "mean abs err", "cosine"):
-                compared.add_column(column, no_wrap=True, justify="left" if column == "output" else "right")
-            for c in smoke.comparisons:
-                compared.add_row(c.name, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", f"{c.mean_abs:.3g}",
-                                 f"{c.cosine:.6f}")
-            out.print(compared)
+            _print_comparisons(out, "edited vs original, same inputs:", "output", smoke.comparisons)
+        if smoke.layer_comparisons:
+            _print_comparisons(out, "edited layers' own outputs vs original:", "layer", smoke.layer_comparisons)
         for note in smoke.notes:
             out.print(f"note: {note}")
     elif report.smoke_skipped is not None:
@@ -332,16 +415,108 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
         out.print("smoke test skipped (--no-smoke)")
 
 
-def progress_callback(stream: TextIO) -> Callable[[int, int, str], None]:
-    """One status line on a terminal, rewritten at each step: ``[3/22] checked conv1``."""
+def render_write_report(report: SetReport, json_output: bool, stream: TextIO) -> None:
+    """The report of `set` and `apply`, as a table or one JSON object, on ``stream``."""
+    if json_output:
+        print_json(set_document(report), stream)
+    else:
+        render_set_report(report, stream)
 
-    def report(done: int, total: int, step: str) -> None:
-        stream.write(f"\r\x1b[K[{done}/{total}] {step}")
-        if done >= total:
-            stream.write("\n")
-        stream.flush()
 
-    return report
+def render_export(export: WeightsExport, output: str | None, bundle: bool) -> None:
+    """What `get` wrote, on stderr: its notes, and the file's content unless it went to stdout."""
+    err = console(sys.stderr)
+    for note in export.notes:
+        err.print(f"note: {note}")
+    if output is None:
+        return
+    if bundle:
+        what = plural(len(export.arrays), "array")
+    else:
+        what = export.layers[0].path + " " + ", ".join(
+            f"{name} {format_shape(a.shape)}" for name, a in export.arrays.items())
+    err.print(f"wrote {output}: {what}")
+
+
+def render_error(message: str, exit_code: int, *, json_stream: TextIO | None = None,
+                 problems: Sequence[str] = (), label: str = "Error") -> None:
+    """One line on stderr; in JSON mode also one JSON object on ``json_stream``."""
+    sys.stderr.write(f"{label}: {message}\n")
+    sys.stderr.flush()
+    if json_stream is not None:
+        document: dict[str, Any] = {"error": message if label == "Error" else f"{label}: {message}",
+                                    "exit_code": int(exit_code)}
+        if problems:
+            document["problems"] = list(problems)
+        print_json(document, json_stream)
+
+
+def render_traceback(text: str) -> None:
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
+
+# What runs after a step, for the steps that are followed by a long wait.
+_NEXT_STEP = {"written": "smoke test: Keras loads the model and runs it"}
+
+
+class ProgressLine:
+    """One status line on a terminal, rewritten at each step: ``[3/22] checked conv1``.
+
+    Called as the library's ``progress(done, total, step)``; :meth:`close` clears a line
+    the last step did not end (a dry run stops before the write).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._open = False
+
+    def start(self, what: str) -> None:
+        self._write(f"\r\x1b[K{what}...")
+        self._open = True
+
+    def __call__(self, done: int, total: int, step: str) -> None:
+        line = f"\r\x1b[K[{done}/{total}] {step}"
+        if done < total and step in _NEXT_STEP:
+            line += f"; {_NEXT_STEP[step]}..."
+        self._open = done < total
+        self._write(line if self._open else line + "\n")
+
+    def close(self) -> None:
+        if self._open:
+            self._write("\r\x1b[K")
+            self._open = False
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
+
+
+def progress_callback(stream: TextIO) -> ProgressLine:
+    """A progress line on ``stream`` (see :class:`ProgressLine`)."""
+    return ProgressLine(stream)
+
+
+@contextmanager
+def progress_on_terminal(stream: TextIO | None = None) -> Iterator[ProgressLine | None]:
+    """A progress line while the block runs, only when ``stream`` (stderr) is a terminal.
+
+    It writes to its own duplicate of the terminal's descriptor: TensorFlow's import and
+    the smoke test point fd 2 at /dev/null to hide Keras's C++ chatter, and the line
+    must stay visible through exactly those waits.
+    """
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield None
+        return
+    stream.flush()
+    with os.fdopen(os.dup(stream.fileno()), "w", encoding=stream.encoding or "utf-8",
+                   errors="replace") as terminal:
+        line = ProgressLine(terminal)
+        line.start("reading the model and checking the edits")
+        try:
+            yield line
+        finally:
+            line.close()
 
 
 def _number(x: float | None) -> float | str | None:
@@ -385,25 +560,26 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
 def render_diff(report: DiffReport, stream: TextIO | None = None) -> None:
     out = console(stream)
     out.print(f"a: {report.a}\nb: {report.b}")
-    table = Table()
-    for column in ("layer", "status", "variable", "shape", "dtype", "max |a-b|", "rel L2"):
-        table.add_column(column, no_wrap=True, justify="right" if column in ("max |a-b|", "rel L2") else "left")
     differing = [layer for layer in report.layers if layer.status != "same"]
+    rows = []
     for layer in differing:
         status = layer.status.replace("_", " ") + (f": {layer.reason}" if layer.reason else "")
         if not layer.variables:
-            table.add_row(layer.path, status, "", "", "", "", "")
+            rows.append((layer.path, status, "", "", "", "", ""))
         for i, v in enumerate(layer.variables):
             shape = format_shape(v.shape_a or v.shape_b or ()) if v.shape_a == v.shape_b else (
                 f"{format_shape(v.shape_a) if v.shape_a else '-'} -> {format_shape(v.shape_b) if v.shape_b else '-'}")
             dtype = (v.dtype_a or "") if v.dtype_a == v.dtype_b else f"{v.dtype_a or '-'} -> {v.dtype_b or '-'}"
-            table.add_row(
+            rows.append((
                 layer.path if i == 0 else "", status if i == 0 else "", v.name, shape, dtype,
                 "" if v.max_abs is None else f"{v.max_abs:.4g}",
                 "" if v.rel_l2 is None else f"{v.rel_l2:.4g}",
-            )
+            ))
     if differing:
-        out.print(table)
+        _print_table(out, [_Column("layer", keep=False), _Column("status", keep=False), _Column("variable"),
+                           _Column("shape"), _Column("dtype"), _Column("max |a-b|", right=True),
+                           _Column("rel L2", right=True)], rows)
     same = len(report.layers) - len(differing)
-    verdict = "identical" if report.identical else f"{len(differing)} layer(s) differ"
-    out.print(f"{verdict}; {same} of {len(report.layers)} layers the same")
+    verdict = "identical" if report.identical else (
+        f"{plural(len(differing), 'layer')} {'differs' if len(differing) == 1 else 'differ'}")
+    out.print(f"{verdict}; {same} of {plural(len(report.layers), 'layer')} the same")

@@ -1,0 +1,37 @@
+"""`conv-surgeon diff`: compare the weights of two models, with diff(1)'s exit codes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import ConvSurgeonError, ExitCode, UsageError
+from .app import Command, app
+from .params import JsonOpt, model_source
+
+
+@app.command(cls=Command)
+def diff(
+    model_a: Annotated[str, typer.Argument(metavar="A", help="A .keras or .h5 model.", show_default=False)],
+    model_b: Annotated[str, typer.Argument(metavar="B", help="The model to compare it with.", show_default=False)],
+    all_layers: Annotated[bool, typer.Option("--all", help="Compare every layer with weights, not only convolutions.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compare the weights of two models. Exit 0 identical, 1 different, 2 error (as diff(1))."""
+    from ..ops.compare import diff_models
+    from ..render import diff_document, print_json, render_diff
+
+    try:
+        if model_a == model_b == "-":
+            raise UsageError("only one of A and B can come from stdin ('-')")
+        report = diff_models(model_source(model_a), model_source(model_b), all_layers=all_layers)
+    except ConvSurgeonError as exc:
+        exc.exit_code = ExitCode.USAGE  # scripts test diff's status: 2 means trouble, as in diff(1)
+        raise
+    if json_output:
+        print_json(diff_document(report))
+    else:
+        render_diff(report)
+    if not report.identical:
+        raise typer.Exit(ExitCode.FAILED)

@@ -1,0 +1,109 @@
+"""Arguments and options that several commands take, declared once; the standard streams."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
+
+import click
+import typer
+from click.shell_completion import CompletionItem
+
+from ..edits import LAYOUTS, Layout
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..store.source import ModelSource
+
+
+def stdin() -> BinaryIO:
+    return sys.stdin.buffer
+
+
+def stdout() -> BinaryIO:
+    return sys.stdout.buffer
+
+
+def refuse_terminal(stream: BinaryIO, what: str, hint: str) -> None:
+    if stream.isatty():
+        raise UsageError(f"refusing to write {what} to a terminal; {hint}")
+
+
+def model_source(model: str, config: Path | None = None) -> ModelSource:
+    """MODEL as the library reads it: a path, or ``-`` for the bytes on stdin."""
+    from ..store.source import ModelSource
+
+    if model == "-":
+        return ModelSource.from_stream(stdin(), config=config)
+    return ModelSource.from_path(model, config=config)
+
+
+def layout_of(value: str) -> Layout:
+    for layout in LAYOUTS:  # click's Choice has checked it; this gives it its type
+        if value == layout:
+            return layout
+    raise UsageError(f"--layout {value}: expected one of {', '.join(LAYOUTS)}")
+
+
+def complete_layer(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of ``--layer``: the layer paths of the MODEL already typed.
+
+    Reads the structure only (h5py in a bounded worker, never TensorFlow); a missing or
+    unreadable model completes nothing rather than print anything into the shell.
+    """
+    model = ctx.params.get("model") or _first_argument(ctx)
+    if not isinstance(model, str) or model == "-":
+        return []
+    config = ctx.params.get("config")
+    try:
+        from ..model.structure import read_structure
+        from ..store.source import ModelSource
+
+        structure = read_structure(ModelSource.from_path(
+            os.path.expanduser(model), config=os.path.expanduser(config) if isinstance(config, (str, Path)) else None))
+    except Exception:  # noqa: BLE001 - completion must never fail into the user's shell
+        return []
+    # `set` edits convolutions only; `get` reads any layer with weights.
+    layers = structure.conv_layers if ctx.command.name == "set" else structure.layers
+    # A name typed without its path (`deep_conv`) completes to the path that ends in it.
+    matches = [layer for layer in layers if layer.path.startswith(incomplete) or layer.name.startswith(incomplete)]
+    return [CompletionItem(layer.path, help=layer.class_name) for layer in matches]
+
+
+def _first_argument(ctx: click.Context) -> str | None:
+    """The first argument among the words click left unparsed.
+
+    Click parses the words before the one being completed, but gives up on all of
+    them when the last is an option still waiting for its value (`--layer <TAB>`).
+    """
+    takes_value = {name for p in ctx.command.params if isinstance(p, click.Option) and not p.is_flag
+                   for name in p.opts}
+    words = iter(ctx.args)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if not word.startswith("-") or word == "-":
+            return word
+        if word in takes_value:
+            next(words, None)  # its value
+    return None
+
+
+ModelArg = Annotated[str, typer.Argument(
+    help="A .keras or .h5 model, a .weights.h5 or .weights.json weights save, a saved folder or "
+    "keras-hub preset, or - for stdin.", show_default=False)]
+OptionalModelArg = Annotated[Optional[str], typer.Argument(
+    help="A .keras or .h5 model (or any save `inspect` reads); omitted or - reads it from stdin.",
+    show_default=False)]
+LayerOpt = Annotated[Optional[str], typer.Option(
+    "--layer", "-l", help="Layer name, or a path outer/inner/conv1 where names repeat.",
+    show_default=False, shell_complete=complete_layer)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="For a weights-only MODEL: the model it belongs to (.keras, .h5, saved folder or "
+    "preset); gives its layers' classes and makes a smoke test possible.", show_default=False)]
+LayoutOpt = Annotated[str, typer.Option(
+    "--layout", click_type=click.Choice(LAYOUTS),
+    help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.")]
