@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import sys
 
-from ..store.source import CONFIG_MEMBER
-from ..store.hdf5 import HDF5_MAGIC
-from ..store.archive import ZIP_MAGIC
-from ..model.structure import abandon_prefetched, prefetch_structures
+from .store.source import CONFIG_MEMBER
+from .store.hdf5 import HDF5_MAGIC
+from .store.archive import ZIP_MAGIC
+from .model.structure import abandon_prefetched, prefetch_structures
 
-# The commands whose speed is bounded by reading structure, and how many models each reads.
-READ_COMMANDS = {"inspect": 1, "get": 1, "diff": 2}
+# The commands that start by reading a model's structure, and how many models each reads.
+READ_COMMANDS = {"inspect": 1, "get": 1, "diff": 2, "set": 1, "apply": 1}
 
 
 def models_named(args: list[str]) -> list[str]:
@@ -51,7 +51,7 @@ def models_named(args: list[str]) -> list[str]:
 
 def main() -> None:
     prefetch_structures(models_named(sys.argv[1:]))
-    from . import main as cli_main
+    from .cli import main as cli_main
 
     try:
         cli_main()

@@ -28,7 +28,7 @@ def test_set_without_smoke_test_on_a_float32_model_imports_neither_tensorflow_no
     out = tmp_path / "out.keras"
     argv = ["conv-surgeon", "set", str(samples / "tiny_cnn.keras"), "--layer", "conv1",
             "--kernel", str(samples / "sobel.npy"), "--no-smoke", "-o", str(out)]
-    # The console script (cli.entry) ends in os._exit, so call the Typer app itself.
+    # The console script (conv_surgeon.entry) ends in os._exit, so call the Typer app itself.
     code = (
         "import json, sys\n"
         f"sys.argv = {argv!r}\n"

@@ -363,3 +363,14 @@ def test_smoke_test_unknown_spatial_size_uses_32_and_says_so(keras, tmp_path: Pa
     assert any("32" in note and "--input-shape" in note for note in report.notes)
     given = run_smoke_test(path, [], input_shapes=[(9, 7, 3)])
     assert given.inputs == (("input 0", (1, 9, 7, 3)),) and given.outputs[0].shape == (1, 7, 5, 2)
+
+
+def test_npz_bundles_keep_keys_numpy_savez_would_mangle(tmp_path: Path) -> None:
+    from conv_surgeon.store.fileio import npz_bytes
+
+    arrays = {"file": np.arange(3), "allow_pickle": np.ones(2), "a/b": np.zeros((2, 2))}
+    path = tmp_path / "bundle.npz"
+    path.write_bytes(npz_bytes(arrays))
+    with np.load(path, allow_pickle=False) as loaded:
+        assert sorted(loaded.files) == sorted(arrays)
+        assert all(np.array_equal(loaded[key], value) for key, value in arrays.items())

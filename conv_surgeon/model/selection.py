@@ -11,20 +11,23 @@ from .structure import Layer, ModelStructure, Variable
 
 def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> Layer:
     """The one layer that ``query`` names: a full path (by layer names, or by attribute
-    names such as ``td/layer``), a unique path suffix, or a name."""
-    by_path = [layer for layer in structure.layers if query in (layer.path, layer.alias)]
-    if len(by_path) == 1:
-        return by_path[0]
-    matches = by_path or [
-        layer
-        for layer in structure.layers
-        if any(p is not None and p.endswith("/" + query) for p in (layer.path, layer.alias))
-        or layer.name == query
-    ]
+    names such as ``td/layer``), a unique path suffix, or a name. A name that several
+    layers answer to is ambiguous even when one of them sits at the top level; a leading
+    ``/`` (``/conv``) anchors the path at the top."""
+    anchored = query.startswith("/")  # --layer /conv: the top-level one, not block/conv
+    wanted = query[1:] if anchored else query
+    matches = [layer for layer in structure.layers if wanted in (layer.path, layer.alias)]
+    if not anchored:
+        matches += [
+            layer for layer in structure.layers
+            if all(layer is not m for m in matches)
+            and (any(p is not None and p.endswith("/" + wanted) for p in (layer.path, layer.alias))
+                 or layer.name == wanted)
+        ]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        paths = ", ".join(layer.path for layer in matches)
+        paths = ", ".join(_unambiguous_path(structure, layer) for layer in matches)
         raise LayerNotFoundError(
             f"{source_label}: layer name '{query}' is ambiguous: it matches {paths}; "
             "pass one of these paths to --layer"
@@ -41,6 +44,14 @@ def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> L
     raise LayerNotFoundError(
         f"{source_label}: no layer with weights named '{query}'; {known_hint}"
     )
+
+
+def _unambiguous_path(structure: ModelStructure, layer: Layer) -> str:
+    """The path that names ``layer`` alone: anchored with a leading ``/`` where its
+    plain path also ends another layer's path or is another layer's name."""
+    shadowed = any(other is not layer and (other.path.endswith("/" + layer.path) or other.name == layer.path)
+                   for other in structure.layers)
+    return "/" + layer.path if shadowed else layer.path
 
 
 def resolve_variable(layer: Layer, name: str, source_label: str) -> Variable:

@@ -138,6 +138,7 @@ def set_weights(
     stdin: BinaryIO | None = None,
     layout: Layout = "keras",
     donor: Donor | None = None,
+    progress: Progress | None = None,
 ) -> SetReport:
     """Set variables of one convolution layer (``options.destination`` None: a dry run).
 
@@ -148,7 +149,7 @@ def set_weights(
     """
     require_requests(requests, donor)
     edit = LayerEdit(layer_query, tuple(requests), layout, donor)
-    return edit_model(source, [edit], options, seed=seed, stdin=stdin)
+    return edit_model(source, [edit], options, seed=seed, stdin=stdin, progress=progress)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,8 +100,30 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz archive of ``arrays``, written member by member: ``np.savez`` would also
+    store a stray ``allow_pickle`` array on numpy < 2.1, and refuse a key named ``file``."""
     buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **arrays)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return bytes(save({name: np.ascontiguousarray(array) for name, array in arrays.items()}))
+
+
+def h5_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An HDF5 file with one dataset per array, named by its key (``conv1/kernel`` makes a group)."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        for name, array in arrays.items():
+            h5.create_dataset(name, data=array)
     return buffer.getvalue()
 
 

@@ -241,15 +241,20 @@ def _check_suffix(path: Path, fmt: str) -> None:
                 f"from a .weights.json name; name the output {path.stem}.weights.json"
             )
         return
+    kind = {"keras": "a .keras archive", "h5": "a legacy .h5 file",
+            "weights": "a weights-only HDF5 file"}[fmt]
+    wanted = {"keras": ".keras", "h5": ".h5", "weights": ".weights.h5"}[fmt]
     other = {"keras": SUFFIXES["h5"], "h5": SUFFIXES["keras"], "weights": SUFFIXES["keras"]}[fmt]
     if name.endswith(other) or (fmt == "h5" and name.endswith(".weights.h5")):
-        kind = {"keras": "a .keras archive", "h5": "a legacy .h5 file",
-                "weights": "a weights-only HDF5 file"}[fmt]
-        wanted = {"keras": ".keras", "h5": ".h5", "weights": ".weights.h5"}[fmt]
         raise UsageError(
             f"-o {path.name}: the model is {kind} and conv-surgeon keeps its format, but "
             f"Keras would read that name as another format; name the output "
             f"{path.name.split('.')[0]}{wanted}"
+        )
+    if not name.endswith(SUFFIXES[fmt]):
+        raise UsageError(
+            f"-o {path.name}: the model is {kind} and Keras opens one only from a name ending in "
+            f"{' or '.join(SUFFIXES[fmt])}; name the output {path.name.split('.')[0]}{wanted}"
         )
 
 
