@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -142,7 +143,8 @@ def replace_files_together(moves: list[tuple[Path, Path]]) -> None:
                 os.fsync(handle.fileno())
         for staged, destination in moves:
             if destination.exists():
-                backup = Path(tempfile.mktemp(prefix=f".{destination.name}.", suffix=".bak", dir=destination.parent))
+                # os.link refuses an existing name, so a clash fails the commit, never a file.
+                backup = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.bak")
                 os.link(destination, backup)
                 backups.append((backup, destination))
                 os.chmod(staged, destination.stat().st_mode & 0o7777)
