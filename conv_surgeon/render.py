@@ -289,8 +289,7 @@ def render_history(history: list[dict[str, Any]], out: Console) -> None:
     if not history:
         out.print("history: no edits recorded by conv-surgeon")
         return
-    # "write(s)": tests/test_batch_cli.py pins this wording; plural() is the fix once it may change.
-    out.print(f"history: {len(history)} write(s) by conv-surgeon")
+    out.print(f"history: {plural(len(history), 'write')} by conv-surgeon")
     rows = []
     for number, record in enumerate(history, 1):
         edits = record.get("edits") or [{}]

@@ -188,7 +188,7 @@ def test_history_is_recorded_kept_and_keras_still_loads(cli, keras, samples: Pat
     model = keras.saving.load_model(second, compile=True)
     assert int(model.optimizer.iterations.numpy()) > 0
     table = cli("inspect", second, "--history")
-    assert "history: 2 write(s)" in table.stdout and "init he_normal (seed 9)" in table.stdout
+    assert "history: 2 writes" in table.stdout and "init he_normal (seed 9)" in table.stdout
 
 
 def test_progress_is_one_rewritten_line_and_only_on_a_terminal(cli, samples: Path, tmp_path: Path) -> None:
