@@ -366,3 +366,14 @@ def test_set_of_one_layer_reports_progress(tmp_path: Path, monkeypatch: pytest.M
     result = run("set", TINY, "--layer", "conv1", "--bias-init", "zeros", "--no-smoke", "-o", tmp_path / "o.keras")
     assert result.exit_code == 0, result.stderr
     assert steps == [(1, 2, "checked layer 'conv1'"), (2, 2, "written")]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_a_seed_outside_the_one_seed_range_is_a_usage_error(seed: str, tmp_path: Path) -> None:
+    """It used to wrap silently (--seed -1 drew with 2**63-1); plans already refused it."""
+    out = tmp_path / "out.keras"
+    result = run("set", SAMPLES / "tiny_cnn.keras", "--layer", "conv1", "--kernel-init", "he_normal",
+                 "--seed", seed, "-o", out, "--no-smoke")
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: --seed {seed}: expected an integer from 0 to 2**63-1; give e.g. 7, or no seed to have one drawn\n"
+    assert not out.exists()
