@@ -101,7 +101,6 @@ class ModelStructure:
     optimizer_variables: int = 0
     unplaced: tuple[str, ...] = ()  # datasets that belong to no listed layer
     config_source: str | None = None  # where the classes came from, if not the model itself
-    inferred: tuple[str, ...] = ()  # paths of layers whose class was inferred
 
     @property
     def conv_layers(self) -> tuple[Layer, ...]:
@@ -564,7 +563,6 @@ def _parse_structure(source: ModelSource) -> ModelStructure:
             optimizer_variables=optimizer,
             unplaced=tuple(stray),
             config_source=config_source,
-            inferred=tuple(layer.path for layer in layers if layer.class_source != "config"),
         )
     if source.config is not None:
         _check_config_matches(structure, source)

@@ -75,10 +75,6 @@ class EditPlan:
     # The values the patched datasets hold now, read in the same pass (for the report).
     old_values: dict[str, np.ndarray] = field(default_factory=dict)
 
-    @property
-    def bytes_written(self) -> int:
-        return sum(len(p.data) for edit in self.edits for p in edit.patches)
-
 
 def plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
     """Where each new value goes, file by file, and (for `.keras`) the member's new CRC.

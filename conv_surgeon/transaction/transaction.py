@@ -122,7 +122,6 @@ class Written:
     """What the transaction did."""
 
     destination: str
-    bytes_written: int
     smoke: SmokeReport | None
     smoke_skipped: str | None  # why no smoke test ran though it was not turned off
 
@@ -182,7 +181,7 @@ def write_transaction(
         if warm_up is not None:
             # The import silences fd 2: let it finish before any error is printed.
             warm_up.join()
-    return Written(destination.label, plan.bytes_written, report,
+    return Written(destination.label, report,
                    _smoke_skipped(checks, smoke_target is not None))
 
 
