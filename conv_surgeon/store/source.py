@@ -215,7 +215,11 @@ def _store_files(folder: Path, label: str) -> list[StoreFile]:
     """The files of a folder's weight store: ``model.weights.h5`` or a shard map's shards."""
     if (folder / WEIGHTS_MEMBER).is_file():
         return [StoreFile(str(folder / WEIGHTS_MEMBER), folder / WEIGHTS_MEMBER)]
-    map_path = folder / WEIGHTS_MAP
+    return _shard_files(folder / WEIGHTS_MAP, label)
+
+
+def _shard_files(map_path: Path, label: str) -> list[StoreFile]:
+    """The shards a `.weights.json` map lists, as the files of its store."""
     return [StoreFile(str(map_path.parent / n), map_path.parent / n) for n in shard_names(map_path, label)]
 
 
@@ -235,9 +239,7 @@ def open_store(source: ModelSource) -> Iterator[OpenStore]:
             return
         if kind == "sharded":
             assert source.path is not None
-            names = shard_names(source.path, source.label)
-            files = [StoreFile(str(source.path.parent / n), source.path.parent / n) for n in names]
-            yield _opened(stack, kind, files, None, None)
+            yield _opened(stack, kind, _shard_files(source.path, source.label), None, None)
             return
         raw = stack.enter_context(source.open_binary())
         if kind == "h5":

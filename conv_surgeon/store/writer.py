@@ -38,6 +38,7 @@ from .source import (
     StoreFile,
     WEIGHTS_MEMBER,
     open_store,
+    shard_names,
 )
 from .worker import PARSE_TIMEOUT_S, run_bounded
 from .provenance import (
@@ -271,8 +272,6 @@ def _stage_file(original: Path, target: Path, edit: FileEdit | None, link: bool)
 
 
 def _shard_names(map_path: Path, output_name: str, keep_names: bool) -> dict[str, str]:
-    from .source import shard_names
-
     names = shard_names(map_path, str(map_path))
     if keep_names:
         return {name: name for name in names}
