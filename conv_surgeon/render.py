@@ -22,8 +22,9 @@ from .ops.reading import InspectReport, VariableStats, WeightsExport
 
 if TYPE_CHECKING:
     from .ops.compare import DiffReport
+    from .ops.fold import FoldReport
     from .ops.surgery import SetReport
-    from .transaction.smoke import OutputComparison
+    from .transaction.smoke import OutputComparison, SmokeReport
 
 SCHEMA_VERSION = 1
 
@@ -277,6 +278,8 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
 
 
 def _source_text(source: dict[str, Any]) -> str:
+    if "fold" in source:
+        return f"folded {source['fold']}"
     if "init" in source:
         seed = source.get("seed")
         return f"init {source['init']}" + (f" (seed {seed})" if seed is not None else "")
@@ -342,6 +345,12 @@ def set_document(report: SetReport) -> dict[str, Any]:
         ],
         "seed": report.seed,
         "seed_drawn": report.seed_drawn,
+        **_smoke_document(smoke, report.smoke_skipped, report.dry_run),
+    }
+
+
+def _smoke_document(smoke: SmokeReport | None, skipped: str | None, dry_run: bool) -> dict[str, Any]:
+    return {
         "smoke": None
         if smoke is None
         else {
@@ -353,8 +362,8 @@ def set_document(report: SetReport) -> dict[str, Any]:
             "comparison": _comparison_document(smoke.comparisons),
             "layer_comparison": _comparison_document(smoke.layer_comparisons),
         },
-        "smoke_skipped": smoke is None and not report.dry_run,
-        **({"smoke_skipped_reason": report.smoke_skipped} if report.smoke_skipped else {}),
+        "smoke_skipped": smoke is None and not dry_run,
+        **({"smoke_skipped_reason": skipped} if skipped else {}),
     }
 
 
@@ -394,7 +403,10 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
             out.print(f"note: {label}: {note}")
     if report.seed_drawn:
         out.print(f"seed: {report.seed} (drawn; pass --seed {report.seed} to repeat)")
-    smoke = report.smoke
+    _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
+
+
+def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, dry_run: bool) -> None:
     if smoke is not None:
         ins = ", ".join(format_shape(s) for _, s in smoke.inputs)
         outs = ", ".join(f"{format_shape(o.shape)} in [{o.min:.4g}, {o.max:.4g}]" for o in smoke.outputs)
@@ -408,10 +420,56 @@ def render_set_report(report: SetReport, stream: TextIO | None = None) -> None:
             _print_comparisons(out, "edited layers' own outputs vs original:", "layer", smoke.layer_comparisons)
         for note in smoke.notes:
             out.print(f"note: {note}")
-    elif report.smoke_skipped is not None:
-        out.print(f"note: {report.smoke_skipped}")
-    elif not report.dry_run:
+    elif skipped is not None:
+        out.print(f"note: {skipped}")
+    elif not dry_run:
         out.print("smoke test skipped (--no-smoke)")
+
+
+def fold_document(report: FoldReport) -> dict[str, Any]:
+    return {
+        "model": report.source,
+        "output": report.destination,
+        "dry_run": report.dry_run,
+        "keep_layers": report.keep_layers,
+        "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
+                    "bias_added": p.bias_added} for p in report.pairs],
+        "not_folded": [{"batch_norm": r.layer, "after": r.after, "reason": r.reason} for r in report.not_folded],
+        "parameters": {"before": report.parameters_before, "after": report.parameters_after},
+        "optimizer": report.optimizer,
+        "notes": list(report.notes),
+        **_smoke_document(report.smoke, report.smoke_skipped, report.dry_run or not report.pairs),
+    }
+
+
+def render_fold_report(report: FoldReport, json_output: bool, stream: TextIO) -> None:
+    """The report of `fold-bn`: the pairs folded, the BatchNormalizations left and why."""
+    if json_output:
+        print_json(fold_document(report), stream)
+        return
+    out = console(stream)
+    where = ("would write (dry run)" if report.dry_run else
+             f"wrote {report.destination}" if report.destination else "nothing written")
+    kept = ", each BatchNormalization kept as the identity" if report.keep_layers else ""
+    out.print(f"{report.source}: {plural(len(report.pairs), 'pair')} folded{kept}; {where}")
+    if report.pairs:
+        _print_table(out, [_Column("conv", keep=False), _Column("batch norm", keep=False), _Column("class"),
+                           _Column("channels", right=True), _Column("bias")],
+                     [(p.conv, p.bn, p.conv_class, str(p.channels), "added" if p.bias_added else "updated")
+                      for p in report.pairs])
+    if report.not_folded:
+        out.print(f"not folded: {plural(len(report.not_folded), 'BatchNormalization')}")
+        _print_table(out, [_Column("batch norm", keep=False), _Column("why", keep=False)],
+                     [(r.layer, r.reason) for r in report.not_folded])
+    if report.pairs:
+        change = report.parameters_after - report.parameters_before
+        out.print(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} ({change:+,})")
+    if report.optimizer:
+        out.print(report.optimizer)
+    for note in report.notes:
+        out.print(f"note: {note}")
+    if report.pairs:
+        _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
 
 
 def render_write_report(report: SetReport, json_output: bool, stream: TextIO) -> None:

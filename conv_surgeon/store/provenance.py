@@ -66,7 +66,10 @@ class InitSource(TypedDict):
 DonorSource = TypedDict("DonorSource", {"from": str, "sha256": str})
 """Values copied from another model: ``{"from": "donor.keras:layer", "sha256": ...}``."""
 
-EditSource = FileSource | InitSource | DonorSource
+FoldSource = TypedDict("FoldSource", {"fold": str})
+"""Values folded from a BatchNormalization: ``{"fold": "conv1_bn"}`` (its layer path)."""
+
+EditSource = FileSource | InitSource | DonorSource | FoldSource
 
 
 class EditRecord(TypedDict):

@@ -609,7 +609,8 @@ def run_smoke_test(
         if expect_same is not None:
             _check_tolerance(original.outputs, arrays, comparisons, expect_same)
         layer_comparisons = tuple(compare_outputs(path, a, b) for path, a, b in original.layers)
-        notes += original.notes + _comparison_notes(original, comparisons, layer_comparisons)
+        notes += original.notes + _comparison_notes(original, comparisons, layer_comparisons,
+                                                            expect_same is not None)
     if save_inputs is not None:
         from ..store.fileio import npz_bytes, write_atomically
 
@@ -717,12 +718,14 @@ def _layer_output(keras: Any, model: Any, path: str, variable: Any) -> Any:
 
 
 def _comparison_notes(
-    original: _Original, comparisons: Sequence[OutputComparison], layers: Sequence[OutputComparison]
+    original: _Original, comparisons: Sequence[OutputComparison], layers: Sequence[OutputComparison],
+    expect_same: bool = False,
 ) -> list[str]:
     """Say when the inputs cannot show the edit's effect on an output.
 
     That is when the original's output is (nearly) constant, or the same for every input,
-    or, though the edit changed variables, the same in both models.
+    or, though the edit changed variables, the same in both models (unless the same
+    output is what the edit must keep: ``expect_same``).
     """
     moved = [c for c, (_, a, _) in zip(layers, original.layers) if not _indistinct(a, c)]
     widest = max(moved, key=lambda c: c.max_abs, default=None)
@@ -738,7 +741,7 @@ def _comparison_notes(
             reason = f"is constant on these inputs (every value {values.flat[0]:.6g}{within})"
         elif values.ndim and len(values) > 1 and float(np.abs(values - values[:1]).max()) <= scale:
             reason = f"is the same for each of the {len(values)} inputs"
-        elif original.changed and _indistinct(array, comparison):
+        elif original.changed and not expect_same and _indistinct(array, comparison):
             reason = (f"is the same in the original and the edited model (max abs difference "
                       f"{comparison.max_abs:.3g}) though the edit changed variables")
         else:

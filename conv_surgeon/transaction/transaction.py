@@ -34,6 +34,9 @@ from .keras_runtime import KerasWarmUp
 from .smoke import ExpectedValue, SmokeReport, SmokeTarget, Tolerance, run_smoke_test
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
+# Writes a whole new single-file model at the path given, with the provenance history
+# given: graph surgery, which changes more than a byte patch can (:mod:`..store.rewrite`).
+Rewrite = Callable[[Path, list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class WrittenValue:
     layer: Layer
     variable: Variable
     value: np.ndarray
+    # --compare also compares the layer's own output before and after; not for a rewrite
+    # that moves what a layer computes (a folded conv now computes its BatchNorm's output).
+    compare_layer: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,14 +143,15 @@ def check_destination(source: ModelSource, structure: ModelStructure, options: W
 def write_transaction(
     source: ModelSource,
     structure: ModelStructure,
-    plan: EditPlan,
+    plan: EditPlan | Rewrite,
     values: Sequence[WrittenValue],
     records: list[EditRecord],
     options: WriteOptions,
     step: Step | None = None,
 ) -> Written:
     """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.writer.plan_edits`)
-    into a copy of ``source`` and deliver it to ``options.destination``.
+    into a copy of ``source`` and deliver it to ``options.destination``; or, when ``plan``
+    is a :data:`Rewrite`, write the model it writes, whose ``values`` are checked alike.
 
     Everything that reads the (untrusted) input runs in bounded worker processes, so it
     is done before TensorFlow starts importing in a thread: fork and threads mix badly.
@@ -165,7 +172,7 @@ def write_transaction(
                 step("written")
             if warm_up is not None and smoke_target is not None:
                 warm_up.wait()
-                expected = [_expected(structure, item.layer, item.variable, item.value) for item in values]
+                expected = [_expected(structure, item) for item in values]
                 with _reference_file(source, structure.format, checks.compare) as reference:
                     report = run_smoke_test(
                         smoke_target(load_path), expected, input_shapes=checks.input_shapes,
@@ -206,15 +213,17 @@ def _smoke_skipped(checks: SmokeOptions, ran: bool) -> str | None:
             "(the .keras, .h5, folder or preset it belongs to) to smoke-test it")
 
 
-def _expected(structure: ModelStructure, layer: Layer, variable: Variable, value: np.ndarray) -> ExpectedValue:
+def _expected(structure: ModelStructure, item: WrittenValue) -> ExpectedValue:
+    layer, variable = item.layer, item.variable
     label = f"layer '{layer.path}' {variable.name}"
+    compared = layer.path if item.compare_layer else ""
     if structure.legacy:
         top = variable.dataset.split("/")
         top_layer = top[1] if top[0] == "model_weights" else top[0]
-        return ExpectedValue(label, value, h5_layer=top_layer, h5_position=variable.position,
-                             layer_path=layer.path)
-    return ExpectedValue(label, value, store_object=layer.store_path,
-                         store_index=int(variable.dataset.rpartition("/")[2]), layer_path=layer.path)
+        return ExpectedValue(label, item.value, h5_layer=top_layer, h5_position=variable.position,
+                             layer_path=compared)
+    return ExpectedValue(label, item.value, store_object=layer.store_path,
+                         store_index=int(variable.dataset.rpartition("/")[2]), layer_path=compared)
 
 
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -259,12 +268,13 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 @contextmanager
 def _staged(
-    source: ModelSource, structure: ModelStructure, plan: EditPlan, destination: Destination,
+    source: ModelSource, structure: ModelStructure, plan: EditPlan | Rewrite, destination: Destination,
     history: list[dict[str, Any]],
 ) -> Iterator[tuple[ModelSource, Path, Callable[[], None]]]:
     """Write the edited model beside its destination; yields (the written model as a
     source, what Keras loads, the commit that moves it into place)."""
     if structure.format in FOLDER_FORMATS:
+        assert isinstance(plan, EditPlan), "a rewrite writes single-file models only"
         if destination.path is None:
             raise UsageError(
                 f"{source.label}: a {structure.format} save is several files and cannot go to "
@@ -287,7 +297,10 @@ def _staged(
             shutil.rmtree(folder, ignore_errors=True)
         return
     with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
-        apply_edits(source, plan, path, history=history)
+        if isinstance(plan, EditPlan):
+            apply_edits(source, plan, path, history=history)
+        else:
+            plan(path, history)
         yield ModelSource.from_path(path), path, lambda: _deliver(path, destination)
 
 

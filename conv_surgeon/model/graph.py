@@ -1,0 +1,263 @@
+"""A saved model's layer graph, read from its config: who feeds whom, in Keras's order.
+
+Graph surgery (folding a BatchNormalization into its convolution) removes layers and
+rewires their consumers, without TensorFlow. Two things about the result must be known
+exactly: which layers consume a tensor (a conv whose output goes anywhere besides its BN
+cannot be folded), and the order in which Keras lists the rewritten model's layers, since
+the weight store names each layer by a per-class counter in that order (DESIGN §3).
+:func:`keras_order` replays Keras's own ordering (``map_graph`` and ``_build_map`` in
+keras/src/ops/function.py: depth-first from the outputs, then by decreasing depth) over
+the config; a caller checks it first against the order of the config Keras saved.
+
+Both config formats are read: Keras 3's (``{"args": [...], "kwargs": {...}}`` nodes with
+``__keras_tensor__`` references) and Keras 2's (``[[name, node, tensor, kwargs], ...]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .naming import to_snake_case
+
+MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of the graph: output ``tensor`` of call ``node`` of layer ``layer``."""
+
+    layer: str
+    node: int = 0
+    tensor: int = 0
+
+
+@dataclass(frozen=True)
+class GraphLayer:
+    """One entry of a model's config, with the tensors each of its calls consumes."""
+
+    name: str
+    class_name: str
+    entry: dict[str, Any]
+    calls: tuple[tuple[TensorRef, ...], ...]  # per inbound node, its input tensors in order
+    is_op: bool  # a keras.ops operation, not a Layer: no weights, not in `model.layers`
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config = self.entry.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def is_model(self) -> bool:
+        return self.class_name in MODEL_CLASSES and isinstance(self.config.get("layers"), list)
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """One model of the config (the root, or a model nested as a layer)."""
+
+    path: str  # layer path of the model ("" for the root), as `inspect` names layers
+    store_path: str  # its object's group in the weight store ("" for the root)
+    entry: dict[str, Any]
+    sequential: bool
+    layers: tuple[GraphLayer, ...]  # in config order
+    inputs: tuple[TensorRef, ...]
+    outputs: tuple[TensorRef, ...]
+
+    @property
+    def name(self) -> str:
+        return str(self.entry.get("config", {}).get("name") or "")
+
+    def layer(self, name: str) -> GraphLayer:
+        return next(layer for layer in self.layers if layer.name == name)
+
+    def layer_path(self, name: str) -> str:
+        return f"{self.path}/{name}" if self.path else name
+
+    def consumers(self, name: str) -> list[str]:
+        """Who uses any output of layer ``name``: consuming layers, and "<output>" once
+        per model output it is."""
+        found = [layer.name for layer in self.layers
+                 for call in layer.calls for ref in call if ref.layer == name]
+        found += ["<output>" for ref in self.outputs if ref.layer == name]
+        return found
+
+    def producer(self, layer: GraphLayer) -> GraphLayer | None:
+        """The layer whose output is ``layer``'s only input, when it has exactly one."""
+        if len(layer.calls) != 1 or len(layer.calls[0]) != 1:
+            return None
+        ref = layer.calls[0][0]
+        return next((other for other in self.layers if other.name == ref.layer), None)
+
+
+def model_graphs(config: dict[str, Any]) -> list[ModelGraph]:
+    """Every model of a model config: the root first, then nested ones, depth first."""
+    return list(_graphs(config, "", ""))
+
+
+def _graphs(entry: dict[str, Any], path: str, store_path: str) -> Iterator[ModelGraph]:
+    graph = _graph(entry, path, store_path)
+    yield graph
+    keys = container_keys(graph, [layer.name for layer in graph.layers])
+    for layer in graph.layers:
+        if layer.is_model and layer.name in keys:
+            yield from _graphs(layer.entry, graph.layer_path(layer.name),
+                               _join(store_path, "layers", keys[layer.name]))
+
+
+def _graph(entry: dict[str, Any], path: str, store_path: str) -> ModelGraph:
+    config = entry.get("config", {})
+    sequential = entry.get("class_name") == "Sequential"
+    layers = []
+    previous: str | None = None
+    for child in config.get("layers", []):
+        name = str(child.get("config", {}).get("name") or child.get("name") or "")
+        class_name = str(child.get("class_name", ""))
+        if sequential:
+            calls: tuple[tuple[TensorRef, ...], ...] = ((TensorRef(previous),),) if previous else ()
+        else:
+            calls = tuple(tuple(_tensors(node)) for node in child.get("inbound_nodes", []))
+        layers.append(GraphLayer(name, class_name, child, calls,
+                                 str(child.get("module") or "").startswith("keras.src.ops")))
+        previous = name
+    if sequential:
+        first = (layers[0].name,) if layers else ()
+        inputs: tuple[TensorRef, ...] = tuple(TensorRef(n) for n in first)
+        outputs: tuple[TensorRef, ...] = (TensorRef(layers[-1].name),) if layers else ()
+    else:
+        inputs = tuple(_refs(config.get("input_layers", [])))
+        outputs = tuple(_refs(config.get("output_layers", [])))
+    return ModelGraph(path, store_path, entry, sequential, tuple(layers), inputs, outputs)
+
+
+def _tensors(value: Any) -> Iterator[TensorRef]:
+    """The tensors of an inbound node, in the order Keras flattens its arguments
+    (``tree.flatten``: lists in order, dict values by sorted key)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            history = value.get("config", {}).get("keras_history", [])
+            yield TensorRef(str(history[0]), int(history[1]), int(history[2]))
+            return
+        for key in sorted(value):
+            yield from _tensors(value[key])
+    elif isinstance(value, list):
+        if _is_legacy_ref(value):  # Keras 2: [name, node, tensor, kwargs]
+            yield TensorRef(str(value[0]), int(value[1]), int(value[2]))
+            if len(value) > 3:
+                yield from _tensors(value[3])
+            return
+        for item in value:
+            yield from _tensors(item)
+
+
+def _is_legacy_ref(value: list[Any]) -> bool:
+    return (len(value) in (3, 4) and isinstance(value[0], str) and isinstance(value[1], int)
+            and isinstance(value[2], int))
+
+
+def _refs(value: Any) -> Iterator[TensorRef]:
+    """``input_layers``/``output_layers``: one [name, node, tensor] or a list of them."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        yield TensorRef(str(value[0]), int(value[1]), int(value[2]))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _refs(item)
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            yield from _refs(value[key])
+
+
+def keras_order(graph: ModelGraph) -> list[str]:
+    """The order in which Keras lists the operations of this model once it is built from
+    its config (``Functional.operations``): ops included, layers Keras never reaches
+    excluded."""
+    if graph.sequential:
+        return [layer.name for layer in graph.layers]
+    by_name = {layer.name: layer for layer in graph.layers}
+    Node = tuple[str, int]
+
+    def is_input(node: Node) -> bool:
+        layer = by_name.get(node[0])
+        return layer is not None and layer.class_name == "InputLayer"
+
+    def parents(node: Node) -> list[Node]:
+        layer = by_name[node[0]]
+        if is_input(node) or node[1] >= len(layer.calls):
+            return []
+        return [(ref.layer, ref.node) for ref in layer.calls[node[1]]]
+
+    finished: set[Node] = set()
+    in_progress: set[Node] = set()
+    ordered: list[Node] = []  # inputs -> outputs
+    indices: dict[str, int] = {}
+    inputs = set(graph.inputs)
+
+    def visit(ref: TensorRef) -> None:
+        # An explicit stack would do the same; configs are far shallower than the limit.
+        node = (ref.layer, ref.node)
+        if ref.layer not in by_name:
+            raise ValueError(f"the config names a layer '{ref.layer}' it does not define")
+        if node in finished:
+            return
+        if not is_input(node) and ref in inputs:
+            finished.add(node)
+            return
+        if node in in_progress:
+            raise ValueError(f"layer '{ref.layer}' is part of a cycle")
+        indices.setdefault(ref.layer, len(indices))
+        in_progress.add(node)
+        for parent in parents(node):
+            visit(TensorRef(*parent))
+        finished.add(node)
+        in_progress.remove(node)
+        ordered.append(node)
+
+    for output in graph.outputs:
+        visit(output)
+    in_graph = set(ordered)
+    node_depth: dict[Node, int] = {}
+    op_depth: dict[str, int] = {}
+    for node in reversed(ordered):
+        depth = node_depth.setdefault(node, 0)
+        depth = max(depth, op_depth.get(node[0], 0))
+        op_depth[node[0]] = depth
+        node_depth[node] = depth
+        for parent in parents(node):
+            if parent in in_graph:
+                node_depth[parent] = max(depth + 1, node_depth.get(parent, 0))
+    for ref in graph.inputs:
+        if ref.layer not in op_depth and is_input((ref.layer, ref.node)):
+            op_depth[ref.layer] = 0
+            indices[ref.layer] = -1
+    by_depth: dict[int, list[str]] = {}
+    for name, depth in op_depth.items():
+        by_depth.setdefault(depth, []).append(name)
+    order: list[str] = []
+    for depth in sorted(by_depth, reverse=True):
+        order += sorted(by_depth[depth], key=lambda name: indices[name])
+    return order
+
+
+def container_keys(graph: ModelGraph, order: list[str]) -> dict[str, str]:
+    """The weight store's key of each layer of ``graph`` (under its ``layers`` group), when
+    Keras lists its layers in ``order``: the snake-cased class with a per-class counter,
+    as Keras's saver names container elements (``_save_container_state``)."""
+    by_name = {layer.name: layer for layer in graph.layers}
+    counters: dict[str, int] = {}
+    keys: dict[str, str] = {}
+    for position, name in enumerate(order):
+        layer = by_name[name]
+        if layer.is_op:
+            continue
+        if graph.sequential and position == 0 and layer.class_name == "InputLayer":
+            continue  # a Sequential keeps its input layer out of `layers`
+        snake = to_snake_case(layer.class_name)
+        count = counters.get(snake, 0)
+        counters[snake] = count + 1
+        keys[name] = snake if count == 0 else f"{snake}_{count}"
+    return keys
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)

@@ -1,0 +1,326 @@
+"""``fold-bn``: fold every BatchNormalization into the convolution it follows.
+
+The pairs, the folded values, the new config and the new weight store are all computed
+from the file (:mod:`..edits.fold`, :mod:`..store.rewrite`); Keras only loads the result
+to check that the model computes what it computed before (``--compare --expect-same``,
+on by default), which ``--no-smoke`` skips.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError
+from ..edits.fold import (
+    BatchNormValues,
+    FoldPair,
+    NotFolded,
+    find_pairs,
+    folded_bias,
+    folded_config,
+    folded_kernel,
+    identity_values,
+    scale_and_shift,
+    store_moves,
+    variance_problem,
+)
+from ..model.graph import container_keys, keras_order, model_graphs
+from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
+from ..store.hdf5 import damaged_store_is_an_error
+from ..store.provenance import EditRecord, FoldSource
+from ..store.rewrite import StoreRewrite, VarSource, rewrite_weights, write_keras_archive
+from ..store.source import ModelSource, open_store
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.transaction import WriteOptions, WrittenValue, check_destination, write_transaction
+from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
+
+# The fold keeps the function up to float rounding: this is what "the same" means by default.
+FOLD_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
+
+
+@dataclass(frozen=True)
+class FoldedPair:
+    conv: str  # layer paths
+    bn: str
+    conv_class: str
+    channels: int
+    bias_added: bool  # the conv had no bias before
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    source: str
+    destination: str | None
+    pairs: tuple[FoldedPair, ...]
+    not_folded: tuple[NotFolded, ...]
+    keep_layers: bool
+    dry_run: bool
+    parameters_before: int
+    parameters_after: int
+    optimizer: str | None = None  # what happened to the optimizer state
+    smoke: SmokeReport | None = None
+    smoke_skipped: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def fold_bn(
+    source: ModelSource,
+    options: WriteOptions,
+    *,
+    layers: list[str] | None = None,
+    keep_layers: bool = False,
+    step: Callable[[str], None] | None = None,
+) -> FoldReport:
+    """Fold the BatchNormalizations of ``source`` (those after the convs or BNs named in
+    ``layers``, else all) and write the model as ``options`` say."""
+    structure = read_structure(source)
+    if structure.format != "keras" or structure.legacy:
+        raise ConvSurgeonError(
+            f"{source.label}: fold-bn rewrites .keras archives only (this is a {_format_name(structure)}); "
+            "load it in Keras and save it as .keras first"
+        )
+    check_destination(source, structure, options)
+    config = _read_config(source)
+    search = find_pairs(config)
+    pairs, not_folded = _selected(search.pairs, search.not_folded, layers, source.label)
+    by_path = {layer.path: layer for layer in structure.layers}
+    _check_store_places(config, by_path, source.label)
+    values = read_variables(source, [v for p in pairs for path in (p.conv_path, p.bn_path)
+                                     for v in _layer(by_path, path, source.label).variables])
+    folds: list[tuple[FoldPair, dict[str, np.ndarray], BatchNormValues]] = []
+    refused = list(not_folded)
+    for pair in pairs:
+        bn = _bn_values(_layer(by_path, pair.bn_path, source.label), pair.bn.config, values)
+        problem = variance_problem(bn)
+        if problem is not None:
+            refused.append(NotFolded(pair.bn_path, problem, pair.conv_path))
+            continue
+        folds.append((pair, _conv_values(pair, _layer(by_path, pair.conv_path, source.label), bn, values), bn))
+    before = sum(layer.parameters for layer in structure.layers)
+    removed = sum(_layer(by_path, p.bn_path, source.label).parameters for p, _, _ in folds)
+    added = sum(0 if _has_bias(_layer(by_path, p.conv_path, source.label)) else
+                new["bias"].size for p, new, _ in folds)
+    after = before + added - (0 if keep_layers else removed)
+    report = FoldReport(
+        source.label, None, tuple(_folded(p, by_path, new, source.label) for p, new, _ in folds),
+        tuple(refused), keep_layers, options.dry_run, before, after,
+    )
+    if not folds:
+        return replace(report, dry_run=options.dry_run,
+                       notes=("nothing to fold: no convolution is followed by a BatchNormalization "
+                              "it alone feeds; nothing was written",))
+    new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
+    if not keep_layers:
+        _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
+    moves = store_moves(config, new_config, set() if keep_layers else {p.bn_path for p, _, _ in folds})
+    optimizer = optimizer_plan(
+        structure, config, new_config, by_path,
+        {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
+        _changed(folds, by_path), read_optimizer_shapes(source) if structure.optimizer_variables else [])
+    report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
+    if options.dry_run:
+        return report
+    rewrite, written = _rewrite(folds, by_path, moves.new_paths, moves.renames, moves.drops,
+                                keep_layers, optimizer)
+    records = [EditRecord(layer=item.layer.path, variable=item.variable.name, layout="keras",
+                          source=FoldSource(fold=bn_path))
+               for item, bn_path in written]
+    checks = options.smoke
+    if checks.enabled and checks.expect_same is None:
+        options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
+    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+        weights = Path(folder) / "model.weights.h5"
+        run_bounded(lambda: rewrite_weights(source, rewrite, weights), PARSE_TIMEOUT_S, source.label)
+
+        def stage(path: Path, history: list[dict[str, Any]]) -> None:
+            write_keras_archive(source, path, new_config, weights, history)
+
+        result = write_transaction(source, structure, stage, [item for item, _ in written],
+                                   records, options, step)
+    return replace(report, destination=result.destination, smoke=result.smoke,
+                   smoke_skipped=result.smoke_skipped)
+
+
+def _format_name(structure: ModelStructure) -> str:
+    return {"h5": "legacy .h5 file", "weights": "weights-only file", "sharded": "sharded weights map",
+            "dir": "saved folder", "preset": "keras-hub preset"}.get(structure.format, structure.format)
+
+
+def _read_config(source: ModelSource) -> dict[str, Any]:
+    def work() -> dict[str, Any] | None:
+        with damaged_store_is_an_error(source.label), open_store(source) as store:
+            return store.config
+
+    config = run_bounded(work, PARSE_TIMEOUT_S, source.label)
+    if config is None:
+        raise ModelFileError(f"{source.label}: holds no model config; fold-bn needs the model's graph")
+    return config
+
+
+def _selected(pairs: tuple[FoldPair, ...], not_folded: tuple[NotFolded, ...], layers: list[str] | None,
+              label: str) -> tuple[list[FoldPair], list[NotFolded]]:
+    """The pairs named by ``layers`` (a conv's or a BatchNormalization's path or name)."""
+    if not layers:
+        return list(pairs), list(not_folded)
+    chosen: list[FoldPair] = []
+    for query in layers:
+        match = [p for p in pairs if query in (p.conv_path, p.bn_path, p.conv.name, p.bn.name)]
+        if len(match) > 1:
+            raise LayerNotFoundError(
+                f"{label}: --layer {query} names {len(match)} pairs ("
+                + ", ".join(p.conv_path for p in match) + "); give the layer's path")
+        if not match:
+            refusal = next((r for r in not_folded if query in (r.layer, r.after, r.layer.rpartition("/")[2])), None)
+            if refusal is not None:
+                raise ConvSurgeonError(f"{label}: --layer {query}: '{refusal.layer}' cannot be folded: {refusal.reason}")
+            raise LayerNotFoundError(
+                f"{label}: --layer {query}: no convolution -> BatchNormalization pair has that layer; "
+                "run `conv-surgeon fold-bn MODEL --dry-run` to list the pairs")
+        if match[0] not in chosen:
+            chosen.append(match[0])
+    return chosen, []
+
+
+def _layer(by_path: dict[str, Layer], path: str, label: str) -> Layer:
+    layer = by_path.get(path)
+    if layer is None:
+        raise ModelFileError(f"{label}: layer '{path}' of the config has no weights in the store")
+    return layer
+
+
+def _check_store_places(config: dict[str, Any], by_path: dict[str, Layer], label: str) -> None:
+    """Every layer with weights sits where the config's order says Keras put it: the
+    rewrite moves objects by that rule, so a store that breaks it is refused."""
+    for graph in model_graphs(config):
+        keys = container_keys(graph, [layer.name for layer in graph.layers])
+        for name, key in keys.items():
+            layer = by_path.get(graph.layer_path(name))
+            expected = "/".join(p for p in (graph.store_path, "layers", key) if p)
+            if layer is not None and layer.store_path != expected:
+                raise ModelFileError(
+                    f"{label}: layer '{layer.path}' is stored at '{layer.store_path}', not at "
+                    f"'{expected}' where Keras would look for it; fold-bn cannot rewrite this store"
+                )
+
+
+def _check_predicted_order(config: dict[str, Any], models: set[str], label: str) -> None:
+    """The rewritten model's layer order is predicted by replaying Keras's; the replay must
+    give the original's order first."""
+    for graph in model_graphs(config):
+        if graph.path in models and keras_order(graph) != [layer.name for layer in graph.layers]:
+            raise ConvSurgeonError(
+                f"{label}: the layers of model '{graph.path or graph.name}' are not in the order "
+                "Keras lists them, so where Keras would look for the folded model's weights cannot "
+                "be predicted; nothing was written; use --keep-layers, which keeps every layer"
+            )
+
+
+def _variable(layer: Layer, name: str) -> Variable | None:
+    return next((v for v in layer.variables if v.name == name), None)
+
+
+def _has_bias(layer: Layer) -> bool:
+    return _variable(layer, "bias") is not None
+
+
+def _bn_values(layer: Layer, config: dict[str, Any], values: dict[str, np.ndarray]) -> BatchNormValues:
+    def get(name: str) -> np.ndarray | None:
+        variable = _variable(layer, name)
+        return None if variable is None else values[variable.dataset]
+
+    mean, variance = get("moving_mean"), get("moving_variance")
+    if mean is None or variance is None:
+        raise ModelFileError(f"layer '{layer.path}': a BatchNormalization without moving statistics")
+    return BatchNormValues(get("gamma"), get("beta"), mean, variance, float(config.get("epsilon", 1e-3)))
+
+
+def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
+                 values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The conv's new variables by name: its (pointwise) kernel scaled, and its bias."""
+    s, t = scale_and_shift(bn)
+    name = "pointwise_kernel" if pair.conv_class.kind == "separable" else "kernel"
+    kernel_var = _variable(layer, name)
+    if kernel_var is None:
+        raise ModelFileError(f"layer '{layer.path}': no {name} in the store")
+    kernel = values[kernel_var.dataset]
+    if kernel.dtype.name not in ("float16", "float32", "float64"):
+        raise ConvSurgeonError(f"layer '{layer.path}': a {kernel.dtype.name} kernel cannot be folded exactly")
+    bias_var = _variable(layer, "bias")
+    bias = values[bias_var.dataset] if bias_var is not None else None
+    return {name: folded_kernel(pair.conv_class, kernel, s), "bias": folded_bias(bias, s, t, kernel.dtype)}
+
+
+def _conv_variables(conv: Layer, new: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], bool]]:
+    """A folded conv's variables (name, shape, trainable), its new bias included."""
+    out = [(v.name, v.shape, True) for v in conv.variables]
+    return out + ([] if _has_bias(conv) else [("bias", tuple(new["bias"].shape), True)])
+
+
+def _changed(folds: list[tuple[FoldPair, dict[str, np.ndarray], BatchNormValues]],
+             by_path: dict[str, Layer]) -> set[tuple[str, str]]:
+    """The variables whose values the fold changes: their optimizer slots start at zero."""
+    changed = {(p.conv_path, name) for p, new, _ in folds for name in new}
+    return changed | {(p.bn_path, v.name) for p, _, _ in folds for v in by_path[p.bn_path].variables}
+
+
+def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray], label: str) -> FoldedPair:
+    return FoldedPair(pair.conv_path, pair.bn_path, pair.conv.class_name, int(new["bias"].size),
+                      not _has_bias(_layer(by_path, pair.conv_path, label)))
+
+
+def _rewrite(
+    folds: list[tuple[FoldPair, dict[str, np.ndarray], BatchNormValues]],
+    by_path: dict[str, Layer],
+    new_paths: dict[str, str],
+    renames: dict[str, str],
+    drops: set[str],
+    keep_layers: bool,
+    optimizer: OptimizerPlan | None,
+) -> tuple[StoreRewrite, list[tuple[WrittenValue, str]]]:
+    """The store rewrite, and each value written (placed in the new store) with its BN."""
+    variables: dict[str, tuple[VarSource, ...]] = {}
+    written: list[tuple[WrittenValue, str]] = []
+    for pair, new, bn in folds:
+        conv = by_path[pair.conv_path]
+        names = [v.name for v in conv.variables] + ([] if _has_bias(conv) else ["bias"])
+        sources: list[VarSource] = []
+        new_vars: list[Variable] = []
+        object_path = new_paths.get(pair.conv_path, conv.store_path)
+        for index, name in enumerate(names):
+            old = _variable(conv, name)
+            if name in new:
+                sources.append(new[name])
+                value = new[name]
+                shape, dtype = tuple(value.shape), value.dtype.name
+            else:
+                assert old is not None
+                sources.append(int(old.dataset.rpartition("/")[2]))
+                continue
+            new_vars.append(Variable(name, f"{object_path}/vars/{index}", shape, dtype, index, old.file if old else 0))
+        variables[f"{conv.store_path}/vars"] = tuple(sources)
+        layer = replace(conv, store_path=object_path, variables=tuple(new_vars))
+        written += [(WrittenValue(layer, v, new[v.name], compare_layer=False), pair.bn_path) for v in new_vars]
+        if keep_layers:
+            bn_layer = by_path[pair.bn_path]
+            identity = identity_values(bn)
+            by_name = {"gamma": identity.gamma, "beta": identity.beta, "moving_mean": identity.mean,
+                       "moving_variance": identity.variance}
+            variables[f"{bn_layer.store_path}/vars"] = tuple(
+                _required(by_name[v.name]) for v in bn_layer.variables)
+    if optimizer is not None:
+        variables[optimizer.vars_group] = optimizer.sources
+    return StoreRewrite(dict(renames), frozenset(drops), variables), written
+
+
+def _required(value: np.ndarray | None) -> np.ndarray:
+    assert value is not None
+    return value
+
+

@@ -1,0 +1,180 @@
+"""The optimizer state of a model whose variables change: which slot belongs to which variable.
+
+Keras 3 stores an optimizer's variables as ``optimizer/vars/0..N-1`` in the order of
+``optimizer.variables``: its own scalars first (``iteration``, then ``learning_rate``
+unless it is a schedule), then, for each call of ``add_optimizer_variables`` in its
+``build``, one slot per name *interleaved* over the model's trainable variables (Adam:
+``m0 v0 m1 v1 ...``; a second call, amsgrad's ``velocity_hat``, adds a block after).
+The model's trainable variables come in layer order, nested models in place, each
+layer's in its own order (keras/src/optimizers/base_optimizer.py, layers/layer.py).
+
+The layout is not written down in the file, so it is recovered from the shapes: the
+state must split into scalars and blocks whose shapes repeat the trainable variables'
+in exactly one way, or the state is refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConvSurgeonError
+from ..model.catalogue import layer_variables
+from ..model.graph import model_graphs
+from ..model.structure import Layer, ModelStructure
+from ..store.hdf5 import damaged_store_is_an_error
+from ..store.rewrite import VarSource
+from ..store.source import ModelSource, open_store
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+
+OPTIMIZER_VARS = "optimizer/vars"
+MAX_SLOTS_PER_NAME_GROUP = 4  # Adam/AdamW/Lion/... add at most a few slots per variable at once
+
+Slot = tuple[tuple[int, ...], str]  # shape, dtype
+TrainableKey = tuple[str, str]  # layer path, variable name
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    vars_group: str
+    sources: tuple[VarSource, ...]
+    note: str
+
+
+def read_optimizer_shapes(source: ModelSource) -> list[Slot]:
+    """Shape and dtype of each ``optimizer/vars/<i>``, in order (bounded read)."""
+    def work() -> list[Slot]:
+        with damaged_store_is_an_error(source.label), open_store(source) as store:
+            group = store.h5s[0].get(OPTIMIZER_VARS)
+            if group is None:
+                return []
+            return [(tuple(int(d) for d in group[str(i)].shape), group[str(i)].dtype.name)
+                    for i in range(len(group))]
+
+    return run_bounded(work, PARSE_TIMEOUT_S, source.label)
+
+
+def trainable_variables(config: dict[str, Any],
+                        variables_of: Callable[[str], list[tuple[str, tuple[int, ...], bool]] | None]
+                        ) -> list[tuple[TrainableKey, tuple[int, ...]]]:
+    """The model's trainable variables in Keras's order, from its config (layers in
+    config order, which fold-bn keeps equal to Keras's). ``variables_of(path)`` gives a
+    layer's (name, shape, trainable) list, or None for a layer it does not know."""
+    graphs = {graph.path: graph for graph in model_graphs(config)}
+    found: list[tuple[TrainableKey, tuple[int, ...]]] = []
+
+    def walk(path: str) -> None:
+        graph = graphs[path]
+        for layer in graph.layers:
+            if layer.is_op or layer.config.get("trainable", True) is False:
+                continue
+            layer_path = graph.layer_path(layer.name)
+            if layer.is_model:
+                walk(layer_path)
+                continue
+            own = variables_of(layer_path)
+            if own is None:
+                raise ConvSurgeonError(
+                    f"layer '{layer_path}' ({layer.class_name}) holds variables conv-surgeon cannot "
+                    "tell trainable or not, so its optimizer slots cannot be placed")
+            found.extend(((layer_path, name), shape) for name, shape, trainable in own if trainable)
+
+    walk("")
+    return found
+
+
+def structure_variables(by_path: dict[str, Layer]) -> Callable[[str], list[tuple[str, tuple[int, ...], bool]] | None]:
+    """``variables_of`` for :func:`trainable_variables` over a read structure: a layer's own
+    variables and its sub-layers' (wrappers), each flagged by the catalogue."""
+    def variables_of(path: str) -> list[tuple[str, tuple[int, ...], bool]] | None:
+        owned = [layer for p, layer in by_path.items() if p == path or p.startswith(path + "/")]
+        out: list[tuple[str, tuple[int, ...], bool]] = []
+        for layer in owned:
+            if not layer.variables:
+                continue
+            flags = layer_variables(layer.class_name, layer.config, len(layer.variables))
+            if flags is None or len(flags) != len(layer.variables):
+                return None
+            prefix = layer.path[len(path) + 1:] + "/" if layer.path != path else ""
+            out += [(prefix + v.name, v.shape, trainable) for v, (_, trainable) in zip(layer.variables, flags)]
+        return out
+
+    return variables_of
+
+
+def slot_layout(slots: list[Slot], trainable: list[tuple[int, ...]]) -> tuple[int, list[int]] | None:
+    """(scalars first, slots per variable of each block) if ``slots`` splits so in exactly one way."""
+    count = len(trainable)
+    found: list[tuple[int, list[int]]] = []
+
+    def blocks(position: int, sofar: list[int]) -> None:
+        if len(found) > 1:
+            return
+        if position == len(slots):
+            found.append((prefix, list(sofar)))
+            return
+        for k in range(1, MAX_SLOTS_PER_NAME_GROUP + 1):
+            end = position + k * count
+            if count == 0 or end > len(slots):
+                break
+            if all(slots[position + t * k + j][0] == trainable[t] for t in range(count) for j in range(k)):
+                blocks(end, sofar + [k])
+
+    for prefix in range(min(2, len(slots)), -1, -1):
+        if all(slots[i][0] == () for i in range(prefix)):
+            blocks(prefix, [])
+    if count == 0 and len(slots) <= 2:
+        return len(slots), []
+    return found[0] if len(found) == 1 else None
+
+
+def remapped_slots(
+    slots: list[Slot], old: list[tuple[TrainableKey, tuple[int, ...]]],
+    new: list[tuple[TrainableKey, tuple[int, ...]]], changed: set[TrainableKey],
+) -> tuple[tuple[VarSource, ...], int, int, int]:
+    """The new optimizer variables: the scalars, and per block a slot for each new trainable
+    variable, copied from its old slot or zero where the variable is new or changed.
+    Returns (sources, kept, reset, removed) counts of variables."""
+    layout = slot_layout(slots, [shape for _, shape in old])
+    if layout is None:
+        raise ConvSurgeonError(
+            f"the optimizer state ({len(slots)} variables) does not split into slots of the "
+            f"model's {len(old)} trainable variables in one way, so it cannot be carried over")
+    prefix, blocks = layout
+    index = {key: i for i, (key, _) in enumerate(old)}
+    sources: list[VarSource] = list(range(prefix))
+    position = prefix
+    for k in blocks:
+        dtype = slots[position][1] if position < len(slots) else "float32"
+        for key, shape in new:
+            keep = key in index and key not in changed
+            for j in range(k):
+                sources.append(position + index[key] * k + j if keep else np.zeros(shape, dtype))
+        position += k * len(old)
+    kept = sum(1 for key, _ in new if key in index and key not in changed)
+    reset = len(new) - kept
+    removed = sum(1 for key, _ in old if key not in {k for k, _ in new})
+    return tuple(sources), kept, reset, removed
+
+
+def optimizer_plan(structure: ModelStructure, config: dict[str, Any], new_config: dict[str, Any],
+                   by_path: dict[str, Layer], new_variables: dict[str, list[tuple[str, tuple[int, ...], bool]]],
+                   changed: set[TrainableKey], slots: list[Slot]) -> OptimizerPlan | None:
+    """How the optimizer state follows the rewrite (None without optimizer state).
+    ``new_variables`` overrides the variables of the layers whose variables change."""
+    if not structure.optimizer_variables or not slots:
+        return None
+    before = structure_variables(by_path)
+
+    def after(path: str) -> list[tuple[str, tuple[int, ...], bool]] | None:
+        return new_variables[path] if path in new_variables else before(path)
+
+    old = trainable_variables(config, before)
+    new = trainable_variables(new_config, after)
+    sources, kept, reset, removed = remapped_slots(slots, old, new, changed)
+    note = (f"optimizer state: the slots of {kept} variables kept, of {reset} reset to zero "
+            f"(the folded layers), of {removed} removed")
+    return OptimizerPlan(OPTIMIZER_VARS, sources, note)
