@@ -10,7 +10,7 @@ needs them.
 """
 
 from ._version import __version__
-from .api import apply, assign, diff, get_weights, inspect, set_weights
+from .api import apply, assign, diff, fold_bn, get_weights, inspect, set_weights
 from .errors import (
     AssignmentError,
     ConvSurgeonError,
@@ -39,6 +39,7 @@ __all__ = [
     "apply",
     "assign",
     "diff",
+    "fold_bn",
     "get_weights",
     "inspect",
     "set_weights",

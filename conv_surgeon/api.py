@@ -1,7 +1,7 @@
 """The public Python API: every command of the CLI as a typed function, for notebooks.
 
 Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`) never imports TensorFlow.
-Writing (:func:`set_weights`, :func:`apply`) goes through the same write transaction as
+Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`) goes through the same write transaction as
 the command line: staged beside the destination, verified, smoke-tested with Keras
 (unless ``smoke=False``) and only then moved into place. :func:`assign` does the same
 checks on a live Keras layer.
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from .edits.assign import Assignment
     from .ops.compare import DiffReport
+    from .ops.fold import FoldReport
     from .ops.reading import InspectReport
     from .ops.surgery import SetReport, WeightRequest
     from .store.source import ModelSource
@@ -132,6 +133,43 @@ def apply(
     options = WriteOptions(destination, SmokeOptions(enabled=smoke),
                            ("conv_surgeon.apply", os.fspath(model), os.fspath(plan)))
     return apply_plan(_source(model, config), load_plan(plan), options)
+
+
+def fold_bn(
+    model: PathLike,
+    *,
+    out: PathLike | None = None,
+    in_place: bool = False,
+    layers: Sequence[str] | None = None,
+    keep_layers: bool = False,
+    smoke: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
+    load_inputs: PathLike | None = None,
+    imports: Sequence[str] = (),
+    unsafe: bool = False,
+    dry_run: bool = False,
+) -> FoldReport:
+    """Fold each BatchNormalization into the convolution it follows (only the pairs of the
+    convs or BatchNormalizations named in ``layers``, if given) and write the model to
+    ``out``. Unless ``smoke=False``, Keras runs both models on the same inputs (seeded,
+    or ``load_inputs``) and nothing is written if the outputs differ beyond
+    ``atol``/``rtol``. ``keep_layers`` leaves each BatchNormalization in place as an identity.
+    The report lists the pairs folded and, for every other BatchNormalization, why not.
+    """
+    from .ops.fold import fold_bn as fold
+    from .transaction.smoke import Tolerance
+    from .transaction.transaction import SmokeOptions, WriteOptions
+
+    destination = _destination(model, out, in_place, dry_run)
+    checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
+                          unsafe=unsafe, imports=tuple(imports), compare=smoke,
+                          expect_same=Tolerance(atol, rtol) if smoke else None,
+                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    command = ("conv_surgeon.fold_bn", os.fspath(model))
+    return fold(_source(model), WriteOptions(destination, checks, command),
+                layers=list(layers) if layers else None, keep_layers=keep_layers)
 
 
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
