@@ -147,6 +147,8 @@ SET_KERNEL_BYTES = math.prod(SET_KERNEL_SHAPE) * 4  # float32, as MAKE_KERNEL wr
 SHARD_GB = 0.022  # save_weights(max_shard_size=...), in GiB: ResNet50 in 5 shards of <= 23.6 MB
 WALK_INSPECT_TARGET = 1.3  # conv-surgeon inspect / a bare h5py walk of the same store
 API_INSPECT_WARM_MS_TARGET = 50.0  # cs.inspect() of ResNet50 in a warm process
+FOLD_TIME_TARGET = 0.8  # conv-surgeon fold-bn (outputs compared) / the plain-Keras script
+FOLD_NO_SMOKE_TIME_TARGET = 0.15  # conv-surgeon fold-bn --no-smoke / the plain-Keras script
 SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the .keras
 PRESET_INSPECT_TARGET = 1.2  # inspect of the keras-hub preset / inspect of its .keras
 # keras_hub.models.ResNetBackbone arguments of ResNet50: keras-hub 0.32 ships no config for
@@ -285,6 +287,24 @@ def _build_cached(name: str, script: str) -> Path:
 
 def resnet50() -> Path:
     return _build_cached("resnet50.keras", BUILD_RESNET50)
+
+
+# ResNet50 with random, non-trivial statistics in every BatchNormalization (fold-bn).
+BUILD_RESNET50_BN = """
+import sys, keras, numpy as np
+rng = np.random.default_rng(0)
+model = keras.applications.ResNet50(weights=None)
+for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+        g, b, m, v = (np.asarray(w) for w in layer.weights)
+        layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.5, b.shape),
+                           rng.normal(0, 0.5, m.shape), rng.uniform(0.3, 3.0, v.shape)])
+model.save(sys.argv[1])
+"""
+
+
+def resnet50_bn() -> Path:
+    return _build_cached("resnet50_bn.keras", BUILD_RESNET50_BN)
 
 
 def _build_cached_folder(name: str, script: str, *args: str) -> Path:
@@ -932,6 +952,126 @@ def bench_inspect_walk(ctx: Context) -> list[Row]:
     ]
 
 
+# The plain-Keras way to fold every conv -> BatchNormalization pair: load, rebuild the
+# graph without the BNs (config surgery, the way a user would), copy and fold the weights,
+# save, reload, and compare outputs with the original on one seeded batch.
+KERAS_FOLD = """
+import sys, json, keras, numpy as np
+src, out = sys.argv[1], sys.argv[2]
+model = keras.saving.load_model(src, compile=False)
+config = json.loads(json.dumps(model.get_config()))  # tuples as lists, as in config.json
+entries = {l["config"]["name"]: l for l in config["layers"]}
+def producer(entry):
+    nodes = entry.get("inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0]["args"]) != 1 or not isinstance(nodes[0]["args"][0], dict):
+        return None
+    return nodes[0]["args"][0]["config"]["keras_history"][0]
+def history(value):
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            yield value["config"]["keras_history"][0]
+        else:
+            for item in value.values():
+                yield from history(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from history(item)
+consumers = {}
+for entry in config["layers"]:
+    for name in history(entry.get("inbound_nodes", [])):
+        consumers[name] = consumers.get(name, 0) + 1
+pairs = {}
+for name, entry in entries.items():
+    up = producer(entry)
+    if (entry["class_name"] == "BatchNormalization" and up and entries[up]["class_name"] == "Conv2D"
+            and entries[up]["config"]["activation"] == "linear" and consumers.get(up) == 1):
+        pairs[name] = up
+def rewire(value):
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__" and value["config"]["keras_history"][0] in pairs:
+            value["config"]["keras_history"][0] = pairs[value["config"]["keras_history"][0]]
+        return {k: rewire(v) for k, v in value.items()}
+    return [rewire(v) for v in value] if isinstance(value, list) else value
+config["layers"] = [rewire(l) for l in config["layers"] if l["config"]["name"] not in pairs]
+config["output_layers"] = rewire(config["output_layers"])
+for conv in pairs.values():
+    entries[conv]["config"]["use_bias"] = True
+folded = keras.Model.from_config(config)
+for layer in folded.layers:
+    old = model.get_layer(layer.name)
+    if layer.name in pairs.values():
+        bn = model.get_layer(next(b for b, c in pairs.items() if c == layer.name))
+        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.weights)
+        s = gamma / np.sqrt(var + bn.epsilon)
+        kernel, *bias = (np.asarray(w, np.float64) for w in old.weights)
+        bias = bias[0] if bias else np.zeros_like(s)
+        layer.set_weights([(kernel * s).astype("float32"), (bias * s + beta - mean * s).astype("float32")])
+    elif layer.weights:
+        layer.set_weights(old.get_weights())
+folded.save(out)
+reloaded = keras.saving.load_model(out, compile=False)
+x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype("float32")
+err = float(np.abs(np.asarray(model(x)) - np.asarray(reloaded(x))).max())
+assert len(pairs) == 53 and err < 1e-4, (len(pairs), err)
+"""
+
+# Forward-pass time of the original and the folded model: median of 10 calls after a warm-up.
+FORWARD_TIMES = """
+import sys, time, statistics, keras, numpy as np
+for path in sys.argv[1:]:
+    model = keras.saving.load_model(path, compile=False)
+    for batch in (1, 32):
+        x = np.random.default_rng(0).normal(size=(batch, 224, 224, 3)).astype("float32")
+        model(x, training=False)
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            model(x, training=False)
+            times.append(time.perf_counter() - start)
+        print(path, batch, statistics.median(times))
+"""
+
+
+def bench_fold(ctx: Context) -> list[Row]:
+    model = resnet50_bn()
+    outs = {case: CACHE / f"fold-{case}.out.keras" for case in ("a", "b", "c")}
+    try:
+        a = ctx.measure([CLI, "fold-bn", str(model), "-o", str(outs["a"])], after=_remover(outs["a"]))
+        b = ctx.measure([CLI, "fold-bn", str(model), "--no-smoke", "-o", str(outs["b"])],
+                        after=_remover(outs["b"]))
+        c = ctx.measure([PYTHON, "-c", KERAS_FOLD, str(model), str(outs["c"])], after=_remover(outs["c"]))
+        run_once([CLI, "fold-bn", str(model), "--no-smoke", "-o", str(outs["b"])])
+        timed = subprocess.run([PYTHON, "-c", FORWARD_TIMES, str(model), str(outs["b"])],
+                               capture_output=True, text=True, env=CHILD_ENV, check=True)
+    finally:
+        for out in outs.values():
+            _remover(out)()
+    forward = {}
+    for line in timed.stdout.strip().splitlines():
+        path, batch, seconds = line.rsplit(" ", 2)
+        forward[(path == str(model), int(batch))] = float(seconds)
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"target <= {target:g}x: {'PASS' if ratio <= target else 'MISS'}"
+
+    a_t, b_t = a.median_s / c.median_s, b.median_s / c.median_s
+    rows = [
+        ("fold-bn", "(a) conv-surgeon fold-bn", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
+         "53 pairs, outputs compared (--expect-same)"),
+        ("fold-bn", "(b) conv-surgeon fold-bn --no-smoke", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}",
+         "no Keras import"),
+        ("fold-bn", "(c) keras rebuild+fold+save+check", f"{c.median_s:.2f}", f"{c.max_rss_mb:.0f}",
+         "config surgery, from_config, set_weights, save, reload, compare"),
+        ("fold-bn", "ratio (a)/(c) time", f"{a_t:.2f}x", "", verdict(a_t, FOLD_TIME_TARGET)),
+        ("fold-bn", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, FOLD_NO_SMOKE_TIME_TARGET)),
+    ]
+    for batch in (1, 32):
+        before, after = forward[(True, batch)], forward[(False, batch)]
+        rows.append(("fold-bn", f"forward pass, batch {batch}", f"{after:.3f}", "",
+                     f"folded vs original {before:.3f} s: {after / before:.2f}x"))
+    return rows
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
@@ -942,6 +1082,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect-sharded": bench_inspect_sharded,
     "inspect-preset": bench_inspect_preset,
     "set-sharded": bench_set_sharded,
+    "fold-bn": bench_fold,
 }
 
 

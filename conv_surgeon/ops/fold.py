@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError
 from ..edits.fold import (
+    FOLDABLE_DTYPES,
     BatchNormValues,
     FoldPair,
     NotFolded,
@@ -26,6 +27,7 @@ from ..edits.fold import (
     folded_config,
     folded_kernel,
     identity_values,
+    output_channels,
     scale_and_shift,
     store_moves,
     variance_problem,
@@ -34,7 +36,7 @@ from ..model.graph import container_keys, keras_order, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.hdf5 import damaged_store_is_an_error
 from ..store.provenance import EditRecord, FoldSource
-from ..store.rewrite import StoreRewrite, VarSource, rewrite_weights, write_keras_archive
+from ..store.rewrite import Derived, StoreRewrite, VarSource, rewrite_weights, write_keras_archive
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..transaction.smoke import SmokeReport, Tolerance
@@ -92,9 +94,12 @@ def fold_bn(
     pairs, not_folded = _selected(search.pairs, search.not_folded, layers, source.label)
     by_path = {layer.path: layer for layer in structure.layers}
     _check_store_places(config, by_path, source.label)
-    values = read_variables(source, [v for p in pairs for path in (p.conv_path, p.bn_path)
-                                     for v in _layer(by_path, path, source.label).variables])
-    folds: list[tuple[FoldPair, dict[str, np.ndarray], BatchNormValues]] = []
+    # Only the small vectors come to this process; kernels are scaled inside the rewrite's
+    # worker (Derived values), where they are read, written and read back.
+    values = read_variables(source, [v for p in pairs for v in _layer(by_path, p.bn_path, source.label).variables]
+                            + [v for p in pairs for v in _layer(by_path, p.conv_path, source.label).variables
+                               if v.name == "bias"])
+    folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]] = []
     refused = list(not_folded)
     for pair in pairs:
         bn = _bn_values(_layer(by_path, pair.bn_path, source.label), pair.bn.config, values)
@@ -106,7 +111,7 @@ def fold_bn(
     before = sum(layer.parameters for layer in structure.layers)
     removed = sum(_layer(by_path, p.bn_path, source.label).parameters for p, _, _ in folds)
     added = sum(0 if _has_bias(_layer(by_path, p.conv_path, source.label)) else
-                new["bias"].size for p, new, _ in folds)
+                _bias(new).size for p, new, _ in folds)
     after = before + added - (0 if keep_layers else removed)
     report = FoldReport(
         source.label, None, tuple(_folded(p, by_path, new, source.label) for p, new, _ in folds),
@@ -129,9 +134,8 @@ def fold_bn(
         return report
     rewrite, written = _rewrite(folds, by_path, moves.new_paths, moves.renames, moves.drops,
                                 keep_layers, optimizer)
-    records = [EditRecord(layer=item.layer.path, variable=item.variable.name, layout="keras",
-                          source=FoldSource(fold=bn_path))
-               for item, bn_path in written]
+    records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
+               for p, new, _ in folds for name in new]
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
@@ -242,41 +246,51 @@ def _bn_values(layer: Layer, config: dict[str, Any], values: dict[str, np.ndarra
 
 
 def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
-                 values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                 values: dict[str, np.ndarray]) -> dict[str, np.ndarray | Derived]:
     """The conv's new variables by name: its (pointwise) kernel scaled, and its bias."""
     s, t = scale_and_shift(bn)
     name = "pointwise_kernel" if pair.conv_class.kind == "separable" else "kernel"
-    kernel_var = _variable(layer, name)
-    if kernel_var is None:
+    kernel = _variable(layer, name)
+    if kernel is None:
         raise ModelFileError(f"layer '{layer.path}': no {name} in the store")
-    kernel = values[kernel_var.dataset]
-    if kernel.dtype.name not in ("float16", "float32", "float64"):
-        raise ConvSurgeonError(f"layer '{layer.path}': a {kernel.dtype.name} kernel cannot be folded exactly")
+    if kernel.dtype not in FOLDABLE_DTYPES:
+        raise ConvSurgeonError(f"layer '{layer.path}': a {kernel.dtype} kernel cannot be folded exactly")
+    if output_channels(pair.conv_class, kernel.shape) != s.size:
+        raise ModelFileError(f"layer '{layer.path}': {output_channels(pair.conv_class, kernel.shape)} output "
+                             f"channels, but its BatchNormalization '{pair.bn_path}' has {s.size}")
+    cls = pair.conv_class
     bias_var = _variable(layer, "bias")
     bias = values[bias_var.dataset] if bias_var is not None else None
-    return {name: folded_kernel(pair.conv_class, kernel, s), "bias": folded_bias(bias, s, t, kernel.dtype)}
+    return {name: Derived(int(kernel.dataset.rpartition("/")[2]), lambda k: folded_kernel(cls, k, s)),
+            "bias": folded_bias(bias, s, t, np.dtype(kernel.dtype))}
 
 
-def _conv_variables(conv: Layer, new: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], bool]]:
+def _bias(new: dict[str, np.ndarray | Derived]) -> np.ndarray:
+    bias = new["bias"]
+    assert isinstance(bias, np.ndarray)
+    return bias
+
+
+def _conv_variables(conv: Layer, new: dict[str, np.ndarray | Derived]) -> list[tuple[str, tuple[int, ...], bool]]:
     """A folded conv's variables (name, shape, trainable), its new bias included."""
     out = [(v.name, v.shape, True) for v in conv.variables]
-    return out + ([] if _has_bias(conv) else [("bias", tuple(new["bias"].shape), True)])
+    return out + ([] if _has_bias(conv) else [("bias", tuple(_bias(new).shape), True)])
 
 
-def _changed(folds: list[tuple[FoldPair, dict[str, np.ndarray], BatchNormValues]],
+def _changed(folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]],
              by_path: dict[str, Layer]) -> set[tuple[str, str]]:
     """The variables whose values the fold changes: their optimizer slots start at zero."""
     changed = {(p.conv_path, name) for p, new, _ in folds for name in new}
     return changed | {(p.bn_path, v.name) for p, _, _ in folds for v in by_path[p.bn_path].variables}
 
 
-def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray], label: str) -> FoldedPair:
-    return FoldedPair(pair.conv_path, pair.bn_path, pair.conv.class_name, int(new["bias"].size),
+def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray | Derived], label: str) -> FoldedPair:
+    return FoldedPair(pair.conv_path, pair.bn_path, pair.conv.class_name, int(_bias(new).size),
                       not _has_bias(_layer(by_path, pair.conv_path, label)))
 
 
 def _rewrite(
-    folds: list[tuple[FoldPair, dict[str, np.ndarray], BatchNormValues]],
+    folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]],
     by_path: dict[str, Layer],
     new_paths: dict[str, str],
     renames: dict[str, str],
@@ -295,18 +309,18 @@ def _rewrite(
         object_path = new_paths.get(pair.conv_path, conv.store_path)
         for index, name in enumerate(names):
             old = _variable(conv, name)
-            if name in new:
-                sources.append(new[name])
-                value = new[name]
-                shape, dtype = tuple(value.shape), value.dtype.name
-            else:
+            value = new.get(name)
+            if value is None:
                 assert old is not None
                 sources.append(int(old.dataset.rpartition("/")[2]))
                 continue
-            new_vars.append(Variable(name, f"{object_path}/vars/{index}", shape, dtype, index, old.file if old else 0))
+            sources.append(value)
+            if isinstance(value, np.ndarray):  # a derived kernel is checked where it is made
+                new_vars.append(Variable(name, f"{object_path}/vars/{index}", tuple(value.shape),
+                                         value.dtype.name, index, old.file if old else 0))
         variables[f"{conv.store_path}/vars"] = tuple(sources)
         layer = replace(conv, store_path=object_path, variables=tuple(new_vars))
-        written += [(WrittenValue(layer, v, new[v.name], compare_layer=False), pair.bn_path) for v in new_vars]
+        written += [(WrittenValue(layer, v, _bias(new), compare_layer=False), pair.bn_path) for v in new_vars]
         if keep_layers:
             bn_layer = by_path[pair.bn_path]
             identity = identity_values(bn)

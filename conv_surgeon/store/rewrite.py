@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -23,11 +23,22 @@ import numpy as np
 
 from ..errors import ModelFileError
 from .archive import locate_member
-from .hdf5 import damaged_store_is_an_error
+from .hdf5 import damaged_store_is_an_error, read_dataset
 from .provenance import metadata_with_history, read_metadata_bytes
 from .source import CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER, ModelSource, open_store
 
-VarSource = Union[int, np.ndarray]  # an index of the old vars group (copied), or a new value
+@dataclass(frozen=True)
+class Derived:
+    """A new value computed from the old one: ``compute(old vars group[index])``. The
+    rewrite runs in a forked worker, so ``compute`` may be any function; large values are
+    made there and never cross the pipe."""
+
+    index: int
+    compute: Callable[[np.ndarray], np.ndarray]
+
+
+# An index of the old vars group (copied as it is), a new value, or a value derived from an old one.
+VarSource = Union[int, np.ndarray, Derived]
 
 
 @dataclass(frozen=True)
@@ -48,15 +59,18 @@ class StoreRewrite:
         return found
 
 
-def rewrite_store(old: h5py.File, new: h5py.File, rewrite: StoreRewrite) -> None:
-    """Write ``old``'s objects into the empty ``new`` as ``rewrite`` says."""
+def rewrite_store(old: h5py.File, new: h5py.File, rewrite: StoreRewrite) -> dict[str, np.ndarray]:
+    """Write ``old``'s objects into the empty ``new`` as ``rewrite`` says; returns the
+    derived values written, by their dataset path in ``new``."""
     touched = rewrite.touched()
+    derived: dict[str, np.ndarray] = {}
     _copy_attributes(old, new)
-    _copy_children(old, new, "", "", rewrite, touched)
+    _copy_children(old, new, "", "", rewrite, touched, derived)
+    return derived
 
 
 def _copy_children(old: h5py.Group, new: h5py.Group, old_path: str, new_path: str,
-                   rewrite: StoreRewrite, touched: set[str]) -> None:
+                   rewrite: StoreRewrite, touched: set[str], derived: dict[str, np.ndarray]) -> None:
     for key in old:
         child_old = _join(old_path, key)
         if child_old in rewrite.drops:
@@ -65,19 +79,24 @@ def _copy_children(old: h5py.Group, new: h5py.Group, old_path: str, new_path: st
         parent_new, _, leaf = child_new.rpartition("/")
         target = new.file.require_group(parent_new) if parent_new else new.file
         if child_old in rewrite.variables:
-            _write_variables(old[key], target.create_group(leaf), rewrite.variables[child_old])
+            _write_variables(old[key], target.create_group(leaf), rewrite.variables[child_old], derived)
         elif child_old in touched:
             group = target.create_group(leaf)
             _copy_attributes(old[key], group)
-            _copy_children(old[key], group, child_old, child_new, rewrite, touched)
+            _copy_children(old[key], group, child_old, child_new, rewrite, touched, derived)
         else:
             old.copy(key, target, name=leaf)
 
 
-def _write_variables(old: h5py.Group, new: h5py.Group, sources: Iterable[VarSource]) -> None:
+def _write_variables(old: h5py.Group, new: h5py.Group, sources: Iterable[VarSource],
+                     derived: dict[str, np.ndarray]) -> None:
     _copy_attributes(old, new)
     for index, source in enumerate(sources):
-        if isinstance(source, np.ndarray):
+        if isinstance(source, Derived):
+            value = source.compute(read_dataset(old[str(source.index)]))
+            new.create_dataset(str(index), data=value)
+            derived[new.name.lstrip("/") + f"/{index}"] = value
+        elif isinstance(source, np.ndarray):
             new.create_dataset(str(index), data=source)
         else:
             old.copy(str(source), new, name=str(index))
@@ -88,12 +107,19 @@ def _copy_attributes(old: h5py.Group, new: h5py.Group) -> None:
         new.attrs[name] = value
 
 
-def rewrite_weights(source: ModelSource, rewrite: StoreRewrite, destination: Path) -> None:
+def rewrite_weights(source: ModelSource, rewrite: StoreRewrite, destination: Path) -> int:
     """Write the weight store of ``source`` (a `.keras` archive), rewritten, to the HDF5
-    file ``destination``. Reads the untrusted store: run it in a bounded worker."""
+    file ``destination``, and read the derived values back: they are what was computed.
+    Returns how many were checked. Reads the untrusted store: run it in a bounded worker."""
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         with h5py.File(destination, "w") as new:
-            rewrite_store(store.h5s[0], new, rewrite)
+            derived = rewrite_store(store.h5s[0], new, rewrite)
+    with h5py.File(destination, "r") as written:
+        for path, value in derived.items():
+            got = read_dataset(written[path])
+            if got.shape != value.shape or got.tobytes() != value.tobytes():
+                raise RuntimeError(f"read-back of {path} differs from what was written")
+    return len(derived)
 
 
 def write_keras_archive(source: ModelSource, destination: Path, config: dict[str, Any],
