@@ -46,6 +46,10 @@ def _randomize_batchnorms(keras, model, seed: int = 0) -> None:
 def _foldable(keras, model) -> set[str]:
     """The conv -> BN pairs by Keras's own graph: a linear conv whose one consumer is a BN."""
     found = set()
+    if isinstance(model, keras.Sequential):  # a chain: each layer feeds the next alone
+        return {b.name for a, b in zip(model.layers, model.layers[1:])
+                if type(b).__name__ == "BatchNormalization" and type(a).__name__ in CONV_CLASSES
+                and a.activation.__name__ == "linear"}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             found |= {f"{layer.name}/{name}" for name in _foldable(keras, layer)}
@@ -147,7 +151,7 @@ def test_nothing_to_fold_is_exit_0_and_writes_nothing(keras, tmp_path):
     assert not out.exists()
 
 
-def _mixed_model(keras):
+def _mixed_model(keras, loss="mse"):
     """Nested, no bias, scale=False, center=False, depthwise x2, separable, transposed, and
     a BN after a BN; compiled and trained one step so it has optimizer state."""
     L = keras.layers
@@ -165,7 +169,7 @@ def _mixed_model(keras):
     x = L.BatchNormalization(name="b6")(x)
     model = keras.Model(i, L.Dense(2, name="d")(L.GlobalAveragePooling2D()(x)))
     _randomize_batchnorms(keras, model)
-    model.compile(keras.optimizers.Adam(), "mse")
+    model.compile(keras.optimizers.Adam(), loss)
     rng = np.random.default_rng(0)
     model.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
     return model
@@ -270,13 +274,20 @@ def test_refusals_name_the_reason(keras, tmp_path, cli):
     assert not (tmp_path / "x.keras").exists()
 
 
-def test_a_failed_check_writes_nothing(mixed, tmp_path):
+def test_a_failed_check_writes_nothing(keras, tmp_path):
+    L = keras.layers
+    i = keras.Input((16, 16, 32))
+    model = keras.Model(i, L.BatchNormalization(name="bn")(L.Conv2D(16, 3, name="conv")(i)))
+    _randomize_batchnorms(keras, model)
+    path = tmp_path / "m.keras"
+    model.save(path)
     out = tmp_path / "out.keras"
-    done = subprocess.run([CLI, "fold-bn", str(mixed), "-o", str(out),
-                           "--atol", "0", "--rtol", "0"], capture_output=True, text=True)
-    assert done.returncode == 3, done.stderr
+    # No tolerance at all: the fold's float roundings (about 1e-7 here) fail the check.
+    done = subprocess.run([CLI, "fold-bn", str(path), "-o", str(out), "--atol", "0", "--rtol", "0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 3, done.stdout
     assert "differs from the original beyond atol=0, rtol=0" in done.stderr
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
 
 
 def test_archive_keeps_metadata_and_records_the_fold(mixed, tmp_path, cli):
@@ -313,11 +324,58 @@ def test_dry_run_and_layer_selection(mixed, tmp_path, cli):
     assert missing.exit_code == 1 and "no convolution -> BatchNormalization pair" in missing.stderr
 
 
+def test_legacy_h5(keras, tmp_path):
+    model = _mixed_model(keras, loss=keras.losses.MeanSquaredError())  # "mse" does not reload from .h5
+    path = tmp_path / "mixed.h5"
+    model.save(path)
+    out = tmp_path / "folded.h5"
+    report = _fold(path, out)
+    assert {p["batch_norm"] for p in report["folded"]} == {"b1", "b2", "b3", "b4", "b5"}
+    reasons = {r["batch_norm"]: r["reason"] for r in report["not_folded"]}
+    assert "flat list" in reasons["inner/ibn"] and "not a convolution" in reasons["b6"]
+    original, folded = keras.saving.load_model(path), keras.saving.load_model(out)
+    assert len(folded.layers) == len(original.layers) - 5
+    inputs = _inputs(original)
+    np.testing.assert_allclose(_outputs(folded, inputs)[0], _outputs(original, inputs)[0], atol=1e-4, rtol=1e-3)
+    for layer in folded.layers:
+        if layer.name not in {"c1", "c2", "dw", "sep", "tr"}:
+            before = original.get_layer(layer.name)
+            assert layer.get_config() == before.get_config()
+            assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(layer.weights, before.weights))
+    # The optimizer state in the file: the untouched variables' slots are kept by name.
+    import h5py
+
+    with h5py.File(path) as a, h5py.File(out) as b:
+        names = [_text(n) for n in b["optimizer_weights"].attrs["weight_names"]]
+        old = {_text(n) for n in a["optimizer_weights"].attrs["weight_names"]}
+        kept = [n for n in names if n in old]
+        assert any("d_kernel" in n for n in kept) and not any("b1_" in n for n in names)
+        assert all(np.array_equal(a["optimizer_weights"][n][()], b["optimizer_weights"][n][()]) for n in kept)
+        assert "conv_surgeon_history" in b.attrs
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_sequential(keras, tmp_path):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(4, 3, name="a"), L.BatchNormalization(name="a_bn"),
+                              L.ReLU(), L.Conv2D(4, 3, use_bias=False, name="b"), L.BatchNormalization(name="b_bn"),
+                              L.GlobalAveragePooling2D(), L.Dense(3)])
+    _randomize_batchnorms(keras, model)
+    path = tmp_path / "seq.keras"
+    model.save(path)
+    report = _fold(path, tmp_path / "out.keras")
+    _check_fold(keras, path, tmp_path / "out.keras", report)
+    assert [p["conv"] for p in report["folded"]] == ["a", "b"]
+
+
 def test_formats_it_cannot_rewrite_are_one_line_errors(keras, tmp_path, cli):
     L = keras.layers
     i = keras.Input((8, 8, 3))
     model = keras.Model(i, L.BatchNormalization()(L.Conv2D(2, 3)(i)))
-    model.save(tmp_path / "m.h5")
-    result = cli("fold-bn", tmp_path / "m.h5", "-o", tmp_path / "o.h5")
+    model.save_weights(tmp_path / "m.weights.h5")
+    result = cli("fold-bn", tmp_path / "m.weights.h5", "-o", tmp_path / "o.weights.h5")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and ".keras" in result.stderr
-    assert not (tmp_path / "o.h5").exists()
+    assert not (tmp_path / "o.weights.h5").exists()

@@ -8,6 +8,7 @@ on by default), which ``--no-smoke`` skips.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,7 +37,17 @@ from ..model.graph import container_keys, keras_order, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.hdf5 import damaged_store_is_an_error
 from ..store.provenance import EditRecord, FoldSource
-from ..store.rewrite import Derived, StoreRewrite, VarSource, rewrite_weights, write_keras_archive
+from ..store.hdf5 import attr_list
+from ..store.rewrite import (
+    Derived,
+    LegacyRewrite,
+    StoreRewrite,
+    VarSource,
+    rewrite_legacy,
+    rewrite_weights,
+    write_keras_archive,
+)
+from ..store.writer import write_h5_history
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..transaction.smoke import SmokeReport, Tolerance
@@ -83,17 +94,25 @@ def fold_bn(
     """Fold the BatchNormalizations of ``source`` (those after the convs or BNs named in
     ``layers``, else all) and write the model as ``options`` say."""
     structure = read_structure(source)
-    if structure.format != "keras" or structure.legacy:
+    legacy = structure.format == "h5"
+    if structure.format != "keras" and not legacy:
         raise ConvSurgeonError(
-            f"{source.label}: fold-bn rewrites .keras archives only (this is a {_format_name(structure)}); "
-            "load it in Keras and save it as .keras first"
+            f"{source.label}: fold-bn rewrites .keras archives and legacy .h5 models, not a "
+            f"{_format_name(structure)}; load it in Keras and save it as .keras first"
         )
     check_destination(source, structure, options)
-    config = _read_config(source)
+    config, layer_names = _read_config(source)
     search = find_pairs(config)
-    pairs, not_folded = _selected(search.pairs, search.not_folded, layers, source.label)
+    found, refused_nested = list(search.pairs), list(search.not_folded)
+    if legacy:  # a nested model's weights are one flat list in a legacy .h5
+        refused_nested += [NotFolded(p.bn_path, f"it is inside the nested model '{p.graph.path}', whose "
+                                     "weights a legacy .h5 stores as one flat list; save the model as "
+                                     ".keras to fold it", p.conv_path) for p in found if p.graph.path]
+        found = [p for p in found if not p.graph.path]
+    pairs, not_folded = _selected(tuple(found), tuple(refused_nested), layers, source.label)
     by_path = {layer.path: layer for layer in structure.layers}
-    _check_store_places(config, by_path, source.label)
+    if not legacy:
+        _check_store_places(config, by_path, source.label)
     # Only the small vectors come to this process; kernels are scaled inside the rewrite's
     # worker (Derived values), where they are read, written and read back.
     values = read_variables(source, [v for p in pairs for v in _layer(by_path, p.bn_path, source.label).variables]
@@ -124,7 +143,8 @@ def fold_bn(
     new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
     if not keep_layers:
         _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
-    moves = store_moves(config, new_config, set() if keep_layers else {p.bn_path for p, _, _ in folds})
+    if layer_names is not None and not keep_layers:
+        _check_layer_names(config, layer_names, source.label)
     optimizer = optimizer_plan(
         structure, config, new_config, by_path,
         {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
@@ -132,19 +152,29 @@ def fold_bn(
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
     if options.dry_run:
         return report
-    rewrite, written = _rewrite(folds, by_path, moves.new_paths, moves.renames, moves.drops,
-                                keep_layers, optimizer)
     records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
                for p, new, _ in folds for name in new]
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
     with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-        weights = Path(folder) / "model.weights.h5"
-        run_bounded(lambda: rewrite_weights(source, rewrite, weights), PARSE_TIMEOUT_S, source.label)
+        prepared = Path(folder) / "prepared"
+        if legacy:
+            assert layer_names is not None
+            legacy_rewrite, written = _legacy_rewrite(folds, by_path, new_config, layer_names, keep_layers, optimizer)
+            run_bounded(lambda: rewrite_legacy(source, legacy_rewrite, prepared), PARSE_TIMEOUT_S, source.label)
 
-        def stage(path: Path, history: list[dict[str, Any]]) -> None:
-            write_keras_archive(source, path, new_config, weights, history)
+            def stage(path: Path, history: list[dict[str, Any]]) -> None:
+                shutil.copyfile(prepared, path)
+                write_h5_history(path, history, source.label)
+        else:
+            moves = store_moves(config, new_config, set() if keep_layers else {p.bn_path for p, _, _ in folds})
+            rewrite, written = _rewrite(folds, by_path, moves.new_paths, moves.renames, moves.drops,
+                                        keep_layers, optimizer)
+            run_bounded(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+
+            def stage(path: Path, history: list[dict[str, Any]]) -> None:
+                write_keras_archive(source, path, new_config, prepared, history)
 
         result = write_transaction(source, structure, stage, [item for item, _ in written],
                                    records, options, step)
@@ -157,15 +187,19 @@ def _format_name(structure: ModelStructure) -> str:
             "dir": "saved folder", "preset": "keras-hub preset"}.get(structure.format, structure.format)
 
 
-def _read_config(source: ModelSource) -> dict[str, Any]:
-    def work() -> dict[str, Any] | None:
+def _read_config(source: ModelSource) -> tuple[dict[str, Any], list[str] | None]:
+    """The model config, and a legacy .h5's `layer_names` (None for a Keras 3 store)."""
+    def work() -> tuple[dict[str, Any] | None, list[str] | None]:
         with damaged_store_is_an_error(source.label), open_store(source) as store:
-            return store.config
+            if not store.legacy:
+                return store.config, None
+            root = store.h5s[0]["model_weights"]
+            return store.config, attr_list(root, "layer_names")
 
-    config = run_bounded(work, PARSE_TIMEOUT_S, source.label)
+    config, names = run_bounded(work, PARSE_TIMEOUT_S, source.label)
     if config is None:
         raise ModelFileError(f"{source.label}: holds no model config; fold-bn needs the model's graph")
-    return config
+    return config, names
 
 
 def _selected(pairs: tuple[FoldPair, ...], not_folded: tuple[NotFolded, ...], layers: list[str] | None,
@@ -226,6 +260,60 @@ def _check_predicted_order(config: dict[str, Any], models: set[str], label: str)
             )
 
 
+def _check_layer_names(config: dict[str, Any], layer_names: list[str], label: str) -> None:
+    """A legacy .h5 loads weights by position in `layer_names`: it must be Keras's order."""
+    root = model_graphs(config)[0]
+    listed = set(layer_names)
+    if [name for name in keras_order(root) if name in listed] != layer_names:
+        raise ConvSurgeonError(
+            f"{label}: the layer_names of the .h5 are not in the order Keras lists its layers, so the "
+            "folded model's weights could not be placed; nothing was written; use --keep-layers")
+
+
+def _new_layer_names(new_config: dict[str, Any], layer_names: list[str]) -> tuple[str, ...]:
+    root = model_graphs(new_config)[0]
+    listed = set(layer_names)
+    return tuple(name for name in keras_order(root) if name in listed)
+
+
+def _legacy_rewrite(
+    folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]],
+    by_path: dict[str, Layer],
+    new_config: dict[str, Any],
+    layer_names: list[str],
+    keep_layers: bool,
+    optimizer: OptimizerPlan | None,
+) -> tuple[LegacyRewrite, list[tuple[WrittenValue, str]]]:
+    """The rewrite of a legacy .h5, and each value written with its BN."""
+    values: dict[str, np.ndarray | Derived] = {}
+    written: list[tuple[WrittenValue, str]] = []
+    for pair, new, bn in folds:
+        conv = by_path[pair.conv_path]
+        for name, value in new.items():
+            old = _variable(conv, name)
+            if old is None:  # a new bias, named like the kernel: conv1/kernel:0 -> conv1/bias:0
+                kernel = conv.variables[0].dataset
+                head, _, leaf = kernel.rpartition("/")
+                suffix = leaf[leaf.index(":"):] if ":" in leaf else ""
+                bias = _bias(new)
+                old = Variable("bias", f"{head}/bias{suffix}", tuple(bias.shape), bias.dtype.name,
+                               len(conv.variables), position=len(conv.variables))
+            values[old.dataset] = value
+            if isinstance(value, np.ndarray):
+                written.append((WrittenValue(replace(conv, variables=(old,)), old, value, compare_layer=False),
+                                pair.bn_path))
+        if keep_layers:
+            bn_layer = by_path[pair.bn_path]
+            identity = identity_values(bn)
+            by_name = {"gamma": identity.gamma, "beta": identity.beta, "moving_mean": identity.mean,
+                       "moving_variance": identity.variance}
+            values.update({v.dataset: _required(by_name[v.name]) for v in bn_layer.variables})
+    drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in folds)
+    names = tuple(layer_names) if keep_layers else _new_layer_names(new_config, [n for n in layer_names if n not in drops])
+    return LegacyRewrite(new_config, names, drops, values,
+                         optimizer.sources if optimizer is not None else None), written
+
+
 def _variable(layer: Layer, name: str) -> Variable | None:
     return next((v for v in layer.variables if v.name == name), None)
 
@@ -261,7 +349,8 @@ def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
     cls = pair.conv_class
     bias_var = _variable(layer, "bias")
     bias = values[bias_var.dataset] if bias_var is not None else None
-    return {name: Derived(int(kernel.dataset.rpartition("/")[2]), lambda k: folded_kernel(cls, k, s)),
+    leaf = kernel.dataset.rpartition("/")[2]  # "0" in a Keras 3 store; a name in a legacy .h5
+    return {name: Derived(int(leaf) if leaf.isdigit() else kernel.index, lambda k: folded_kernel(cls, k, s)),
             "bias": folded_bias(bias, s, t, np.dtype(kernel.dtype))}
 
 

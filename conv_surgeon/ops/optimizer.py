@@ -26,7 +26,7 @@ from ..model.catalogue import layer_variables
 from ..model.graph import model_graphs
 from ..model.structure import Layer, ModelStructure
 from ..store.hdf5 import damaged_store_is_an_error
-from ..store.rewrite import VarSource
+from ..store.rewrite import VarSource, legacy_optimizer_names
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 
@@ -48,6 +48,10 @@ def read_optimizer_shapes(source: ModelSource) -> list[Slot]:
     """Shape and dtype of each ``optimizer/vars/<i>``, in order (bounded read)."""
     def work() -> list[Slot]:
         with damaged_store_is_an_error(source.label), open_store(source) as store:
+            if store.legacy:
+                legacy = store.h5s[0]["optimizer_weights"]
+                return [(tuple(int(d) for d in legacy[name].shape), legacy[name].dtype.name)
+                        for name in legacy_optimizer_names(store.h5s[0])]
             group = store.h5s[0].get(OPTIMIZER_VARS)
             if group is None:
                 return []

@@ -40,6 +40,9 @@ class Derived:
 # An index of the old vars group (copied as it is), a new value, or a value derived from an old one.
 VarSource = Union[int, np.ndarray, Derived]
 
+# HDF5 keeps an attribute in its object's header, which holds at most 64 KiB.
+MAX_ATTRIBUTE_BYTES = 60_000
+
 
 @dataclass(frozen=True)
 class StoreRewrite:
@@ -160,3 +163,99 @@ def _write_archive(archive: zipfile.ZipFile, destination: Path, members: dict[st
 
 def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
+
+
+# --- the legacy .h5 layout --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegacyRewrite:
+    """What changes in a legacy `.h5` model (layers under ``model_weights`` by name,
+    loaded by position in ``layer_names``)."""
+
+    config: dict[str, Any]  # the new model_config
+    layer_names: tuple[str, ...]  # the new `layer_names` of model_weights, in Keras's order
+    drops: frozenset[str] = frozenset()  # layer groups removed
+    # dataset path -> new value; a path that does not exist yet is created and appended
+    # to its layer's `weight_names`.
+    values: dict[str, np.ndarray | Derived] = field(default_factory=dict)
+    optimizer: tuple[VarSource, ...] | None = None  # the new optimizer_weights, in order
+
+
+def rewrite_legacy(source: ModelSource, rewrite: LegacyRewrite, destination: Path) -> int:
+    """Write a copy of the legacy `.h5` ``source`` to ``destination``, rewritten, and read
+    the derived values back. Reads the untrusted file: run it in a bounded worker."""
+    if source.path is not None:
+        shutil.copyfile(source.path, destination)
+    else:
+        assert source.data is not None
+        destination.write_bytes(source.data)
+    derived: dict[str, np.ndarray] = {}
+    with damaged_store_is_an_error(source.label), h5py.File(destination, "r+") as h5:
+        old_config = h5.attrs["model_config"]
+        text = json.dumps(rewrite.config)
+        h5.attrs["model_config"] = text.encode() if isinstance(old_config, bytes) else text
+        root = h5["model_weights"]
+        _set_names(root, "layer_names", list(rewrite.layer_names))
+        for name in rewrite.drops:
+            del root[name]
+        for path, source_value in rewrite.values.items():
+            relative = path.split("/", 1)[1]  # under model_weights
+            if relative in root:
+                dataset = root[relative]
+                value = source_value.compute(read_dataset(dataset)) if isinstance(source_value, Derived) else source_value
+                dataset[...] = value
+            else:
+                assert isinstance(source_value, np.ndarray), "a new dataset is given by its value"
+                value = source_value
+                layer, _, weight_name = relative.partition("/")
+                root[layer].create_dataset(weight_name, data=value)
+                _set_names(root[layer], "weight_names", _names(root[layer], "weight_names") + [weight_name])
+            if isinstance(source_value, Derived):
+                derived[path] = value
+        if rewrite.optimizer is not None:
+            _rewrite_optimizer(h5, rewrite.optimizer)
+    with h5py.File(destination, "r") as written:
+        for path, value in derived.items():
+            got = read_dataset(written[path])
+            if got.shape != value.shape or got.tobytes() != value.tobytes():
+                raise RuntimeError(f"read-back of {path} differs from what was written")
+    return len(derived)
+
+
+def legacy_optimizer_names(h5: h5py.File) -> list[str]:
+    """The datasets of a legacy `.h5`'s optimizer state, in the optimizer's order."""
+    group = h5.get("optimizer_weights")
+    return [] if group is None else _names(group, "weight_names")
+
+
+def _rewrite_optimizer(h5: h5py.File, sources: tuple[VarSource, ...]) -> None:
+    group = h5["optimizer_weights"]
+    names = _names(group, "weight_names")
+    values = [read_dataset(group[names[s]]) if isinstance(s, int) else s for s in sources]
+    new_names = [names[s] if isinstance(s, int) else f"conv_surgeon/reset_{i}" for i, s in enumerate(sources)]
+    del h5["optimizer_weights"]
+    group = h5.create_group("optimizer_weights")
+    for name, value in zip(new_names, values):
+        assert isinstance(value, np.ndarray)
+        group.create_dataset(name, data=value)
+    _set_names(group, "weight_names", new_names)
+
+
+def _names(group: h5py.Group, attribute: str) -> list[str]:
+    from .hdf5 import attr_list
+
+    return attr_list(group, attribute)
+
+
+def _set_names(group: h5py.Group, attribute: str, names: list[str]) -> None:
+    """A list attribute as the file had it (bytes, or strings), in one piece."""
+    old = group.attrs.get(attribute)
+    as_text = old is not None and len(old) and isinstance(old[0], str)
+    for key in [k for k in group.attrs if k == attribute or (k.startswith(attribute) and k[len(attribute):].isdigit())]:
+        del group.attrs[key]
+    encoded = [n.encode("utf8") for n in names]
+    if sum(len(n) for n in encoded) > MAX_ATTRIBUTE_BYTES:
+        raise ModelFileError(f"the list '{attribute}' is too long to rewrite in one HDF5 attribute; "
+                             "save the model as .keras to fold it")
+    group.attrs[attribute] = names if as_text else np.array(encoded)

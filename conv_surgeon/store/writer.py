@@ -160,7 +160,7 @@ def apply_edits(
     if edit is not None:
         _patch_file(destination, edit, member)
     if plan.format != "keras" and history is not None:
-        _write_h5_history(destination, history, source.label)
+        write_h5_history(destination, history, source.label)
 
 
 def _patch_file(path: Path, edit: FileEdit, member: Member | None) -> None:
@@ -176,7 +176,7 @@ def _patch_file(path: Path, edit: FileEdit, member: Member | None) -> None:
         handle.flush()
 
 
-def _write_h5_history(path: Path, history: list[dict[str, Any]], label: str) -> None:
+def write_h5_history(path: Path, history: list[dict[str, Any]], label: str) -> None:
     text = encode_history(history)
     try:
         with h5py.File(path, "r+") as h5:
