@@ -36,7 +36,7 @@ from ..edits.fold import (
 from ..model.graph import container_keys, keras_order, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.hdf5 import damaged_store_is_an_error
-from ..store.provenance import EditRecord, FoldSource
+from ..store.provenance import EditRecord, FoldSource, read_history
 from ..store.hdf5 import attr_list
 from ..store.rewrite import (
     Derived,
@@ -49,7 +49,8 @@ from ..store.rewrite import (
 )
 from ..store.writer import write_h5_history
 from ..store.source import ModelSource, open_store
-from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
+from ..transaction.keras_runtime import KerasWarmUp
 from ..transaction.smoke import SmokeReport, Tolerance
 from ..transaction.transaction import WriteOptions, WrittenValue, check_destination, write_transaction
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
@@ -157,12 +158,15 @@ def fold_bn(
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
+    # The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
+    # the rewrite's worker then runs beside that import.
+    history = read_history(source)
     with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
         prepared = Path(folder) / "prepared"
         if legacy:
             assert layer_names is not None
             legacy_rewrite, written = _legacy_rewrite(folds, by_path, new_config, layer_names, keep_layers, optimizer)
-            run_bounded(lambda: rewrite_legacy(source, legacy_rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+            worker = Worker(lambda: rewrite_legacy(source, legacy_rewrite, prepared), PARSE_TIMEOUT_S, source.label)
 
             def stage(path: Path, history: list[dict[str, Any]]) -> None:
                 shutil.copyfile(prepared, path)
@@ -171,13 +175,19 @@ def fold_bn(
             moves = store_moves(config, new_config, set() if keep_layers else {p.bn_path for p, _, _ in folds})
             rewrite, written = _rewrite(folds, by_path, moves.new_paths, moves.renames, moves.drops,
                                         keep_layers, optimizer)
-            run_bounded(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+            worker = Worker(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
 
             def stage(path: Path, history: list[dict[str, Any]]) -> None:
                 write_keras_archive(source, path, new_config, prepared, history)
 
-        result = write_transaction(source, structure, stage, [item for item, _ in written],
-                                   records, options, step)
+        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
+        try:
+            worker.result()
+            result = write_transaction(source, structure, stage, [item for item, _ in written],
+                                       records, options, step, history=history, warm_up=warm_up)
+        finally:
+            if warm_up is not None:
+                warm_up.join()  # the import silences fd 2: let it finish before any error is printed
     return replace(report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
 

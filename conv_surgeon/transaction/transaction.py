@@ -148,6 +148,9 @@ def write_transaction(
     records: list[EditRecord],
     options: WriteOptions,
     step: Step | None = None,
+    *,
+    history: list[dict[str, Any]] | None = None,
+    warm_up: KerasWarmUp | None = None,
 ) -> Written:
     """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.writer.plan_edits`)
     into a copy of ``source`` and deliver it to ``options.destination``; or, when ``plan``
@@ -155,15 +158,19 @@ def write_transaction(
 
     Everything that reads the (untrusted) input runs in bounded worker processes, so it
     is done before TensorFlow starts importing in a thread: fork and threads mix badly.
+    A caller with more bounded work to do can read the ``history`` already in the file
+    and start the ``warm_up`` itself, then fork its workers, then call this.
     """
     destination = options.destination
     assert destination is not None, "a dry run does not write"
     checks = options.smoke
-    history = read_history(source) + [make_record(list(options.command), records, __version__,
-                                                  imports=list(checks.imports))]
+    before = read_history(source) if history is None else history
+    history = before + [make_record(list(options.command), records, __version__,
+                                    imports=list(checks.imports))]
     smoke_target = _smoke_kind(structure, source, checks)
     # Every value is valid: TensorFlow can start importing while the file is written.
-    warm_up = KerasWarmUp().start() if smoke_target is not None else None
+    if warm_up is None and smoke_target is not None:
+        warm_up = KerasWarmUp().start()
     report = None
     try:
         with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
