@@ -379,3 +379,19 @@ def test_formats_it_cannot_rewrite_are_one_line_errors(keras, tmp_path, cli):
     result = cli("fold-bn", tmp_path / "m.weights.h5", "-o", tmp_path / "o.weights.h5")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and ".keras" in result.stderr
     assert not (tmp_path / "o.weights.h5").exists()
+
+
+def test_pipeline_and_loaded_inputs(mixed, tmp_path):
+    """A filter: model on stdin, folded model on stdout; and the check on the user's inputs."""
+    done = subprocess.run([CLI, "fold-bn", "--no-smoke", "--json"], stdin=open(mixed, "rb"),
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stderr)["output"] == "<stdout>"
+    (tmp_path / "piped.keras").write_bytes(done.stdout)
+    layers = {layer.path for layer in cs.inspect(tmp_path / "piped.keras", all_layers=True).layers}
+    assert layers == {"c1", "c2", "inner/iconv", "dw", "sep", "tr", "b6", "d"}  # the BNs folded away
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input_0=np.random.default_rng(5).normal(size=(3, 8, 8, 3)).astype("float32"))
+    report = _fold(mixed, tmp_path / "out2.keras", "--load-inputs", str(inputs))
+    assert report["smoke"]["inputs"][0]["shape"] == [3, 8, 8, 3]
+    assert f"inputs from {inputs}" in report["smoke"]["notes"]
