@@ -22,6 +22,7 @@ from ..edits.fold import (
     FOLDABLE_DTYPES,
     BatchNormValues,
     FoldPair,
+    FoldSearch,
     NotFolded,
     find_pairs,
     folded_bias,
@@ -52,8 +53,11 @@ from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
 from ..transaction.keras_runtime import KerasWarmUp
 from ..transaction.smoke import SmokeReport, Tolerance
-from ..transaction.transaction import WriteOptions, WrittenValue, check_destination, write_transaction
+from ..transaction.transaction import Rewrite, WriteOptions, WrittenValue, check_destination, write_transaction
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
+
+# A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
+Fold = tuple[FoldPair, dict[str, "np.ndarray | Derived"], BatchNormValues]
 
 # The fold keeps the function up to float rounding: this is what "the same" means by default.
 FOLD_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
@@ -94,6 +98,28 @@ def fold_bn(
 ) -> FoldReport:
     """Fold the BatchNormalizations of ``source`` (those after the convs or BNs named in
     ``layers``, else all) and write the model as ``options`` say."""
+    plan = _plan(source, options, layers, keep_layers)
+    if not plan.folds or options.dry_run:
+        return plan.report
+    return _write(source, plan, options, step)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the fold writes, computed from the file."""
+
+    structure: ModelStructure
+    config: dict[str, Any]
+    new_config: dict[str, Any]
+    layer_names: list[str] | None  # a legacy .h5's, else None
+    by_path: dict[str, Layer]
+    folds: list[Fold]
+    keep_layers: bool
+    optimizer: OptimizerPlan | None
+    report: FoldReport
+
+
+def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, keep_layers: bool) -> _Plan:
     structure = read_structure(source)
     legacy = structure.format == "h5"
     if structure.format != "keras" and not legacy:
@@ -103,92 +129,106 @@ def fold_bn(
         )
     check_destination(source, structure, options)
     config, layer_names = _read_config(source)
-    search = find_pairs(config)
-    found, refused_nested = list(search.pairs), list(search.not_folded)
-    if legacy:  # a nested model's weights are one flat list in a legacy .h5
-        refused_nested += [NotFolded(p.bn_path, f"it is inside the nested model '{p.graph.path}', whose "
-                                     "weights a legacy .h5 stores as one flat list; save the model as "
-                                     ".keras to fold it", p.conv_path) for p in found if p.graph.path]
-        found = [p for p in found if not p.graph.path]
-    pairs, not_folded = _selected(tuple(found), tuple(refused_nested), layers, source.label)
+    pairs, not_folded = _selected(*_foldable_here(find_pairs(config), legacy), layers, source.label)
     by_path = {layer.path: layer for layer in structure.layers}
     if not legacy:
         _check_store_places(config, by_path, source.label)
-    # Only the small vectors come to this process; kernels are scaled inside the rewrite's
-    # worker (Derived values), where they are read, written and read back.
-    values = read_variables(source, [v for p in pairs for v in _layer(by_path, p.bn_path, source.label).variables]
-                            + [v for p in pairs for v in _layer(by_path, p.conv_path, source.label).variables
-                               if v.name == "bias"])
-    folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]] = []
-    refused = list(not_folded)
-    for pair in pairs:
-        bn = _bn_values(_layer(by_path, pair.bn_path, source.label), pair.bn.config, values)
-        problem = variance_problem(bn)
-        if problem is not None:
-            refused.append(NotFolded(pair.bn_path, problem, pair.conv_path))
-            continue
-        folds.append((pair, _conv_values(pair, _layer(by_path, pair.conv_path, source.label), bn, values), bn))
+    folds, refused = _folds(source, pairs, by_path)
     before = sum(layer.parameters for layer in structure.layers)
-    removed = sum(_layer(by_path, p.bn_path, source.label).parameters for p, _, _ in folds)
-    added = sum(0 if _has_bias(_layer(by_path, p.conv_path, source.label)) else
-                _bias(new).size for p, new, _ in folds)
-    after = before + added - (0 if keep_layers else removed)
+    removed = sum(by_path[p.bn_path].parameters for p, _, _ in folds)
+    added = sum(0 if _has_bias(by_path[p.conv_path]) else _bias(new).size for p, new, _ in folds)
     report = FoldReport(
-        source.label, None, tuple(_folded(p, by_path, new, source.label) for p, new, _ in folds),
-        tuple(refused), keep_layers, options.dry_run, before, after,
+        source.label, None, tuple(_folded(p, by_path, new) for p, new, _ in folds),
+        tuple(not_folded + refused), keep_layers, options.dry_run, before,
+        before + added - (0 if keep_layers else removed),
     )
     if not folds:
-        return replace(report, dry_run=options.dry_run,
-                       notes=("nothing to fold: no convolution is followed by a BatchNormalization "
-                              "it alone feeds; nothing was written",))
+        report = replace(report, notes=("nothing to fold: no convolution is followed by a "
+                                        "BatchNormalization it alone feeds; nothing was written",))
+        return _Plan(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
     new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
     if not keep_layers:
         _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
-    if layer_names is not None and not keep_layers:
-        _check_layer_names(config, layer_names, source.label)
+        if layer_names is not None:
+            _check_layer_names(config, layer_names, source.label)
     optimizer = optimizer_plan(
         structure, config, new_config, by_path,
         {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
         _changed(folds, by_path), read_optimizer_shapes(source) if structure.optimizer_variables else [])
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
-    if options.dry_run:
-        return report
+    return _Plan(structure, config, new_config, layer_names, by_path, folds, keep_layers, optimizer, report)
+
+
+def _foldable_here(search: FoldSearch, legacy: bool) -> tuple[list[FoldPair], list[NotFolded]]:
+    """The pairs this format can fold: a legacy .h5 keeps a nested model's weights as one
+    flat list, which the fold does not rewrite."""
+    pairs, not_folded = list(search.pairs), list(search.not_folded)
+    if legacy:
+        not_folded += [NotFolded(p.bn_path, f"it is inside the nested model '{p.graph.path}', whose "
+                                 "weights a legacy .h5 stores as one flat list; save the model as "
+                                 ".keras to fold it", p.conv_path) for p in pairs if p.graph.path]
+        pairs = [p for p in pairs if not p.graph.path]
+    return pairs, not_folded
+
+
+def _folds(source: ModelSource, pairs: list[FoldPair], by_path: dict[str, Layer]) -> tuple[list[Fold], list[NotFolded]]:
+    """The folds, and the pairs whose statistics cannot be folded.
+
+    Only the small vectors come to this process; kernels are scaled inside the rewrite's
+    worker (:class:`Derived` values), where they are read, written and read back.
+    """
+    label = source.label
+    wanted = [v for p in pairs for v in _layer(by_path, p.bn_path, label).variables]
+    wanted += [v for p in pairs for v in _layer(by_path, p.conv_path, label).variables if v.name == "bias"]
+    values = read_variables(source, wanted)
+    folds: list[Fold] = []
+    refused: list[NotFolded] = []
+    for pair in pairs:
+        bn = _bn_values(by_path[pair.bn_path], pair.bn.config, values)
+        problem = variance_problem(bn)
+        if problem is not None:
+            refused.append(NotFolded(pair.bn_path, problem, pair.conv_path))
+            continue
+        folds.append((pair, _conv_values(pair, by_path[pair.conv_path], bn, values), bn))
+    return folds, refused
+
+
+def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callable[[str], None] | None) -> FoldReport:
+    """Write the folded model through the write transaction, its outputs compared."""
     records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
-               for p, new, _ in folds for name in new]
+               for p, new, _ in plan.folds for name in new]
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
     # The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
     # the rewrite's worker then runs beside that import.
-    history = read_history(source)
+    recorded = read_history(source)
     with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
         prepared = Path(folder) / "prepared"
-        if legacy:
-            assert layer_names is not None
-            legacy_rewrite, written = _legacy_rewrite(folds, by_path, new_config, layer_names, keep_layers, optimizer)
+        stage: Rewrite
+        if plan.layer_names is not None:
+            legacy_rewrite, written = _legacy_rewrite(plan, plan.layer_names)
             worker = Worker(lambda: rewrite_legacy(source, legacy_rewrite, prepared), PARSE_TIMEOUT_S, source.label)
 
             def stage(path: Path, history: list[dict[str, Any]]) -> None:
                 shutil.copyfile(prepared, path)
                 write_h5_history(path, history, source.label)
         else:
-            moves = store_moves(config, new_config, set() if keep_layers else {p.bn_path for p, _, _ in folds})
-            rewrite, written = _rewrite(folds, by_path, moves.new_paths, moves.renames, moves.drops,
-                                        keep_layers, optimizer)
+            rewrite, written = _rewrite(plan)
             worker = Worker(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
 
             def stage(path: Path, history: list[dict[str, Any]]) -> None:
-                write_keras_archive(source, path, new_config, prepared, history)
+                write_keras_archive(source, path, plan.new_config, prepared, history)
 
         warm_up = KerasWarmUp().start() if options.smoke.enabled else None
         try:
             worker.result()
-            result = write_transaction(source, structure, stage, [item for item, _ in written],
-                                       records, options, step, history=history, warm_up=warm_up)
+            result = write_transaction(source, plan.structure, stage, written, records, options, step,
+                                       history=recorded, warm_up=warm_up)
         finally:
             if warm_up is not None:
                 warm_up.join()  # the import silences fd 2: let it finish before any error is printed
-    return replace(report, destination=result.destination, smoke=result.smoke,
+    return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
 
 
@@ -212,11 +252,11 @@ def _read_config(source: ModelSource) -> tuple[dict[str, Any], list[str] | None]
     return config, names
 
 
-def _selected(pairs: tuple[FoldPair, ...], not_folded: tuple[NotFolded, ...], layers: list[str] | None,
+def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[str] | None,
               label: str) -> tuple[list[FoldPair], list[NotFolded]]:
     """The pairs named by ``layers`` (a conv's or a BatchNormalization's path or name)."""
     if not layers:
-        return list(pairs), list(not_folded)
+        return pairs, not_folded
     chosen: list[FoldPair] = []
     for query in layers:
         match = [p for p in pairs if query in (p.conv_path, p.bn_path, p.conv.name, p.bn.name)]
@@ -286,18 +326,12 @@ def _new_layer_names(new_config: dict[str, Any], layer_names: list[str]) -> tupl
     return tuple(name for name in keras_order(root) if name in listed)
 
 
-def _legacy_rewrite(
-    folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]],
-    by_path: dict[str, Layer],
-    new_config: dict[str, Any],
-    layer_names: list[str],
-    keep_layers: bool,
-    optimizer: OptimizerPlan | None,
-) -> tuple[LegacyRewrite, list[tuple[WrittenValue, str]]]:
-    """The rewrite of a legacy .h5, and each value written with its BN."""
+def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite, list[WrittenValue]]:
+    """The rewrite of a legacy .h5, and each value it writes that this process knows."""
+    by_path, keep_layers = plan.by_path, plan.keep_layers
     values: dict[str, np.ndarray | Derived] = {}
-    written: list[tuple[WrittenValue, str]] = []
-    for pair, new, bn in folds:
+    written: list[WrittenValue] = []
+    for pair, new, bn in plan.folds:
         conv = by_path[pair.conv_path]
         for name, value in new.items():
             old = _variable(conv, name)
@@ -310,18 +344,14 @@ def _legacy_rewrite(
                                len(conv.variables), position=len(conv.variables))
             values[old.dataset] = value
             if isinstance(value, np.ndarray):
-                written.append((WrittenValue(replace(conv, variables=(old,)), old, value, compare_layer=False),
-                                pair.bn_path))
+                written.append(WrittenValue(replace(conv, variables=(old,)), old, value, compare_layer=False))
         if keep_layers:
-            bn_layer = by_path[pair.bn_path]
-            identity = identity_values(bn)
-            by_name = {"gamma": identity.gamma, "beta": identity.beta, "moving_mean": identity.mean,
-                       "moving_variance": identity.variance}
-            values.update({v.dataset: _required(by_name[v.name]) for v in bn_layer.variables})
-    drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in folds)
-    names = tuple(layer_names) if keep_layers else _new_layer_names(new_config, [n for n in layer_names if n not in drops])
-    return LegacyRewrite(new_config, names, drops, values,
-                         optimizer.sources if optimizer is not None else None), written
+            values.update(_identity(by_path[pair.bn_path], bn))
+    drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in plan.folds)
+    names = tuple(layer_names) if keep_layers else _new_layer_names(
+        plan.new_config, [n for n in layer_names if n not in drops])
+    return LegacyRewrite(plan.new_config, names, drops, values,
+                         plan.optimizer.sources if plan.optimizer is not None else None), written
 
 
 def _variable(layer: Layer, name: str) -> Variable | None:
@@ -376,36 +406,32 @@ def _conv_variables(conv: Layer, new: dict[str, np.ndarray | Derived]) -> list[t
     return out + ([] if _has_bias(conv) else [("bias", tuple(_bias(new).shape), True)])
 
 
-def _changed(folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]],
+def _changed(folds: list[Fold],
              by_path: dict[str, Layer]) -> set[tuple[str, str]]:
     """The variables whose values the fold changes: their optimizer slots start at zero."""
     changed = {(p.conv_path, name) for p, new, _ in folds for name in new}
     return changed | {(p.bn_path, v.name) for p, _, _ in folds for v in by_path[p.bn_path].variables}
 
 
-def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray | Derived], label: str) -> FoldedPair:
+def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray | Derived]) -> FoldedPair:
     return FoldedPair(pair.conv_path, pair.bn_path, pair.conv.class_name, int(_bias(new).size),
-                      not _has_bias(_layer(by_path, pair.conv_path, label)))
+                      not _has_bias(by_path[pair.conv_path]))
 
 
-def _rewrite(
-    folds: list[tuple[FoldPair, dict[str, np.ndarray | Derived], BatchNormValues]],
-    by_path: dict[str, Layer],
-    new_paths: dict[str, str],
-    renames: dict[str, str],
-    drops: set[str],
-    keep_layers: bool,
-    optimizer: OptimizerPlan | None,
-) -> tuple[StoreRewrite, list[tuple[WrittenValue, str]]]:
-    """The store rewrite, and each value written (placed in the new store) with its BN."""
+def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue]]:
+    """The store rewrite, and each value it writes that this process knows, placed in the
+    new store."""
+    removed = set() if plan.keep_layers else {p.bn_path for p, _, _ in plan.folds}
+    moves = store_moves(plan.config, plan.new_config, removed)
+    by_path = plan.by_path
     variables: dict[str, tuple[VarSource, ...]] = {}
-    written: list[tuple[WrittenValue, str]] = []
-    for pair, new, bn in folds:
+    written: list[WrittenValue] = []
+    for pair, new, bn in plan.folds:
         conv = by_path[pair.conv_path]
         names = [v.name for v in conv.variables] + ([] if _has_bias(conv) else ["bias"])
         sources: list[VarSource] = []
         new_vars: list[Variable] = []
-        object_path = new_paths.get(pair.conv_path, conv.store_path)
+        object_path = moves.new_paths.get(pair.conv_path, conv.store_path)
         for index, name in enumerate(names):
             old = _variable(conv, name)
             value = new.get(name)
@@ -419,21 +445,23 @@ def _rewrite(
                                          value.dtype.name, index, old.file if old else 0))
         variables[f"{conv.store_path}/vars"] = tuple(sources)
         layer = replace(conv, store_path=object_path, variables=tuple(new_vars))
-        written += [(WrittenValue(layer, v, _bias(new), compare_layer=False), pair.bn_path) for v in new_vars]
-        if keep_layers:
+        written += [WrittenValue(layer, v, _bias(new), compare_layer=False) for v in new_vars]
+        if plan.keep_layers:
             bn_layer = by_path[pair.bn_path]
-            identity = identity_values(bn)
-            by_name = {"gamma": identity.gamma, "beta": identity.beta, "moving_mean": identity.mean,
-                       "moving_variance": identity.variance}
-            variables[f"{bn_layer.store_path}/vars"] = tuple(
-                _required(by_name[v.name]) for v in bn_layer.variables)
-    if optimizer is not None:
-        variables[optimizer.vars_group] = optimizer.sources
-    return StoreRewrite(dict(renames), frozenset(drops), variables), written
+            variables[f"{bn_layer.store_path}/vars"] = tuple(_identity(bn_layer, bn).values())
+    if plan.optimizer is not None:
+        variables[plan.optimizer.vars_group] = plan.optimizer.sources
+    return StoreRewrite(dict(moves.renames), frozenset(moves.drops), variables), written
 
 
-def _required(value: np.ndarray | None) -> np.ndarray:
-    assert value is not None
-    return value
-
-
+def _identity(layer: Layer, bn: BatchNormValues) -> dict[str, np.ndarray]:
+    """``--keep-layers``: the BatchNormalization's new values, by dataset, in its order."""
+    identity = identity_values(bn)
+    by_name = {"gamma": identity.gamma, "beta": identity.beta, "moving_mean": identity.mean,
+               "moving_variance": identity.variance}
+    found: dict[str, np.ndarray] = {}
+    for variable in layer.variables:
+        value = by_name[variable.name]
+        assert value is not None, "the store holds only the variables its config makes"
+        found[variable.dataset] = value
+    return found

@@ -117,11 +117,16 @@ def rewrite_weights(source: ModelSource, rewrite: StoreRewrite, destination: Pat
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         with h5py.File(destination, "w") as new:
             derived = rewrite_store(store.h5s[0], new, rewrite)
-    with h5py.File(destination, "r") as written:
-        for path, value in derived.items():
-            got = read_dataset(written[path])
+    return _read_back(destination, derived)
+
+
+def _read_back(path: Path, derived: dict[str, np.ndarray]) -> int:
+    """Check that the written file holds each derived value exactly; how many were checked."""
+    with h5py.File(path, "r") as written:
+        for dataset, value in derived.items():
+            got = read_dataset(written[dataset])
             if got.shape != value.shape or got.tobytes() != value.tobytes():
-                raise RuntimeError(f"read-back of {path} differs from what was written")
+                raise RuntimeError(f"read-back of {dataset} differs from what was written")
     return len(derived)
 
 
@@ -215,12 +220,7 @@ def rewrite_legacy(source: ModelSource, rewrite: LegacyRewrite, destination: Pat
                 derived[path] = value
         if rewrite.optimizer is not None:
             _rewrite_optimizer(h5, rewrite.optimizer)
-    with h5py.File(destination, "r") as written:
-        for path, value in derived.items():
-            got = read_dataset(written[path])
-            if got.shape != value.shape or got.tobytes() != value.tobytes():
-                raise RuntimeError(f"read-back of {path} differs from what was written")
-    return len(derived)
+    return _read_back(destination, derived)
 
 
 def legacy_optimizer_names(h5: h5py.File) -> list[str]:
