@@ -21,11 +21,11 @@ def test_set_without_smoke_test_on_a_float32_model_imports_neither_tensorflow_no
     assert out.is_file()
 
 
-def test_store_model_edits_and_render_import_without_tensorflow_or_keras() -> None:
+def test_store_model_edits_render_and_pictures_import_without_tensorflow_or_keras() -> None:
     code = (
         "import importlib, json, pkgutil, sys\n"
         "names = ['conv_surgeon.render']\n"
-        "for part in ('store', 'model', 'edits'):\n"
+        "for part in ('store', 'model', 'edits', 'pictures'):\n"
         "    package = importlib.import_module('conv_surgeon.' + part)\n"
         "    names += [package.__name__] + [m.name for m in pkgutil.iter_modules(package.__path__, package.__name__ + '.')]\n"
         "for name in names:\n"
