@@ -236,9 +236,9 @@ def test_against_needs_the_same_layer_and_shape(known: Path, tmp_path: Path) -> 
     ("t3d", None, 2, "the mean over 2 input channels", (2, 2)),
     ("t2d", None, 2, "the mean over 4 input channels", (3, 3)),
     ("c2d_grouped", None, 4, "the mean over 2 input channels", (3, 3)),
-    ("dw2d", None, 8, "tile c*2+m: input channel c's filter m", (3, 3)),
-    ("dw1d", None, 3, "tile i: input channel i's filter", (1, 3)),
-    ("sep2d", "depthwise_kernel", 8, "tile i: input channel i's filter", (3, 3)),
+    ("dw2d", None, 8, "input channel c's filter m (tile c*2+m)", (3, 3)),
+    ("dw1d", None, 3, "input channel i's filter (tile i)", (1, 3)),
+    ("sep2d", "depthwise_kernel", 8, "input channel i's filter (tile i)", (3, 3)),
     ("sep2d", "pointwise_kernel", 4, "the mean over 8 input channels", (1, 1)),
     ("sep1d", "pointwise_kernel", 4, "the 3 input channels as R, G, B", (1, 1)),
 ])

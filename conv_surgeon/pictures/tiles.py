@@ -55,8 +55,8 @@ def filter_tiles(layer: Layer, variable: Variable, kernel: np.ndarray, options: 
             )
         multiplier = data.shape[-1]
         data = np.moveaxis(data.reshape(data.shape[:-2] + (-1,)), -1, 0)[..., None]
-        shows = ("tile i: input channel i's filter" if multiplier == 1 else
-                 f"tile c*{multiplier}+m: input channel c's filter m")
+        shows = ("input channel i's filter (tile i)" if multiplier == 1 else
+                 f"input channel c's filter m (tile c*{multiplier}+m)")
     else:
         data = np.moveaxis(data, -2 if conv.kind == "transpose" else -1, 0)  # (filters, k..., in)
         shows = ""
