@@ -29,6 +29,7 @@ demo: install
 	$(CLI) get $(SAMPLE) --layer conv1 -o $(DEMO_OUT)/conv1_kernel.npy
 	$(CLI) set $(SAMPLE) --layer conv1 --kernel sample_models/sobel.npy --bias-init zeros -o $(DEMO_OUT)/tiny_cnn_sobel.keras
 	$(CLI) inspect $(DEMO_OUT)/tiny_cnn_sobel.keras --stats
+	$(CLI) show $(DEMO_OUT)/tiny_cnn_sobel.keras --layer conv1 --against $(SAMPLE) -o $(DEMO_OUT)/conv1_sobel.png
 
 # Types and the import contracts (pyproject.toml) first: both take seconds, pytest minutes.
 test: install-test

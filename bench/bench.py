@@ -80,6 +80,13 @@ Sections
                      next to the kernel's own size. Target: exactly one shard differs in
                      (a) and in (b) (FAIL otherwise, which never fails the run). Ratio rows:
                      (a)/(c) and (b)/(c), no target.
+    show             ``conv-surgeon show resnet50.keras --layer conv1_conv -o X.png`` (the
+                     64-tile RGB filter grid) versus ``inspect resnet50.keras``, and ``show
+                     --all --hist -o X.png`` (histograms of every conv variable, a row per
+                     layer) versus ``inspect --stats``; the picture is written into the cache
+                     and deleted after every run. Ratio rows: show / inspect time <= 1.5x;
+                     show --all --hist / inspect --stats time <= 2x (MISS never fails the
+                     run). Run it alone: ``bench.py --only show``.
 
 Models
     ResNet50 (``keras.applications.ResNet50(weights=None)``) is built once, in a
@@ -150,6 +157,8 @@ API_INSPECT_WARM_MS_TARGET = 50.0  # cs.inspect() of ResNet50 in a warm process
 FOLD_TIME_TARGET = 0.8  # conv-surgeon fold-bn (outputs compared) / the plain-Keras script
 FOLD_NO_SMOKE_TIME_TARGET = 0.15  # conv-surgeon fold-bn --no-smoke / the plain-Keras script
 SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the .keras
+SHOW_GRID_TARGET = 1.5  # show --layer conv1_conv -o X.png / inspect, same file
+SHOW_HIST_TARGET = 2.0  # show --all --hist -o X.png / inspect --stats, same file
 PRESET_INSPECT_TARGET = 1.2  # inspect of the keras-hub preset / inspect of its .keras
 # keras_hub.models.ResNetBackbone arguments of ResNet50: keras-hub 0.32 ships no config for
 # its presets (resnet_presets.py only names Kaggle handles); these are the ones its timm
@@ -1072,6 +1081,34 @@ def bench_fold(ctx: Context) -> list[Row]:
     return rows
 
 
+def bench_show(ctx: Context) -> list[Row]:
+    model = resnet50()
+    picture = CACHE / "show.out.png"
+    try:
+        grid = ctx.measure([CLI, "show", str(model), "--layer", SET_LAYER, "-o", str(picture)],
+                           after=_remover(picture))
+        inspect = ctx.measure([CLI, "inspect", str(model)])
+        hist = ctx.measure([CLI, "show", str(model), "--all", "--hist", "-o", str(picture)],
+                           after=_remover(picture))
+        stats = ctx.measure([CLI, "inspect", str(model), "--stats"])
+    finally:
+        _remover(picture)()
+    grid_ratio, hist_ratio = grid.median_s / inspect.median_s, hist.median_s / stats.median_s
+    s = "show"
+    return [
+        (s, f"show --layer {SET_LAYER} -o X.png", f"{grid.median_s:.2f}", f"{grid.max_rss_mb:.0f}",
+         f"{model.name}: 64 RGB tiles of {SET_KERNEL_SHAPE}"),
+        (s, "inspect", f"{inspect.median_s:.2f}", f"{inspect.max_rss_mb:.0f}", "(= inspect section)"),
+        (s, "ratio (show/inspect)", f"{grid_ratio:.2f}x", f"{grid.max_rss_mb / inspect.max_rss_mb:.2f}x",
+         f"time target <= {SHOW_GRID_TARGET:g}x: {'PASS' if grid_ratio <= SHOW_GRID_TARGET else 'MISS'}"),
+        (s, "show --all --hist -o X.png", f"{hist.median_s:.2f}", f"{hist.max_rss_mb:.0f}",
+         "histograms of every conv variable, a row per layer"),
+        (s, "inspect --stats", f"{stats.median_s:.2f}", f"{stats.max_rss_mb:.0f}", "reads the same variables"),
+        (s, "ratio (show --all --hist/--stats)", f"{hist_ratio:.2f}x", f"{hist.max_rss_mb / stats.max_rss_mb:.2f}x",
+         f"time target <= {SHOW_HIST_TARGET:g}x: {'PASS' if hist_ratio <= SHOW_HIST_TARGET else 'MISS'}"),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
@@ -1083,6 +1120,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect-preset": bench_inspect_preset,
     "set-sharded": bench_set_sharded,
     "fold-bn": bench_fold,
+    "show": bench_show,
 }
 
 

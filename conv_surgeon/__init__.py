@@ -4,13 +4,14 @@
     model = cs.inspect("model.keras")
     k = cs.get_weights("model.keras", "conv1")
     cs.set_weights("model.keras", "conv1", out="out.keras", kernel=k["kernel"] * 2)
+    picture = cs.show("model.keras", "conv1", out="conv1.png")   # picture.image: RGB array
 
 Importing the package is cheap: numpy, h5py and TensorFlow load only when a function
 needs them.
 """
 
 from ._version import __version__
-from .api import apply, assign, diff, fold_bn, get_weights, inspect, set_weights
+from .api import apply, assign, diff, fold_bn, get_weights, inspect, set_weights, show
 from .errors import (
     AssignmentError,
     ConvSurgeonError,
@@ -43,4 +44,5 @@ __all__ = [
     "get_weights",
     "inspect",
     "set_weights",
+    "show",
 ]

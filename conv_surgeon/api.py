@@ -1,6 +1,7 @@
 """The public Python API: every command of the CLI as a typed function, for notebooks.
 
-Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`) never imports TensorFlow.
+Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`, :func:`show`) never imports
+TensorFlow.
 Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`) goes through the same write transaction as
 the command line: staged beside the destination, verified, smoke-tested with Keras
 (unless ``smoke=False``) and only then moved into place. :func:`assign` does the same
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .ops.fold import FoldReport
     from .ops.reading import InspectReport
     from .ops.surgery import SetReport, WeightRequest
+    from .pictures.options import Reduce, Scale
+    from .pictures.picture import Picture
     from .store.source import ModelSource
     from .transaction.transaction import Destination
 
@@ -177,6 +180,50 @@ def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) 
     from .ops.compare import diff_models
 
     return diff_models(_source(a), _source(b), all_layers=all_layers)
+
+
+def show(
+    model: PathLike | bytes,
+    layer: str | None = None,
+    *,
+    out: PathLike | None = None,
+    against: PathLike | bytes | None = None,
+    weight: str | None = None,
+    hist: bool = False,
+    columns: int | None = None,
+    input_channel: int | None = None,
+    reduce: Reduce | None = None,
+    scale: Scale | None = None,
+    config: PathLike | None = None,
+) -> Picture:
+    """A picture of ``layer``'s filters (one tile per output filter), or with ``hist`` the
+    histograms of its variables (``layer=None``: of every convolution layer, a row each).
+
+    Returns a :class:`~conv_surgeon.pictures.picture.Picture`: ``.image`` is the RGB
+    array, ``.variables`` the numbers it shows (scale, statistics with the counts of zeros
+    and non-finite values); a notebook displays it. ``out`` also writes it as PNG,
+    atomically. ``against`` draws the model, the other model and their difference side
+    by side on one scale. ``input_channel``, ``reduce`` ("mean" or "l2") and ``scale``
+    ("layer" or "each") choose what a tile shows, as ``conv-surgeon show`` does.
+
+    >>> import conv_surgeon as cs
+    >>> cs.show("sample_models/tiny_cnn.keras", "conv1").variables[0].tiles
+    4
+    """
+    from .ops.show import read_shown
+    from .pictures.options import GridOptions
+    from .pictures.picture import check_picture_path, draw_picture, write_png
+
+    options = GridOptions(columns, input_channel, reduce, scale)
+    options.check(hist)
+    if out is not None:
+        check_picture_path(out, [None if isinstance(m, bytes) or m is None else os.fspath(m) for m in (model, against)])
+    data = read_shown(_source(model, config), layer, weight=weight, histograms=hist,
+                      against=None if against is None else _source(against))
+    picture = draw_picture(data, options)
+    if out is not None:
+        write_png(picture, out)
+    return picture
 
 
 def assign(

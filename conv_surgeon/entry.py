@@ -19,7 +19,7 @@ from .store.archive import ZIP_MAGIC
 from .model.structure import abandon_prefetched, prefetch_structures
 
 # The commands that start by reading a model's structure, and how many models each reads.
-READ_COMMANDS = {"inspect": 1, "get": 1, "diff": 2, "set": 1, "apply": 1}
+READ_COMMANDS = {"inspect": 1, "get": 1, "show": 2, "diff": 2, "set": 1, "apply": 1}  # show: and --against
 
 
 def models_named(args: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .ops.compare import DiffReport
     from .ops.fold import FoldReport
     from .ops.surgery import SetReport
+    from .pictures.picture import DrawnVariable, Picture
     from .transaction.smoke import OutputComparison, SmokeReport
 
 SCHEMA_VERSION = 1
@@ -493,6 +494,68 @@ def render_export(export: WeightsExport, output: str | None, bundle: bool) -> No
         what = export.layers[0].path + " " + ", ".join(
             f"{name} {format_shape(a.shape)}" for name, a in export.arrays.items())
     err.print(f"wrote {output}: {what}")
+
+
+def _drawn_document(drawn: DrawnVariable) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "layer": drawn.layer,
+        "class": drawn.class_name,
+        "variable": drawn.variable,
+        "shape": list(drawn.shape),
+        "dtype": drawn.dtype,
+        "stats": stats_document(drawn.stats),
+    }
+    if drawn.against_stats is not None and drawn.difference_stats is not None:
+        document["against_stats"] = stats_document(drawn.against_stats)
+        document["difference_stats"] = stats_document(drawn.difference_stats)
+    if drawn.tiles is not None:
+        document.update({"tiles": drawn.tiles, "shows": drawn.shows, "range": [-(drawn.scale or 0.0), drawn.scale],
+                         "scale": "layer" if drawn.tile_scales is None else "each"})
+        if drawn.tile_scales is not None:
+            document["tile_ranges"] = [[-m, m] for m in drawn.tile_scales]
+        if drawn.tile_boxes is not None:
+            document["tile_boxes"] = dict(zip(("model", "against", "difference"),
+                                              ([list(box) for box in boxes] for boxes in drawn.tile_boxes)))
+        document["notes"] = list(drawn.notes)
+    return document
+
+
+def picture_document(picture: Picture, output: str) -> dict[str, Any]:
+    height, width = picture.image.shape[:2]
+    return {
+        "model": picture.source,
+        "against": picture.against,
+        "output": output,
+        "kind": picture.kind,
+        "width": int(width),
+        "height": int(height),
+        "variables": [_drawn_document(drawn) for drawn in picture.variables],
+    }
+
+
+def render_picture(picture: Picture, output: str, json_output: bool) -> None:
+    """What `show` wrote: one JSON object (on stderr when the PNG went to stdout), or, as
+    `get` says what it wrote, a line on stderr unless the PNG went to stdout."""
+    if json_output:
+        print_json(picture_document(picture, output), sys.stderr if output == "-" else sys.stdout)
+        return
+    if output == "-":
+        return
+    height, width = picture.image.shape[:2]
+    if picture.kind == "grid":
+        drawn = picture.variables[0]
+        what = (f"{drawn.layer} {drawn.variable} {format_shape(drawn.shape)}, {plural(drawn.tiles or 0, 'tile')}, "
+                + ("each tile its own scale" if drawn.tile_scales is not None else f"scale ±{drawn.scale:.3g}"))
+    else:
+        layers = len({drawn.layer for drawn in picture.variables})
+        what = f"histograms of {plural(len(picture.variables), 'variable')} in {plural(layers, 'layer')}"
+    console(sys.stderr).print(f"wrote {output}: {what} ({width}x{height} PNG)")
+
+
+def print_terminal_picture(text: str) -> None:
+    """A picture drawn for the terminal (its colours are in the text)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def render_error(message: str, exit_code: int, *, json_stream: TextIO | None = None,

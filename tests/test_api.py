@@ -19,8 +19,9 @@ def test_the_public_names_stay_functions_whatever_is_imported() -> None:
     # A submodule named like a function (diff.py, assign.py) would rebind it on import.
     import conv_surgeon.edits.assign  # noqa: F401
     import conv_surgeon.ops.compare  # noqa: F401
+    import conv_surgeon.ops.show  # noqa: F401
 
-    for name in ("inspect", "get_weights", "set_weights", "apply", "diff", "assign"):
+    for name in ("inspect", "get_weights", "set_weights", "apply", "diff", "assign", "show"):
         assert callable(getattr(cs, name)) and getattr(cs, name).__module__ == "conv_surgeon.api", name
     assert issubclass(cs.AssignmentError, cs.ConvSurgeonError)
 
@@ -161,3 +162,4 @@ def test_the_readme_python_example_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "conv1 Conv2D kernel (3, 3, 1, 4)" in result.stdout
+    assert (ROOT / "build" / "api_conv1.png").is_file()

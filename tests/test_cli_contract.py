@@ -19,7 +19,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from helpers import copy_into, listing
+from helpers import assert_one_error_line, copy_into, listing
 
 from conv_surgeon.cli import app
 from conv_surgeon.cli.params import complete_layer
@@ -38,12 +38,6 @@ def run(*args: object, input: bytes | None = None):
     return CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
 
 
-def assert_one_error_line(result, exit_code: int, *parts: str) -> None:
-    assert result.exit_code == exit_code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
-    for part in parts:
-        assert part in result.stderr, (part, result.stderr)
 
 
 def conv1() -> dict[str, np.ndarray]:

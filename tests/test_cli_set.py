@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import copy_into, listing
+from helpers import assert_one_error_line, copy_into, listing
 
 from conv_surgeon.store.source import ModelSource
 from conv_surgeon.ops.reading import get_weights
@@ -72,13 +72,6 @@ def changed_datasets(before: Path, after: Path) -> dict[str, bytes]:
     return {name: new[name] for name in old if old[name] != new[name]}
 
 
-def assert_one_error_line(result, exit_code: int, *parts: str) -> None:
-    assert result.exit_code == exit_code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for part in parts:
-        assert part in result.stderr, (part, result.stderr)
 
 
 def zip_ends_exactly(data: bytes) -> bool:

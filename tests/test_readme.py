@@ -1,12 +1,15 @@
-"""The README's cookbook runs as written."""
+"""The README's cookbook runs as written, and its picture is what the tool draws."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,3 +32,25 @@ def test_the_cookbook_ports_a_torch_conv_exactly() -> None:
     assert difference < 1e-4
     assert (ROOT / "build/port/conv1_weight.npy").exists()
     assert "Error" not in result.stderr
+
+
+def test_the_readme_picture_is_remade_pixel_for_pixel(tmp_path: Path) -> None:
+    from PIL import Image
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Pictures: filters, before and after, histograms", 1)[1].split("\n### ", 1)[0]
+    block = re.findall(r"```sh\n(.*?)```", section, flags=re.S)[0]
+    picture = re.search(r"!\[[^]]*\]\((\S+\.png)\)", section).group(1)
+    assert f"-o {picture}" in block
+    # The same relative paths (they are written on the picture), in a folder of our own.
+    (tmp_path / "sample_models").mkdir()
+    for name in ("tiny_cnn.keras", "sobel.npy"):
+        shutil.copyfile(ROOT / "sample_models" / name, tmp_path / "sample_models" / name)
+    (tmp_path / picture).parent.mkdir(parents=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(ROOT / picture) as committed, Image.open(tmp_path / picture) as remade:
+        assert committed.size == remade.size
+        assert np.array_equal(np.asarray(committed.convert("RGB")), np.asarray(remade.convert("RGB")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
+from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional, TypeVar
 
 import click
 import typer
@@ -40,11 +40,19 @@ def model_source(model: str, config: Path | None = None) -> ModelSource:
     return ModelSource.from_path(model, config=config)
 
 
+Chosen = TypeVar("Chosen", bound=str)
+
+
+def choice_of(value: str, choices: tuple[Chosen, ...], option: str) -> Chosen:
+    """A value click's Choice has checked, with the type of its choices."""
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise UsageError(f"{option} {value}: expected one of {', '.join(choices)}")
+
+
 def layout_of(value: str) -> Layout:
-    for layout in LAYOUTS:  # click's Choice has checked it; this gives it its type
-        if value == layout:
-            return layout
-    raise UsageError(f"--layout {value}: expected one of {', '.join(LAYOUTS)}")
+    return choice_of(value, LAYOUTS, "--layout")
 
 
 def complete_layer(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
