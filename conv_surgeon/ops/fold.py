@@ -52,7 +52,7 @@ from ..store.writer import write_h5_history
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
 from ..transaction.keras_runtime import KerasWarmUp
-from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.smoke import ReferenceResult, SmokeReport, SmokeTarget, Tolerance, start_reference_run
 from ..transaction.transaction import Rewrite, WriteOptions, WrittenValue, check_destination, write_transaction
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
 
@@ -220,16 +220,31 @@ def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callab
             def stage(path: Path, history: list[dict[str, Any]]) -> None:
                 write_keras_archive(source, path, plan.new_config, prepared, history)
 
+        reference = _reference_run(source, options)
         warm_up = KerasWarmUp().start() if options.smoke.enabled else None
         try:
             worker.result()
             result = write_transaction(source, plan.structure, stage, written, records, options, step,
-                                       history=recorded, warm_up=warm_up)
+                                       history=recorded, warm_up=warm_up, reference_run=reference)
         finally:
+            if reference is not None:
+                reference.discard()  # it has answered, or is no longer wanted
             if warm_up is not None:
                 warm_up.join()  # the import silences fd 2: let it finish before any error is printed
     return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
+
+
+def _reference_run(source: ModelSource, options: WriteOptions) -> Worker[ReferenceResult] | None:
+    """The original model's forward pass for the check, started in its own process now,
+    before any thread: it runs beside the rest of the write (a model file Keras can open
+    by its name only; a model from stdin is compared after the edited one)."""
+    checks = options.smoke
+    if not (checks.enabled and checks.compare) or source.path is None \
+            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")):
+        return None
+    return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
+                               unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)
 
 
 def _format_name(structure: ModelStructure) -> str:

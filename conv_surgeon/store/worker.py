@@ -64,6 +64,7 @@ class Worker(Generic[T]):
             os._exit(code)
         os.close(write_end)
         self.pid, self.read_end = pid, read_end
+        self.reaped = False  # waited for: its pid may belong to another process now
 
     def result(self) -> T:
         chunks: list[bytes] = []
@@ -84,6 +85,7 @@ class Worker(Generic[T]):
         finally:
             os.close(self.read_end)
         os.waitpid(self.pid, 0)
+        self.reaped = True
         if not chunks:
             raise ModelFileError(f"{self.label}: the reader crashed on this file; it is probably corrupt")
         kind, value = pickle.loads(b"".join(chunks))
@@ -95,8 +97,22 @@ class Worker(Generic[T]):
         raise InternalError(f"reading {self.label} failed inside the worker: {message}", worker_traceback)
 
     def kill(self) -> None:
+        """Stop the worker if it still runs (its result is no longer wanted)."""
+        if self.reaped:
+            return
         try:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+        self.reaped = True
+
+    def discard(self) -> None:
+        """Stop the worker if it still runs, and close its pipe: its result is not wanted."""
+        unread = not self.reaped
+        self.kill()
+        if unread:
+            try:
+                os.close(self.read_end)
+            except OSError:
+                pass  # result() closed it before failing

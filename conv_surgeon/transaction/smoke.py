@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ConvSurgeonError, SmokeTestError, UsageError
 from ..model.naming import format_shape
+from ..store.worker import Worker
 from .keras_runtime import import_keras, quiet_stderr
 
 # Unknown input sizes are tried from LADDER_START, doubling while every input that has
@@ -531,6 +532,51 @@ def compare_outputs(name: str, original: np.ndarray, edited: np.ndarray) -> Outp
     )
 
 
+# The original model run in a process of its own: (input shapes, input digest, outputs).
+ReferenceResult = tuple[list[tuple[int, ...]], str, list[np.ndarray]]
+REFERENCE_TIMEOUT_S = 3600.0  # a bound for a hung process, not for a slow model
+
+
+def start_reference_run(
+    reference: SmokeTarget, *, input_shapes: Sequence[tuple[int, ...]] | None = None,
+    unsafe: bool = False, seed: int = 0, load_inputs: Path | None = None, imports: Sequence[str] = (),
+) -> Worker[ReferenceResult]:
+    """Run the original model for ``--compare`` in a forked process, beside the edited one:
+    its load and forward pass then cost no time of their own on a machine with two cores.
+
+    Fork before any thread starts (before :class:`KerasWarmUp`): the child imports
+    TensorFlow itself. It draws the same seeded inputs as :func:`run_smoke_test` (or reads
+    ``load_inputs``), and :func:`run_smoke_test` checks that they are the same.
+    """
+    def work() -> ReferenceResult:
+        keras = import_keras()
+        with quiet_stderr():
+            _import_modules(imports)
+            model = _load_target(keras, reference, unsafe, "original model")
+            if load_inputs is not None:
+                inputs = _matched_inputs(load_inputs, _read_inputs_file(load_inputs), model)
+                try:
+                    outputs = _forward(keras, model, inputs)
+                except _ForwardFailure as failure:
+                    raise SmokeTestError(
+                        f"the forward pass of the original model failed on the inputs of --load-inputs "
+                        f"{load_inputs} ({failure}); nothing was written") from None
+            else:
+                inputs, outputs, _ = _run_seeded(keras, model, input_shapes, seed)
+        return [tuple(a.shape) for a in inputs], _digest(inputs), outputs
+
+    return Worker(work, REFERENCE_TIMEOUT_S, "the original model")
+
+
+def _digest(arrays: Sequence[np.ndarray]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def run_smoke_test(
     target: Path | SmokeTarget,
     expected: Sequence[ExpectedValue],
@@ -539,6 +585,7 @@ def run_smoke_test(
     unsafe: bool = False,
     seed: int = 0,
     reference: Path | SmokeTarget | None = None,
+    reference_run: Worker[ReferenceResult] | None = None,
     expect_same: Tolerance | None = None,
     load_inputs: Path | None = None,
     save_inputs: Path | None = None,
@@ -550,7 +597,10 @@ def run_smoke_test(
     sizes not given by ``input_shapes`` are searched (see ``_run_seeded``). With
     ``reference`` (the original model) both run on the same inputs and their outputs,
     and the outputs of the edited layers, are compared; ``expect_same`` turns a
-    difference of the model's outputs beyond it into a failure.
+    difference of the model's outputs beyond it into a failure. ``reference_run``, the
+    original already running in its own process (:func:`start_reference_run`), gives the
+    original's outputs in its place when its inputs are the edited model's; it compares the
+    outputs only, not the edited layers'.
     """
     edited = target if isinstance(target, SmokeTarget) else SmokeTarget(target)
     # A wrong inputs file is refused before Keras loads anything.
@@ -577,7 +627,11 @@ def run_smoke_test(
         loaded = _Loaded(model, _locate_variables(model, expected, legacy_file))
         checked = _check_variables(keras, expected, loaded.variables, legacy=legacy_file is not None)
         original = None
-        if reference is not None:
+        if reference_run is not None:
+            shapes_run, digest, outputs_run = reference_run.result()
+            if shapes_run == [tuple(a.shape) for a in inputs] and digest == _digest(inputs):
+                original = _Original(outputs_run, [], [], True)
+        if original is None and reference is not None:
             original = _run_original(
                 keras, reference if isinstance(reference, SmokeTarget) else SmokeTarget(reference),
                 unsafe, expected, inputs, loaded,

@@ -29,9 +29,10 @@ from ..model.structure import Layer, ModelStructure, Variable, read_own_variable
 from ..store.fileio import atomic_output, check_output_dir, same_file
 from ..store.provenance import EditRecord, make_record, read_history
 from ..store.source import FOLDER_FORMATS, ModelSource
+from ..store.worker import Worker
 from ..store.writer import EditPlan, apply_edits, commit_folder, stage_folder
 from .keras_runtime import KerasWarmUp
-from .smoke import ExpectedValue, SmokeReport, SmokeTarget, Tolerance, run_smoke_test
+from .smoke import ExpectedValue, ReferenceResult, SmokeReport, SmokeTarget, Tolerance, run_smoke_test
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
 # Writes a whole new single-file model at the path given, with the provenance history
@@ -151,6 +152,7 @@ def write_transaction(
     *,
     history: list[dict[str, Any]] | None = None,
     warm_up: KerasWarmUp | None = None,
+    reference_run: Worker[ReferenceResult] | None = None,
 ) -> Written:
     """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.writer.plan_edits`)
     into a copy of ``source`` and deliver it to ``options.destination``; or, when ``plan``
@@ -159,7 +161,8 @@ def write_transaction(
     Everything that reads the (untrusted) input runs in bounded worker processes, so it
     is done before TensorFlow starts importing in a thread: fork and threads mix badly.
     A caller with more bounded work to do can read the ``history`` already in the file
-    and start the ``warm_up`` itself, then fork its workers, then call this.
+    and start the ``warm_up`` itself, then fork its workers, then call this; among them,
+    the ``reference_run`` of ``--compare`` (:func:`.smoke.start_reference_run`).
     """
     destination = options.destination
     assert destination is not None, "a dry run does not write"
@@ -185,6 +188,7 @@ def write_transaction(
                         smoke_target(load_path), expected, input_shapes=checks.input_shapes,
                         unsafe=checks.unsafe,
                         reference=smoke_target(reference) if reference is not None else None,
+                        reference_run=reference_run,
                         expect_same=checks.expect_same, load_inputs=checks.load_inputs,
                         save_inputs=checks.save_inputs, imports=checks.imports,
                     )
