@@ -235,6 +235,7 @@ def test_channels_first_conv1d_conv3d(keras, tmp_path):
     model.save(path)
     report = _fold(path, tmp_path / "out.keras")
     assert {p["batch_norm"] for p in report["folded"]} == {"bn_cf", "bn_1d", "bn_3d"}
+    assert report["notes"] == []  # the BNs feed a ReLU each: no output changes its name
     [refused] = report["not_folded"]
     assert refused["batch_norm"] == "bn_wrong_axis" and "axis 2" in refused["reason"]
     original, folded = keras.saving.load_model(path), keras.saving.load_model(tmp_path / "out.keras")
@@ -288,6 +289,17 @@ def test_a_failed_check_writes_nothing(keras, tmp_path):
     assert done.returncode == 3, done.stdout
     assert "differs from the original beyond atol=0, rtol=0" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def test_an_output_batchnorm_says_the_output_is_renamed(keras, tmp_path, cli):
+    L = keras.layers
+    i = keras.Input((8, 8, 3))
+    model = keras.Model(i, L.BatchNormalization(name="head_bn")(L.Conv2D(4, 3, name="head")(i)))
+    model.save(tmp_path / "m.keras")
+    result = cli("fold-bn", tmp_path / "m.keras", "--dry-run", "--json")
+    notes = json.loads(result.stdout)["notes"]
+    assert notes == ["the model output 'head_bn' is now the output of 'head' (its name changes; "
+                     "--keep-layers keeps it)"]
 
 
 def test_archive_keeps_metadata_and_records_the_fold(mixed, tmp_path, cli):

@@ -155,7 +155,12 @@ def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, 
         structure, config, new_config, by_path,
         {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
         _changed(folds, by_path), read_optimizer_shapes(source) if structure.optimizer_variables else [])
-    report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
+    renamed = [] if keep_layers else [
+        f"the model output '{p.bn.name}' is now the output of '{p.conv.name}' (its name changes; "
+        "--keep-layers keeps it)" for p, _, _ in folds
+        if not p.graph.path and any(ref.layer == p.bn.name for ref in p.graph.outputs)]
+    report = replace(report, optimizer=optimizer.note if optimizer is not None else None,
+                     notes=tuple(renamed))
     return _Plan(structure, config, new_config, layer_names, by_path, folds, keep_layers, optimizer, report)
 
 
