@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ModelFileError
 from ..store.hdf5 import (
+    DatasetEntry,
+    GroupEntry,
     attr_list,
-    attr_text,
     damaged_store_is_an_error,
     dataset_dtype,
     read_dataset,
@@ -124,55 +125,29 @@ class _Node:
 
 
 def _collect_nodes(store: OpenStore) -> tuple[dict[str, _Node], list[str]]:
-    """Every object of the store (shards merged), and the datasets outside any `vars` group.
-
-    Walked with h5py's low-level API: the high-level ``visititems`` builds an object per
-    group and dataset, which doubled the time of `inspect` on ResNet50.
-    """
-    import h5py
-
+    """Every object of the store (shards merged), and the datasets outside any `vars` group."""
     nodes: dict[str, _Node] = {}
     stray: list[str] = []
-    for file_index, h5 in enumerate(store.h5s):
-        fid = h5.id
+    for file_index in range(len(store.files)):
 
-        def visit(raw: bytes, info: Any, file_index: int = file_index, fid: Any = fid,
-                  h5: Any = h5) -> None:
-            name = raw.decode()
+        def visit(name: str, entry: GroupEntry | DatasetEntry, file_index: int = file_index) -> None:
             parent, _, leaf = name.rpartition("/")
-            if info.type == h5py.h5o.TYPE_GROUP:
+            if entry.kind == "group":
                 if leaf == "vars":
                     node = nodes.setdefault(parent, _Node(parent))
-                    if h5py.h5a.exists(fid, b"name", obj_name=raw):
-                        node.name = _read_text_attribute(h5py.h5a.open(fid, b"name", obj_name=raw))
-                return
-            if info.type != h5py.h5o.TYPE_DATASET:
+                    text = entry.text_attribute("name")
+                    if text is not None:
+                        node.name = text
                 return
             owner, _, vars_leaf = parent.rpartition("/")
             if vars_leaf != "vars" or not leaf.isdigit():
                 stray.append(name)
                 return
-            dataset = h5py.h5d.open(fid, raw)
-            dtype = dataset.dtype
-            # Keras stores bfloat16 as opaque 2-byte records with a `dtype` attribute.
-            is_bf16 = dtype.kind == "V" and h5py.h5a.exists(dataset, b"dtype") and h5[name].attrs["dtype"] in (
-                "bfloat16", b"bfloat16")
             node = nodes.setdefault(owner, _Node(owner))
-            node.variables.append((int(leaf), tuple(int(d) for d in dataset.shape),
-                                   "bfloat16" if is_bf16 else dtype.name, file_index))
+            node.variables.append((int(leaf), entry.shape, entry.dtype, file_index))
 
-        h5py.h5o.visit(fid, visit, info=True)
+        store.walk(file_index, visit)
     return nodes, stray
-
-
-def _read_text_attribute(attribute: Any) -> str:
-    """A scalar string attribute, read with the low-level API (the high-level one opens
-    the object and its attribute manager first: a third of a large model's walk)."""
-    import numpy as np
-
-    value = np.empty(attribute.shape, dtype=attribute.dtype)
-    attribute.read(value)
-    return attr_text(value[()] if value.shape == () else value.ravel()[0])
 
 
 def _is_model_config(entry: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from ..errors import ModelFileError
 from .archive import Member, Window, ZIP_MAGIC, locate_member
-from .hdf5 import HDF5_MAGIC, attr_text, h5_file
+from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
 
 if TYPE_CHECKING:
     import h5py
@@ -209,6 +209,10 @@ class OpenStore:
 
     def dataset(self, file: int, path: str) -> h5py.Dataset:
         return self.h5s[file][path]
+
+    def walk(self, file: int, visitor: Visitor) -> None:
+        """Call ``visitor`` for every group and dataset of one file of the store."""
+        walk_h5py(self.h5s[file], visitor)
 
 
 def _store_files(folder: Path, label: str) -> list[StoreFile]:
