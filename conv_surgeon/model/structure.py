@@ -7,7 +7,10 @@ path (``layers/conv2d/vars/0``), the legacy one under ``<layer>/<weight name>`` 
 ``weight_names`` attributes. A variable the walk cannot place on a layer is reported
 (:attr:`ModelStructure.unplaced`), never dropped.
 
-Every read of a store runs in a bounded worker (:func:`conv_surgeon.store.worker.run_bounded`).
+A structure is read in this process by the pure-Python HDF5 reader
+(:mod:`conv_surgeon.store.hdf5_tree`), which cannot hang, wherever it reads the file
+exactly; everything else, and every read through h5py, runs in a bounded worker
+(:func:`conv_surgeon.store.worker.run_bounded`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from ..store.hdf5 import (
     dataset_dtype,
     read_dataset,
 )
-from ..store.source import ModelFormat, ModelSource, OpenStore, StoreFile, open_store
+from ..store.hdf5_tree import UnsupportedHDF5
+from ..store.source import ModelFormat, ModelSource, OpenStore, OutlinedStore, StoreFile, open_store, outline_store
 from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
 from .naming import to_snake_case
@@ -124,7 +128,7 @@ class _Node:
     variables: list[tuple[int, tuple[int, ...], str, int]] = field(default_factory=list)  # (index, shape, dtype, file)
 
 
-def _collect_nodes(store: OpenStore) -> tuple[dict[str, _Node], list[str]]:
+def _collect_nodes(store: OpenStore | OutlinedStore) -> tuple[dict[str, _Node], list[str]]:
     """Every object of the store (shards merged), and the datasets outside any `vars` group."""
     nodes: dict[str, _Node] = {}
     stray: list[str] = []
@@ -216,7 +220,7 @@ def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
 
 
-def _object_layers(store: OpenStore, config: dict[str, Any] | None) -> tuple[list[Layer], list[str], int]:
+def _object_layers(store: OpenStore | OutlinedStore, config: dict[str, Any] | None) -> tuple[list[Layer], list[str], int]:
     """(layers, unplaced datasets, optimizer variable count) of a Keras 3 store."""
     nodes, stray = _collect_nodes(store)
     store_paths: set[str] = set()
@@ -517,6 +521,7 @@ def _legacy_nested_layers(
 
 
 def _parse_structure(source: ModelSource) -> ModelStructure:
+    """The structure read through h5py: every kind of save, legacy `.h5` included."""
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         config = store.config
         config_source = None
@@ -527,21 +532,37 @@ def _parse_structure(source: ModelSource) -> ModelStructure:
             layers, stray, optimizer = _legacy_layers(store.h5s[0], config, source.label)
         else:
             layers, stray, optimizer = _object_layers(store, config)
-        structure = ModelStructure(
-            format=store.format,
-            keras_version=store.keras_version,
-            model_name=str((config or {}).get("config", {}).get("name", "") if isinstance((config or {}).get("config"), dict) else ""),
-            model_class=str((config or {}).get("class_name", "") or "weights only"),
-            layers=tuple(layers),
-            files=store.files,
-            legacy=store.legacy,
-            optimizer_variables=optimizer,
-            unplaced=tuple(stray),
-            config_source=config_source,
-        )
+        structure = _structure(store, config, layers, stray, optimizer, config_source)
     if source.config is not None:
         _check_config_matches(structure, source)
     return structure
+
+
+def _outline_structure(source: ModelSource) -> ModelStructure:
+    """The structure read by the pure-Python HDF5 reader, equal to :func:`_parse_structure`'s;
+    raises :class:`UnsupportedHDF5` for whatever that reader leaves to h5py (legacy `.h5`
+    files, ``--config``, HDF5 beyond the subset Keras writes)."""
+    if source.config is not None:
+        raise UnsupportedHDF5("a weights file read with --config goes through h5py")
+    with outline_store(source) as store:
+        layers, stray, optimizer = _object_layers(store, store.config)
+        return _structure(store, store.config, layers, stray, optimizer, None)
+
+
+def _structure(store: OpenStore | OutlinedStore, config: dict[str, Any] | None, layers: list[Layer],
+               stray: list[str], optimizer: int, config_source: str | None) -> ModelStructure:
+    return ModelStructure(
+        format=store.format,
+        keras_version=store.keras_version,
+        model_name=str((config or {}).get("config", {}).get("name", "") if isinstance((config or {}).get("config"), dict) else ""),
+        model_class=str((config or {}).get("class_name", "") or "weights only"),
+        layers=tuple(layers),
+        files=store.files,
+        legacy=isinstance(store, OpenStore) and store.legacy,
+        optimizer_variables=optimizer,
+        unplaced=tuple(stray),
+        config_source=config_source,
+    )
 
 
 def _config_of(path: Path) -> dict[str, Any]:
@@ -580,14 +601,28 @@ def _shape_or_absent(shape: tuple[int, ...] | None) -> str:
 def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
     """The model's layers and variables, read from structure alone (no weight bytes).
 
-    If :func:`prefetch_structures` already started reading this file, its worker's
-    result is used.
+    Read in this process by the pure-Python HDF5 reader where it can (it cannot hang,
+    and needs neither h5py nor numpy), else through h5py in a bounded worker. If
+    :func:`prefetch_structures` already started reading this file, its worker's result
+    is used.
     """
     pending = _claim_prefetched(source)
     if pending is not None:
         return pending.result()
+    try:
+        return _outline_structure(source)
+    except UnsupportedHDF5:
+        pass
     _warm_up_readers()
     return run_bounded(lambda: _parse_structure(source), timeout, source.label)
+
+
+def _read_structure_here(source: ModelSource) -> ModelStructure:
+    """:func:`read_structure`'s two readers in turn, inside a worker already bounded."""
+    try:
+        return _outline_structure(source)
+    except UnsupportedHDF5:
+        return _parse_structure(source)
 
 
 def _warm_up_readers() -> None:
@@ -620,7 +655,7 @@ def prefetch_structures(paths: list[str]) -> None:
         source = ModelSource.from_path(path)
         key = _file_key(Path(path))
         if key is not None and key not in _prefetched:
-            _prefetched[key] = Worker(partial(_parse_structure, source), PARSE_TIMEOUT_S, path)
+            _prefetched[key] = Worker(partial(_read_structure_here, source), PARSE_TIMEOUT_S, path)
     if _prefetched:
         atexit.register(abandon_prefetched)
 
