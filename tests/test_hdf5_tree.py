@@ -1,7 +1,7 @@
 """The pure-Python HDF5 reader against h5py, on files real Keras and real h5py wrote.
 
 Whatever it reads must be what h5py reads (the walk, every group's ``name``, every
-dataset's shape, dtype and byte offset); whatever it does not read exactly it refuses
+dataset's shape and dtype); whatever it does not read exactly it refuses
 with :class:`UnsupportedHDF5`, and on damaged or hostile bytes it never raises anything
 else and never loops.
 """
@@ -57,20 +57,11 @@ def _by_h5py(data: bytes) -> list[tuple[Any, ...]]:
     found: list[tuple[Any, ...]] = []
     with h5py.File(io.BytesIO(data), "r") as h5:
         walk_h5py(h5, lambda path, entry: found.append(_entry(path, entry)))
-        for i, row in enumerate(found):
-            if row[1] == "dataset":
-                dataset = h5[row[0]]
-                offset = dataset.id.get_offset()
-                found[i] = row + (None if offset is None else (offset, dataset.id.get_storage_size()),)
     return found
 
 
 def _by_tree(data: bytes) -> list[tuple[Any, ...]]:
-    found = []
-    for path, entry in HDF5Tree(data).walk():
-        row = _entry(path, entry)
-        found.append(row + (entry.contiguous,) if entry.kind == "dataset" else row)
-    return found
+    return [_entry(path, entry) for path, entry in HDF5Tree(data).walk()]
 
 
 def _same_as_h5py(data: bytes) -> None:
@@ -219,7 +210,7 @@ def _read_all(data: bytes) -> None:
         if entry.kind == "group":
             entry.text_attribute("name")
         else:
-            entry.shape, entry.dtype, entry.contiguous
+            entry.shape, entry.dtype
 
 
 def _refused(data: bytes) -> bool:

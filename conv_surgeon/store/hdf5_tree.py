@@ -10,8 +10,9 @@ settings (checked on every kind of save in the test zoo), and nothing else:
 - version 1 object headers, continuation blocks included;
 - groups with a symbol table: a version 1 B-tree of symbol table nodes and a local heap
   of link names; hard links only, each object reached once;
-- datasets: dataspace messages version 1 and 2 (scalar or simple), data layout version
-  3, contiguous or compact, no filters; fill value messages versions 1 to 3;
+- datasets: dataspace messages version 1 and 2 (scalar or simple); those whose shape or
+  dtype is asked for: data layout version 3, contiguous or compact, no filters, fill
+  value messages versions 1 to 3;
 - datatypes (version 1) as h5py maps them to numpy: little-endian IEEE float16/32/64,
   little-endian integers of 1, 2, 4 and 8 bytes, h5py's boolean (an enum FALSE=0,
   TRUE=1), opaque records without a tag (``void16``; Keras's bfloat16 when a
@@ -103,6 +104,8 @@ ATTRIBUTE_V2 = struct.Struct("<BBHHH")  # ... with flags
 ATTRIBUTE_V3 = struct.Struct("<BBHHHB")  # ... and the name's character set
 VLEN_REFERENCE = struct.Struct("<IQI")  # length, global heap collection, object index
 COMPACT, CONTIGUOUS = 0, 1
+COMPACT_SIZE = struct.Struct("<H")
+FILL_VALUE_SIZE = struct.Struct("<I")
 
 
 # A group member: its name, object header address and the symbol table its entry caches.
@@ -251,7 +254,7 @@ class Group(_Object):
 
 
 class Dataset(_Object):
-    """A dataset: its shape, the numpy dtype name h5py gives it, and where its bytes lie.
+    """A dataset: its shape, and the numpy dtype name h5py gives it.
 
     Its messages are checked when one of these is first asked for, as ``H5Dopen``
     checks them when h5py opens the dataset.
@@ -262,10 +265,10 @@ class Dataset(_Object):
     def __init__(self, file: _File, attributes: dict[bytes, _Attribute], messages: dict[int, list[bytes]]) -> None:
         super().__init__(file, attributes)
         self._messages = messages
-        self._opened: tuple[tuple[int, ...], str, tuple[int, int] | None] | None = None
+        self._opened: tuple[tuple[int, ...], str] | None = None
 
-    def _open(self) -> tuple[tuple[int, ...], str, tuple[int, int] | None]:
-        """(shape, numeric dtype, storage), checked."""
+    def _open(self) -> tuple[tuple[int, ...], str]:
+        """(shape, numeric dtype), checked."""
         if self._opened is None:
             kinds = {kind: bodies for kind, bodies in self._messages.items() if kind != MTIME}
             if (set(kinds) - {DATASPACE, DATATYPE, LAYOUT, FILL_VALUE}
@@ -279,8 +282,8 @@ class Dataset(_Object):
             count = 1
             for extent in shape:
                 count *= extent
-            storage = _storage(layout, count * _datatype_size(datatype), self._file.end)
-            self._opened = (shape, dtype, storage)
+            _check_storage(layout, count * _datatype_size(datatype), self._file.end)
+            self._opened = (shape, dtype)
         return self._opened
 
     @property
@@ -295,12 +298,6 @@ class Dataset(_Object):
         if dtype.startswith("void") and self.scalar_text_attribute("dtype") == "bfloat16":
             return "bfloat16"
         return dtype
-
-    @property
-    def contiguous(self) -> tuple[int, int] | None:
-        """(offset, size) of the dataset's bytes in the file, if stored contiguous and
-        allocated."""
-        return self._open()[2]
 
 
 class HDF5Tree:
@@ -600,26 +597,23 @@ def _element_count(dataspace: bytes) -> int:
     return count
 
 
-def _storage(layout: bytes, size: int, end: int) -> tuple[int, int] | None:
-    """Where a dataset's ``size`` bytes lie, from its layout message, checked as
-    ``H5Dopen`` checks it: (offset, size) if contiguous and allocated."""
+def _check_storage(layout: bytes, size: int, end: int) -> None:
+    """A layout message that stores a dataset's ``size`` bytes inside the file, checked
+    as ``H5Dopen`` checks it."""
     if len(layout) < 2 or layout[0] != 3:
         raise UnsupportedHDF5("a data layout message of another version")
     if layout[1] == CONTIGUOUS:
         address, stored = _unpack(TWO_ADDRESSES, layout, 2)
         if stored != size:
             raise UnsupportedHDF5(f"a dataset of {size} bytes stored in {stored}")
-        if address == UNDEFINED_ADDRESS:
-            return None
-        if address + stored > end:
+        if address != UNDEFINED_ADDRESS and address + stored > end:
             raise UnsupportedHDF5("a dataset whose bytes lie past the end of the file")
-        return address, stored
-    if layout[1] != COMPACT:
+    elif layout[1] == COMPACT:
+        (stored,) = _unpack(COMPACT_SIZE, layout, 2)
+        if stored != size or 4 + stored > len(layout):
+            raise UnsupportedHDF5(f"a compact dataset of {size} bytes stored in {stored}")
+    else:
         raise UnsupportedHDF5(f"data layout class {layout[1]} (2: chunked)")
-    (stored,) = _unpack(struct.Struct("<H"), layout, 2)
-    if stored != size or 4 + stored > len(layout):
-        raise UnsupportedHDF5(f"a compact dataset of {size} bytes stored in {stored}")
-    return None
 
 
 def _check_fill_value(body: bytes) -> None:
@@ -631,7 +625,7 @@ def _check_fill_value(body: bytes) -> None:
     else:
         defined, cursor = body[0] == 1 or body[3:4] == b"\x01", 4
     if defined:
-        (size,) = _unpack(struct.Struct("<I"), body, cursor)
+        (size,) = _unpack(FILL_VALUE_SIZE, body, cursor)
         if cursor + 4 + size > len(body):
             raise UnsupportedHDF5("a fill value message shorter than its value")
 
