@@ -15,13 +15,10 @@ exactly; everything else, and every read through h5py, runs in a bounded worker
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,7 +33,7 @@ from ..store.hdf5 import (
 )
 from ..store.hdf5_tree import UnsupportedHDF5
 from ..store.source import ModelFormat, ModelSource, OpenStore, OutlinedStore, StoreFile, open_store, outline_store
-from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
 from .naming import to_snake_case
 
@@ -602,13 +599,8 @@ def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> Mod
     """The model's layers and variables, read from structure alone (no weight bytes).
 
     Read in this process by the pure-Python HDF5 reader where it can (it cannot hang,
-    and needs neither h5py nor numpy), else through h5py in a bounded worker. If
-    :func:`prefetch_structures` already started reading this file, its worker's result
-    is used.
+    and needs neither h5py nor numpy), else through h5py in a bounded worker.
     """
-    pending = _claim_prefetched(source)
-    if pending is not None:
-        return pending.result()
     try:
         return _outline_structure(source)
     except UnsupportedHDF5:
@@ -617,70 +609,10 @@ def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> Mod
     return run_bounded(lambda: _parse_structure(source), timeout, source.label)
 
 
-def _read_structure_here(source: ModelSource) -> ModelStructure:
-    """:func:`read_structure`'s two readers in turn, inside a worker already bounded."""
-    try:
-        return _outline_structure(source)
-    except UnsupportedHDF5:
-        return _parse_structure(source)
-
-
 def _warm_up_readers() -> None:
     """Import h5py here, once per process, before forking a worker: a worker that finds
     it loaded starts in 2 ms, one that imports it pays about 90 ms on every call."""
     import h5py  # noqa: F401
-
-
-_prefetched: dict[tuple[str, int, int], Worker[ModelStructure]] = {}
-
-
-def _file_key(path: Path) -> tuple[str, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (os.path.realpath(path), info.st_mtime_ns, info.st_size)
-
-
-def prefetch_structures(paths: list[str]) -> None:
-    """Start reading these model files now, each in its own worker.
-
-    Called before the command line is even parsed, so that parsing the file (and
-    importing h5py and numpy for it) runs beside the start-up of everything else; a
-    prefetched file nobody reads is abandoned at exit.
-    """
-    if not hasattr(os, "fork"):
-        return
-    for path in paths:
-        source = ModelSource.from_path(path)
-        key = _file_key(Path(path))
-        if key is not None and key not in _prefetched:
-            _prefetched[key] = Worker(partial(_read_structure_here, source), PARSE_TIMEOUT_S, path)
-    if _prefetched:
-        atexit.register(abandon_prefetched)
-
-
-# A worker's parent's prefetch workers are not the worker's own children.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_prefetched.clear)
-
-
-def _claim_prefetched(source: ModelSource) -> Worker[ModelStructure] | None:
-    if source.path is None or source.config is not None or not _prefetched:
-        return None  # a prefetch reads the file alone, without --config
-    key = _file_key(source.path)
-    worker = _prefetched.pop(key, None) if key is not None else None
-    if worker is not None:
-        worker.label = source.label
-    return worker
-
-
-def abandon_prefetched() -> None:
-    """Kill the workers of prefetched files that no command read."""
-    while _prefetched:
-        _, worker = _prefetched.popitem()
-        worker.kill()
-        os.close(worker.read_end)
 
 
 def read_variables(source: ModelSource, variables: list[Variable], timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
