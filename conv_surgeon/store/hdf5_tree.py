@@ -42,6 +42,7 @@ and it runs in the calling process.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from collections.abc import Iterator
@@ -279,10 +280,7 @@ class Dataset(_Object):
             dtype = _numeric_dtype(datatype)
             if FILL_VALUE in kinds:
                 _check_fill_value(kinds[FILL_VALUE][0])
-            count = 1
-            for extent in shape:
-                count *= extent
-            _check_storage(layout, count * _datatype_size(datatype), self._file.end)
+            _check_storage(layout, math.prod(shape) * _datatype_size(datatype), self._file.end)
             self._opened = (shape, dtype)
         return self._opened
 
@@ -591,10 +589,7 @@ def _shape(dataspace: bytes) -> tuple[int, ...]:
 
 
 def _element_count(dataspace: bytes) -> int:
-    count = 1
-    for extent in _shape(dataspace):
-        count *= extent
-    return count
+    return math.prod(_shape(dataspace))
 
 
 def _check_storage(layout: bytes, size: int, end: int) -> None:
