@@ -36,3 +36,20 @@ def test_store_model_edits_render_and_pictures_import_without_tensorflow_or_kera
     found = last_line_as_json(code)
     assert found["loaded"] == []
     assert isinstance(found["modules"], int) and found["modules"] > 15  # every module was found
+
+
+def test_inspect_of_a_keras_3_save_imports_neither_numpy_nor_h5py(samples: Path) -> None:
+    # The pure-Python HDF5 reader reads the structure; nothing needs numpy for it.
+    model = str(samples / "all_convs.keras")
+    code = (
+        "import contextlib, io, json, sys\n"
+        "import conv_surgeon as cs\n"
+        f"layers = len(cs.inspect({model!r}, all_layers=True).layers)\n"
+        "from conv_surgeon.cli import main\n"
+        f"sys.argv = ['conv-surgeon', 'inspect', {model!r}]\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+        "loaded = sorted(m for m in ('numpy', 'h5py') if m in sys.modules)\n"
+        "print(json.dumps({'layers': layers, 'loaded': loaded}))\n"
+    )
+    assert _last_line_as_json(code) == {"layers": 19, "loaded": []}

@@ -7,31 +7,33 @@ path (``layers/conv2d/vars/0``), the legacy one under ``<layer>/<weight name>`` 
 ``weight_names`` attributes. A variable the walk cannot place on a layer is reported
 (:attr:`ModelStructure.unplaced`), never dropped.
 
-Every read of a store runs in a bounded worker (:func:`conv_surgeon.store.worker.run_bounded`).
+A structure is read in this process by the pure-Python HDF5 reader
+(:mod:`conv_surgeon.store.hdf5_tree`), which cannot hang, wherever it reads the file
+exactly; everything else, and every read through h5py, runs in a bounded worker
+(:func:`conv_surgeon.store.worker.run_bounded`).
 """
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ModelFileError
 from ..store.hdf5 import (
+    DatasetEntry,
+    GroupEntry,
     attr_list,
-    attr_text,
     damaged_store_is_an_error,
     dataset_dtype,
     read_dataset,
 )
-from ..store.source import ModelFormat, ModelSource, OpenStore, StoreFile, open_store
-from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
+from ..store.hdf5_tree import UnsupportedHDF5
+from ..store.source import ModelFormat, ModelSource, OpenStore, OutlinedStore, StoreFile, open_store, outline_store
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
 from .naming import to_snake_case
 
@@ -123,56 +125,30 @@ class _Node:
     variables: list[tuple[int, tuple[int, ...], str, int]] = field(default_factory=list)  # (index, shape, dtype, file)
 
 
-def _collect_nodes(store: OpenStore) -> tuple[dict[str, _Node], list[str]]:
-    """Every object of the store (shards merged), and the datasets outside any `vars` group.
-
-    Walked with h5py's low-level API: the high-level ``visititems`` builds an object per
-    group and dataset, which doubled the time of `inspect` on ResNet50.
-    """
-    import h5py
-
+def _collect_nodes(store: OpenStore | OutlinedStore) -> tuple[dict[str, _Node], list[str]]:
+    """Every object of the store (shards merged), and the datasets outside any `vars` group."""
     nodes: dict[str, _Node] = {}
     stray: list[str] = []
-    for file_index, h5 in enumerate(store.h5s):
-        fid = h5.id
+    for file_index in range(len(store.files)):
 
-        def visit(raw: bytes, info: Any, file_index: int = file_index, fid: Any = fid,
-                  h5: Any = h5) -> None:
-            name = raw.decode()
+        def visit(name: str, entry: GroupEntry | DatasetEntry, file_index: int = file_index) -> None:
             parent, _, leaf = name.rpartition("/")
-            if info.type == h5py.h5o.TYPE_GROUP:
+            if entry.kind == "group":
                 if leaf == "vars":
                     node = nodes.setdefault(parent, _Node(parent))
-                    if h5py.h5a.exists(fid, b"name", obj_name=raw):
-                        node.name = _read_text_attribute(h5py.h5a.open(fid, b"name", obj_name=raw))
-                return
-            if info.type != h5py.h5o.TYPE_DATASET:
+                    text = entry.text_attribute("name")
+                    if text is not None:
+                        node.name = text
                 return
             owner, _, vars_leaf = parent.rpartition("/")
             if vars_leaf != "vars" or not leaf.isdigit():
                 stray.append(name)
                 return
-            dataset = h5py.h5d.open(fid, raw)
-            dtype = dataset.dtype
-            # Keras stores bfloat16 as opaque 2-byte records with a `dtype` attribute.
-            is_bf16 = dtype.kind == "V" and h5py.h5a.exists(dataset, b"dtype") and h5[name].attrs["dtype"] in (
-                "bfloat16", b"bfloat16")
             node = nodes.setdefault(owner, _Node(owner))
-            node.variables.append((int(leaf), tuple(int(d) for d in dataset.shape),
-                                   "bfloat16" if is_bf16 else dtype.name, file_index))
+            node.variables.append((int(leaf), entry.shape, entry.dtype, file_index))
 
-        h5py.h5o.visit(fid, visit, info=True)
+        store.walk(file_index, visit)
     return nodes, stray
-
-
-def _read_text_attribute(attribute: Any) -> str:
-    """A scalar string attribute, read with the low-level API (the high-level one opens
-    the object and its attribute manager first: a third of a large model's walk)."""
-    import numpy as np
-
-    value = np.empty(attribute.shape, dtype=attribute.dtype)
-    attribute.read(value)
-    return attr_text(value[()] if value.shape == () else value.ravel()[0])
 
 
 def _is_model_config(entry: dict[str, Any]) -> bool:
@@ -241,7 +217,7 @@ def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
 
 
-def _object_layers(store: OpenStore, config: dict[str, Any] | None) -> tuple[list[Layer], list[str], int]:
+def _object_layers(store: OpenStore | OutlinedStore, config: dict[str, Any] | None) -> tuple[list[Layer], list[str], int]:
     """(layers, unplaced datasets, optimizer variable count) of a Keras 3 store."""
     nodes, stray = _collect_nodes(store)
     store_paths: set[str] = set()
@@ -542,6 +518,7 @@ def _legacy_nested_layers(
 
 
 def _parse_structure(source: ModelSource) -> ModelStructure:
+    """The structure read through h5py: every kind of save, legacy `.h5` included."""
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         config = store.config
         config_source = None
@@ -552,21 +529,37 @@ def _parse_structure(source: ModelSource) -> ModelStructure:
             layers, stray, optimizer = _legacy_layers(store.h5s[0], config, source.label)
         else:
             layers, stray, optimizer = _object_layers(store, config)
-        structure = ModelStructure(
-            format=store.format,
-            keras_version=store.keras_version,
-            model_name=str((config or {}).get("config", {}).get("name", "") if isinstance((config or {}).get("config"), dict) else ""),
-            model_class=str((config or {}).get("class_name", "") or "weights only"),
-            layers=tuple(layers),
-            files=store.files,
-            legacy=store.legacy,
-            optimizer_variables=optimizer,
-            unplaced=tuple(stray),
-            config_source=config_source,
-        )
+        structure = _structure(store, config, layers, stray, optimizer, config_source)
     if source.config is not None:
         _check_config_matches(structure, source)
     return structure
+
+
+def _outline_structure(source: ModelSource) -> ModelStructure:
+    """The structure read by the pure-Python HDF5 reader, equal to :func:`_parse_structure`'s;
+    raises :class:`UnsupportedHDF5` for whatever that reader leaves to h5py (legacy `.h5`
+    files, ``--config``, HDF5 beyond the subset Keras writes)."""
+    if source.config is not None:
+        raise UnsupportedHDF5("a weights file read with --config goes through h5py")
+    with outline_store(source) as store:
+        layers, stray, optimizer = _object_layers(store, store.config)
+        return _structure(store, store.config, layers, stray, optimizer, None)
+
+
+def _structure(store: OpenStore | OutlinedStore, config: dict[str, Any] | None, layers: list[Layer],
+               stray: list[str], optimizer: int, config_source: str | None) -> ModelStructure:
+    return ModelStructure(
+        format=store.format,
+        keras_version=store.keras_version,
+        model_name=str((config or {}).get("config", {}).get("name", "") if isinstance((config or {}).get("config"), dict) else ""),
+        model_class=str((config or {}).get("class_name", "") or "weights only"),
+        layers=tuple(layers),
+        files=store.files,
+        legacy=isinstance(store, OpenStore) and store.legacy,
+        optimizer_variables=optimizer,
+        unplaced=tuple(stray),
+        config_source=config_source,
+    )
 
 
 def _config_of(path: Path) -> dict[str, Any]:
@@ -605,12 +598,13 @@ def _shape_or_absent(shape: tuple[int, ...] | None) -> str:
 def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
     """The model's layers and variables, read from structure alone (no weight bytes).
 
-    If :func:`prefetch_structures` already started reading this file, its worker's
-    result is used.
+    Read in this process by the pure-Python HDF5 reader where it can (it cannot hang,
+    and needs neither h5py nor numpy), else through h5py in a bounded worker.
     """
-    pending = _claim_prefetched(source)
-    if pending is not None:
-        return pending.result()
+    try:
+        return _outline_structure(source)
+    except UnsupportedHDF5:
+        pass
     _warm_up_readers()
     return run_bounded(lambda: _parse_structure(source), timeout, source.label)
 
@@ -619,58 +613,6 @@ def _warm_up_readers() -> None:
     """Import h5py here, once per process, before forking a worker: a worker that finds
     it loaded starts in 2 ms, one that imports it pays about 90 ms on every call."""
     import h5py  # noqa: F401
-
-
-_prefetched: dict[tuple[str, int, int], Worker[ModelStructure]] = {}
-
-
-def _file_key(path: Path) -> tuple[str, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (os.path.realpath(path), info.st_mtime_ns, info.st_size)
-
-
-def prefetch_structures(paths: list[str]) -> None:
-    """Start reading these model files now, each in its own worker.
-
-    Called before the command line is even parsed, so that parsing the file (and
-    importing h5py and numpy for it) runs beside the start-up of everything else; a
-    prefetched file nobody reads is abandoned at exit.
-    """
-    if not hasattr(os, "fork"):
-        return
-    for path in paths:
-        source = ModelSource.from_path(path)
-        key = _file_key(Path(path))
-        if key is not None and key not in _prefetched:
-            _prefetched[key] = Worker(partial(_parse_structure, source), PARSE_TIMEOUT_S, path)
-    if _prefetched:
-        atexit.register(abandon_prefetched)
-
-
-# A worker's parent's prefetch workers are not the worker's own children.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_prefetched.clear)
-
-
-def _claim_prefetched(source: ModelSource) -> Worker[ModelStructure] | None:
-    if source.path is None or source.config is not None or not _prefetched:
-        return None  # a prefetch reads the file alone, without --config
-    key = _file_key(source.path)
-    worker = _prefetched.pop(key, None) if key is not None else None
-    if worker is not None:
-        worker.label = source.label
-    return worker
-
-
-def abandon_prefetched() -> None:
-    """Kill the workers of prefetched files that no command read."""
-    while _prefetched:
-        _, worker = _prefetched.popitem()
-        worker.kill()
-        os.close(worker.read_end)
 
 
 def read_variables(source: ModelSource, variables: list[Variable], timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:

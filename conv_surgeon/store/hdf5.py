@@ -1,12 +1,18 @@
-"""The HDF5 side of every weight store: opening over file objects, decoding datasets,
-and the byte geometry of a dataset (where its bytes lie, what bytes a value becomes)."""
+"""The HDF5 side of every weight store through h5py: opening over file objects, walking
+the objects, decoding datasets, and the byte geometry of a dataset (where its bytes lie,
+what bytes a value becomes).
+
+A structure read needs only the walk (:func:`walk_h5py`); :mod:`.hdf5_tree` does it in
+pure Python for the files it reads exactly, and both hand out the same kinds of entries
+(:class:`GroupEntry`, :class:`DatasetEntry`).
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, Union
 
 from ..errors import ModelFileError
 
@@ -50,6 +56,108 @@ def damaged_store_is_an_error(label: str) -> Iterator[None]:
             f"{label}: the HDF5 weight store is damaged ({' '.join(str(exc).split())}); "
             "restore the file from a good copy"
         ) from None
+
+
+class GroupEntry(Protocol):
+    """A group met on a walk of a store."""
+
+    @property
+    def kind(self) -> Literal["group"]: ...
+
+    def text_attribute(self, name: str) -> str | None:
+        """The string attribute ``name`` (of an array of strings, its first), or None."""
+
+
+class DatasetEntry(Protocol):
+    """A dataset met on a walk of a store."""
+
+    @property
+    def kind(self) -> Literal["dataset"]: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> str:
+        """numpy's name for it; ``bfloat16`` for Keras's opaque bfloat16 records."""
+
+
+# What a walk calls for every object below the root: its path and the object.
+Visitor = Callable[[str, Union[GroupEntry, DatasetEntry]], None]
+
+
+class _H5pyGroup:
+    kind: Literal["group"] = "group"
+
+    def __init__(self, fid: Any, raw: bytes) -> None:
+        self._fid, self._raw = fid, raw
+
+    def text_attribute(self, name: str) -> str | None:
+        import h5py
+
+        key = name.encode()
+        if not h5py.h5a.exists(self._fid, key, obj_name=self._raw):
+            return None
+        return _read_text_attribute(h5py.h5a.open(self._fid, key, obj_name=self._raw))
+
+
+class _H5pyDataset:
+    kind: Literal["dataset"] = "dataset"
+
+    def __init__(self, h5: h5py.File, raw: bytes) -> None:
+        self._h5, self._raw = h5, raw
+        self._read: tuple[tuple[int, ...], str] | None = None
+
+    def _shape_and_dtype(self) -> tuple[tuple[int, ...], str]:
+        if self._read is None:
+            import h5py
+
+            dataset = h5py.h5d.open(self._h5.id, self._raw)
+            dtype = dataset.dtype
+            # Keras stores bfloat16 as opaque 2-byte records with a `dtype` attribute.
+            is_bf16 = dtype.kind == "V" and h5py.h5a.exists(dataset, b"dtype") and self._h5[
+                self._raw.decode()].attrs["dtype"] in ("bfloat16", b"bfloat16")
+            self._read = (tuple(int(d) for d in dataset.shape), "bfloat16" if is_bf16 else dtype.name)
+        return self._read
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape_and_dtype()[0]
+
+    @property
+    def dtype(self) -> str:
+        return self._shape_and_dtype()[1]
+
+
+def walk_h5py(h5: h5py.File, visitor: Visitor) -> None:
+    """Call ``visitor`` for every group and dataset of an open file below its root, in
+    ``h5py.h5o.visit``'s order (depth first, names in order), from inside the visit.
+
+    Walked with h5py's low-level API, each object read only when the visitor asks:
+    the high-level ``visititems`` builds an object per group and dataset, which doubled
+    the time of `inspect` on ResNet50.
+    """
+    import h5py
+
+    def visit(raw: bytes, info: Any) -> None:
+        name = raw.decode()
+        if info.type == h5py.h5o.TYPE_GROUP:
+            if name != ".":  # the root itself
+                visitor(name, _H5pyGroup(h5.id, raw))
+        elif info.type == h5py.h5o.TYPE_DATASET:
+            visitor(name, _H5pyDataset(h5, raw))
+
+    h5py.h5o.visit(h5.id, visit, info=True)
+
+
+def _read_text_attribute(attribute: Any) -> str:
+    """A string attribute, read with the low-level API (the high-level one opens the
+    object and its attribute manager first: a third of a large model's walk)."""
+    import numpy as np
+
+    value = np.empty(attribute.shape, dtype=attribute.dtype)
+    attribute.read(value)
+    return attr_text(value[()] if value.shape == () else value.ravel()[0])
 
 
 def attr_text(value: Any) -> str:

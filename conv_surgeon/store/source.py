@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from ..errors import ModelFileError
 from .archive import Member, Window, ZIP_MAGIC, locate_member
-from .hdf5 import HDF5_MAGIC, attr_text, h5_file
+from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
+from .hdf5_tree import HDF5Tree, UnsupportedHDF5
 
 if TYPE_CHECKING:
     import h5py
@@ -210,6 +212,26 @@ class OpenStore:
     def dataset(self, file: int, path: str) -> h5py.Dataset:
         return self.h5s[file][path]
 
+    def walk(self, file: int, visitor: Visitor) -> None:
+        """Call ``visitor`` for every group and dataset of one file of the store."""
+        walk_h5py(self.h5s[file], visitor)
+
+
+@dataclass
+class OutlinedStore:
+    """A Keras 3 weight store read by the pure-Python reader (:mod:`.hdf5_tree`): the
+    files, config and version :class:`OpenStore` has, and each file's tree, no h5py."""
+
+    format: ModelFormat
+    files: tuple[StoreFile, ...]
+    trees: tuple[HDF5Tree, ...]
+    config: dict[str, Any] | None
+    keras_version: str | None
+
+    def walk(self, file: int, visitor: Visitor) -> None:
+        for path, entry in self.trees[file].walk():
+            visitor(path, entry)
+
 
 def _store_files(folder: Path, label: str) -> list[StoreFile]:
     """The files of a folder's weight store: ``model.weights.h5`` or a shard map's shards."""
@@ -223,23 +245,48 @@ def _shard_files(map_path: Path, label: str) -> list[StoreFile]:
     return [StoreFile(str(map_path.parent / n), map_path.parent / n) for n in shard_names(map_path, label)]
 
 
+def _folder_store(source: ModelSource, kind: ModelFormat) -> tuple[list[StoreFile], dict[str, Any] | None, str | None]:
+    """(store files, config, Keras version) of a saved folder, preset or shard map."""
+    assert source.path is not None
+    if kind == "sharded":
+        return _shard_files(source.path, source.label), None, None
+    config = _json_file(source.path / CONFIG_MEMBER, source.label)
+    metadata = (_json_file(source.path / METADATA_MEMBER, source.label)
+                if (source.path / METADATA_MEMBER).is_file() else {})
+    files = _store_files(source.path, source.label)
+    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    return files, _checked_config(config, source.label), version
+
+
+def _archive_store(stack: ExitStack, raw: BinaryIO, label: str) -> tuple[zipfile.ZipFile, dict[str, Any], str | None, Member]:
+    """(archive, config, Keras version, weight store member) of a `.keras` archive."""
+    try:
+        archive = stack.enter_context(zipfile.ZipFile(raw))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelFileError(
+            f"{label}: not a readable .keras archive ({exc}); the file may be "
+            "truncated or corrupt"
+        ) from None
+    config, version = _keras_meta(archive, label)
+    return archive, config, version, locate_member(archive, raw, WEIGHTS_MEMBER, label)
+
+
+def _store_file(stack: ExitStack, store_file: StoreFile) -> BinaryIO:
+    assert store_file.path is not None
+    try:
+        return stack.enter_context(open(store_file.path, "rb"))
+    except OSError as exc:
+        raise ModelFileError(f"{store_file.label}: cannot read it ({exc.strerror})") from None
+
+
 @contextmanager
 def open_store(source: ModelSource) -> Iterator[OpenStore]:
     """Open the model's weight store read-only, with its config (if it has one)."""
     kind = detect_format(source)
     with ExitStack() as stack:
-        if kind in ("dir", "preset"):
-            assert source.path is not None
-            config = _json_file(source.path / CONFIG_MEMBER, source.label)
-            metadata = (_json_file(source.path / METADATA_MEMBER, source.label)
-                        if (source.path / METADATA_MEMBER).is_file() else {})
-            files = _store_files(source.path, source.label)
-            version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-            yield _opened(stack, kind, files, _checked_config(config, source.label), version)
-            return
-        if kind == "sharded":
-            assert source.path is not None
-            yield _opened(stack, kind, _shard_files(source.path, source.label), None, None)
+        if kind in FOLDER_FORMATS:
+            files, config, version = _folder_store(source, kind)
+            yield _opened(stack, kind, files, config, version)
             return
         raw = stack.enter_context(source.open_binary())
         if kind == "h5":
@@ -248,15 +295,7 @@ def open_store(source: ModelSource) -> Iterator[OpenStore]:
             fmt: ModelFormat = "h5" if config is not None else "weights"
             yield OpenStore(fmt, (StoreFile(source.label, source.path),), (h5,), config, version, legacy)
             return
-        try:
-            archive = stack.enter_context(zipfile.ZipFile(raw))
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ModelFileError(
-                f"{source.label}: not a readable .keras archive ({exc}); the file may be "
-                "truncated or corrupt"
-            ) from None
-        config, version = _keras_meta(archive, source.label)
-        member = locate_member(archive, raw, WEIGHTS_MEMBER, source.label)
+        archive, config, version, member = _archive_store(stack, raw, source.label)
         if member.stored:
             store: BinaryIO | Window = Window(raw, member.data_offset, member.size)
         else:
@@ -269,12 +308,7 @@ def _opened(stack: ExitStack, kind: ModelFormat, files: list[StoreFile],
             config: dict[str, Any] | None, version: str | None) -> OpenStore:
     h5s = []
     for store_file in files:
-        assert store_file.path is not None
-        try:
-            raw = stack.enter_context(open(store_file.path, "rb"))
-        except OSError as exc:
-            raise ModelFileError(f"{store_file.label}: cannot read it ({exc.strerror})") from None
-        h5 = stack.enter_context(h5_file(raw, store_file.label))
+        h5 = stack.enter_context(h5_file(_store_file(stack, store_file), store_file.label))
         if "model_config" in h5.attrs or "layer_names" in h5.attrs:
             raise ModelFileError(
                 f"{store_file.label}: a legacy .h5 file where a Keras 3 weight store was "
@@ -282,6 +316,57 @@ def _opened(stack: ExitStack, kind: ModelFormat, files: list[StoreFile],
             )
         h5s.append(h5)
     return OpenStore(kind, tuple(files), tuple(h5s), config, version)
+
+
+@contextmanager
+def outline_store(source: ModelSource) -> Iterator[OutlinedStore]:
+    """:func:`open_store` for a structure read, through the pure-Python HDF5 reader.
+
+    The same files, configs and checks in the same order, so every error that is not
+    about HDF5 is the same one; where the HDF5 side would need h5py (a legacy `.h5`, a
+    compressed archive member, anything :mod:`.hdf5_tree` does not read exactly) it
+    raises :class:`~.hdf5_tree.UnsupportedHDF5`, and the caller opens the store with
+    :func:`open_store` instead.
+    """
+    kind = detect_format(source)
+    with ExitStack() as stack:
+        if kind in FOLDER_FORMATS:
+            files, config, version = _folder_store(source, kind)
+            trees = []
+            for store_file in files:
+                tree = HDF5Tree(_mapped(stack, _store_file(stack, store_file)))
+                if tree.root.has_attribute("model_config") or tree.root.has_attribute("layer_names"):
+                    raise UnsupportedHDF5("a legacy .h5 in a folder: h5py words the error")
+                trees.append(tree)
+            yield OutlinedStore(kind, tuple(files), tuple(trees), config, version)
+            return
+        raw = stack.enter_context(source.open_binary())
+        buffer = source.data if source.data is not None else _mapped(stack, raw)
+        if kind == "h5":
+            tree = HDF5Tree(buffer)
+            root = tree.root
+            if root.has_attribute("model_config") or root.has_attribute("layer_names"):
+                raise UnsupportedHDF5("the legacy .h5 layout is read through h5py")
+            version = root.scalar_text_attribute("keras_version")
+            if not (root.has_member("layers") or root.has_member("vars")):
+                raise UnsupportedHDF5("not a Keras weight store: h5py words the error")
+            yield OutlinedStore("weights", (StoreFile(source.label, source.path),), (tree,), None, version)
+            return
+        _, config, version, member = _archive_store(stack, raw, source.label)
+        if not member.stored:
+            raise UnsupportedHDF5("a compressed weight store is read through h5py")
+        tree = HDF5Tree(buffer, member.data_offset, member.size)
+        yield OutlinedStore("keras", (StoreFile(source.label, source.path, member),), (tree,), config, version)
+
+
+def _mapped(stack: ExitStack, handle: BinaryIO) -> mmap.mmap:
+    """A file mapped into memory, read-only, unmapped when ``stack`` closes."""
+    try:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:  # an empty file, a pipe
+        raise UnsupportedHDF5(f"cannot map the file ({exc})") from None
+    stack.callback(mapped.close)
+    return mapped
 
 
 def _checked_config(config: Any, label: str) -> dict[str, Any]:

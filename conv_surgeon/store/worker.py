@@ -1,7 +1,9 @@
-"""Untrusted files are parsed in a forked worker that is killed after a time limit.
+"""Untrusted files read through h5py are parsed in a forked worker that is killed after
+a time limit.
 
 HDF5 can loop forever on a corrupt file inside C code that no Python signal can
-interrupt (DESIGN §3); a separate process is the only bound that always works.
+interrupt (DESIGN §3); a separate process is the only bound that always works. The
+pure-Python structure reader (:mod:`.hdf5_tree`) needs no worker: its loops are bounded.
 """
 
 from __future__ import annotations

@@ -1,0 +1,168 @@
+"""The two ways a structure is read: the pure-Python HDF5 reader in this process, and h5py
+in a bounded worker. Wherever the first reads a file, its structure is exactly the
+second's (layers, paths, classes, variables with shapes, dtypes and datasets, files,
+unplaced datasets, optimizer state); wherever it does not, h5py reads it, and a damaged
+file gets the outcome it got before the pure reader existed.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+
+from zoo import ZooModel, zoo_model, zoo_models  # noqa: F401  (fixtures)
+
+from conv_surgeon.errors import ConvSurgeonError
+from conv_surgeon.model.structure import ModelStructure, _outline_structure, _parse_structure, read_structure
+from conv_surgeon.store.archive import locate_member
+from conv_surgeon.store.hdf5_tree import UnsupportedHDF5
+from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.worker import PARSE_TIMEOUT_S, run_bounded
+
+ROOT = Path(__file__).resolve().parent.parent
+# Legacy `.h5` files (a `model_config` or `layer_names` attribute): h5py reads them.
+LEGACY_KINDS = {"time_distributed_h5", "bidirectional_h5", "custom_block_h5", "keras2_weights_only",
+                "keras21_sequential", "keras2_tiny", "keras2_convs"}
+COMMITTED = sorted((ROOT / "sample_models").glob("*.keras")) + sorted((ROOT / "sample_models").glob("*.h5")) + sorted(
+    (ROOT / "tests" / "data").glob("*.h5")) + sorted((ROOT / "tests" / "data").glob("*.keras"))
+
+
+def _through_h5py(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
+    """The structure as conv-surgeon read it before the pure reader: h5py, in a worker."""
+    return run_bounded(lambda: _parse_structure(source), timeout, source.label)
+
+
+def _both_agree(source: ModelSource, pure: bool) -> None:
+    expected = _through_h5py(source)
+    if pure:
+        assert _outline_structure(source) == expected
+    else:
+        with pytest.raises(UnsupportedHDF5):
+            _outline_structure(source)
+    assert read_structure(source) == expected
+
+
+def test_every_kind_of_save_reads_the_same_through_both(zoo_model: ZooModel) -> None:
+    _both_agree(ModelSource.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_every_committed_model_reads_the_same_through_both(path: Path) -> None:
+    with h5py.File(io.BytesIO(_store_bytes(path)), "r") as h5:
+        legacy = "model_config" in h5.attrs or "layer_names" in h5.attrs
+    _both_agree(ModelSource.from_path(path), pure=not legacy)
+
+
+def _store_bytes(path: Path) -> bytes:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return archive.read("model.weights.h5")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["bf16", "weights_only", "custom_block"])
+def test_bytes_from_stdin_read_the_same_through_both(zoo_models: Any, kind: str) -> None:
+    path = zoo_models(kind).path
+    _both_agree(ModelSource.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
+
+
+def test_a_weights_file_read_with_config_goes_through_h5py(zoo_models: Any) -> None:
+    model = zoo_models("weights_only")
+    source = ModelSource.from_path(model.path, config=model.extra["config"])
+    _both_agree(source, pure=False)
+    assert read_structure(source).config_source == str(model.extra["config"])
+
+
+# --- files the pure reader leaves to h5py ----------------------------------------------
+
+
+def _rewritten(source: Path, target: Path, **options: Any) -> Path:
+    """A copy of a Keras weight store written again by h5py, with other file options or
+    dataset creation options."""
+    dataset_options = options.pop("datasets", {})
+    with h5py.File(source, "r") as old, h5py.File(target, "w", **options) as new:
+        def copy(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Group):
+                made = new.require_group(name)
+            else:
+                made = new.create_dataset(name, data=obj[()], **dataset_options)
+            for key, value in obj.attrs.items():
+                made.attrs[key] = value
+
+        old.visititems(copy)
+    return target
+
+
+def _layers(structure: ModelStructure) -> list[tuple[str, str, tuple[tuple[str, tuple[int, ...], str], ...]]]:
+    return [(layer.path, layer.class_name, tuple((v.name, v.shape, v.dtype) for v in layer.variables))
+            for layer in structure.layers]
+
+
+@pytest.mark.parametrize("options", [
+    {"libver": "latest"},
+    {"track_order": True},
+    {"datasets": {"compression": "gzip"}},
+], ids=["libver_latest", "track_order", "gzip_datasets"])
+def test_a_store_beyond_the_pure_reader_is_read_through_h5py(zoo_models: Any, tmp_path: Path,
+                                                             options: dict[str, Any]) -> None:
+    model = zoo_models("weights_only")
+    copy = _rewritten(model.path, tmp_path / "copy.weights.h5", **options)
+    _both_agree(ModelSource.from_path(copy), pure=False)
+    assert _layers(read_structure(ModelSource.from_path(copy))) == _layers(read_structure(ModelSource.from_path(model.path)))
+
+
+def test_inspect_of_a_store_beyond_the_pure_reader(cli, zoo_models: Any, tmp_path: Path) -> None:
+    model = zoo_models("weights_only")
+    copy = _rewritten(model.path, tmp_path / "copy.weights.h5", libver="latest")
+    assert cli("inspect", copy, "--all", "--json").stdout == cli("inspect", model.path, "--all", "--json").stdout.replace(
+        str(model.path), str(copy))
+
+
+# --- damaged files --------------------------------------------------------------------
+
+
+def _outcome(read: Any) -> tuple[Any, ...]:
+    try:
+        return ("read", read())
+    except ConvSurgeonError as exc:
+        return ("error", type(exc).__name__, str(exc))
+
+
+def test_a_truncated_store_gives_the_error_it_gave_before(cli, zoo_models: Any, tmp_path: Path) -> None:
+    data = zoo_models("weights_only").path.read_bytes()
+    cut = tmp_path / "cut.weights.h5"
+    cut.write_bytes(data[: len(data) // 2])
+    source = ModelSource.from_path(cut)
+    before = _outcome(lambda: _through_h5py(source))
+    assert before[0] == "error" and "truncated" in before[2]
+    assert _outcome(lambda: read_structure(source)) == before
+    result = cli("inspect", cut)
+    assert result.exit_code == 1 and result.stderr == f"Error: {before[2]}\n"
+
+
+def test_damaged_stores_read_as_they_read_before(tmp_path: Path) -> None:
+    """Bytes changed at random inside a .keras's weight store: what read_structure gives
+    (a structure, or an error and its message) is what h5py alone gave."""
+    model = ROOT / "sample_models" / "tiny_cnn.keras"
+    original = model.read_bytes()
+    with open(model, "rb") as raw, zipfile.ZipFile(raw) as archive:
+        member = locate_member(archive, raw, "model.weights.h5", str(model))
+    rng = random.Random(5)
+    outcomes = set()
+    for i in range(60):
+        damaged = bytearray(original)
+        for _ in range(rng.choice([1, 2, 5, 20])):
+            damaged[rng.randrange(member.data_offset, member.data_offset + member.size)] = rng.randrange(256)
+        path = tmp_path / f"damaged{i}.keras"
+        path.write_bytes(bytes(damaged))
+        source = ModelSource.from_path(path)
+        before = _outcome(lambda: _through_h5py(source, timeout=5))
+        assert _outcome(lambda: read_structure(source, timeout=5)) == before, path
+        outcomes.add(before[0])
+    assert outcomes == {"read", "error"}
