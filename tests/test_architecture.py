@@ -52,4 +52,4 @@ def test_inspect_of_a_keras_3_save_imports_neither_numpy_nor_h5py(samples: Path)
         "loaded = sorted(m for m in ('numpy', 'h5py') if m in sys.modules)\n"
         "print(json.dumps({'layers': layers, 'loaded': loaded}))\n"
     )
-    assert _last_line_as_json(code) == {"layers": 19, "loaded": []}
+    assert last_line_as_json(code) == {"layers": 19, "loaded": []}
