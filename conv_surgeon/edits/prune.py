@@ -137,3 +137,28 @@ def spatial_positions(shape: list[Any] | None, axis: int) -> int | None:
     if any(d is None for d in rest):
         return None
     return math.prod(int(d) for d in rest)
+
+
+def conv_output_shape(input_shape: list[Any] | None, config: dict[str, Any]) -> list[Any] | None:
+    """A (non-transposed) conv's output shape from its input's, as Keras computes it, for
+    a conv whose output the config does not record (a Sequential's, a model output)."""
+    if input_shape is None:
+        return None
+    first = config.get("data_format") == "channels_first"
+    spatial = input_shape[2:] if first else input_shape[1:-1]
+    rank = len(spatial)
+    kernel, strides, dilation = (_tuple(config.get(key, 1), rank) for key in ("kernel_size", "strides", "dilation_rate"))
+    sizes: list[Any] = []
+    for size, k, stride, d in zip(spatial, kernel, strides, dilation):
+        if size is None:
+            sizes.append(None)
+        elif config.get("padding") == "same":
+            sizes.append(-(-int(size) // stride))
+        else:
+            sizes.append(-(-(int(size) - (k - 1) * d) // stride))
+    channels = config.get("filters") or 0
+    return [input_shape[0], channels, *sizes] if first else [input_shape[0], *sizes, channels]
+
+
+def _tuple(value: Any, rank: int) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)] * rank

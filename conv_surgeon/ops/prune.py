@@ -20,7 +20,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..edits.prune import AxisCuts, Cut, VariableKey, check_cuts, pruned_config, sliced, sliced_shape, spatial_positions, variable_cuts
+from ..edits.prune import (
+    AxisCuts,
+    Cut,
+    VariableKey,
+    check_cuts,
+    conv_output_shape,
+    pruned_config,
+    sliced,
+    sliced_shape,
+    spatial_positions,
+    variable_cuts,
+)
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError, UsageError
 from ..model.catalogue import conv_class
 from ..model.channels import ChannelGroup, find_groups
@@ -68,6 +79,8 @@ class ChangedLayer:
     path: str
     class_name: str
     variables: tuple[ChangedVariable, ...]
+    # A squeeze-and-excite Reshape changes no variable, only its target_shape: before, after.
+    target_shape: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,10 +176,10 @@ def _plan(source: ModelSource, request: PruneRequest, options: WriteOptions) -> 
         elif channels:
             cuts.append(Cut(group, channels))
     variables = variable_cuts(cuts)
-    changed = _changed_layers(cuts, variables, by_path, label)
+    new_config = pruned_config(config, cuts) if cuts else config
+    changed = _changed_layers(config, new_config, variables, by_path, label)
     before = sum(layer.parameters for layer in structure.layers)
-    after = before - sum(_size(v.before) - _size(v.after) for layer in changed for v in layer.variables
-                         if v.name != "target_shape")
+    after = before - sum(_size(v.before) - _size(v.after) for layer in changed for v in layer.variables)
     macs_before, macs_after, unknown = _macs(config, by_path, variables)
     if unknown:
         notes.append(f"MACs leave out {unknown} layers whose output size the config does not record")
@@ -178,7 +191,6 @@ def _plan(source: ModelSource, request: PruneRequest, options: WriteOptions) -> 
     if not cuts:
         report = replace(report, notes=report.notes + ("nothing to prune: no filter was chosen; nothing was written",))
         return _Plan(structure, config, config, by_path, [], {}, None, report)
-    new_config = pruned_config(config, cuts)
     _check_store_keys(config, new_config, label)
     optimizer = _optimizer(structure, config, new_config, by_path, variables, source)
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
@@ -342,8 +354,8 @@ def _zero_channels(group: ChannelGroup, statistics: dict[str, np.ndarray]) -> tu
 # --- what changes -------------------------------------------------------------------------
 
 
-def _changed_layers(cuts: list[Cut], variables: dict[VariableKey, AxisCuts], by_path: dict[str, Layer],
-                    label: str) -> list[ChangedLayer]:
+def _changed_layers(config: dict[str, Any], new_config: dict[str, Any], variables: dict[VariableKey, AxisCuts],
+                    by_path: dict[str, Layer], label: str) -> list[ChangedLayer]:
     """Every layer whose variables (or Reshape target) the cuts change, in store order."""
     changed: list[ChangedLayer] = []
     for layer in by_path.values():
@@ -362,12 +374,24 @@ def _changed_layers(cuts: list[Cut], variables: dict[VariableKey, AxisCuts], by_
     missing = {layer for layer, _ in variables} - set(by_path)
     if missing:
         raise ModelFileError(f"{label}: layer '{sorted(missing)[0]}' of the config has no weights in the store")
-    for cut in cuts:
-        for path, index, span in cut.group.reshapes:
-            count = len(span.indices(list(cut.channels)))
-            changed.append(ChangedLayer(path, "Reshape", (ChangedVariable("target_shape", (index,), (index,),
-                                                                          ((index, tuple(range(count))),)),)))
+    for path, (before, after) in _reshapes(config, new_config).items():
+        changed.append(ChangedLayer(path, "Reshape", (), (before, after)))
     return changed
+
+
+def _reshapes(config: dict[str, Any], new_config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Each Reshape whose target_shape the rewrite changed: (before, after)."""
+    new = {g.path: g for g in model_graphs(new_config)}
+    found = {}
+    for graph in model_graphs(config):
+        for layer in graph.layers:
+            if layer.class_name != "Reshape":
+                continue
+            before = tuple(layer.config.get("target_shape") or ())
+            after = tuple(new[graph.path].layer(layer.name).config.get("target_shape") or ())
+            if before != after:
+                found[graph.layer_path(layer.name)] = (before, after)
+    return found
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -394,8 +418,10 @@ def _macs(config: dict[str, Any], by_path: dict[str, Layer],
                 positions = spatial_positions(shapes.get(inputs[0]) if inputs else None,
                                               1 if layer.config.get("data_format") == "channels_first" else -1)
             else:
-                positions = spatial_positions(shapes.get(TensorRef(layer.name)),
-                                              1 if layer.config.get("data_format") == "channels_first" else -1)
+                output = shapes.get(TensorRef(layer.name))
+                if output is None and layer.calls:
+                    output = conv_output_shape(shapes.get(layer.calls[0][0]), layer.config)
+                positions = spatial_positions(output, 1 if layer.config.get("data_format") == "channels_first" else -1)
             if positions is None:
                 unknown += 1
                 continue
