@@ -202,3 +202,136 @@ def test_prune_real_architectures(keras, cli, tmp_path, name):
     _check_untouched(keras, before, after, {layer["layer"] for layer in report["layers"]})
     print(f"\n{name}: {len(groups)} groups, params {report['parameters']['before']} -> "
           f"{pruned.count_params()} (30%), --zeros on {len(plans)} groups: max |diff| {worst:.2e}")
+
+
+def _trained(keras):
+    """Conv -> BN -> ReLU -> conv -> GAP -> Dense, compiled with Adam and fit one step."""
+    L = keras.layers
+    i = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(6, 3, padding="same", name="c1")(i)))
+    x = L.Conv2D(5, 3, name="c2")(x)
+    model = keras.Model(i, L.Dense(2, name="d")(L.GlobalAveragePooling2D()(x)))
+    model.compile(keras.optimizers.Adam(), "mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
+    return model
+
+
+def test_optimizer_moments_of_kept_filters_survive_and_training_resumes(keras, cli, tmp_path):
+    path = tmp_path / "trained.keras"
+    _trained(keras).save(path)
+    out = tmp_path / "pruned.keras"
+    report = _prune(cli, path, out, "--layer", "c1", "--filters", "1,4")
+    assert "sliced like their variables" in report["optimizer"]
+    original, result = keras.saving.load_model(path), keras.saving.load_model(out)
+    keep = [0, 2, 3, 5]
+    sliced = {"c1/kernel": lambda v: v[..., keep], "c1/bias": lambda v: v[keep], "c2/kernel": lambda v: v[:, :, keep, :]}
+    sliced.update({f"bn/{name}": (lambda v: v[keep]) for name in ("gamma", "beta")})
+    before = {v.path: np.asarray(v) for v in original.optimizer.variables}
+    after = {v.path: np.asarray(v) for v in result.optimizer.variables}
+    assert before.keys() == after.keys()
+    for name, value in after.items():
+        variable = next((key for key in sliced if f"/{key.replace('/', '_')}_" in name), None)
+        if variable is not None:
+            assert value.any() and np.array_equal(value, sliced[variable](before[name])), name
+        else:
+            assert np.array_equal(value, before[name]), name  # bit for bit
+    bn = result.get_layer("bn")
+    assert np.array_equal(np.asarray(bn.moving_mean), np.asarray(original.get_layer("bn").moving_mean)[keep])
+    x = _inputs(result)[0]
+    result.fit(x, np.zeros((2, 2)), verbose=0)
+
+
+def _refusals(keras):
+    L = keras.layers
+    i = keras.Input((8, 8, 4))
+    g = L.Conv2D(4, 3, padding="same", groups=2, name="grouped")(L.Conv2D(4, 1, name="feeds_grouped")(i))
+    r = L.Reshape((8, 16, 2), name="reshape")(L.Conv2D(4, 1, name="feeds_reshape")(i))
+    lam = L.Lambda(lambda t: t * 2.0, name="lam")(L.Conv2D(4, 1, name="feeds_lambda")(i))
+    tied = L.Add(name="add")([L.Conv2D(4, 1, name="tied")(i), i])
+    x = L.Concatenate()([g, L.Reshape((8, 8, 4), name="back")(r), lam, tied])
+    out = L.Conv2D(3, 1, name="last")(x)
+    return keras.Model(i, [out, L.Conv2D(2, 1, name="head")(L.Conv2D(5, 1, name="body")(i))])
+
+
+@pytest.fixture(scope="module")
+def refusing(keras, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("refusals") / "refusals.keras"
+    _refusals(keras).save(path, zipped=True)
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--layer", "body", "--filters", "5"), "--filters 5: out of range, 'body' has 5 filters (0..4)"),
+    (("--layer", "body", "--filters", "0,1,2,3,4"), "would remove every filter of 'body' (5); keep at least one"),
+    (("--layer", "body", "--smallest-l1", "5"), "would remove every filter of 'body' (5)"),
+    (("--layer", "last", "--filters", "0"), "'last' cannot be pruned: the channels reach the model's output through 'last'"),
+    (("--layer", "feeds_grouped", "--filters", "0"), "'grouped' is a grouped conv (groups=2): removing some of its input channels would split its groups"),
+    (("--layer", "grouped", "--filters", "0"), "'grouped' is a grouped conv (groups=2): removing its filters would unbalance its groups"),
+    (("--layer", "feeds_reshape", "--filters", "0"), "'reshape' (Reshape) is on the path of the channels and prune cannot follow it"),
+    (("--layer", "feeds_lambda", "--filters", "0"), "'lam' (Lambda) is on the path of the channels and prune cannot follow it"),
+    (("--layer", "tied", "--filters", "0"), "the channels are tied to the model's input"),
+    (("--layer", "nothing", "--filters", "0"), "--layer nothing: no convolution of that name has filters to prune"),
+])
+def test_refusals_are_one_line(cli, refusing, tmp_path, args, message):
+    result = cli("prune", refusing, *args, "-o", tmp_path / "out.keras", "--no-smoke")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_all_reports_every_group_it_leaves_and_why(cli, refusing, tmp_path):
+    report = _prune(cli, refusing, None, "--all", "--smallest-l1", "25%")
+    pruned = {m for g in report["groups"] for m in g["members"]}
+    assert pruned == {"body"}  # head reaches the output; the others meet what prune cannot follow
+    reasons = {r["members"][0]: r["reason"] for r in report["not_pruned"]}
+    assert "Lambda" in reasons["feeds_lambda"] and "model's output" in reasons["head"]
+
+
+def test_usage_errors(cli, refusing, tmp_path):
+    for args in (("--layer", "body"), ("--all", "--filters", "1"), ("--layer", "body", "--smallest-l1", "ten"),
+                 ("--smallest-l1", "10%"), ("--layer", "body", "--all", "--zeros")):
+        result = cli("prune", refusing, *args, "--dry-run")
+        assert result.exit_code == 2, (args, result.output)
+
+
+def test_other_formats_are_refused(cli, samples, tmp_path):
+    result = cli("prune", samples / "tiny_cnn.h5", "--layer", "conv1", "--filters", "0", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 1
+    assert "prune rewrites .keras archives, not a legacy .h5 file" in result.stderr
+
+
+def test_no_smoke_never_imports_tensorflow(samples, tmp_path):
+    script = (
+        "import sys, conv_surgeon as cs\n"
+        f"r = cs.prune({str(samples / 'tiny_cnn.keras')!r}, out={str(tmp_path / 'o.keras')!r}, every=True,"
+        " smallest_l1='25%', smoke=False)\n"
+        "assert r.groups, r\n"
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_compares_by_default_and_zeros_expects_the_same(keras, tmp_path):
+    """The CLI as a user runs it (its own process): the outputs are compared; --zeros on a
+    model without zero filters writes nothing and says so."""
+    model = _conv1d_flatten(keras)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    done = subprocess.run([CLI, "prune", str(path), "--layer", "c1", "--filters", "0,3", "-o",
+                           str(tmp_path / "o.keras"), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["smoke"]["comparison"][0]["max_abs"] > 0
+    assert report["layers"][0]["variables"]["kernel"]["after"] == [3, 3, 6]
+    done = subprocess.run([CLI, "prune", str(path), "--zeros", "-o", str(tmp_path / "z.keras")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "nothing to prune" in done.stdout
+    assert not (tmp_path / "z.keras").exists()
+    # --expect-same on a lossy prune: exit 3, nothing written.
+    done = subprocess.run([CLI, "prune", str(path), "--layer", "c1", "--filters", "0", "--expect-same",
+                           "-o", str(tmp_path / "e.keras")], capture_output=True, text=True)
+    assert done.returncode == 3 and not (tmp_path / "e.keras").exists(), done.stderr
