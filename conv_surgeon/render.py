@@ -450,8 +450,7 @@ def render_fold_report(report: FoldReport, json_output: bool, stream: TextIO) ->
         print_json(fold_document(report), stream)
         return
     out = console(stream)
-    where = ("would write (dry run)" if report.dry_run else
-             f"wrote {report.destination}" if report.destination else "nothing written")
+    where = _where(report.dry_run, report.destination)
     kept = ", each BatchNormalization kept as the identity" if report.keep_layers else ""
     out.print(f"{report.source}: {plural(len(report.pairs), 'pair')} folded{kept}; {where}")
     if report.pairs:
@@ -503,8 +502,7 @@ def render_prune_report(report: PruneReport, json_output: bool, stream: TextIO) 
         print_json(prune_document(report), stream)
         return
     out = console(stream)
-    where = ("would write (dry run)" if report.dry_run else
-             f"wrote {report.destination}" if report.destination else "nothing written")
+    where = _where(report.dry_run, report.destination)
     removed = sum(len(g.removed) for g in report.groups)
     out.print(f"{report.source}: {plural(removed, 'filter')} removed from {plural(len(report.groups), 'group')} "
               f"({report.criterion}); {where}")
@@ -536,6 +534,10 @@ def render_prune_report(report: PruneReport, json_output: bool, stream: TextIO) 
         out.print(f"note: {note}")
     if report.groups:
         _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
+
+
+def _where(dry_run: bool, destination: str | None) -> str:
+    return "would write (dry run)" if dry_run else f"wrote {destination}" if destination else "nothing written"
 
 
 def _group_name(members: Sequence[str]) -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from ..errors import UsageError
 from .app import Command, app
 from .params import OptionalModelArg, model_source
-from .write_options import WriteArgs, report_stream, with_write_options
+from .write_options import WriteArgs, counted_steps, report_stream, tolerance_or, with_write_options
 
 
 @app.command("prune", cls=Command)
@@ -33,33 +32,18 @@ def prune_command(
 ) -> None:
     """Remove conv filters and fix up every layer downstream; compare the outputs."""
     from ..ops.prune import ZEROS_TOLERANCE, PruneRequest, prune
-    from ..render import progress_on_terminal, render_prune_report
-    from ..transaction.smoke import Tolerance
+    from ..render import render_prune_report
 
     request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
                            smallest_l1, zeros)
     # The outputs are compared by default (--compare is implied); --zeros also expects
     # them the same, within ZEROS_TOLERANCE or the --atol/--rtol given.
-    ctx = click.get_current_context()
-    given = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-             for name in ("atol", "rtol")}
-    options = replace(write, compare=not write.no_smoke, expect_same=write.expect_same and not write.no_smoke
-                      ).options_for(model)
+    smoke = not write.no_smoke
+    options = replace(write, compare=smoke, expect_same=write.expect_same and smoke).options_for(model)
     if options.smoke.enabled and zeros and options.smoke.expect_same is None:
-        tolerance = Tolerance(write.atol if given["atol"] else ZEROS_TOLERANCE.atol,
-                              write.rtol if given["rtol"] else ZEROS_TOLERANCE.rtol)
-        options = replace(options, smoke=replace(options.smoke, expect_same=tolerance))
+        options = replace(options, smoke=replace(options.smoke, expect_same=tolerance_or(write, ZEROS_TOLERANCE)))
     source = model_source(model or "-", write.config)
-    total = 2 if options.smoke.enabled else 1
-    with progress_on_terminal() as progress:
-        done = 0
-
-        def step(what: str) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total, what)
-
+    with counted_steps(options) as step:
         report = prune(source, request, options, step=step)
     render_prune_report(report, write.json_output, report_stream(options))
 

@@ -9,9 +9,9 @@ on by default), which ``--no-smoke`` skips.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,9 @@ from ..edits.fold import (
     store_moves,
     variance_problem,
 )
-from ..model.graph import container_keys, keras_order, model_graphs
+from ..model.graph import keras_order, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
-from ..store.hdf5 import damaged_store_is_an_error
-from ..store.provenance import EditRecord, FoldSource, read_history
-from ..store.hdf5 import attr_list
+from ..store.provenance import EditRecord, FoldSource
 from ..store.rewrite import (
     Derived,
     LegacyRewrite,
@@ -49,12 +47,10 @@ from ..store.rewrite import (
     write_keras_archive,
 )
 from ..store.writer import write_h5_history
-from ..store.source import ModelSource, open_store
-from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
-from ..transaction.keras_runtime import KerasWarmUp
+from ..store.source import ModelSource
 from ..transaction.smoke import SmokeReport, Tolerance
-from ..transaction.transaction import Rewrite, WriteOptions, WrittenValue, check_destination, write_transaction
-from .graph_files import check_store_places, format_name, read_config, store_layer, layer_variable
+from ..transaction.transaction import WriteOptions, WrittenValue, check_destination
+from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
@@ -201,34 +197,23 @@ def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callab
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
-    # The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
-    # the rewrite's worker then runs beside that import.
-    recorded = read_history(source)
-    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-        prepared = Path(folder) / "prepared"
-        stage: Rewrite
-        if plan.layer_names is not None:
-            legacy_rewrite, written = _legacy_rewrite(plan, plan.layer_names)
-            worker = Worker(lambda: rewrite_legacy(source, legacy_rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+    prepare: Callable[[Path], int]
+    stage: Callable[[Path, Path, list[dict[str, Any]]], None]
+    if plan.layer_names is not None:
+        legacy_rewrite, written = _legacy_rewrite(plan, plan.layer_names)
+        prepare = partial(rewrite_legacy, source, legacy_rewrite)
 
-            def stage(path: Path, history: list[dict[str, Any]]) -> None:
-                shutil.copyfile(prepared, path)
-                write_h5_history(path, history, source.label)
-        else:
-            rewrite, written = _rewrite(plan)
-            worker = Worker(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+        def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
+            shutil.copyfile(prepared, path)
+            write_h5_history(path, history, source.label)
+    else:
+        rewrite, written = _rewrite(plan)
+        prepare = partial(rewrite_weights, source, rewrite)
 
-            def stage(path: Path, history: list[dict[str, Any]]) -> None:
-                write_keras_archive(source, path, plan.new_config, prepared, history)
+        def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
+            write_keras_archive(source, path, plan.new_config, prepared, history)
 
-        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
-        try:
-            worker.result()
-            result = write_transaction(source, plan.structure, stage, written, records, options, step,
-                                       history=recorded, warm_up=warm_up)
-        finally:
-            if warm_up is not None:
-                warm_up.join()  # the import silences fd 2: let it finish before any error is printed
+    result = write_rewritten(source, plan.structure, prepare, stage, written, records, options, step)
     return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
 

@@ -3,14 +3,20 @@ it: the config, and the checks that the weight store sits where the config says.
 
 from __future__ import annotations
 
-from typing import Any
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Sequence
 
 from ..errors import ModelFileError
 from ..model.graph import container_keys, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable
 from ..store.hdf5 import attr_list, damaged_store_is_an_error
+from ..store.provenance import EditRecord, read_history
 from ..store.source import ModelSource, open_store
-from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
+from ..transaction.keras_runtime import KerasWarmUp
+from ..transaction.transaction import WriteOptions, Written, WrittenValue, write_transaction
 
 
 def format_name(structure: ModelStructure) -> str:
@@ -58,3 +64,29 @@ def store_layer(by_path: dict[str, Layer], path: str, label: str) -> Layer:
 
 def layer_variable(layer: Layer, name: str) -> Variable | None:
     return next((v for v in layer.variables if v.name == name), None)
+
+
+def write_rewritten(
+    source: ModelSource, structure: ModelStructure, prepare: Callable[[Path], int],
+    stage: Callable[[Path, Path, list[dict[str, Any]]], None], written: Sequence[WrittenValue],
+    records: list[EditRecord], options: WriteOptions, step: Callable[[str], None] | None,
+) -> Written:
+    """Write a model whose graph changed through the write transaction.
+
+    ``prepare(path)`` writes the new weight store (or file) from the untrusted input, in a
+    bounded worker; ``stage(prepared, path, history)`` makes the model to deliver from it.
+    The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
+    the rewrite's worker then runs beside that import.
+    """
+    recorded = read_history(source)
+    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+        prepared = Path(folder) / "prepared"
+        worker = Worker(lambda: prepare(prepared), PARSE_TIMEOUT_S, source.label)
+        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
+        try:
+            worker.result()
+            return write_transaction(source, structure, lambda path, history: stage(prepared, path, history),
+                                     written, records, options, step, history=recorded, warm_up=warm_up)
+        finally:
+            if warm_up is not None:
+                warm_up.join()  # the import silences fd 2: let it finish before any error is printed

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -38,14 +37,13 @@ from ..model.channels import ChannelGroup, find_groups
 from ..model.graph import TensorRef, container_keys, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure
 from ..store.hdf5 import damaged_store_is_an_error, read_dataset
-from ..store.provenance import EditRecord, PruneSource, read_history
+from ..store.provenance import EditRecord, PruneSource
 from ..store.rewrite import Derived, StoreRewrite, VarSource, rewrite_weights, write_keras_archive
 from ..store.source import ModelSource, open_store
-from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
-from ..transaction.keras_runtime import KerasWarmUp
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..transaction.smoke import SmokeReport, Tolerance
-from ..transaction.transaction import WriteOptions, check_destination, write_transaction
-from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer
+from ..transaction.transaction import WriteOptions, check_destination
+from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes, structure_variables
 
 # Removing all-zero filters keeps the function up to float rounding.
@@ -492,23 +490,11 @@ def _write(source: ModelSource, plan: _Plan, request: PruneRequest, options: Wri
             expect = ZEROS_TOLERANCE
         options = replace(options, smoke=replace(checks, compare=True, expect_same=expect))
     rewrite = _rewrite(plan)
-    # The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
-    # the rewrite's worker then runs beside that import.
-    recorded = read_history(source)
-    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-        prepared = Path(folder) / "prepared"
-        worker = Worker(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
 
-        def stage(path: Path, history: list[dict[str, Any]]) -> None:
-            write_keras_archive(source, path, plan.new_config, prepared, history)
+    def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
+        write_keras_archive(source, path, plan.new_config, prepared, history)
 
-        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
-        try:
-            worker.result()
-            result = write_transaction(source, plan.structure, stage, [], records, options, step,
-                                       history=recorded, warm_up=warm_up)
-        finally:
-            if warm_up is not None:
-                warm_up.join()  # the import silences fd 2: let it finish before any error is printed
+    result = write_rewritten(source, plan.structure, partial(rewrite_weights, source, rewrite), stage, [],
+                             records, options, step)
     return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
