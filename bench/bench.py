@@ -89,6 +89,12 @@ Sections
                      next to the kernel's own size. Target: exactly one shard differs in
                      (a) and in (b) (FAIL otherwise, which never fails the run). Ratio rows:
                      (a)/(c) and (b)/(c), no target.
+    prune            ``conv-surgeon prune resnet50.keras --all --smallest-l1 10%`` with its
+                     output comparison (a) and with ``--no-smoke`` (b), versus a plain-Keras
+                     script (c) that finds the same groups from the live graph, rebuilds the
+                     model with fewer filters, copies the sliced weights, saves, reloads and
+                     runs a forward pass. Ratio rows: (a)/(c) <= 0.8x, (b)/(c) <= 0.2x (MISS
+                     never fails the run). Run it alone: ``bench.py --only prune``.
     show             ``conv-surgeon show resnet50.keras --layer conv1_conv -o X.png`` (the
                      64-tile RGB filter grid) versus ``inspect resnet50.keras``, and ``show
                      --all --hist -o X.png`` (histograms of every conv variable, a row per
@@ -172,6 +178,8 @@ WALK_INSPECT_TARGET = 1.3  # conv-surgeon inspect / a bare h5py walk of the same
 API_INSPECT_WARM_MS_TARGET = 50.0  # cs.inspect() of ResNet50 in a warm process
 FOLD_TIME_TARGET = 0.8  # conv-surgeon fold-bn (outputs compared) / the plain-Keras script
 FOLD_NO_SMOKE_TIME_TARGET = 0.15  # conv-surgeon fold-bn --no-smoke / the plain-Keras script
+PRUNE_TIME_TARGET = 0.8  # conv-surgeon prune --all --smallest-l1 10% (outputs compared) / plain Keras
+PRUNE_NO_SMOKE_TIME_TARGET = 0.2  # the same with --no-smoke / the plain-Keras script
 SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the .keras
 SHOW_GRID_TARGET = 1.5  # show --layer conv1_conv -o X.png / inspect, same file
 SHOW_HIST_TARGET = 2.0  # show --all --hist -o X.png / inspect --stats, same file
@@ -1125,6 +1133,103 @@ def bench_fold(ctx: Context) -> list[Row]:
     return rows
 
 
+# The plain-Keras way to prune 10% of every group of ResNet50's filters (smallest L1, a
+# residual stage's convs scored together): find the groups from the live graph, rebuild the
+# model with fewer filters, copy the sliced weights, save, reload, forward.
+KERAS_PRUNE = """
+import sys, json, keras, numpy as np
+src, out = sys.argv[1], sys.argv[2]
+model = keras.saving.load_model(src, compile=False)
+parents = {l.name: [p.operation.name for p in l._inbound_nodes[0].parent_nodes] if l._inbound_nodes else []
+           for l in model.layers}
+kind = {l.name: type(l).__name__ for l in model.layers}
+def source(name):
+    while kind[name] != "Conv2D":
+        name = parents[name][0]
+    return name
+group = {l.name: l.name for l in model.layers if kind[l.name] == "Conv2D"}
+def find(name):
+    while group[name] != name:
+        name = group[name]
+    return name
+for name in kind:
+    if kind[name] == "Add":
+        roots = [find(source(p)) for p in parents[name]]
+        for root in roots[1:]:
+            group[root] = roots[0]
+members = {}
+for conv in group:
+    members.setdefault(find(conv), []).append(conv)
+keep_out = {}
+for convs in members.values():
+    filters = model.get_layer(convs[0]).filters
+    score = sum(np.abs(np.asarray(model.get_layer(c).kernel)).reshape(-1, filters).sum(0) for c in convs)
+    kept = np.sort(np.argsort(score, kind="stable")[filters // 10:])
+    for conv in convs:
+        keep_out[conv] = kept
+keep = {}
+for layer in model.layers:
+    name = layer.name
+    if kind[name] == "InputLayer":
+        keep[name] = np.arange(layer.output.shape[-1])
+    elif name in keep_out:
+        keep[name] = keep_out[name]
+    elif kind[name] != "Dense":
+        keep[name] = keep[parents[name][0]]
+config = model.get_config()
+for entry in config["layers"]:
+    entry.pop("build_config", None)
+    if entry["config"]["name"] in keep_out:
+        entry["config"]["filters"] = len(keep_out[entry["config"]["name"]])
+pruned = keras.Model.from_config(config)
+for layer in pruned.layers:
+    old = model.get_layer(layer.name)
+    if not old.weights:
+        continue
+    inputs = keep[parents[layer.name][0]]
+    values = [np.asarray(w) for w in old.weights]
+    if kind[layer.name] == "Conv2D":
+        values = [values[0][:, :, inputs][..., keep[layer.name]], values[1][keep[layer.name]]]
+    elif kind[layer.name] == "BatchNormalization":
+        values = [v[inputs] for v in values]
+    else:
+        values = [values[0][inputs], values[1]]
+    layer.set_weights(values)
+pruned.save(out)
+reloaded = keras.saving.load_model(out, compile=False)
+x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype("float32")
+y = np.asarray(reloaded(x))
+assert np.isfinite(y).all() and len(members) == 37, len(members)
+"""
+
+
+def bench_prune(ctx: Context) -> list[Row]:
+    model = resnet50()
+    args = ["prune", str(model), "--all", "--smallest-l1", "10%"]
+    outs = {case: CACHE / f"prune-{case}.out.keras" for case in ("a", "b", "c")}
+    try:
+        a = ctx.measure([CLI, *args, "-o", str(outs["a"])], after=_remover(outs["a"]))
+        b = ctx.measure([CLI, *args, "--no-smoke", "-o", str(outs["b"])], after=_remover(outs["b"]))
+        c = ctx.measure([PYTHON, "-c", KERAS_PRUNE, str(model), str(outs["c"])], after=_remover(outs["c"]))
+    finally:
+        for out in outs.values():
+            _remover(out)()
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"target <= {target:g}x: {'PASS' if ratio <= target else 'MISS'}"
+
+    a_t, b_t = a.median_s / c.median_s, b.median_s / c.median_s
+    return [
+        ("prune", "(a) conv-surgeon prune --all --smallest-l1 10%", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
+         "37 groups, outputs compared"),
+        ("prune", "(b) the same, --no-smoke", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}", "no Keras import"),
+        ("prune", "(c) keras rebuild+slice+save+reload+forward", f"{c.median_s:.2f}", f"{c.max_rss_mb:.0f}",
+         "groups from the live graph, from_config, set_weights"),
+        ("prune", "ratio (a)/(c) time", f"{a_t:.2f}x", "", verdict(a_t, PRUNE_TIME_TARGET)),
+        ("prune", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, PRUNE_NO_SMOKE_TIME_TARGET)),
+    ]
+
+
 def bench_show(ctx: Context) -> list[Row]:
     model = resnet50()
     picture = CACHE / "show.out.png"
@@ -1164,6 +1269,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect-preset": bench_inspect_preset,
     "set-sharded": bench_set_sharded,
     "fold-bn": bench_fold,
+    "prune": bench_prune,
     "show": bench_show,
 }
 

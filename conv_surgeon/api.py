@@ -2,7 +2,7 @@
 
 Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`, :func:`show`) never imports
 TensorFlow.
-Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`) goes through the same write transaction as
+Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`, :func:`prune`) goes through the same write transaction as
 the command line: staged beside the destination, verified, smoke-tested with Keras
 (unless ``smoke=False``) and only then moved into place. :func:`assign` does the same
 checks on a live Keras layer.
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .edits.assign import Assignment
     from .ops.compare import DiffReport
     from .ops.fold import FoldReport
+    from .ops.prune import PruneReport
     from .ops.reading import InspectReport
     from .ops.surgery import SetReport, WeightRequest
     from .pictures.options import Reduce, Scale
@@ -173,6 +174,60 @@ def fold_bn(
     command = ("conv_surgeon.fold_bn", os.fspath(model))
     return fold(_source(model), WriteOptions(destination, checks, command),
                 layers=list(layers) if layers else None, keep_layers=keep_layers)
+
+
+def prune(
+    model: PathLike,
+    *,
+    out: PathLike | None = None,
+    in_place: bool = False,
+    layers: Sequence[str] | None = None,
+    every: bool = False,
+    filters: Sequence[int] | None = None,
+    smallest_l1: str | int | None = None,
+    zeros: bool = False,
+    smoke: bool = True,
+    expect_same: bool = False,
+    atol: float | None = None,
+    rtol: float | None = None,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
+    load_inputs: PathLike | None = None,
+    imports: Sequence[str] = (),
+    unsafe: bool = False,
+    dry_run: bool = False,
+) -> PruneReport:
+    """Remove convolution filters and fix up every layer downstream, then write the model
+    to ``out``: the filters of ``layers`` (and of every conv whose channels meet theirs
+    in an Add/Multiply), or of every prunable group with ``every`` (or ``zeros`` alone).
+    Which filters: ``filters`` (indices, with one layer), ``smallest_l1`` (a count, or a
+    percentage such as ``"25%"``; a group is scored summed over its members) or ``zeros``
+    (only filters zero all along their path: the outputs must then stay equal).
+
+    Unless ``smoke=False`` (then TensorFlow is never imported), Keras runs both models on
+    the same inputs and the report holds the difference; with ``expect_same`` or ``zeros``
+    nothing is written if they differ beyond ``atol``/``rtol``.
+
+    >>> import conv_surgeon as cs
+    >>> report = cs.prune("sample_models/tiny_cnn.keras", layers=["conv1"], filters=[0],
+    ...                   out="build/pruned.keras", smoke=False)
+    >>> report.groups[0].removed
+    (0,)
+    """
+    from .ops.prune import ZEROS_TOLERANCE, PruneRequest, prune as prune_model
+    from .transaction.smoke import Tolerance
+    from .transaction.transaction import SmokeOptions, WriteOptions
+
+    destination = _destination(model, out, in_place, dry_run)
+    default = ZEROS_TOLERANCE if zeros else Tolerance()
+    tolerance = Tolerance(default.atol if atol is None else atol, default.rtol if rtol is None else rtol)
+    checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
+                          unsafe=unsafe, imports=tuple(imports), compare=smoke,
+                          expect_same=tolerance if smoke and (expect_same or zeros) else None,
+                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    request = PruneRequest(tuple(layers or ()), every, tuple(filters) if filters is not None else None,
+                           None if smallest_l1 is None else str(smallest_l1), zeros)
+    command = ("conv_surgeon.prune", os.fspath(model))
+    return prune_model(_source(model), request, WriteOptions(destination, checks, command))
 
 
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:

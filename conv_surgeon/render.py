@@ -23,6 +23,7 @@ from .ops.reading import InspectReport, VariableStats, WeightsExport
 if TYPE_CHECKING:
     from .ops.compare import DiffReport
     from .ops.fold import FoldReport
+    from .ops.prune import PruneReport
     from .ops.surgery import SetReport
     from .pictures.picture import DrawnVariable, Picture
     from .transaction.smoke import OutputComparison, SmokeReport
@@ -449,8 +450,7 @@ def render_fold_report(report: FoldReport, json_output: bool, stream: TextIO) ->
         print_json(fold_document(report), stream)
         return
     out = console(stream)
-    where = ("would write (dry run)" if report.dry_run else
-             f"wrote {report.destination}" if report.destination else "nothing written")
+    where = _where(report.dry_run, report.destination)
     kept = ", each BatchNormalization kept as the identity" if report.keep_layers else ""
     out.print(f"{report.source}: {plural(len(report.pairs), 'pair')} folded{kept}; {where}")
     if report.pairs:
@@ -471,6 +471,82 @@ def render_fold_report(report: FoldReport, json_output: bool, stream: TextIO) ->
         out.print(f"note: {note}")
     if report.pairs:
         _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
+
+
+def prune_document(report: PruneReport) -> dict[str, Any]:
+    return {
+        "model": report.source,
+        "output": report.destination,
+        "dry_run": report.dry_run,
+        "criterion": report.criterion,
+        "groups": [{"members": list(g.members), "channels": g.channels, "removed": list(g.removed),
+                    "kept": g.channels - len(g.removed)} for g in report.groups],
+        "not_pruned": [{"members": list(r.members), "reason": r.reason} for r in report.not_pruned],
+        "layers": [{"layer": layer.path, "class": layer.class_name,
+                    "variables": {v.name: {"before": list(v.before), "after": list(v.after),
+                                           "removed": {str(axis): list(i) for axis, i in v.removed}}
+                                  for v in layer.variables},
+                    **({"target_shape": {"before": list(layer.target_shape[0]), "after": list(layer.target_shape[1])}}
+                       if layer.target_shape else {})} for layer in report.layers],
+        "parameters": {"before": report.parameters_before, "after": report.parameters_after},
+        "macs": {"before": report.macs_before, "after": report.macs_after},
+        "optimizer": report.optimizer,
+        "notes": list(report.notes),
+        **_smoke_document(report.smoke, report.smoke_skipped, report.dry_run or not report.groups),
+    }
+
+
+def render_prune_report(report: PruneReport, json_output: bool, stream: TextIO) -> None:
+    """The report of `prune`: the groups pruned, every layer changed, what was not pruned and why."""
+    if json_output:
+        print_json(prune_document(report), stream)
+        return
+    out = console(stream)
+    where = _where(report.dry_run, report.destination)
+    removed = sum(len(g.removed) for g in report.groups)
+    out.print(f"{report.source}: {plural(removed, 'filter')} removed from {plural(len(report.groups), 'group')} "
+              f"({report.criterion}); {where}")
+    if report.groups:
+        _print_table(out, [_Column("group (convs)", keep=False), _Column("filters", right=True),
+                           _Column("removed", keep=False)],
+                     [(_group_name(g.members), f"{g.channels} -> {g.channels - len(g.removed)}",
+                       _indices(g.removed)) for g in report.groups])
+        out.print(f"layers changed: {len(report.layers)}")
+        _print_table(out, [_Column("layer", keep=False), _Column("class"), _Column("variable"),
+                           _Column("before"), _Column("after")],
+                     [(layer.path, layer.class_name, v.name, format_shape(v.before), format_shape(v.after))
+                      for layer in report.layers for v in layer.variables]
+                     + [(layer.path, layer.class_name, "target_shape", format_shape(layer.target_shape[0]),
+                         format_shape(layer.target_shape[1])) for layer in report.layers if layer.target_shape])
+    if report.not_pruned:
+        out.print(f"not pruned: {plural(len(report.not_pruned), 'group')}")
+        _print_table(out, [_Column("group (convs)", keep=False), _Column("why", keep=False)],
+                     [(_group_name(r.members), r.reason) for r in report.not_pruned])
+    if report.groups:
+        for what, before, after in (("parameters", report.parameters_before, report.parameters_after),
+                                    ("MACs", report.macs_before, report.macs_after)):
+            change = after - before
+            share = f", {change / before:+.1%}" if before else ""
+            out.print(f"{what}: {before:,} -> {after:,} ({change:+,}{share})")
+    if report.optimizer:
+        out.print(report.optimizer)
+    for note in report.notes:
+        out.print(f"note: {note}")
+    if report.groups:
+        _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
+
+
+def _where(dry_run: bool, destination: str | None) -> str:
+    return "would write (dry run)" if dry_run else f"wrote {destination}" if destination else "nothing written"
+
+
+def _group_name(members: Sequence[str]) -> str:
+    return members[0] if len(members) == 1 else f"{members[0]} +{len(members) - 1}"
+
+
+def _indices(indices: Sequence[int], shown: int = 12) -> str:
+    text = ",".join(str(i) for i in indices[:shown])
+    return text + (f",... ({len(indices)})" if len(indices) > shown else "")
 
 
 def render_write_report(report: SetReport, json_output: bool, stream: TextIO) -> None:

@@ -13,7 +13,8 @@ import inspect
 import re
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
@@ -26,6 +27,7 @@ from .app import REPORTS_TO_STDERR, command_line
 from .params import ConfigOpt, JsonOpt, refuse_terminal, stdin, stdout
 
 if TYPE_CHECKING:
+    from ..transaction.smoke import Tolerance
     from ..transaction.transaction import WriteOptions
 
 
@@ -107,6 +109,35 @@ class WriteArgs:
             if destination.stream is not None:
                 refuse_terminal(destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
         return WriteOptions(destination, smoke, command_line())
+
+
+def tolerance_or(write: WriteArgs, default: Tolerance) -> Tolerance:
+    """The --atol/--rtol typed on the command line, the command's own ``default`` for the others."""
+    from ..transaction.smoke import Tolerance
+
+    ctx = click.get_current_context()
+    given = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+             for name in ("atol", "rtol")}
+    return Tolerance(write.atol if given["atol"] else default.atol, write.rtol if given["rtol"] else default.rtol)
+
+
+@contextmanager
+def counted_steps(options: WriteOptions) -> Iterator[Callable[[str], None]]:
+    """A ``step`` callback for a graph-surgery write (written, then checked): it moves a
+    progress line while the block runs, on a terminal only."""
+    from ..render import progress_on_terminal
+
+    total = 2 if options.smoke.enabled else 1
+    with progress_on_terminal() as progress:
+        done = 0
+
+        def step(what: str) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total, what)
+
+        yield step
 
 
 def report_stream(options: WriteOptions) -> TextIO:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .naming import to_snake_case
@@ -81,6 +82,17 @@ class ModelGraph:
         found = [layer.name for layer in self.layers
                  for call in layer.calls for ref in call if ref.layer == name]
         found += ["<output>" for ref in self.outputs if ref.layer == name]
+        return found
+
+    @cached_property
+    def shapes(self) -> dict[TensorRef, list[Any]]:
+        """The shape (batch axis included) the config records for each tensor a layer consumes."""
+        found: dict[TensorRef, list[Any]] = {}
+        for layer in self.layers:
+            for call, refs in enumerate(layer.calls):
+                for ref, shape in zip(refs, input_shape_lists(layer, call)):
+                    if shape is not None:
+                        found.setdefault(ref, shape)
         return found
 
     def producer(self, layer: GraphLayer) -> GraphLayer | None:
@@ -166,6 +178,61 @@ def _refs(value: Any) -> Iterator[TensorRef]:
     elif isinstance(value, dict):
         for key in sorted(value):
             yield from _refs(value[key])
+
+
+def input_shape_lists(layer: GraphLayer, call: int) -> list[list[Any] | None]:
+    """The shape lists the config records for the inputs of call ``call`` of ``layer``, in
+    the order of ``layer.calls[call]`` (None where none is recorded): those of the inbound
+    node's tensors (Keras 3), else, for the first call, of its ``build_config``
+    (Sequential). They are the config's own lists: a rewrite edits them in place."""
+    count = len(layer.calls[call])
+    nodes = layer.entry.get("inbound_nodes")
+    if isinstance(nodes, list) and call < len(nodes) and isinstance(nodes[call], dict):
+        found = list(_tensor_shapes(nodes[call]))
+        if len(found) == count:
+            return list(found)
+    if call == 0:
+        build = layer.entry.get("build_config")
+        shape = build.get("input_shape") if isinstance(build, dict) else None
+        leaves = list(_shape_leaves(shape))
+        if len(leaves) == count:
+            return list(leaves)
+    return [None] * count
+
+
+def build_shape_lists(layer: GraphLayer) -> list[list[Any]]:
+    """The shape lists of a layer's ``build_config.input_shape``, in input order."""
+    build = layer.entry.get("build_config")
+    return list(_shape_leaves(build.get("input_shape") if isinstance(build, dict) else None))
+
+
+def _tensor_shapes(value: Any) -> Iterator[list[Any] | None]:
+    """The recorded shape of each tensor of an inbound node, in :func:`_tensors`'s order."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            shape = value.get("config", {}).get("shape")
+            yield shape if isinstance(shape, list) else None
+            return
+        for key in sorted(value):
+            yield from _tensor_shapes(value[key])
+    elif isinstance(value, list):
+        for item in value:
+            yield from _tensor_shapes(item)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _shape_leaves(value: Any) -> Iterator[list[Any]]:
+    if _is_shape(value):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _shape_leaves(item)
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            yield from _shape_leaves(value[key])
 
 
 def keras_order(graph: ModelGraph) -> list[str]:

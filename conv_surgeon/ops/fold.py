@@ -9,9 +9,9 @@ on by default), which ``--no-smoke`` skips.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,9 @@ from ..edits.fold import (
     store_moves,
     variance_problem,
 )
-from ..model.graph import container_keys, keras_order, model_graphs
+from ..model.graph import keras_order, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
-from ..store.hdf5 import damaged_store_is_an_error
-from ..store.provenance import EditRecord, FoldSource, read_history
-from ..store.hdf5 import attr_list
+from ..store.provenance import EditRecord, FoldSource
 from ..store.rewrite import (
     Derived,
     LegacyRewrite,
@@ -49,11 +47,10 @@ from ..store.rewrite import (
     write_keras_archive,
 )
 from ..store.writer import write_h5_history
-from ..store.source import ModelSource, open_store
-from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
-from ..transaction.keras_runtime import KerasWarmUp
-from ..transaction.smoke import ReferenceResult, SmokeReport, SmokeTarget, Tolerance, start_reference_run
-from ..transaction.transaction import Rewrite, WriteOptions, WrittenValue, check_destination, write_transaction
+from ..store.source import ModelSource
+from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.transaction import WriteOptions, WrittenValue, check_destination
+from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
@@ -125,14 +122,14 @@ def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, 
     if structure.format != "keras" and not legacy:
         raise ConvSurgeonError(
             f"{source.label}: fold-bn rewrites .keras archives and legacy .h5 models, not a "
-            f"{_format_name(structure)}; load it in Keras and save it as .keras first"
+            f"{format_name(structure)}; load it in Keras and save it as .keras first"
         )
     check_destination(source, structure, options)
-    config, layer_names = _read_config(source)
+    config, layer_names = read_config(source, "fold-bn")
     pairs, not_folded = _selected(*_foldable_here(find_pairs(config), legacy), layers, source.label)
     by_path = {layer.path: layer for layer in structure.layers}
     if not legacy:
-        _check_store_places(config, by_path, source.label)
+        check_store_places(config, by_path, source.label, "fold-bn")
     folds, refused = _folds(source, pairs, by_path)
     before = sum(layer.parameters for layer in structure.layers)
     removed = sum(by_path[p.bn_path].parameters for p, _, _ in folds)
@@ -154,7 +151,7 @@ def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, 
     optimizer = optimizer_plan(
         structure, config, new_config, by_path,
         {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
-        _changed(folds, by_path), read_optimizer_shapes(source) if structure.optimizer_variables else [])
+        dict.fromkeys(_changed(folds, by_path)), read_optimizer_shapes(source) if structure.optimizer_variables else [])
     renamed = [] if keep_layers else [
         f"the model output '{p.bn.name}' is now the output of '{p.conv.name}' (its name changes; "
         "--keep-layers keeps it)" for p, _, _ in folds
@@ -183,8 +180,8 @@ def _folds(source: ModelSource, pairs: list[FoldPair], by_path: dict[str, Layer]
     worker (:class:`Derived` values), where they are read, written and read back.
     """
     label = source.label
-    wanted = [v for p in pairs for v in _layer(by_path, p.bn_path, label).variables]
-    wanted += [v for p in pairs for v in _layer(by_path, p.conv_path, label).variables if v.name == "bias"]
+    wanted = [v for p in pairs for v in store_layer(by_path, p.bn_path, label).variables]
+    wanted += [v for p in pairs for v in store_layer(by_path, p.conv_path, label).variables if v.name == "bias"]
     values = read_variables(source, wanted)
     folds: list[Fold] = []
     refused: list[NotFolded] = []
@@ -205,71 +202,25 @@ def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callab
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
-    # The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
-    # the rewrite's worker then runs beside that import.
-    recorded = read_history(source)
-    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-        prepared = Path(folder) / "prepared"
-        stage: Rewrite
-        if plan.layer_names is not None:
-            legacy_rewrite, written = _legacy_rewrite(plan, plan.layer_names)
-            worker = Worker(lambda: rewrite_legacy(source, legacy_rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+    prepare: Callable[[Path], int]
+    stage: Callable[[Path, Path, list[dict[str, Any]]], None]
+    if plan.layer_names is not None:
+        legacy_rewrite, written = _legacy_rewrite(plan, plan.layer_names)
+        prepare = partial(rewrite_legacy, source, legacy_rewrite)
 
-            def stage(path: Path, history: list[dict[str, Any]]) -> None:
-                shutil.copyfile(prepared, path)
-                write_h5_history(path, history, source.label)
-        else:
-            rewrite, written = _rewrite(plan)
-            worker = Worker(lambda: rewrite_weights(source, rewrite, prepared), PARSE_TIMEOUT_S, source.label)
+        def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
+            shutil.copyfile(prepared, path)
+            write_h5_history(path, history, source.label)
+    else:
+        rewrite, written = _rewrite(plan)
+        prepare = partial(rewrite_weights, source, rewrite)
 
-            def stage(path: Path, history: list[dict[str, Any]]) -> None:
-                write_keras_archive(source, path, plan.new_config, prepared, history)
+        def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
+            write_keras_archive(source, path, plan.new_config, prepared, history)
 
-        reference = _reference_run(source, options)
-        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
-        try:
-            worker.result()
-            result = write_transaction(source, plan.structure, stage, written, records, options, step,
-                                       history=recorded, warm_up=warm_up, reference_run=reference)
-        finally:
-            if reference is not None:
-                reference.discard()  # it has answered, or is no longer wanted
-            if warm_up is not None:
-                warm_up.join()  # the import silences fd 2: let it finish before any error is printed
+    result = write_rewritten(source, plan.structure, prepare, stage, written, records, options, step)
     return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
-
-
-def _reference_run(source: ModelSource, options: WriteOptions) -> Worker[ReferenceResult] | None:
-    """The original model's forward pass for the check, started in its own process now,
-    before any thread: it runs beside the rest of the write (a model file Keras can open
-    by its name only; a model from stdin is compared after the edited one)."""
-    checks = options.smoke
-    if not (checks.enabled and checks.compare) or source.path is None \
-            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")):
-        return None
-    return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
-                               unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)
-
-
-def _format_name(structure: ModelStructure) -> str:
-    return {"h5": "legacy .h5 file", "weights": "weights-only file", "sharded": "sharded weights map",
-            "dir": "saved folder", "preset": "keras-hub preset"}.get(structure.format, structure.format)
-
-
-def _read_config(source: ModelSource) -> tuple[dict[str, Any], list[str] | None]:
-    """The model config, and a legacy .h5's `layer_names` (None for a Keras 3 store)."""
-    def work() -> tuple[dict[str, Any] | None, list[str] | None]:
-        with damaged_store_is_an_error(source.label), open_store(source) as store:
-            if not store.legacy:
-                return store.config, None
-            root = store.h5s[0]["model_weights"]
-            return store.config, attr_list(root, "layer_names")
-
-    config, names = run_bounded(work, PARSE_TIMEOUT_S, source.label)
-    if config is None:
-        raise ModelFileError(f"{source.label}: holds no model config; fold-bn needs the model's graph")
-    return config, names
 
 
 def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[str] | None,
@@ -294,28 +245,6 @@ def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[s
         if match[0] not in chosen:
             chosen.append(match[0])
     return chosen, []
-
-
-def _layer(by_path: dict[str, Layer], path: str, label: str) -> Layer:
-    layer = by_path.get(path)
-    if layer is None:
-        raise ModelFileError(f"{label}: layer '{path}' of the config has no weights in the store")
-    return layer
-
-
-def _check_store_places(config: dict[str, Any], by_path: dict[str, Layer], label: str) -> None:
-    """Every layer with weights sits where the config's order says Keras put it: the
-    rewrite moves objects by that rule, so a store that breaks it is refused."""
-    for graph in model_graphs(config):
-        keys = container_keys(graph, [layer.name for layer in graph.layers])
-        for name, key in keys.items():
-            layer = by_path.get(graph.layer_path(name))
-            expected = "/".join(p for p in (graph.store_path, "layers", key) if p)
-            if layer is not None and layer.store_path != expected:
-                raise ModelFileError(
-                    f"{label}: layer '{layer.path}' is stored at '{layer.store_path}', not at "
-                    f"'{expected}' where Keras would look for it; fold-bn cannot rewrite this store"
-                )
 
 
 def _check_predicted_order(config: dict[str, Any], models: set[str], label: str) -> None:
@@ -354,7 +283,7 @@ def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite,
     for pair, new, bn in plan.folds:
         conv = by_path[pair.conv_path]
         for name, value in new.items():
-            old = _variable(conv, name)
+            old = layer_variable(conv, name)
             if old is None:  # a new bias, named like the kernel: conv1/kernel:0 -> conv1/bias:0
                 kernel = conv.variables[0].dataset
                 head, _, leaf = kernel.rpartition("/")
@@ -374,17 +303,13 @@ def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite,
                          plan.optimizer.sources if plan.optimizer is not None else None), written
 
 
-def _variable(layer: Layer, name: str) -> Variable | None:
-    return next((v for v in layer.variables if v.name == name), None)
-
-
 def _has_bias(layer: Layer) -> bool:
-    return _variable(layer, "bias") is not None
+    return layer_variable(layer, "bias") is not None
 
 
 def _bn_values(layer: Layer, config: dict[str, Any], values: dict[str, np.ndarray]) -> BatchNormValues:
     def get(name: str) -> np.ndarray | None:
-        variable = _variable(layer, name)
+        variable = layer_variable(layer, name)
         return None if variable is None else values[variable.dataset]
 
     mean, variance = get("moving_mean"), get("moving_variance")
@@ -398,7 +323,7 @@ def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
     """The conv's new variables by name: its (pointwise) kernel scaled, and its bias."""
     s, t = scale_and_shift(bn)
     name = "pointwise_kernel" if pair.conv_class.kind == "separable" else "kernel"
-    kernel = _variable(layer, name)
+    kernel = layer_variable(layer, name)
     if kernel is None:
         raise ModelFileError(f"layer '{layer.path}': no {name} in the store")
     if kernel.dtype not in FOLDABLE_DTYPES:
@@ -407,7 +332,7 @@ def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
         raise ModelFileError(f"layer '{layer.path}': {output_channels(pair.conv_class, kernel.shape)} output "
                              f"channels, but its BatchNormalization '{pair.bn_path}' has {s.size}")
     cls = pair.conv_class
-    bias_var = _variable(layer, "bias")
+    bias_var = layer_variable(layer, "bias")
     bias = values[bias_var.dataset] if bias_var is not None else None
     leaf = kernel.dataset.rpartition("/")[2]  # "0" in a Keras 3 store; a name in a legacy .h5
     return {name: Derived(int(leaf) if leaf.isdigit() else kernel.index, lambda k: folded_kernel(cls, k, s)),
@@ -453,7 +378,7 @@ def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue]]:
         new_vars: list[Variable] = []
         object_path = moves.new_paths.get(pair.conv_path, conv.store_path)
         for index, name in enumerate(names):
-            old = _variable(conv, name)
+            old = layer_variable(conv, name)
             value = new.get(name)
             if value is None:
                 assert old is not None

@@ -15,7 +15,7 @@ in exactly one way, or the state is refused rather than guessed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..model.catalogue import layer_variables
 from ..model.graph import model_graphs
 from ..model.structure import Layer, ModelStructure
 from ..store.hdf5 import damaged_store_is_an_error
-from ..store.rewrite import VarSource, legacy_optimizer_names
+from ..store.rewrite import Derived, VarSource, legacy_optimizer_names
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 
@@ -135,13 +135,19 @@ def slot_layout(slots: list[Slot], trainable: list[tuple[int, ...]]) -> tuple[in
     return found[0] if len(found) == 1 else None
 
 
+# How a changed variable's slots follow it: None starts them at zero (the value changed
+# meaning: fold-bn), a function derives each new slot from its old one (prune slices it).
+SlotChange = Callable[[np.ndarray], np.ndarray] | None
+
+
 def remapped_slots(
     slots: list[Slot], old: list[tuple[TrainableKey, tuple[int, ...]]],
-    new: list[tuple[TrainableKey, tuple[int, ...]]], changed: set[TrainableKey],
+    new: list[tuple[TrainableKey, tuple[int, ...]]], changed: Mapping[TrainableKey, SlotChange],
 ) -> tuple[tuple[VarSource, ...], int, int, int]:
     """The new optimizer variables: the scalars, and per block a slot for each new trainable
-    variable, copied from its old slot or zero where the variable is new or changed.
-    Returns (sources, kept, reset, removed) counts of variables."""
+    variable: copied from its old slot, or for a variable of ``changed`` zero or derived from
+    the old slot as it says (zero as well where the variable is new).
+    Returns (sources, kept, changed, removed) counts of variables."""
     layout = slot_layout(slots, [shape for _, shape in old])
     if layout is None:
         raise ConvSurgeonError(
@@ -154,19 +160,24 @@ def remapped_slots(
     for k in blocks:
         dtype = slots[position][1] if position < len(slots) else "float32"
         for key, shape in new:
-            keep = key in index and key not in changed
             for j in range(k):
-                sources.append(position + index[key] * k + j if keep else np.zeros(shape, dtype))
+                slot = position + index[key] * k + j if key in index else None
+                change = changed.get(key)
+                if slot is not None and key not in changed:
+                    sources.append(slot)
+                elif slot is not None and change is not None:
+                    sources.append(Derived(slot, change))
+                else:
+                    sources.append(np.zeros(shape, dtype))
         position += k * len(old)
     kept = sum(1 for key, _ in new if key in index and key not in changed)
-    reset = len(new) - kept
     removed = sum(1 for key, _ in old if key not in {k for k, _ in new})
-    return tuple(sources), kept, reset, removed
+    return tuple(sources), kept, len(new) - kept, removed
 
 
 def optimizer_plan(structure: ModelStructure, config: dict[str, Any], new_config: dict[str, Any],
                    by_path: dict[str, Layer], new_variables: dict[str, list[tuple[str, tuple[int, ...], bool]]],
-                   changed: set[TrainableKey], slots: list[Slot]) -> OptimizerPlan | None:
+                   changed: Mapping[TrainableKey, SlotChange], slots: list[Slot]) -> OptimizerPlan | None:
     """How the optimizer state follows the rewrite (None without optimizer state).
     ``new_variables`` overrides the variables of the layers whose variables change."""
     if not structure.optimizer_variables or not slots:
@@ -178,7 +189,8 @@ def optimizer_plan(structure: ModelStructure, config: dict[str, Any], new_config
 
     old = trainable_variables(config, before)
     new = trainable_variables(new_config, after)
-    sources, kept, reset, removed = remapped_slots(slots, old, new, changed)
-    note = (f"optimizer state: the slots of {kept} variables kept, of {reset} reset to zero "
-            f"(the folded layers), of {removed} removed")
+    sources, kept, altered, removed = remapped_slots(slots, old, new, changed)
+    what = "sliced like their variables" if any(c is not None for c in changed.values()) \
+        else "reset to zero (the folded layers)"
+    note = f"optimizer state: the slots of {kept} variables kept, of {altered} {what}, of {removed} removed"
     return OptimizerPlan(OPTIMIZER_VARS, sources, note)

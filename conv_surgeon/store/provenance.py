@@ -69,7 +69,10 @@ DonorSource = TypedDict("DonorSource", {"from": str, "sha256": str})
 FoldSource = TypedDict("FoldSource", {"fold": str})
 """Values folded from a BatchNormalization: ``{"fold": "conv1_bn"}`` (its layer path)."""
 
-EditSource = FileSource | InitSource | DonorSource | FoldSource
+PruneSource = TypedDict("PruneSource", {"prune": dict[str, list[int]]})
+"""Values sliced by ``prune``: ``{"prune": {"-1": [3, 7]}}``, the indices removed per axis."""
+
+EditSource = FileSource | InitSource | DonorSource | FoldSource | PruneSource
 
 
 class EditRecord(TypedDict):

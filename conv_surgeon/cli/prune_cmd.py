@@ -1,0 +1,55 @@
+"""`conv-surgeon prune`: remove convolution filters and fix up everything downstream."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from .app import Command, app
+from .params import OptionalModelArg, model_source
+from .write_options import WriteArgs, counted_steps, report_stream, tolerance_or, with_write_options
+
+
+@app.command("prune", cls=Command)
+@with_write_options
+def prune_command(
+    model: OptionalModelArg = None,
+    layer: Annotated[list[str], typer.Option(
+        "--layer", "-l", help="Prune the filters of this conv (and of every conv whose channels meet its own; repeatable).")] = [],
+    every: Annotated[bool, typer.Option("--all", help="Prune every group of channels that can be pruned.")] = False,
+    filters: Annotated[Optional[str], typer.Option(
+        "--filters", help="The filter indices to remove, e.g. 3,7,9 (with one --layer).", show_default=False)] = None,
+    smallest_l1: Annotated[Optional[str], typer.Option(
+        "--smallest-l1", help="Remove the N filters (or N% of them) of smallest L1 norm, summed over a group.",
+        show_default=False)] = None,
+    zeros: Annotated[bool, typer.Option(
+        "--zeros", help="Remove only filters that are zero all along their path (exact: outputs must stay equal).")] = False,
+    *,
+    write: WriteArgs,
+) -> None:
+    """Remove conv filters and fix up every layer downstream; compare the outputs."""
+    from ..ops.prune import ZEROS_TOLERANCE, PruneRequest, prune
+    from ..render import render_prune_report
+
+    request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
+                           smallest_l1, zeros)
+    # The outputs are compared by default (--compare is implied); --zeros also expects
+    # them the same, within ZEROS_TOLERANCE or the --atol/--rtol given.
+    smoke = not write.no_smoke
+    options = replace(write, compare=smoke, expect_same=write.expect_same and smoke).options_for(model)
+    if options.smoke.enabled and zeros and options.smoke.expect_same is None:
+        options = replace(options, smoke=replace(options.smoke, expect_same=tolerance_or(write, ZEROS_TOLERANCE)))
+    source = model_source(model or "-", write.config)
+    with counted_steps(options) as step:
+        report = prune(source, request, options, step=step)
+    render_prune_report(report, write.json_output, report_stream(options))
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise UsageError(f"--filters {text!r}: expected filter indices separated by commas, e.g. 3,7,9")
+    return tuple(int(part) for part in parts)
