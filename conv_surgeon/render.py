@@ -465,12 +465,7 @@ def render_fold_report(report: FoldReport, json_output: bool, stream: TextIO) ->
     if report.pairs:
         change = report.parameters_after - report.parameters_before
         out.print(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} ({change:+,})")
-    if report.optimizer:
-        out.print(report.optimizer)
-    for note in report.notes:
-        out.print(f"note: {note}")
-    if report.pairs:
-        _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
+    _print_rewrite_end(out, report, bool(report.pairs))
 
 
 def prune_document(report: PruneReport) -> dict[str, Any]:
@@ -528,11 +523,17 @@ def render_prune_report(report: PruneReport, json_output: bool, stream: TextIO) 
             change = after - before
             share = f", {change / before:+.1%}" if before else ""
             out.print(f"{what}: {before:,} -> {after:,} ({change:+,}{share})")
+    _print_rewrite_end(out, report, bool(report.groups))
+
+
+def _print_rewrite_end(out: Console, report: FoldReport | PruneReport, changed: bool) -> None:
+    """The end of a graph surgery's report: the optimizer state, the notes, and the check
+    (when anything was changed)."""
     if report.optimizer:
         out.print(report.optimizer)
     for note in report.notes:
         out.print(f"note: {note}")
-    if report.groups:
+    if changed:
         _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
 
 

@@ -227,7 +227,9 @@ def folded_config(config: dict[str, Any], pairs: list[FoldPair], keep_layers: bo
     by_model: dict[str, list[FoldPair]] = {}
     for pair in pairs:
         by_model.setdefault(pair.graph.path, []).append(pair)
-    for entry, path in _model_entries(new, ""):
+    # The graphs hold the very entries of `new`, so they are rewritten in place.
+    for graph in model_graphs(new):
+        entry, path = graph.entry, graph.path
         mine = by_model.get(path, [])
         if not mine:
             continue
@@ -250,17 +252,6 @@ def folded_config(config: dict[str, Any], pairs: list[FoldPair], keep_layers: bo
         order = {name: i for i, name in enumerate(keras_order(graph))}
         entry["config"]["layers"].sort(key=lambda layer: order.get(_entry_name(layer), len(order)))
     return new
-
-
-def _model_entries(entry: dict[str, Any], path: str) -> list[tuple[dict[str, Any], str]]:
-    """Every model entry of a config with its layer path, in the order of model_graphs."""
-    found = [(entry, path)]
-    for child in entry.get("config", {}).get("layers", []):
-        if child.get("class_name") in ("Functional", "Sequential", "Model") and isinstance(
-                child.get("config", {}).get("layers"), list):
-            name = _entry_name(child)
-            found += _model_entries(child, f"{path}/{name}" if path else name)
-    return found
 
 
 def _entry_name(entry: dict[str, Any]) -> str:

@@ -261,18 +261,16 @@ def _check_predicted_order(config: dict[str, Any], models: set[str], label: str)
 
 def _check_layer_names(config: dict[str, Any], layer_names: list[str], label: str) -> None:
     """A legacy .h5 loads weights by position in `layer_names`: it must be Keras's order."""
-    root = model_graphs(config)[0]
-    listed = set(layer_names)
-    if [name for name in keras_order(root) if name in listed] != layer_names:
+    if list(_in_keras_order(config, layer_names)) != layer_names:
         raise ConvSurgeonError(
             f"{label}: the layer_names of the .h5 are not in the order Keras lists its layers, so the "
             "folded model's weights could not be placed; nothing was written; use --keep-layers")
 
 
-def _new_layer_names(new_config: dict[str, Any], layer_names: list[str]) -> tuple[str, ...]:
-    root = model_graphs(new_config)[0]
+def _in_keras_order(config: dict[str, Any], layer_names: list[str]) -> tuple[str, ...]:
+    """``layer_names`` in the order Keras lists the root model's layers built from ``config``."""
     listed = set(layer_names)
-    return tuple(name for name in keras_order(root) if name in listed)
+    return tuple(name for name in keras_order(model_graphs(config)[0]) if name in listed)
 
 
 def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite, list[WrittenValue]]:
@@ -297,7 +295,7 @@ def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite,
         if keep_layers:
             values.update(_identity(by_path[pair.bn_path], bn))
     drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in plan.folds)
-    names = tuple(layer_names) if keep_layers else _new_layer_names(
+    names = tuple(layer_names) if keep_layers else _in_keras_order(
         plan.new_config, [n for n in layer_names if n not in drops])
     return LegacyRewrite(plan.new_config, names, drops, values,
                          plan.optimizer.sources if plan.optimizer is not None else None), written
