@@ -166,3 +166,23 @@ def test_damaged_stores_read_as_they_read_before(tmp_path: Path) -> None:
         assert _outcome(lambda: read_structure(source, timeout=5)) == before, path
         outcomes.add(before[0])
     assert outcomes == {"read", "error"}
+
+
+def test_a_superblock_extension_address_in_a_version_0_superblock_is_h5pys_error(tmp_path: Path) -> None:
+    """libhdf5 refuses a v0 superblock whose extension address (the field after the base
+    address) is defined; the pure reader once ignored it and read such a file."""
+    model = ROOT / "sample_models" / "tiny_cnn.keras"
+    data = bytearray(model.read_bytes())
+    with open(model, "rb") as raw, zipfile.ZipFile(raw) as archive:
+        member = locate_member(archive, raw, "model.weights.h5", str(model))
+    field = member.data_offset + 32  # signature, 8 version bytes, two K values, flags, base address
+    assert data[field:field + 8] == b"\xff" * 8  # undefined, as h5py writes it
+    data[field:field + 8] = (96).to_bytes(8, "little")
+    path = tmp_path / "extension.keras"
+    path.write_bytes(bytes(data))
+    source = ModelSource.from_path(path)
+    with pytest.raises(UnsupportedHDF5, match="extension"):
+        _outline_structure(source)
+    before = _outcome(lambda: _through_h5py(source))
+    assert before[0] == "error" and "extension" in before[2]
+    assert _outcome(lambda: read_structure(source)) == before

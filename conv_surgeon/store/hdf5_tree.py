@@ -314,7 +314,7 @@ class HDF5Tree:
             raise UnsupportedHDF5("the file lies outside the buffer")
         self._file = _File(buffer, base, size)
         (signature, version, free_space, root_version, _, shared_version, offsets, lengths, _,
-         self._leaf_k, self._internal_k, flags, base_address, _, end, driver) = self._file.unpack(SUPERBLOCK, 0)
+         self._leaf_k, self._internal_k, flags, base_address, extension, end, driver) = self._file.unpack(SUPERBLOCK, 0)
         if signature != HDF5_SIGNATURE:
             raise UnsupportedHDF5("no HDF5 signature at the file's start")
         if (version, free_space, root_version, shared_version) != (0, 0, 0, 0):
@@ -323,6 +323,8 @@ class HDF5Tree:
             raise UnsupportedHDF5(f"{offsets}-byte offsets and {lengths}-byte lengths")
         if base_address != 0 or flags != 0 or driver != UNDEFINED_ADDRESS or not self._leaf_k or not self._internal_k:
             raise UnsupportedHDF5("a superblock with a base address, flags or a driver block")
+        if extension != UNDEFINED_ADDRESS:  # libhdf5 refuses it below superblock version 2
+            raise UnsupportedHDF5("a superblock extension address in a version 0 superblock")
         if end > size:
             raise UnsupportedHDF5(f"the file is truncated: {size} of its {end} bytes")
         self._file.end = end  # libhdf5 reads nothing past the end of the address space
