@@ -186,3 +186,21 @@ def test_a_superblock_extension_address_in_a_version_0_superblock_is_h5pys_error
     before = _outcome(lambda: _through_h5py(source))
     assert before[0] == "error" and "extension" in before[2]
     assert _outcome(lambda: read_structure(source)) == before
+
+
+def test_a_string_attribute_of_a_damaged_character_set_is_a_damaged_file(cli, tmp_path: Path) -> None:
+    """h5py raises TypeError ("Unknown string encoding") for such an attribute: bad input,
+    one line and exit 1, not an internal error (fuzzing found it)."""
+    model = ROOT / "sample_models" / "tiny_cnn.keras"
+    data = bytearray(model.read_bytes())
+    with open(model, "rb") as raw, zipfile.ZipFile(raw) as archive:
+        member = locate_member(archive, raw, "model.weights.h5", str(model))
+    # A variable-length UTF-8 string datatype: class 9 version 1, string, charset 1, 16 bytes.
+    at = data.index(b"\x19\x01\x01\x00\x10\x00\x00\x00", member.data_offset)
+    data[at + 2] = 14
+    path = tmp_path / "charset.keras"
+    path.write_bytes(bytes(data))
+    result = cli("inspect", path)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.startswith(f"Error: {path}: the HDF5 weight store is damaged (")
+    assert "Unknown string encoding" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -155,7 +155,11 @@ def _read_text_attribute(attribute: Any) -> str:
     object and its attribute manager first: a third of a large model's walk)."""
     import numpy as np
 
-    value = np.empty(attribute.shape, dtype=attribute.dtype)
+    try:
+        dtype = attribute.dtype
+    except TypeError as exc:  # "Unknown string encoding (value 14)": a damaged datatype
+        raise ValueError(f"an attribute of a datatype h5py cannot map: {exc}") from None
+    value = np.empty(attribute.shape, dtype=dtype)
     attribute.read(value)
     return attr_text(value[()] if value.shape == () else value.ravel()[0])
 
