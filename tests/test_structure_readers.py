@@ -1,8 +1,9 @@
-"""The two ways a structure is read: the pure-Python HDF5 reader in this process, and h5py
-in a bounded worker. Wherever the first reads a file, its structure is exactly the
-second's (layers, paths, classes, variables with shapes, dtypes and datasets, files,
-unplaced datasets, optimizer state); wherever it does not, h5py reads it, and a damaged
-file gets the outcome it got before the pure reader existed.
+"""The two ways a structure and values are read: the pure-Python HDF5 reader in this
+process, and h5py in a bounded worker. Wherever the first reads a file, its structure is
+exactly the second's (layers, paths, classes, variables with shapes, dtypes and datasets,
+files, unplaced datasets, optimizer state), and so is every variable's value (dtype,
+shape, bytes); wherever it does not, h5py reads it, and a damaged file gets the outcome
+it got before the pure reader existed.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pytest
 
 from zoo import ZooModel, zoo_model, zoo_models  # noqa: F401  (fixtures)
 
 from conv_surgeon.errors import ConvSurgeonError
-from conv_surgeon.model.structure import ModelStructure, _outline_structure, _parse_structure, read_structure
+from conv_surgeon.model.structure import (ModelStructure, _outline_structure, _outline_variables, _parse_structure,
+                                          _read_variables, read_structure, read_variables)
 from conv_surgeon.store.archive import locate_member
 from conv_surgeon.store.hdf5_tree import UnsupportedHDF5
 from conv_surgeon.store.source import ModelSource
@@ -48,8 +51,37 @@ def _both_agree(source: ModelSource, pure: bool) -> None:
     assert read_structure(source) == expected
 
 
+def _values_through_h5py(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
+    """Every variable's value as conv-surgeon read it before the pure reader."""
+    structure = read_structure(source)
+    variables = [v for layer in structure.layers for v in layer.variables]
+    return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
+
+
+def _same_values(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert list(found) == list(expected)
+    for key, value in expected.items():
+        assert (found[key].dtype, found[key].shape) == (value.dtype, value.shape), key
+        assert found[key].tobytes() == value.tobytes(), key
+        assert found[key].flags.writeable, key  # as h5py's arrays: callers may edit them
+
+
+def _values_agree(source: ModelSource, pure: bool) -> None:
+    expected = _values_through_h5py(source)
+    structure = read_structure(source)
+    variables = [v for layer in structure.layers for v in layer.variables]
+    assert variables, "a model without variables checks nothing"
+    if pure:
+        _same_values(_outline_variables(source, variables), expected)
+    else:
+        with pytest.raises(UnsupportedHDF5):
+            _outline_variables(source, variables)
+    _same_values(read_variables(source, variables), expected)
+
+
 def test_every_kind_of_save_reads_the_same_through_both(zoo_model: ZooModel) -> None:
     _both_agree(ModelSource.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
+    _values_agree(ModelSource.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
@@ -57,6 +89,7 @@ def test_every_committed_model_reads_the_same_through_both(path: Path) -> None:
     with h5py.File(io.BytesIO(_store_bytes(path)), "r") as h5:
         legacy = "model_config" in h5.attrs or "layer_names" in h5.attrs
     _both_agree(ModelSource.from_path(path), pure=not legacy)
+    _values_agree(ModelSource.from_path(path), pure=not legacy)
 
 
 def _store_bytes(path: Path) -> bytes:
@@ -70,6 +103,7 @@ def _store_bytes(path: Path) -> bytes:
 def test_bytes_from_stdin_read_the_same_through_both(zoo_models: Any, kind: str) -> None:
     path = zoo_models(kind).path
     _both_agree(ModelSource.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
+    _values_agree(ModelSource.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
 
 
 def test_a_weights_file_read_with_config_goes_through_h5py(zoo_models: Any) -> None:
@@ -114,6 +148,7 @@ def test_a_store_beyond_the_pure_reader_is_read_through_h5py(zoo_models: Any, tm
     model = zoo_models("weights_only")
     copy = _rewritten(model.path, tmp_path / "copy.weights.h5", **options)
     _both_agree(ModelSource.from_path(copy), pure=False)
+    _values_agree(ModelSource.from_path(copy), pure=False)
     assert _layers(read_structure(ModelSource.from_path(copy))) == _layers(read_structure(ModelSource.from_path(model.path)))
 
 
@@ -165,6 +200,15 @@ def test_damaged_stores_read_as_they_read_before(tmp_path: Path) -> None:
         before = _outcome(lambda: _through_h5py(source, timeout=5))
         assert _outcome(lambda: read_structure(source, timeout=5)) == before, path
         outcomes.add(before[0])
+        if before[0] == "read":  # and the values: the same bytes, or h5py's error
+            variables = [v for layer in before[1].layers for v in layer.variables]
+            values = _outcome(lambda: run_bounded(lambda: _read_variables(source, variables), 5, source.label))
+            found = _outcome(lambda: read_variables(source, variables, timeout=5))
+            assert found[0] == values[0], path
+            if values[0] == "read":
+                _same_values(found[1], values[1])
+            else:
+                assert found == values, path
     assert outcomes == {"read", "error"}
 
 

@@ -616,9 +616,22 @@ def _warm_up_readers() -> None:
 
 
 def read_variables(source: ModelSource, variables: list[Variable], timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
-    """The values of ``variables``, keyed by dataset path, read in a bounded worker."""
+    """The values of ``variables``, keyed by dataset path: read in this process by the
+    pure-Python HDF5 reader where it can (the same values h5py reads), else through h5py
+    in a bounded worker."""
+    try:
+        return _outline_variables(source, variables)
+    except UnsupportedHDF5:
+        pass
     _warm_up_readers()
     return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
+
+
+def _outline_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
+    """:func:`_read_variables` by the pure-Python reader; raises :class:`UnsupportedHDF5`
+    where it leaves a file or a dataset to h5py."""
+    with outline_store(source) as store:
+        return {v.dataset: store.value(v.file, v.dataset) for v in variables}
 
 
 def read_own_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:

@@ -288,6 +288,20 @@ class Dataset(_Object):
     def shape(self) -> tuple[int, ...]:
         return self._open()[0]
 
+    def data_span(self) -> tuple[Buffer, int, int]:
+        """Where the dataset's bytes lie, as h5py reads them: ``(buffer, start, size)``
+        (the file's own buffer for contiguous storage, the layout message for compact).
+        Storage never allocated (h5py would read the fill value) is unsupported."""
+        self._open()
+        (layout,) = self._messages[LAYOUT]
+        if layout[1] == COMPACT:
+            (stored,) = _unpack(COMPACT_SIZE, layout, 2)
+            return layout, 4, stored
+        address, stored = _unpack(TWO_ADDRESSES, layout, 2)
+        if address == UNDEFINED_ADDRESS:
+            raise UnsupportedHDF5("a dataset whose storage was never allocated: h5py reads its fill value")
+        return self._file.buffer, self._file.check(address, stored), stored
+
     @property
     def dtype(self) -> str:
         """numpy's name for the dtype h5py reads (``float32``, ``bool``, ...), or
@@ -334,6 +348,27 @@ class HDF5Tree:
             raise UnsupportedHDF5("the root object is not a group")
         assert isinstance(root, Group)
         self.root = root
+        self._found: dict[str, Group | Dataset] = {}  # by path, for find()
+
+    def find(self, path: str) -> Group | Dataset:
+        """The object at ``path`` (``layers/conv2d/vars/0``), as ``h5py.File[path]``
+        finds it. Each object is read once, however many paths pass through it; do not
+        mix with :meth:`walk` on one tree (the walk would reach them a second time)."""
+        item: Group | Dataset = self.root
+        walked = ""
+        for part in path.split("/"):
+            if not isinstance(item, Group):
+                raise UnsupportedHDF5(f"{walked} is a dataset, not a group: h5py words the error")
+            walked = f"{walked}/{part}" if walked else part
+            found = self._found.get(walked)
+            if found is None:
+                name = part.encode()
+                member = next((m for m in item.members if m[0] == name), None)
+                if member is None:
+                    raise UnsupportedHDF5(f"no object {walked}: h5py words the error")
+                found = self._found[walked] = self._object(member[1], member[2])
+            item = found
+        return item
 
     def walk(self) -> Iterator[tuple[str, Group | Dataset]]:
         """Every object below the root with its path (``layers/conv2d/vars/0``), depth

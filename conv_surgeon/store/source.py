@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import mmap
 import os
 import zipfile
@@ -27,10 +28,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from ..errors import ModelFileError
 from .archive import Member, Window, ZIP_MAGIC, locate_member
 from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
-from .hdf5_tree import HDF5Tree, UnsupportedHDF5
+from .hdf5_tree import Dataset, HDF5Tree, UnsupportedHDF5
 
 if TYPE_CHECKING:
     import h5py
+    import numpy as np
 
 ModelFormat = Literal["keras", "h5", "weights", "sharded", "dir", "preset"]
 # Kinds whose store is several files in a folder: written by staging a folder.
@@ -231,6 +233,35 @@ class OutlinedStore:
     def walk(self, file: int, visitor: Visitor) -> None:
         for path, entry in self.trees[file].walk():
             visitor(path, entry)
+
+    def value(self, file: int, path: str) -> np.ndarray:
+        """A dataset's value, equal to what :func:`~.hdf5.read_dataset` reads through
+        h5py (dtype, shape, bytes; a writable copy), without h5py; a dataset it cannot
+        read so (never allocated, a void type that is not bfloat16, a boolean byte
+        outside 0 and 1) raises :class:`UnsupportedHDF5`."""
+        import numpy as np
+
+        dataset = self.trees[file].find(path)
+        if not isinstance(dataset, Dataset):
+            raise UnsupportedHDF5(f"{path} is a group, not a dataset: h5py words the error")
+        shape, name = dataset.shape, dataset.dtype
+        if name == "bfloat16":
+            import ml_dtypes
+
+            dtype = native = np.dtype(ml_dtypes.bfloat16)
+        elif name.startswith("void"):
+            raise UnsupportedHDF5(f"{path}: opaque records that are not bfloat16 are read through h5py")
+        else:
+            native = np.dtype(name)
+            dtype = native.newbyteorder("<")  # as stored; h5py hands out the native order
+        buffer, start, size = dataset.data_span()
+        count = math.prod(shape)
+        if size != count * dtype.itemsize:
+            raise UnsupportedHDF5(f"{path}: {size} bytes for {count} values of {dtype}")
+        if name == "bool" and buffer[start:start + size].strip(b"\0\1"):
+            raise UnsupportedHDF5(f"{path}: boolean bytes other than 0 and 1")
+        value: np.ndarray = np.frombuffer(buffer, dtype, count, start).reshape(shape).astype(native)
+        return value
 
 
 def _store_files(folder: Path, label: str) -> list[StoreFile]:
