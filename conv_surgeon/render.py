@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -10,17 +11,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from rich import box
-from rich.cells import cell_len
-from rich.console import Console
-from rich.table import Table
-
 from .model.catalogue import main_config
 from .model.structure import Layer
 from .model.naming import format_shape
 from .ops.reading import InspectReport, VariableStats, WeightsExport
 
 if TYPE_CHECKING:
+    # rich is imported when a console is first made (26 ms): `show -o` and `get` print
+    # one plain line and never need it.
+    from rich.console import Console
+    from rich.table import Table
+
     from .ops.compare import DiffReport
     from .ops.fold import FoldReport
     from .ops.prune import PruneReport
@@ -31,14 +32,20 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        # The reader went away (`| head`): stop quietly with the pipe's status, as
-        # other filters do, instead of rich's generic exit 1.
-        self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise SystemExit(141)
+@functools.cache
+def _console_class() -> type[Console]:
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # The reader went away (`| head`): stop quietly with the pipe's status, as
+            # other filters do, instead of rich's generic exit 1.
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(141)
+
+    return _Console
 
 
 def console(stream: TextIO | None = None) -> Console:
@@ -54,8 +61,16 @@ def console(stream: TextIO | None = None) -> Console:
     columns = os.environ.get("COLUMNS", "")
     width = int(columns) if columns.isdigit() and int(columns) > 0 else (None if is_tty else 100_000)
     plain = not is_tty or os.environ.get("NO_COLOR", "") != ""
-    return _Console(file=stream, width=width, highlight=False, markup=False, emoji=False,
+    return _console_class()(file=stream, width=width, highlight=False, markup=False, emoji=False,
                     soft_wrap=False, color_system=None if plain else "auto")
+
+
+def print_line(text: str, stream: TextIO | None = None) -> None:
+    """One line of plain text (stderr by default): what a command wrote, a note. No
+    console needed, so no rich import for commands that say only this much."""
+    out = stream or sys.stderr
+    out.write(text + "\n")
+    out.flush()
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
@@ -77,6 +92,9 @@ _FOLDED_MIN = 4
 
 
 def _table(columns: Sequence[_Column], rows: Sequence[Sequence[str]], compact: bool) -> Table:
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True) if compact else Table()
     for column in columns:
         table.add_column(column.header, no_wrap=column.keep, overflow="ellipsis" if column.keep else "fold",
@@ -94,6 +112,8 @@ def _print_table(out: Console, columns: Sequence[_Column], rows: Sequence[Sequen
     enough, the table runs past the width (the terminal wraps it) rather than lose a
     digit of a shape.
     """
+
+    from rich.cells import cell_len
 
     def widest(index: int) -> int:
         texts = [columns[index].header] + [row[index] for row in rows]
@@ -560,9 +580,8 @@ def render_write_report(report: SetReport, json_output: bool, stream: TextIO) ->
 
 def render_export(export: WeightsExport, output: str | None, bundle: bool) -> None:
     """What `get` wrote, on stderr: its notes, and the file's content unless it went to stdout."""
-    err = console(sys.stderr)
     for note in export.notes:
-        err.print(f"note: {note}")
+        print_line(f"note: {note}")
     if output is None:
         return
     if bundle:
@@ -570,7 +589,7 @@ def render_export(export: WeightsExport, output: str | None, bundle: bool) -> No
     else:
         what = export.layers[0].path + " " + ", ".join(
             f"{name} {format_shape(a.shape)}" for name, a in export.arrays.items())
-    err.print(f"wrote {output}: {what}")
+    print_line(f"wrote {output}: {what}")
 
 
 def _drawn_document(drawn: DrawnVariable) -> dict[str, Any]:
@@ -626,7 +645,7 @@ def render_picture(picture: Picture, output: str, json_output: bool) -> None:
     else:
         layers = len({drawn.layer for drawn in picture.variables})
         what = f"histograms of {plural(len(picture.variables), 'variable')} in {plural(layers, 'layer')}"
-    console(sys.stderr).print(f"wrote {output}: {what} ({width}x{height} PNG)")
+    print_line(f"wrote {output}: {what} ({width}x{height} PNG)")
 
 
 def print_terminal_picture(text: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -144,7 +143,7 @@ def replace_files_together(moves: list[tuple[Path, Path]]) -> None:
         for staged, destination in moves:
             if destination.exists():
                 # os.link refuses an existing name, so a clash fails the commit, never a file.
-                backup = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.bak")
+                backup = destination.with_name(f".{destination.name}.{os.urandom(6).hex()}.bak")
                 os.link(destination, backup)
                 backups.append((backup, destination))
                 os.chmod(staged, destination.stat().st_mode & 0o7777)
