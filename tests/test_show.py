@@ -582,6 +582,20 @@ def test_a_failed_write_leaves_the_old_file_and_nothing_else(known: Path, tmp_pa
                           "output directory")
 
 
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (155, 496)])
+def test_the_png_writer_gives_the_pixels_back_to_pillow(size: tuple[int, int]) -> None:
+    import io
+
+    from conv_surgeon.pictures.picture import png_bytes
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=size + (3,), dtype=np.uint8)
+    with Image.open(io.BytesIO(png_bytes(pixels))) as image:
+        image.verify()
+    with Image.open(io.BytesIO(png_bytes(pixels))) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (size[1], size[0]))
+        assert np.array_equal(np.asarray(image), pixels)
+
+
 def test_a_picture_replaces_an_existing_file_atomically(known: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.png"
     out.write_bytes(b"old")
@@ -600,6 +614,14 @@ def test_show_imports_neither_tensorflow_nor_keras(tmp_path: Path) -> None:
             f"cs.show({str(ALL_CONVS)!r}, 'sep2d', weight='depthwise_kernel', against={str(ALL_CONVS)!r})")
     assert loaded_after_command(argv, ("tensorflow", "keras", "keras_hub"), then) == {"status": 0, "loaded": []}
     assert out_cli.is_file() and out_api.is_file()
+
+
+def test_a_grid_of_a_keras_3_save_reads_without_h5py_and_prints_without_rich(tmp_path: Path) -> None:
+    # The pure-Python HDF5 reader reads the kernel's bytes; the one line needs no console.
+    out = tmp_path / "x.png"
+    argv = ["conv-surgeon", "show", str(TINY), "--layer", "conv1", "-o", str(out)]
+    assert loaded_after_command(argv, ("h5py", "rich")) == {"status": 0, "loaded": []}
+    assert read_png(out).shape[2] == 3
 
 
 def test_other_commands_do_not_import_pillow() -> None:
