@@ -599,7 +599,7 @@ def _drawn_document(drawn: DrawnVariable) -> dict[str, Any]:
         "variable": drawn.variable,
         "shape": list(drawn.shape),
         "dtype": drawn.dtype,
-        "stats": stats_document(drawn.stats),
+        "stats": None if drawn.stats is None else stats_document(drawn.stats),
     }
     if drawn.against_stats is not None and drawn.difference_stats is not None:
         document["against_stats"] = stats_document(drawn.against_stats)
@@ -617,7 +617,7 @@ def _drawn_document(drawn: DrawnVariable) -> dict[str, Any]:
 
 
 def picture_document(picture: Picture, output: str) -> dict[str, Any]:
-    height, width = picture.image.shape[:2]
+    height, width = picture.height, picture.width
     return {
         "model": picture.source,
         "against": picture.against,
@@ -637,7 +637,7 @@ def render_picture(picture: Picture, output: str, json_output: bool) -> None:
         return
     if output == "-":
         return
-    height, width = picture.image.shape[:2]
+    height, width = picture.height, picture.width
     if picture.kind == "grid":
         drawn = picture.variables[0]
         what = (f"{drawn.layer} {drawn.variable} {format_shape(drawn.shape)}, {plural(drawn.tiles or 0, 'tile')}, "

@@ -1,5 +1,9 @@
 """The picture code alone, on arrays: colours, what a tile shows for each kind of kernel,
-scales, histograms and the terminal's half blocks. No model files, no Keras."""
+scales, histograms and the terminal's half blocks. No model files, no Keras.
+
+The grid code is pure Python; numpy here builds kernels and is the reference the
+colours are checked against (they were numpy's before, and pictures are compared
+pixel for pixel)."""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import pytest
 from conv_surgeon.errors import ConvSurgeonError, UsageError
 from conv_surgeon.model.structure import Layer, Variable
 from conv_surgeon.ops.reading import variable_stats
-from conv_surgeon.pictures.colours import NONFINITE, RGB_ZERO, ZERO, diverging, rgb
+from conv_surgeon.ops.show import Values
+from conv_surgeon.pictures.colours import _ANCHORS, _COLOURS, NONFINITE, RGB_ZERO, ZERO, diverging, linspace, rgb
 from conv_surgeon.pictures.histogram import BINS, histogram, value_range
 from conv_surgeon.pictures.options import GridOptions
 from conv_surgeon.pictures.terminal import half_blocks, xterm256
-from conv_surgeon.pictures.tiles import filter_tiles, tile_scales
+from conv_surgeon.pictures.tiles import FilterTiles, count_nonfinite, filter_tiles, tile_scales
 
 
 def layer(class_name: str, shape: tuple[int, ...], name: str = "kernel") -> tuple[Layer, Variable]:
@@ -23,18 +28,31 @@ def layer(class_name: str, shape: tuple[int, ...], name: str = "kernel") -> tupl
     return Layer("x", "x", class_name, {}, (variable,)), variable
 
 
-def tiles_of(class_name: str, kernel: np.ndarray, name: str = "kernel", **options: object) -> np.ndarray:
+def values(kernel: np.ndarray) -> Values:
+    """A kernel as show reads it: float64 stays float64, float32 as it is."""
+    data = np.ascontiguousarray(kernel, dtype=np.float64 if kernel.dtype == np.float64 else np.float32)
+    code = "d" if data.dtype == np.float64 else "f"
+    return Values(memoryview(data.tobytes()).cast(code), data.shape, code)  # type: ignore[arg-type]
+
+
+def tiles(class_name: str, kernel: np.ndarray, name: str = "kernel", **options: object) -> FilterTiles:
     found, variable = layer(class_name, kernel.shape, name)
-    return filter_tiles(found, variable, kernel, GridOptions(**options)).values  # type: ignore[arg-type]
+    return filter_tiles(found, variable, values(kernel), GridOptions(**options))  # type: ignore[arg-type]
+
+
+def tiles_of(class_name: str, kernel: np.ndarray, name: str = "kernel", **options: object) -> np.ndarray:
+    """The tiles as one array ``(n, h, w)`` or ``(n, h, w, 3)``."""
+    found = tiles(class_name, kernel, name, **options)
+    return np.array([list(t) for t in found.values], dtype=np.float64).reshape(found.shape)
 
 
 # --- colours -------------------------------------------------------------------------------------
 
 
 def test_the_diverging_map_is_neutral_at_zero_and_signed() -> None:
-    colours = diverging(np.array([-1.0, -0.5, 0.0, 0.5, 1.0, 3.0, np.nan, np.inf]))
-    assert tuple(colours[2]) == ZERO
-    blue, half_blue, _, half_red, red, clipped, nan, inf = (tuple(int(v) for v in c) for c in colours)
+    colours = [diverging(x) for x in [-1.0, -0.5, 0.0, 0.5, 1.0, 3.0, math.nan, math.inf]]
+    assert colours[2] == ZERO and diverging(-0.0) == ZERO
+    blue, half_blue, _, half_red, red, clipped, nan, inf = colours
     assert blue[2] > blue[0] and red[0] > red[2]
     assert blue[0] < half_blue[0] and red[2] < half_red[2]  # stronger further from zero
     assert clipped == red and nan == NONFINITE and inf == NONFINITE
@@ -42,9 +60,24 @@ def test_the_diverging_map_is_neutral_at_zero_and_signed() -> None:
     assert sum(255 - v for v in blue) == pytest.approx(sum(255 - v for v in red), rel=0.2)
 
 
+def test_the_diverging_map_is_numpys_interpolation_to_the_unit() -> None:
+    # The colours numpy gave (np.interp, then floor(x + 0.5)) on values across the range.
+    x = np.concatenate([np.linspace(-1.0, 1.0, 2001), np.random.default_rng(0).uniform(-1, 1, 2000),
+                        np.array(_ANCHORS), np.nextafter(np.array(_ANCHORS), 2.0)])
+    x = np.clip(x, -1.0, 1.0)
+    table = np.array(_COLOURS, dtype=np.float64)
+    expected = np.floor(np.stack([np.interp(x, np.array(_ANCHORS), table[:, c]) for c in range(3)], axis=-1) + 0.5)
+    assert [diverging(v) for v in x.tolist()] == [tuple(row) for row in expected.astype(int).tolist()]
+
+
+def test_linspace_is_numpys() -> None:
+    for count in (1, 2, 24, 144):
+        assert linspace(-1.0, 1.0, count) == np.linspace(-1.0, 1.0, count).tolist()
+
+
 def test_rgb_maps_minus_one_zero_and_one_to_0_128_255() -> None:
-    colours = rgb(np.array([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [np.nan, 0.0, 0.0]]))
-    assert colours.tolist() == [[0, 128, 255], list(RGB_ZERO), list(NONFINITE)]
+    assert [rgb(-1.0, 0.0, 1.0), rgb(0.0, 0.0, 0.0), rgb(math.nan, 0.0, 0.0), rgb(0.5, 3.0, -0.5)] == [
+        (0, 128, 255), RGB_ZERO, NONFINITE, (191, 255, 64)]
 
 
 # --- tiles of every kind of kernel ---------------------------------------------------------------
@@ -81,16 +114,14 @@ def test_depthwise_tiles_are_in_major() -> None:
 def test_a_3d_kernel_shows_its_centre_slice() -> None:
     kernel = -np.ones((3, 2, 2, 1, 1))
     kernel[1] = 1.0
-    found, variable = layer("Conv3D", kernel.shape)
-    tiles = filter_tiles(found, variable, kernel, GridOptions())
-    assert tiles.values.shape == (1, 2, 2) and (tiles.values == 1.0).all()
-    assert tiles.notes == ("3-D kernel: the centre slice kd=1 of 3 (kd = 0..2)",)
+    found = tiles("Conv3D", kernel)
+    assert found.shape == (1, 2, 2) and (tiles_of("Conv3D", kernel) == 1.0).all()
+    assert found.notes == ("3-D kernel: the centre slice kd=1 of 3 (kd = 0..2)",)
 
 
 def test_a_1d_kernel_is_a_strip_and_three_channels_are_colour() -> None:
-    found, variable = layer("Conv1D", (5, 3, 2))
-    tiles = filter_tiles(found, variable, np.ones((5, 3, 2)), GridOptions())
-    assert tiles.strip and tiles.colour and tiles.values.shape == (2, 1, 5, 3)
+    found = tiles("Conv1D", np.ones((5, 3, 2)))
+    assert found.strip and found.colour and found.shape == (2, 1, 5, 3)
 
 
 def test_a_pointwise_kernel_is_one_weight_per_tile_per_input() -> None:
@@ -100,11 +131,31 @@ def test_a_pointwise_kernel_is_one_weight_per_tile_per_input() -> None:
 
 
 def test_scales_are_shared_by_the_sets_side_by_side() -> None:
-    found, variable = layer("Conv2D", (1, 1, 1, 3))
-    a = filter_tiles(found, variable, np.array([[[[1.0, -4.0, 0.0]]]]), GridOptions())
-    b = filter_tiles(found, variable, np.array([[[[2.0, np.nan, 0.0]]]]), GridOptions())
-    assert tile_scales([a, b], per_filter=False).tolist() == [4.0, 4.0, 4.0]
-    assert tile_scales([a, b], per_filter=True).tolist() == [2.0, 4.0, 0.0]
+    a = tiles("Conv2D", np.array([[[[1.0, -4.0, 0.0]]]]))
+    b = tiles("Conv2D", np.array([[[[2.0, np.nan, 0.0]]]]))
+    assert tile_scales([a, b], per_filter=False) == [4.0, 4.0, 4.0]
+    assert tile_scales([a, b], per_filter=True) == [2.0, 4.0, 0.0]
+    assert (count_nonfinite(a), count_nonfinite(b)) == (0, 1)
+
+
+def test_tiles_are_the_kernels_numbers_as_numpy_cut_them() -> None:
+    """Every kind of tile against numpy's own slicing of a random kernel (the reference
+    implementation the grid used before it was pure Python)."""
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_normal((3, 2, 5, 7)).astype(np.float32)  # (kh, kw, in, filters)
+    data = np.moveaxis(kernel.astype(np.float64), -1, 0)  # (filters, kh, kw, in)
+    assert np.array_equal(tiles_of("Conv2D", kernel, input_channel=4), data[..., 4])
+    assert np.allclose(tiles_of("Conv2D", kernel), data.mean(axis=-1), rtol=1e-15, atol=1e-15)
+    assert np.allclose(tiles_of("Conv2D", kernel, reduce="l2"), np.sqrt((data * data).sum(axis=-1)), rtol=1e-15)
+    rgb_kernel = kernel[:, :, :3]
+    assert np.array_equal(tiles_of("Conv2D", rgb_kernel), np.moveaxis(rgb_kernel.astype(np.float64), -1, 0))
+    transposed = np.moveaxis(data, 0, -2)  # (kh, kw, filters, in)
+    assert np.allclose(tiles_of("Conv2DTranspose", transposed), data.mean(axis=-1), rtol=1e-15, atol=1e-15)
+    depthwise = rng.standard_normal((3, 3, 3, 2))  # float64: (kh, kw, in, multiplier)
+    assert np.array_equal(tiles_of("DepthwiseConv2D", depthwise),
+                          np.moveaxis(depthwise.reshape(3, 3, 6), -1, 0))
+    cube = rng.standard_normal((5, 3, 2, 4, 3))  # (kd, kh, kw, in, filters)
+    assert np.allclose(tiles_of("Conv3D", cube), np.moveaxis(cube[2], -1, 0).mean(axis=-1), rtol=1e-15, atol=1e-15)
 
 
 @pytest.mark.parametrize("options, histograms, message", [
@@ -140,20 +191,17 @@ def test_a_constant_or_empty_range_is_widened() -> None:
 
 
 def test_xterm256_picks_the_cube_or_the_grey_ramp() -> None:
-    colours = np.array([(255, 0, 0), (0, 0, 0), (255, 255, 255), (128, 128, 128), (95, 135, 175)], dtype=np.uint8)
-    assert xterm256(colours).tolist() == [196, 16, 231, 244, 16 + 36 * 1 + 6 * 2 + 3]
+    colours = [(255, 0, 0), (0, 0, 0), (255, 255, 255), (128, 128, 128), (95, 135, 175), (7, 8, 9)]
+    assert [xterm256(c) for c in colours] == [196, 16, 231, 244, 16 + 36 * 1 + 6 * 2 + 3, 232]
 
 
 def test_half_blocks_put_two_pixels_in_a_cell_and_leave_the_rest_blank() -> None:
-    pixels = np.zeros((2, 4, 3), dtype=np.uint8)
-    pixels[0, 0], pixels[1, 0] = (1, 2, 3), (4, 5, 6)
-    pixels[0, 1] = (7, 8, 9)
-    pixels[1, 2] = (10, 11, 12)
-    drawn = np.array([[True, True, False, False], [True, False, True, False]])
+    pixels = [[(1, 2, 3), (7, 8, 9), (0, 0, 0), (0, 0, 0)], [(4, 5, 6), (0, 0, 0), (10, 11, 12), (0, 0, 0)]]
+    drawn = [[True, True, False, False], [True, False, True, False]]
     (line,) = half_blocks(pixels, drawn, truecolor=True)
     assert line == ("\x1b[38;2;1;2;3m\x1b[48;2;4;5;6m\u2580"  # top and bottom
                     "\x1b[38;2;7;8;9m\x1b[49m\u2580"  # top only: the terminal's background below
                     "\x1b[38;2;10;11;12m\u2584"  # bottom only
                     "\x1b[0m")  # the blank at the end is dropped
-    (line,) = half_blocks(pixels[:, :1], drawn[:, :1], truecolor=False)
+    (line,) = half_blocks([row[:1] for row in pixels], [row[:1] for row in drawn], truecolor=False)
     assert line == "\x1b[38;5;16m\x1b[48;5;232m\u2580\x1b[0m"  # (4, 5, 6) is nearest the darkest grey

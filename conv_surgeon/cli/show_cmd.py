@@ -78,7 +78,7 @@ def show(
         width = shutil.get_terminal_size().columns  # COLUMNS when set, as `ls` reads it
         print_terminal_picture(terminal_picture(data, options, width=width, truecolor=truecolor))
         return
-    picture = draw_picture(data, options)
+    picture = draw_picture(data, options, statistics=json_output)  # only --json prints them
     if output == "-":
         out = stdout()
         out.write(picture.png())

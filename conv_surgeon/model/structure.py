@@ -32,7 +32,8 @@ from ..store.hdf5 import (
     read_dataset,
 )
 from ..store.hdf5_tree import UnsupportedHDF5
-from ..store.source import ModelFormat, ModelSource, OpenStore, OutlinedStore, StoreFile, open_store, outline_store
+from ..store.source import (ModelFormat, ModelSource, OpenStore, OutlinedStore, RawValue, StoreFile, open_store,
+                            outline_store)
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
 from .naming import to_snake_case
@@ -625,6 +626,18 @@ def read_variables(source: ModelSource, variables: list[Variable], timeout: floa
         pass
     _warm_up_readers()
     return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
+
+
+def read_raw_variables(source: ModelSource, variables: list[Variable],
+                       timeout: float = PARSE_TIMEOUT_S) -> dict[str, RawValue]:
+    """:func:`read_variables` as bytes: without numpy where the pure-Python reader reads
+    the file (for pictures of small kernels, whose drawing costs less than numpy's import)."""
+    try:
+        with outline_store(source) as store:
+            return {v.dataset: store.raw(v.file, v.dataset) for v in variables}
+    except UnsupportedHDF5:
+        pass
+    return {key: RawValue.of(value) for key, value in read_variables(source, variables, timeout).items()}
 
 
 def _outline_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:

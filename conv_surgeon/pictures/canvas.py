@@ -1,9 +1,10 @@
 """Laying out a picture: blocks of text and pixels, stacked, then painted with Pillow.
 
 Every block knows its size before anything is painted, so the canvas is made once at
-its final size. Text uses Pillow's built-in bitmap font (6x11 pixels, Latin-1): nothing
-is downloaded or looked up on the system, and the pixels are the same on every machine.
-Pillow is imported only here, and only when a picture is painted.
+its final size. Pixels are RGB bytes, row by row (no numpy). Text uses Pillow's built-in
+bitmap font (6x11 pixels, Latin-1): nothing is downloaded or looked up on the system,
+and the pixels are the same on every machine. Pillow is imported only here, and only
+when a picture is painted.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from .colours import BACKGROUND, TEXT, Colour
 
@@ -50,8 +49,8 @@ class Painter:
     def text(self, x: int, y: int, text: str, colour: Colour = TEXT) -> None:
         self._draw.text((x, y), latin1(text), font=self._font, fill=colour)
 
-    def pixels(self, x: int, y: int, pixels: np.ndarray) -> None:
-        self.image.paste(self._image_module.fromarray(pixels, "RGB"), (x, y))
+    def pixels(self, x: int, y: int, width: int, height: int, pixels: bytes | bytearray) -> None:
+        self.image.paste(self._image_module.frombytes("RGB", (width, height), bytes(pixels)), (x, y))
 
 
 class Block(ABC):
@@ -79,13 +78,15 @@ class Text(Block):
 
 @dataclass
 class Pixels(Block):
-    data: np.ndarray  # (height, width, 3) uint8
+    data: bytes  # RGB, row by row
+    width: int
+    height: int
 
     def __post_init__(self) -> None:
-        self.height, self.width = int(self.data.shape[0]), int(self.data.shape[1])
+        assert len(self.data) == 3 * self.width * self.height, "pixels of another size"
 
     def paint(self, painter: Painter, x: int, y: int) -> None:
-        painter.pixels(x, y, self.data)
+        painter.pixels(x, y, self.width, self.height, self.data)
 
 
 @dataclass
@@ -135,7 +136,9 @@ class TileGrid(Block):
     """Equal tiles in rows of ``columns``, each with a label above and an optional
     caption below, ``gap`` pixels apart: the gap is the background, always visible."""
 
-    tiles: np.ndarray  # (n, height, width, 3) uint8
+    tiles: Sequence[bytes]  # each RGB, row by row, tile_width x tile_height
+    tile_width: int
+    tile_height: int
     labels: Sequence[str]
     captions: Sequence[str] = ()
     columns: int = 8
@@ -144,7 +147,7 @@ class TileGrid(Block):
     _placed: tuple[int, int] | None = field(default=None, init=False)  # where it was painted
 
     def __post_init__(self) -> None:
-        n, tile_height, tile_width = (int(d) for d in self.tiles.shape[:3])
+        n, tile_height, tile_width = len(self.tiles), self.tile_height, self.tile_width
         texts = [*self.labels, *self.captions]
         cell_width = max([tile_width, *(text_width(t) for t in texts)])
         cell_height = LINE_HEIGHT + 1 + tile_height + (1 + LINE_HEIGHT if self.captions else 0)
@@ -163,18 +166,18 @@ class TileGrid(Block):
         """Each tile's ``(x, y, width, height)`` in the painted picture."""
         assert self._placed is not None, "boxes() of a grid not painted yet"
         x, y = self._placed
-        height, width = (int(d) for d in self.tiles.shape[1:3])
-        return tuple((x + left, y + top, width, height) for left, top in map(self.origin, range(len(self.tiles))))
+        return tuple((x + left, y + top, self.tile_width, self.tile_height) for left, top in map(self.origin, range(len(self.tiles))))
 
     def paint(self, painter: Painter, x: int, y: int) -> None:
         self._placed = (x, y)
-        raster = np.empty((self.height, self.width, 3), dtype=np.uint8)
-        raster[:] = BACKGROUND
-        tile_height, tile_width = self.tiles.shape[1:3]
+        raster = bytearray(bytes(BACKGROUND) * (self.width * self.height))
+        tile_height, row = self.tile_height, 3 * self.tile_width
         for index, tile in enumerate(self.tiles):
             left, top = self.origin(index)
-            raster[top:top + tile_height, left:left + tile_width] = tile
-        painter.pixels(x, y, raster)
+            for line in range(tile_height):
+                at = 3 * ((top + line) * self.width + left)
+                raster[at:at + row] = tile[line * row:(line + 1) * row]
+        painter.pixels(x, y, self.width, self.height, raster)
         for index, label in enumerate(self.labels):
             left, top = self.origin(index)
             painter.text(x + left, y + top - LINE_HEIGHT - 1, label)

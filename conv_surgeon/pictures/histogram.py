@@ -1,4 +1,5 @@
-"""A variable's histogram as numbers, and its bars as pixels. Pure numpy.
+"""A variable's histogram as numbers, and its bars as pixels, with numpy (imported when
+a histogram is made: a filter grid needs none).
 
 Bins are even over the finite values' range (a constant variable gets a range around
 its value). Zeros and non-finite values are counted by the variable's statistics
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..ops.reading import VariableStats
 from .colours import DIM, PLOT_AREA, diverging
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BINS = 48
 
@@ -41,24 +44,28 @@ def value_range(stats: list[VariableStats]) -> tuple[float, float]:
 
 def histogram(values: np.ndarray, bounds: tuple[float, float]) -> Histogram:
     """Counts of the finite ``values`` in :data:`BINS` even bins over ``bounds``."""
+    import numpy as np
+
     flat = np.asarray(values).ravel()
     finite = np.isfinite(flat)
     counts, _ = np.histogram(flat if finite.all() else flat[finite], bins=BINS, range=bounds)
     return Histogram(counts.astype(np.int64), bounds[0], bounds[1])
 
 
-def bar_pixels(hist: Histogram, width: int, height: int, headroom: int) -> np.ndarray:
-    """The bars, ``(height, width, 3)`` uint8, on the plot area's colour: one bar per bin,
+def bar_pixels(hist: Histogram, width: int, height: int, headroom: int) -> bytes:
+    """The bars, RGB bytes ``width`` x ``height``, on the plot area's colour: one bar per bin,
     coloured by the sign of the bin's centre (the grid's map), the tallest reaching
     ``headroom`` pixels below the top (room for the counts printed there). A dim line
     below the headroom marks zero when the range spans it."""
+    import numpy as np
+
     pixels = np.empty((height, width, 3), dtype=np.uint8)
     pixels[:] = PLOT_AREA
     edges = np.linspace(hist.low, hist.high, BINS + 1)
     reach = max(abs(hist.low), abs(hist.high))
     if hist.low < 0 < hist.high:
         pixels[headroom:, column_of(0.0, hist, width)] = DIM
-    colours = diverging((edges[:-1] + edges[1:]) / 2 / reach)
+    colours = [diverging(x) for x in ((edges[:-1] + edges[1:]) / 2 / reach).tolist()]
     tallest = int(hist.counts.max(initial=0))
     columns = np.arange(width) * BINS // width  # the bin each pixel column shows
     for column, bin_index in enumerate(columns):
@@ -67,7 +74,7 @@ def bar_pixels(hist: Histogram, width: int, height: int, headroom: int) -> np.nd
             # Any non-empty bin is at least one pixel tall.
             bar = max(1, round(count / tallest * (height - headroom)))
             pixels[height - bar:, column] = colours[bin_index]
-    return pixels
+    return pixels.tobytes()
 
 
 def column_of(x: float, hist: Histogram, width: int) -> int:

@@ -8,13 +8,15 @@ background, and the labels are ordinary text, so the grid reads in any colour sc
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
 from ..ops.show import ShowData
-from .colours import diverging
+from .colours import Colour, diverging, linspace
 from .options import GridOptions
 from .picture import colour_bar_labels, grid_header, grid_sets, legend_lines, number, tile_colours
 from .tiles import FilterTiles
+
+Raster = list[list[Colour]]  # rows of pixels
 
 GAP = 1  # columns between tiles
 LARGEST_TILE = 10  # pixels: a small kernel is blown up to at most this many a side
@@ -38,8 +40,8 @@ def terminal_picture(data: ShowData, options: GridOptions, *, width: int, trueco
         lines += _tile_rows(tile_colours(tiles, grid.scales), tiles, options.tiles_per_row, width, truecolor)
     if not grid.sets[0].colour:
         length = min(COLOUR_BAR, width)
-        bar = diverging(np.linspace(-1.0, 1.0, length))[None].repeat(2, axis=0)
-        lines += half_blocks(bar, np.ones(bar.shape[:2], dtype=bool), truecolor)
+        bar = [diverging(x) for x in linspace(-1.0, 1.0, length)]
+        lines += half_blocks([bar, bar], [[True] * length] * 2, truecolor)
         low, high = colour_bar_labels(grid, options.per_filter)
         lines.append(low + "0".center(max(1, length - len(low) - len(high))) + high)
     lines += legend_lines(grid, options.per_filter, "listed below")
@@ -49,9 +51,9 @@ def terminal_picture(data: ShowData, options: GridOptions, *, width: int, trueco
     return "\n".join(lines) + "\n"
 
 
-def _tile_rows(pixels: np.ndarray, tiles: FilterTiles, columns: int, width: int, truecolor: bool) -> list[str]:
-    """Rows of tiles ``(n, h, w, 3)``, each under a line of their filter indices."""
-    count, height, tile_width = (int(d) for d in pixels.shape[:3])
+def _tile_rows(coloured: list[bytes], tiles: FilterTiles, columns: int, width: int, truecolor: bool) -> list[str]:
+    """Rows of tiles (RGB bytes of ``tiles``' size), each under a line of their filter indices."""
+    count, height, tile_width = tiles.count, tiles.height, tiles.width
     label_width = len(str(count - 1))
     columns = min(columns, count)
     room = ((width + GAP) // columns - GAP) // tile_width  # the factor at which a row fills the width
@@ -60,33 +62,40 @@ def _tile_rows(pixels: np.ndarray, tiles: FilterTiles, columns: int, width: int,
     while columns > 1 and columns * (cell + GAP) - GAP > width:
         columns -= 1
     rows_per_pixel = max(factor, 2) if tiles.strip else factor
-    scaled = np.repeat(np.repeat(pixels, rows_per_pixel, axis=1), factor, axis=2)
-    tile_height = scaled.shape[1] + scaled.shape[1] % 2  # whole character rows
+    scaled = [[[_pixel(tile, y * tile_width + x) for x in range(tile_width) for _ in range(factor)]
+               for y in range(height) for _ in range(rows_per_pixel)] for tile in coloured]
+    tile_height = len(scaled[0]) + len(scaled[0]) % 2  # whole character rows
     lines = []
     for start in range(0, count, columns):
         chunk = scaled[start:start + columns]
-        raster = np.zeros((tile_height, len(chunk) * (cell + GAP) - GAP, 3), dtype=np.uint8)
-        drawn = np.zeros(raster.shape[:2], dtype=bool)
+        line_width = len(chunk) * (cell + GAP) - GAP
+        raster: Raster = [[(0, 0, 0)] * line_width for _ in range(tile_height)]
+        drawn = [[False] * line_width for _ in range(tile_height)]
         labels = ""
         for i, tile in enumerate(chunk):
             left = i * (cell + GAP)
-            raster[:tile.shape[0], left:left + tile.shape[1]] = tile
-            drawn[:tile.shape[0], left:left + tile.shape[1]] = True
+            for y, row in enumerate(tile):
+                raster[y][left:left + len(row)] = row
+                drawn[y][left:left + len(row)] = [True] * len(row)
             labels += str(start + i).ljust(cell + GAP)
         lines.append(labels.rstrip())
         lines += half_blocks(raster, drawn, truecolor)
     return lines
 
 
-def half_blocks(pixels: np.ndarray, drawn: np.ndarray, truecolor: bool) -> list[str]:
-    """``pixels`` ``(h, w, 3)`` (``h`` even) as ``h / 2`` lines of half blocks; pixels not
-    ``drawn`` are left to the terminal's background."""
-    codes = _truecolor_codes(pixels) if truecolor else _xterm256_codes(pixels)
+def _pixel(data: bytes, index: int) -> Colour:
+    return data[3 * index], data[3 * index + 1], data[3 * index + 2]
+
+
+def half_blocks(pixels: Raster, drawn: Sequence[Sequence[bool]], truecolor: bool) -> list[str]:
+    """Rows of ``pixels`` (an even number of them) as half as many lines of half blocks;
+    pixels not ``drawn`` are left to the terminal's background."""
+    codes = [[f"2;{r};{g};{b}" if truecolor else f"5;{xterm256((r, g, b))}" for r, g, b in row] for row in pixels]
     lines = []
-    for top in range(0, pixels.shape[0], 2):
+    for top in range(0, len(pixels), 2):
         line, foreground, background = [], "", ""
-        for x in range(pixels.shape[1]):
-            upper, lower = drawn[top, x], drawn[top + 1, x]
+        for x in range(len(pixels[top])):
+            upper, lower = drawn[top][x], drawn[top + 1][x]
             if upper:
                 fg, bg, glyph = codes[top][x], codes[top + 1][x] if lower else "", UPPER
             elif lower:
@@ -104,26 +113,19 @@ def half_blocks(pixels: np.ndarray, drawn: np.ndarray, truecolor: bool) -> list[
     return lines
 
 
-def _truecolor_codes(pixels: np.ndarray) -> list[list[str]]:
-    """Per pixel, the colour part of an SGR code: ``2;R;G;B``."""
-    return [[f"2;{r};{g};{b}" for r, g, b in row] for row in pixels.tolist()]
+_CUBE = (0, 95, 135, 175, 215, 255)
 
 
-_CUBE = np.array([0, 95, 135, 175, 215, 255])
-
-
-def xterm256(pixels: np.ndarray) -> np.ndarray:
-    """The nearest of xterm's 256 colours to each pixel: the 6x6x6 cube (16-231) or the
+def xterm256(pixel: Colour) -> int:
+    """The nearest of xterm's 256 colours to ``pixel``: the 6x6x6 cube (16-231) or the
     grey ramp (232-255), whichever is closer."""
-    p = pixels.astype(np.int64)
-    level = np.abs(p[..., None] - _CUBE).argmin(axis=-1)
-    cube_error = ((p - _CUBE[level]) ** 2).sum(axis=-1)
-    grey = np.clip(np.rint((p.mean(axis=-1) - 8) / 10), 0, 23).astype(np.int64)
-    grey_error = ((p - (8 + 10 * grey)[..., None]) ** 2).sum(axis=-1)
-    cube = 16 + 36 * level[..., 0] + 6 * level[..., 1] + level[..., 2]
-    result: np.ndarray = np.where(grey_error < cube_error, 232 + grey, cube)
-    return result
+    levels = [_nearest_level(v) for v in pixel]
+    cube_error = sum((v - _CUBE[level]) ** 2 for v, level in zip(pixel, levels))
+    grey = min(23, max(0, round((sum(pixel) / 3 - 8) / 10)))
+    grey_error = sum((v - (8 + 10 * grey)) ** 2 for v in pixel)
+    return 232 + grey if grey_error < cube_error else 16 + 36 * levels[0] + 6 * levels[1] + levels[2]
 
 
-def _xterm256_codes(pixels: np.ndarray) -> list[list[str]]:
-    return [[f"5;{n}" for n in row] for row in xterm256(pixels).tolist()]
+def _nearest_level(value: int) -> int:
+    """The cube's level nearest ``value`` (the lower one on a tie)."""
+    return min(range(len(_CUBE)), key=lambda i: abs(value - _CUBE[i]))

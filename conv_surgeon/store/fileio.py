@@ -9,11 +9,12 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ConvSurgeonError
+
+if TYPE_CHECKING:  # numpy only where arrays are written: a picture's PNG needs none
+    import numpy as np
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -94,6 +95,8 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    import numpy as np
+
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -102,6 +105,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An .npz archive of ``arrays``, written member by member: ``np.savez`` would also
     store a stray ``allow_pickle`` array on numpy < 2.1, and refuse a key named ``file``."""
+    import numpy as np
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
@@ -111,6 +116,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import numpy as np
     from safetensors.numpy import save
 
     return bytes(save({name: np.ascontiguousarray(array) for name, array in arrays.items()}))

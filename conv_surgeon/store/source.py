@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from ..errors import ModelFileError
 from .archive import Member, Window, ZIP_MAGIC, locate_member
 from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
-from .hdf5_tree import Dataset, HDF5Tree, UnsupportedHDF5
+from .hdf5_tree import Buffer, Dataset, HDF5Tree, UnsupportedHDF5
 
 if TYPE_CHECKING:
     import h5py
@@ -241,27 +241,69 @@ class OutlinedStore:
         outside 0 and 1) raises :class:`UnsupportedHDF5`."""
         import numpy as np
 
+        found = self._located(file, path)
+        if found.dtype == "bfloat16":
+            import ml_dtypes
+
+            dtype = native = np.dtype(ml_dtypes.bfloat16)
+        else:
+            native = np.dtype(found.dtype)
+            dtype = native.newbyteorder("<")  # as stored; h5py hands out the native order
+        count = math.prod(found.shape)
+        value: np.ndarray = np.frombuffer(found.buffer, dtype, count, found.start).reshape(found.shape).astype(native)
+        return value
+
+    def raw(self, file: int, path: str) -> RawValue:
+        """A dataset's bytes as stored, without numpy: :meth:`value`'s, checked alike."""
+        found = self._located(file, path)
+        return RawValue(bytes(found.buffer[found.start:found.start + found.size]), found.dtype, found.shape)
+
+    def _located(self, file: int, path: str) -> _Located:
         dataset = self.trees[file].find(path)
         if not isinstance(dataset, Dataset):
             raise UnsupportedHDF5(f"{path} is a group, not a dataset: h5py words the error")
         shape, name = dataset.shape, dataset.dtype
-        if name == "bfloat16":
-            import ml_dtypes
-
-            dtype = native = np.dtype(ml_dtypes.bfloat16)
-        elif name.startswith("void"):
+        if name.startswith("void"):
             raise UnsupportedHDF5(f"{path}: opaque records that are not bfloat16 are read through h5py")
-        else:
-            native = np.dtype(name)
-            dtype = native.newbyteorder("<")  # as stored; h5py hands out the native order
         buffer, start, size = dataset.data_span()
         count = math.prod(shape)
-        if size != count * dtype.itemsize:
-            raise UnsupportedHDF5(f"{path}: {size} bytes for {count} values of {dtype}")
+        if size != count * _ITEM_SIZES[name]:
+            raise UnsupportedHDF5(f"{path}: {size} bytes for {count} values of {name}")
         if name == "bool" and buffer[start:start + size].strip(b"\0\1"):
             raise UnsupportedHDF5(f"{path}: boolean bytes other than 0 and 1")
-        value: np.ndarray = np.frombuffer(buffer, dtype, count, start).reshape(shape).astype(native)
-        return value
+        return _Located(name, shape, buffer, start, size)
+
+
+@dataclass(frozen=True)
+class RawValue:
+    """A dataset's value as bytes: little-endian, C order, in numpy's dtype name for it
+    (``float32``, ``int64``, ``bool``, ``bfloat16``), with its shape."""
+
+    data: bytes
+    dtype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, value: np.ndarray) -> RawValue:
+        """The bytes of a value read through h5py (:func:`~.hdf5.read_dataset`)."""
+        name = str(value.dtype)
+        if name != "bfloat16" and value.dtype.byteorder == ">":
+            value = value.astype(value.dtype.newbyteorder("<"))
+        return cls(value.tobytes(), name, tuple(value.shape))
+
+
+@dataclass(frozen=True)
+class _Located:
+    dtype: str
+    shape: tuple[int, ...]
+    buffer: Buffer
+    start: int
+    size: int
+
+
+# Bytes per value of every dtype name the pure reader gives (hdf5_tree._numeric_dtype).
+_ITEM_SIZES = {"bool": 1, "bfloat16": 2, "float16": 2, "float32": 4, "float64": 8,
+               **{f"{sign}int{bits}": bits // 8 for sign in ("", "u") for bits in (8, 16, 32, 64)}}
 
 
 def _store_files(folder: Path, label: str) -> list[StoreFile]:
