@@ -205,3 +205,19 @@ def test_half_blocks_put_two_pixels_in_a_cell_and_leave_the_rest_blank() -> None
                     "\x1b[0m")  # the blank at the end is dropped
     (line,) = half_blocks([row[:1] for row in pixels], [row[:1] for row in drawn], truecolor=False)
     assert line == "\x1b[38;5;16m\x1b[48;5;232m\u2580\x1b[0m"  # (4, 5, 6) is nearest the darkest grey
+
+
+@pytest.mark.parametrize("count", [1000, 1 << 20], ids=["python", "numpy"])
+def test_a_difference_is_numpys_to_the_bit(count: int) -> None:
+    """A - B (--against) as numpy computes it, float32 or promoted to float64, NaN and
+    inf included, on both sides of the size from which numpy does it."""
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal(count) * np.exp2(rng.integers(-60, 60, count))).astype(np.float32)
+    b = (rng.standard_normal(count) * np.exp2(rng.integers(-60, 60, count))).astype(np.float32)
+    a[:5], b[:5] = [np.inf, np.inf, np.nan, 0.0, 3.4e38], [np.inf, -np.inf, 1.0, -0.0, -3.4e38]  # the last overflows
+    for first, second in ((a, b), (a, b.astype(np.float64))):
+        found = values(first).minus(values(second))
+        with np.errstate(invalid="ignore", over="ignore"):
+            expected = first - second
+        assert found.code == ("f" if expected.dtype == np.float32 else "d")
+        assert found.numpy().tobytes() == expected.tobytes()

@@ -166,7 +166,8 @@ class TileGrid(Block):
         """Each tile's ``(x, y, width, height)`` in the painted picture."""
         assert self._placed is not None, "boxes() of a grid not painted yet"
         x, y = self._placed
-        return tuple((x + left, y + top, self.tile_width, self.tile_height) for left, top in map(self.origin, range(len(self.tiles))))
+        return tuple((x + left, y + top, self.tile_width, self.tile_height)
+                     for left, top in map(self.origin, range(len(self.tiles))))
 
     def paint(self, painter: Painter, x: int, y: int) -> None:
         self._placed = (x, y)
