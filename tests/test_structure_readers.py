@@ -22,7 +22,7 @@ from zoo import ZooModel, zoo_model, zoo_models  # noqa: F401  (fixtures)
 
 from conv_surgeon.errors import ConvSurgeonError
 from conv_surgeon.model.structure import (ModelStructure, _outline_structure, _outline_variables, _parse_structure,
-                                          _read_variables, read_structure, read_variables)
+                                          _read_variables, read_raw_variables, read_structure, read_variables)
 from conv_surgeon.store.archive import locate_member
 from conv_surgeon.store.hdf5_tree import UnsupportedHDF5
 from conv_surgeon.store.source import ModelSource
@@ -77,6 +77,10 @@ def _values_agree(source: ModelSource, pure: bool) -> None:
         with pytest.raises(UnsupportedHDF5):
             _outline_variables(source, variables)
     _same_values(read_variables(source, variables), expected)
+    raw = read_raw_variables(source, variables)  # the bytes `show` draws from, without numpy
+    assert list(raw) == list(expected)
+    for key, value in expected.items():
+        assert (raw[key].data, raw[key].dtype, raw[key].shape) == (value.tobytes(), str(value.dtype), value.shape), key
 
 
 def test_every_kind_of_save_reads_the_same_through_both(zoo_model: ZooModel) -> None:
