@@ -125,19 +125,11 @@ def tolerance_or(write: WriteArgs, default: Tolerance) -> Tolerance:
 def counted_steps(options: WriteOptions) -> Iterator[Callable[[str], None]]:
     """A ``step`` callback for a graph-surgery write (written, then checked): it moves a
     progress line while the block runs, on a terminal only."""
+    from ..ops.surgery import counted
     from ..render import progress_on_terminal
 
-    total = 2 if options.smoke.enabled else 1
     with progress_on_terminal() as progress:
-        done = 0
-
-        def step(what: str) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total, what)
-
-        yield step
+        yield counted(progress, 2 if options.smoke.enabled else 1)
 
 
 def report_stream(options: WriteOptions) -> TextIO:

@@ -44,6 +44,19 @@ from ..transaction.transaction import (
 Progress = Callable[[int, int, str], None]
 
 
+def counted(progress: Progress | None, total: int) -> Callable[[str], None]:
+    """A ``step(what)`` callback that tells ``progress`` (if any) of step 1, 2, ... of ``total``."""
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    return step
+
+
 @dataclass(frozen=True)
 class WeightRequest:
     """One variable to set: ``variable`` None means the layer's main kernel."""
@@ -175,14 +188,7 @@ def edit_model(
     The written model records what was done (``options.command`` and every edit's
     source) in its history, after the records already there.
     """
-    total = len(edits) + 1 + (1 if options.smoke.enabled else 0)
-    done = 0
-
-    def step(what: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, what)
+    step = counted(progress, len(edits) + 1 + (1 if options.smoke.enabled else 0))
 
     structure = read_structure(source)
     check_destination(source, structure, options)
