@@ -192,9 +192,7 @@ def input_shape_lists(layer: GraphLayer, call: int) -> list[list[Any] | None]:
         if len(found) == count:
             return list(found)
     if call == 0:
-        build = layer.entry.get("build_config")
-        shape = build.get("input_shape") if isinstance(build, dict) else None
-        leaves = list(_shape_leaves(shape))
+        leaves = build_shape_lists(layer)
         if len(leaves) == count:
             return list(leaves)
     return [None] * count

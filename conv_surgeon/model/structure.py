@@ -623,9 +623,7 @@ def read_variables(source: ModelSource, variables: list[Variable], timeout: floa
     try:
         return _outline_variables(source, variables)
     except UnsupportedHDF5:
-        pass
-    _warm_up_readers()
-    return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
+        return _variables_through_h5py(source, variables, timeout)
 
 
 def read_raw_variables(source: ModelSource, variables: list[Variable],
@@ -637,7 +635,12 @@ def read_raw_variables(source: ModelSource, variables: list[Variable],
             return {v.dataset: store.raw(v.file, v.dataset) for v in variables}
     except UnsupportedHDF5:
         pass
-    return {key: RawValue.of(value) for key, value in read_variables(source, variables, timeout).items()}
+    return {key: RawValue.of(value) for key, value in _variables_through_h5py(source, variables, timeout).items()}
+
+
+def _variables_through_h5py(source: ModelSource, variables: list[Variable], timeout: float) -> dict[str, np.ndarray]:
+    _warm_up_readers()
+    return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
 
 
 def _outline_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
