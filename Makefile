@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/conv-surgeon
 SAMPLE := sample_models/tiny_cnn.keras
 
-.PHONY: demo test bench install install-test samples clean
+.PHONY: demo test test-fast bench install install-test samples clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: install-test
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+
+# The inner loop: the same checks, without the slow end-to-end runs on real architectures.
+test-fast: install-test
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) bench/bench.py

@@ -103,6 +103,12 @@ Sections
                      show --all --hist / inspect --stats time <= 2x (MISS never fails the
                      run). Run it alone: ``bench.py --only show``.
 
+    onednn           ResNet50's forward pass (batch 1 and 32 at 224x224, median of 10 after
+                     one warm-up, the load not timed) in a child with
+                     ``TF_ENABLE_ONEDNN_OPTS=0``, as the smoke test runs it, and in one
+                     with ``=1``. Ratio rows: off / on, the cost of a check that does not
+                     trust TensorFlow's oneDNN CPU kernels (no target).
+
 Models
     ResNet50 (``keras.applications.ResNet50(weights=None)``) is built once, in a
     child process, into ``bench/.cache/resnet50.keras`` (git-ignored) and reused.
@@ -1093,6 +1099,29 @@ for path in sys.argv[1:]:
 """
 
 
+def _forward_times(model: Path, onednn: str) -> dict[int, float]:
+    """FORWARD_TIMES of ``model`` in a child with ``TF_ENABLE_ONEDNN_OPTS=onednn``: batch -> s."""
+    timed = subprocess.run([PYTHON, "-c", FORWARD_TIMES, str(model)], capture_output=True, text=True,
+                           env={**CHILD_ENV, "TF_ENABLE_ONEDNN_OPTS": onednn}, check=True)
+    return {int(line.rsplit(" ", 2)[1]): float(line.rsplit(" ", 2)[2]) for line in timed.stdout.strip().splitlines()}
+
+
+def bench_onednn(ctx: Context) -> list[Row]:
+    """What the check pays for not trusting TensorFlow's oneDNN CPU kernels: ResNet50's
+    forward pass (the smoke test's own work) with them off, as the check runs it, and on."""
+    model = resnet50()
+    off, on = _forward_times(model, "0"), _forward_times(model, "1")
+    rows = []
+    for batch in (1, 32):
+        rows += [
+            ("onednn", f"forward pass, batch {batch}, oneDNN off", f"{off[batch]:.3f}", "", "as the check runs it"),
+            ("onednn", f"forward pass, batch {batch}, oneDNN on", f"{on[batch]:.3f}", "", "TF_ENABLE_ONEDNN_OPTS=1"),
+            ("onednn", f"ratio (off/on), batch {batch}", f"{off[batch] / on[batch]:.2f}x", "",
+             "the cost of a check that does not trust oneDNN (no target)"),
+        ]
+    return rows
+
+
 def bench_fold(ctx: Context) -> list[Row]:
     model = resnet50_bn()
     outs = {case: CACHE / f"fold-{case}.out.keras" for case in ("a", "b", "c")}
@@ -1271,6 +1300,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "fold-bn": bench_fold,
     "prune": bench_prune,
     "show": bench_show,
+    "onednn": bench_onednn,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import IntEnum
+from typing import Self
 
 
 class ExitCode(IntEnum):
@@ -26,6 +27,13 @@ class ConvSurgeonError(Exception):
     """A user-facing failure: bad input, refused operation. Exit code 1."""
 
     exit_code: ExitCode = ExitCode.FAILED
+    # What ``--debug`` shows after the one line: the traceback inside the library that
+    # failed (Keras's, when it could not load or run a model); None when there is none.
+    detail: str | None = None
+
+    def with_detail(self, detail: str | None) -> Self:
+        self.detail = detail
+        return self
 
 
 class UsageError(ConvSurgeonError):

@@ -377,7 +377,10 @@ def _smoke_document(smoke: SmokeReport | None, skipped: str | None, dry_run: boo
         if smoke is None
         else {
             "passed": True,
-            "inputs": [{"name": n, "shape": list(s)} for n, s in smoke.inputs],
+            "inputs": [{"name": n, "shape": list(s), "origin": o}
+                       for (n, s), o in zip(smoke.inputs, smoke.input_origins)],
+            "checked_by": smoke.checked_by,
+            "engine": smoke.engine,
             "outputs": [{"name": o.name, "shape": list(o.shape), "min": o.min, "max": o.max} for o in smoke.outputs],
             "checked_variables": smoke.checked_variables,
             "notes": list(smoke.notes),
@@ -435,7 +438,13 @@ def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, d
         # Graph surgery checks the values it derives where it writes them, not here.
         checked = (f"; {plural(smoke.checked_variables, 'edited variable')} read back exactly"
                    if smoke.checked_variables else "")
-        out.print(f"smoke test passed: Keras loaded the model, input {ins} -> output {outs}, all finite{checked}")
+        origins = list(dict.fromkeys(smoke.input_origins))
+        if len(origins) == 1:
+            ins = f"{ins} ({origins[0]})"
+        elif origins:
+            ins = ", ".join(f"{format_shape(s)} ({o})" for (_, s), o in zip(smoke.inputs, smoke.input_origins))
+        out.print(f"smoke test passed ({smoke.checked_by}, {smoke.engine}): input {ins} -> "
+                  f"output {outs}, all finite{checked}")
         if smoke.comparisons:
             _print_comparisons(out, "edited vs original, same inputs:", "output", smoke.comparisons)
         if smoke.layer_comparisons:

@@ -12,6 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 DATA = Path(__file__).resolve().parent / "data"
 
+# Numbers the tests compute with TensorFlow must not come from its oneDNN CPU kernels,
+# which compute some convolutions wrong on some CPUs (DESIGN.md §3c); the tool's own
+# check turns them off too. Set before any test module imports TensorFlow.
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+
 
 @pytest.fixture
 def samples() -> Path:

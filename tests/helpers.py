@@ -64,3 +64,21 @@ def last_line_as_json(code: str) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     found: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
     return found
+
+
+def model_outputs(model, inputs) -> list:
+    """A Keras model's outputs as numpy arrays. TensorFlow's CPU kernels without oneDNN (as
+    the tests and the tool's check run them) take channels_last convolutions only; a
+    channels_first model runs compiled by XLA, as the check runs it."""
+    import numpy as np
+
+    feed = inputs if len(inputs) > 1 else inputs[0]
+    try:
+        out = model(feed, training=False)
+    except Exception as exc:  # noqa: BLE001 - only the channels_last-only refusal is retried
+        if "only supports the NHWC tensor format" not in str(exc):
+            raise
+        import tensorflow as tf
+
+        out = tf.function(lambda x: model(x, training=False), jit_compile=True)(feed)
+    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]

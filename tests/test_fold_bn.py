@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import model_outputs
 
 import conv_surgeon as cs
 
@@ -72,8 +73,7 @@ def _inputs(model, size: int = 2, seed: int = 3) -> list[np.ndarray]:
 
 
 def _outputs(model, inputs) -> list[np.ndarray]:
-    out = model(inputs if len(inputs) > 1 else inputs[0], training=False)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    return model_outputs(model, inputs)
 
 
 def _weights_by_layer(keras, model, prefix: str = "") -> dict[str, tuple[dict, list[np.ndarray]]]:
@@ -247,6 +247,7 @@ def test_channels_first_conv1d_conv3d(keras, tmp_path):
     inputs = _inputs(original)
     for a, b in zip(_outputs(original, inputs), _outputs(folded, inputs)):
         np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-3)
+    assert "the model ran compiled by XLA" in " ".join(report["smoke"]["notes"])
 
 
 def test_refusals_name_the_reason(keras, tmp_path, cli):

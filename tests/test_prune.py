@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import model_outputs
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 
@@ -59,8 +60,7 @@ def _inputs(model, seed: int = 3) -> list[np.ndarray]:
 
 
 def _outputs(model, inputs) -> list[np.ndarray]:
-    out = model(inputs if len(inputs) > 1 else inputs[0], training=False)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    return model_outputs(model, inputs)
 
 
 def _prune(cli, model: Path, out: Path | None, *args: str) -> dict:

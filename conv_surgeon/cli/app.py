@@ -31,7 +31,7 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None
         ctx.meta[DEBUG] = True
 
 
-_DEBUG_HELP = "Show the traceback of an internal error."
+_DEBUG_HELP = "Show the traceback of an internal error, and Keras's own when it cannot load or run a model."
 
 
 class Command(TyperCommand):
@@ -57,6 +57,10 @@ class _ErrorBoundary(TyperGroup):
         except ConvSurgeonError as exc:
             problems = exc.problems if isinstance(exc, PlanError) else ()
             _render_error(str(exc), exc.exit_code, self._json_stream(ctx), problems=problems)
+            if ctx.meta.get(DEBUG) and exc.detail:
+                from ..render import render_traceback
+
+                render_traceback(exc.detail)
             raise typer.Exit(exc.exit_code) from None
         except click.ClickException as exc:
             # Click prints its usage message itself; a program reading JSON gets one too.

@@ -140,9 +140,10 @@ def detect_format(source: ModelSource) -> ModelFormat:
 def _folder_kind(path: Path) -> ModelFormat:
     if (path / "saved_model.pb").exists():
         raise ModelFileError(
-            f"{path}: this is a TensorFlow SavedModel directory; conv-surgeon works on "
-            "Keras .keras and .h5 files and Keras save folders: load it in Keras and save it "
-            "with model.save('model.keras')"
+            f"{path}: this is a TensorFlow SavedModel directory, which Keras 3 cannot load; "
+            "conv-surgeon works on Keras .keras and .h5 files and Keras save folders. If tf.keras "
+            "(Keras 2) saved it, convert it with tf-keras (pip install tf-keras): python -c "
+            f"\"import tf_keras; tf_keras.models.load_model('{path}').save('model.h5')\""
         )
     if not (path / CONFIG_MEMBER).is_file():
         raise ModelFileError(

@@ -38,14 +38,72 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def import_keras() -> Any:
-    """Keras with TensorFlow's start-up noise kept off stderr."""
+# TensorFlow reads this once, when it is imported. Its oneDNN CPU kernels compute some
+# convolutions wrong on some CPUs (DESIGN.md §3c: a 64x1 kernel over 922 channels off by 8
+# on a scale of 50 on an AMD EPYC, NaN over 200 channels); the check must not trust them.
+ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def _tensorflow_environment() -> None:
+    """Quiet TensorFlow's logs and turn its oneDNN kernels off, unless it is imported already
+    (then :func:`engine_label` says how it runs)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        os.environ[ONEDNN_SWITCH] = "0"
+
+
+def import_keras() -> Any:
+    """Keras with TensorFlow's start-up noise kept off stderr and its oneDNN kernels off."""
+    _tensorflow_environment()
     with quiet_stderr():
         import keras
 
         keras.utils.disable_interactive_logging()
     return keras
+
+
+def import_tf_keras() -> Any:
+    """tf-keras (Keras 2, which reads every Keras 2 file), set up as :func:`import_keras`."""
+    _tensorflow_environment()
+    with quiet_stderr():
+        import tf_keras
+
+        tf_keras.utils.disable_interactive_logging()
+    return tf_keras
+
+
+def tf_keras_available() -> bool:
+    """Whether tf-keras is installed (``pip install 'conv-surgeon[keras2]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tf_keras") is not None
+
+
+def keras_label(keras: Any) -> str:
+    """Which Keras this is, for reports: ``Keras 3.15.1`` or ``tf-keras 2.21.0``."""
+    name = "tf-keras" if keras.__name__ == "tf_keras" else "Keras"
+    return f"{name} {keras.__version__}"
+
+
+def onednn_enabled() -> bool | None:
+    """Whether this process's TensorFlow runs its oneDNN kernels; None when it cannot tell."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def engine_label(keras: Any) -> str:
+    """What computes the check: ``TensorFlow 2.21.0, oneDNN off`` (or another backend)."""
+    backend = keras.backend.backend() if hasattr(keras.backend, "backend") else "tensorflow"
+    if backend != "tensorflow":
+        return f"the {backend} backend"
+    import tensorflow as tf
+
+    onednn = onednn_enabled()
+    state = "" if onednn is None else f", oneDNN {'on' if onednn else 'off'}"
+    return f"TensorFlow {tf.__version__}{state}"
 
 
 class KerasWarmUp:

@@ -13,19 +13,22 @@ import math
 import os
 import re
 import sys
+import traceback
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConvSurgeonError, SmokeTestError, UsageError
+from ..model.inputs import DeclaredInput, declared_inputs, extra_axes, fits, reconcile
 from ..model.naming import format_shape
 from ..store.worker import Worker
-from .keras_runtime import import_keras, quiet_stderr
+from .keras_runtime import (engine_label, import_keras, import_tf_keras, keras_label, quiet_stderr,
+                            tf_keras_available)
 
 # Unknown input sizes are tried from LADDER_START, doubling while every input that has
 # unknown sizes stays within MAX_INPUT_ELEMENTS values (2**22: 16 MB of float32, so
@@ -117,10 +120,18 @@ class SmokeReport:
     # --compare: the output of each edited layer that is a layer of the model's graph,
     # named by its layer path, in the order of the edits.
     layer_comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
+    checked_by: str = ""  # which Keras loaded and ran the model: "Keras 3.15.1", "tf-keras 2.21.0"
+    engine: str = ""  # what computed it: "TensorFlow 2.21.0, oneDNN off"
+    input_origins: tuple[str, ...] = ()  # per input, where its shape came from
 
 
 class _ForwardFailure(Exception):
-    """The model raised while running an input; the message is the short reason."""
+    """The model raised while running an input; the message is the short reason, ``detail``
+    Keras's traceback."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class _NotProbed(Exception):
@@ -143,6 +154,11 @@ class _Original:
     layers: list[tuple[str, np.ndarray, np.ndarray]]  # (layer path, original output, edited output)
     notes: list[str]  # the edited layers not compared, and why
     changed: bool  # some edited variable holds another value than in the original
+
+
+def keras_traceback(exc: BaseException) -> str:
+    """The traceback of what Keras (or the user's code) raised, for ``--debug``."""
+    return _ANSI.sub("", "".join(traceback.format_exception(exc)))
 
 
 def _short_error(exc: BaseException, limit: int = 300) -> str:
@@ -193,7 +209,7 @@ def _import_modules(names: Sequence[str]) -> None:
                 f"--import {name}: the module could not be imported ({_short_error(exc)}); give the "
                 f"name of a module importable from the current directory ({here}) or the Python "
                 f"path{hint}, e.g. --import my_layers for ./my_layers.py"
-            ) from None
+            ).with_detail(keras_traceback(exc)) from None
 
 
 def _config_text(path: Path) -> str:
@@ -231,31 +247,42 @@ def _require_keras_hub(what: str) -> None:
         raise SmokeTestError(
             f"the {what} is a keras-hub model and keras-hub failed to import "
             f"({_short_error(exc)}); repair the keras-hub install, {_SKIP_HINT}"
-        ) from None
+        ).with_detail(keras_traceback(exc)) from None
+
+
+class KerasCannotLoad(SmokeTestError):
+    """Keras could not load a model for a reason other than a missing class or a Lambda:
+    perhaps the edit, perhaps a file this Keras cannot read at all (the check then tries
+    the original, and tf-keras for a Keras 2 file)."""
+
+    def __init__(self, message: str, reason: str = "", keras: str = "") -> None:
+        super().__init__(message)
+        self.reason, self.keras = reason, keras
 
 
 def _cannot_load(keras: Any, exc: Exception, what: str) -> SmokeTestError:
     message = " ".join(_ANSI.sub("", str(exc)).split())
+    label = keras_label(keras)
     if "safe_mode" in message or "Lambda" in message and "unsafe" in message.lower():
         return SmokeTestError(
             "the model holds a Lambda layer with Python code, which Keras refuses to "
             "load in safe mode; pass --unsafe if you trust this file, or --no-smoke "
             "to write it without the check"
-        )
+        ).with_detail(keras_traceback(exc))
     unknown = _UNKNOWN_CLASS.search(message)
     if unknown:
         name = unknown.group(1) or unknown.group(2)
         return SmokeTestError(
-            f"Keras {keras.__version__} could not load the {what}: it uses class '{name}', which "
+            f"{label} could not load the {what}: it uses class '{name}', which "
             "no imported module registers, so nothing was written; pass --import MODULE naming "
             "the module that registers it (with @keras.saving.register_keras_serializable), "
             "or --no-smoke to write it without the check"
-        )
-    return SmokeTestError(
-        f"Keras {keras.__version__} could not load the {what} "
-        f"({_load_failure_reason(exc, message)}), so nothing was written; "
-        "--no-smoke writes it without the check"
-    )
+        ).with_detail(keras_traceback(exc))
+    reason = _load_failure_reason(exc, message)
+    return KerasCannotLoad(
+        f"{label} could not load the {what} ({reason}), so nothing was written; "
+        "--no-smoke writes it without the check", reason, label,
+    ).with_detail(keras_traceback(exc))
 
 
 def _load_model(keras: Any, path: Path, unsafe: bool, what: str) -> Any:
@@ -296,10 +323,10 @@ def _load_target(keras: Any, target: SmokeTarget, unsafe: bool, what: str) -> An
         model.load_weights(str(target.path))
     except Exception as exc:  # noqa: BLE001
         raise SmokeTestError(
-            f"Keras {keras.__version__} could not load the {what} {target.path.name} into the "
+            f"{keras_label(keras)} could not load the {what} {target.path.name} into the "
             f"architecture of {target.config.name} ({_short_error(exc)}), so nothing was written; "
             "--no-smoke writes it without the check"
-        ) from None
+        ).with_detail(keras_traceback(exc)) from None
     return model
 
 
@@ -337,20 +364,91 @@ def _as_list(outputs: Any) -> list[Any]:
     return [outputs]
 
 
-def _forward(keras: Any, model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def to_numpy(keras: Any, value: Any) -> np.ndarray:
+    """A tensor or variable of either Keras as a numpy array (tf-keras has no ``keras.ops``)."""
+    convert = getattr(getattr(keras, "ops", None), "convert_to_numpy", None)
+    return np.asarray(convert(value) if convert is not None else value)
+
+
+# TensorFlow's CPU convolutions without oneDNN take channels_last data only; XLA compiles
+# channels_first ones with its own kernels.
+_CHANNELS_LAST_ONLY = "only supports the NHWC tensor format"
+ONEDNN_NOTE = ("TensorFlow was imported with its oneDNN CPU kernels on before this check, and they "
+               "compute some convolutions wrong on some CPUs: set TF_ENABLE_ONEDNN_OPTS=0 before "
+               "importing TensorFlow to check without them")
+XLA_NOTE = ("TensorFlow's CPU kernels without oneDNN run channels_last convolutions only: "
+            "the model ran compiled by XLA")
+
+
+def _forward(keras: Any, model: Any, inputs: list[np.ndarray], notes: set[str] | None = None) -> list[np.ndarray]:
+    """The model's outputs on ``inputs``; a channels_first model runs through XLA (and
+    ``notes`` hears of it)."""
+    feed = inputs if len(inputs) > 1 else inputs[0]
     try:
-        outputs = _as_list(model(inputs if len(inputs) > 1 else inputs[0], training=False))
-        return [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
+        outputs = _as_list(model(feed, training=False))
     except Exception as exc:  # noqa: BLE001
-        raise _ForwardFailure(_short_error(exc)) from None
+        if _CHANNELS_LAST_ONLY not in str(exc):
+            raise _ForwardFailure(_short_error(exc), keras_traceback(exc)) from None
+        import tensorflow as tf
+
+        try:
+            outputs = _as_list(tf.function(lambda x: model(x, training=False), jit_compile=True)(feed))
+        except Exception as xla_exc:  # noqa: BLE001
+            raise _ForwardFailure(_short_error(xla_exc), keras_traceback(xla_exc)) from None
+        if notes is not None:
+            notes.add(XLA_NOTE)
+    return [to_numpy(keras, o) for o in outputs]
 
 
-def _given_shapes(symbolic: list[tuple[Any, ...]], given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+@dataclass(frozen=True)
+class _Inputs:
+    """The shapes the smoke test feeds, and where they came from."""
+
+    bases: list[tuple[Any, ...]]  # per input: batch axis, then sizes (None where still unknown)
+    origins: list[str]  # per input, for the report: DECLARED or BUILT
+    symbolic: list[tuple[Any, ...]]  # what Keras built
+    declared: list[DeclaredInput | None]  # what the file declares, where it fits
+
+
+# Where an input's shape came from, as the report says it.
+DECLARED, BUILT, GIVEN, SEARCHED, LOADED = (
+    "declared by the file", "as Keras built the model", "from --input-shape", "sizes searched",
+    "from --load-inputs")
+
+
+def _planned_inputs(model: Any, declared: Sequence[DeclaredInput]) -> tuple[_Inputs, list[str]]:
+    """Each input's shape from the file first, reconciled with the one Keras built; and a
+    note for each input Keras built with another shape than the file declares."""
+    symbolic = [tuple(t.shape) for t in model.inputs]
+    bases: list[tuple[Any, ...]] = []
+    origins: list[str] = []
+    fitting: list[DeclaredInput | None] = []
+    notes = []
+    for i, built in enumerate(symbolic):
+        claim = declared[i] if len(declared) == len(symbolic) else None
+        merged = reconcile(built, claim.shape) if claim is not None else None
+        if claim is None or merged is None:
+            bases.append(built)
+            origins.append(BUILT)
+            fitting.append(None)
+            continue
+        if extra_axes(built, claim.shape):
+            notes.append(f"input {i}: the file declares {claim.shape} ({claim.origin}), Keras built "
+                         f"{built}; its extra axis gets size 1")
+        bases.append(merged)
+        origins.append(DECLARED)
+        fitting.append(claim)
+    return _Inputs(bases, origins, symbolic, fitting), notes
+
+
+def _given_shapes(plan: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """The --input-shape sizes checked against the model's inputs, with a batch axis of 1.
 
-    A shape the model's inputs cannot take is a mistake on the command line (a usage
-    error), not a failure of the written model.
+    A size fits the shape Keras built, or the shape the file declares (then mapped onto
+    Keras's, as :func:`reconcile` does). A shape the model's inputs cannot take is a
+    mistake on the command line (a usage error), not a failure of the written model.
     """
+    symbolic = plan.symbolic
     if len(given) != len(symbolic):
         raise UsageError(
             f"--input-shape: the model has {len(symbolic)} input(s) "
@@ -358,63 +456,91 @@ def _given_shapes(symbolic: list[tuple[Any, ...]], given: Sequence[tuple[int, ..
             "one --input-shape per input, without the batch axis"
         )
     shapes = []
-    for i, shape in enumerate(symbolic):
-        body, wanted = shape[1:], tuple(given[i])
-        if len(wanted) == len(shape):
-            wanted = wanted[1:]
-        if not _fits(body, wanted):
+    for i, base in enumerate(plan.bases):
+        wanted = tuple(int(w) for w in given[i])
+        found = _given_shape(base, symbolic[i], plan.declared[i], wanted)
+        if found is None:
+            claim = plan.declared[i]
+            declared = f", or the shape the file declares {claim.shape[1:]}" if claim is not None and len(claim.shape) != len(base) else ""
             raise UsageError(
-                f"--input-shape {tuple(wanted)} does not fit model input {i} "
-                f"{shape} (batch axis excluded: {body}); give the sizes for its None axes"
+                f"--input-shape {wanted} does not fit model input {i} "
+                f"{symbolic[i]} (batch axis excluded: {tuple(base[1:])}{declared}); give the sizes for its None axes"
             )
-        shapes.append((1,) + tuple(int(w) for w in wanted))
+        shapes.append(found)
     return shapes
 
 
-def _fits(symbolic: Sequence[Any], shape: Sequence[int]) -> bool:
-    """Whether an array of ``shape`` fits a symbolic shape: same rank, every known size equal."""
-    return len(shape) == len(symbolic) and all(d is None or d == s for d, s in zip(symbolic, shape))
+def _given_shape(base: tuple[Any, ...], built: tuple[Any, ...], claim: DeclaredInput | None,
+                 wanted: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``wanted`` as an input of shape ``base`` (``built`` reconciled with the file's ``claim``)
+    takes it: sizes for ``base``, or for the declared shape, mapped onto ``built``."""
+    for body in (base[1:], claim.shape[1:] if claim is not None else None):
+        if body is None:
+            continue
+        sizes = wanted[1:] if len(wanted) == len(body) + 1 else wanted
+        if not fits(body, sizes):
+            continue
+        if len(body) == len(base) - 1:
+            return (1, *sizes)
+        mapped = reconcile(built, (1, *sizes))
+        if mapped is not None:  # every size is known now but the batch axis
+            return (1, *(1 if d is None else int(d) for d in mapped[1:]))
+    return None
 
 
-def _filled(symbolic: list[tuple[Any, ...]], size: int) -> list[tuple[int, ...]]:
-    return [(1,) + tuple(size if d is None else int(d) for d in shape[1:]) for shape in symbolic]
+def _filled(bases: list[tuple[Any, ...]], size: int) -> list[tuple[int, ...]]:
+    return [(1,) + tuple(size if d is None else int(d) for d in shape[1:]) for shape in bases]
 
 
-def _ladder(symbolic: list[tuple[Any, ...]], free: list[int]) -> list[int]:
-    """The sizes to try for unknown axes: cheapest first, bounded per input."""
+def _ladder(bases: list[tuple[Any, ...]], free: list[int]) -> list[int]:
+    """The sizes to try for unknown axes: cheapest first, bounded per input; then 1, which
+    an axis Keras added to the file's shape takes where the file says nothing."""
     sizes = [LADDER_START]
     while all(
-        math.prod(2 * sizes[-1] if d is None else int(d) for d in symbolic[i][1:]) <= MAX_INPUT_ELEMENTS
+        math.prod(2 * sizes[-1] if d is None else int(d) for d in bases[i][1:]) <= MAX_INPUT_ELEMENTS
         for i in free
     ):
         sizes.append(2 * sizes[-1])
-    return sizes
+    return sizes + [1]
 
 
 def _sizes_text(sizes: list[int]) -> str:
     return ", ".join(map(str, sizes)) if len(sizes) <= 3 else f"{sizes[0]}, {sizes[1]}, ..., {sizes[-1]}"
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Inputs the model accepted, its outputs on them, and what the report says of them."""
+
+    inputs: list[np.ndarray]
+    outputs: list[np.ndarray]
+    origins: list[str]
+    notes: list[str]
+
+
 def _run_seeded(
-    keras: Any, model: Any, given: Sequence[tuple[int, ...]] | None, seed: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    keras: Any, model: Any, given: Sequence[tuple[int, ...]] | None, seed: int,
+    declared: Sequence[DeclaredInput] = (), engine_notes: set[str] | None = None,
+) -> _Run:
     """Inputs the model accepts, its outputs on them, and notes on the sizes chosen.
 
+    Each input's shape comes from the file's config first (:func:`_planned_inputs`).
     Unknown sizes not given are searched: each size of the ladder in turn, until the
     forward pass runs and gives a non-empty output. Each try draws its input from a
     fresh generator, so the inputs found are those ``--input-shape`` would give.
     """
-    symbolic = [tuple(t.shape) for t in model.inputs]
+    plan, shape_notes = _planned_inputs(model, declared)
+    symbolic, bases = plan.symbolic, plan.bases
     dtypes = [str(t.dtype) for t in model.inputs]
 
     def attempt(shapes: list[tuple[int, ...]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         rng = np.random.default_rng(seed)
         inputs = [_seeded_input(rng, shape, dtype) for shape, dtype in zip(shapes, dtypes)]
-        return inputs, _forward(keras, model, inputs)
+        return inputs, _forward(keras, model, inputs, engine_notes)
 
-    free = [i for i, shape in enumerate(symbolic) if None in shape[1:]]
+    free = [i for i, shape in enumerate(bases) if None in shape[1:]]
     if given is not None or not free:
-        shapes = _given_shapes(symbolic, given) if given is not None else _filled(symbolic, LADDER_START)
+        shapes = _given_shapes(plan, given) if given is not None else _filled(bases, LADDER_START)
         try:
             inputs, arrays = attempt(shapes)
         except _ForwardFailure as failure:
@@ -422,23 +548,26 @@ def _run_seeded(
                 raise SmokeTestError(
                     f"the forward pass failed on the input {_shapes_text(shapes)} ({failure}); "
                     f"nothing was written; {_SKIP_HINT}"
-                ) from None
+                ).with_detail(failure.detail) from None
             raise SmokeTestError(
                 f"the forward pass failed on the input {_shapes_text(shapes)} given by --input-shape "
                 f"({failure}); nothing was written; give sizes that "
                 f"{_inputs_text(symbolic, range(len(symbolic)))} accepts with --input-shape SHAPE "
                 f"(without the batch axis), {_SKIP_HINT}"
-            ) from None
-        return inputs, arrays, []
+            ).with_detail(failure.detail) from None
+        origins = [GIVEN] * len(shapes) if given is not None else plan.origins
+        return _Run(inputs, arrays, origins, shape_notes if given is None else [])
     rejected: list[int] = []
     last = ""
-    for size in _ladder(symbolic, free):
-        shapes = _filled(symbolic, size)
+    detail = None
+    for size in _ladder(bases, free):
+        shapes = _filled(bases, size)
         try:
             inputs, arrays = attempt(shapes)
         except _ForwardFailure as failure:
             rejected.append(size)
-            last = f"on {_shapes_text(shapes)}: {failure}"
+            if size != 1 or not last:  # the error at the largest size says the most
+                last, detail = f"on {_shapes_text(shapes)}: {failure}", failure.detail
             continue
         empty = next((a.shape for a in arrays if a.size == 0), None)
         if empty is not None:
@@ -453,13 +582,14 @@ def _run_seeded(
             f"input {i} {symbolic[i]}: unknown sizes set to {size}{tried}; use --input-shape to choose them"
             for i in free
         ]
-        return inputs, arrays, notes
+        origins = [(SEARCHED if i in free else origin) for i, origin in enumerate(plan.origins)]
+        return _Run(inputs, arrays, origins, shape_notes + notes)
     raise SmokeTestError(
         f"the forward pass failed at every input size tried: the unknown sizes of "
         f"{_inputs_text(symbolic, free)} at "
-        f"{_sizes_text(rejected)} (last error {last}); nothing was written; give the sizes "
+        f"{_sizes_text(rejected[:-1])} and 1 (the error at the largest, {last}); nothing was written; give the sizes "
         f"with --input-shape SHAPE (without the batch axis), {_SKIP_HINT}"
-    )
+    ).with_detail(detail)
 
 
 def _read_inputs_file(path: Path) -> dict[str, np.ndarray]:
@@ -496,8 +626,8 @@ def _matched_inputs(path: Path, stored: dict[str, np.ndarray], model: Any) -> li
                 f"input_{i} or {name}, found: {', '.join(sorted(stored)) or 'none'}"
             )
         array, expects = stored[key], tuple(tensor.shape)
-        if not _fits(expects, array.shape):
-            batch = _fits(expects, (1,) + array.shape)
+        if not fits(expects, array.shape):
+            batch = fits(expects, (1,) + array.shape)
             raise ConvSurgeonError(
                 f"--load-inputs {path}: model input {i} expects {expects}, received {array.shape} "
                 f"(array '{key}'); "
@@ -560,9 +690,10 @@ def start_reference_run(
                 except _ForwardFailure as failure:
                     raise SmokeTestError(
                         f"the forward pass of the original model failed on the inputs of --load-inputs "
-                        f"{load_inputs} ({failure}); nothing was written") from None
+                        f"{load_inputs} ({failure}); nothing was written").with_detail(failure.detail) from None
             else:
-                inputs, outputs, _ = _run_seeded(keras, model, input_shapes, seed)
+                run = _run_seeded(keras, model, input_shapes, seed, _declared(reference))
+                inputs, outputs = run.inputs, run.outputs
         return [tuple(a.shape) for a in inputs], _digest(inputs), outputs
 
     return Worker(work, REFERENCE_TIMEOUT_S, "the original model")
@@ -575,6 +706,79 @@ def _digest(arrays: Sequence[np.ndarray]) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+class NoKerasLoads(SmokeTestError):
+    """Keras cannot load the original model either: the check cannot run, and the edit is
+    not the cause. ``attempts`` holds (which Keras, why) for each Keras tried."""
+
+    def __init__(self, attempts: Sequence[tuple[str, str]], written_by: str | None = None,
+                 tf_keras_hint: bool = False) -> None:
+        self.attempts, self.written_by, self.tf_keras_hint = list(attempts), written_by, tf_keras_hint
+        if len(self.attempts) == 1:
+            (label, reason), = self.attempts
+            said = f"{label} cannot load the original model either ({reason})"
+        else:
+            said = "no Keras here can load the original model: " + "; ".join(
+                f"{label}: {reason}" for label, reason in self.attempts)
+        hint = ""
+        if tf_keras_hint:
+            hint = (f"; the file was written by Keras {written_by or '2'}, which tf-keras reads: "
+                    "pip install 'conv-surgeon[keras2]' to check it with tf-keras")
+        super().__init__(
+            f"{said}, so the check cannot run (the edit is not the cause); nothing was written; "
+            f"--no-smoke writes the edit without the check{hint}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.attempts, self.written_by, self.tf_keras_hint), self.__dict__)
+
+
+def written_by_keras2(version: str | None) -> bool:
+    """Whether a file's ``keras_version`` says Keras 1 or 2 wrote it (None: it does not say)."""
+    return version is None or version.split(".")[0] in ("1", "2")
+
+
+def _load_written(keras: Any, edited: SmokeTarget, original: SmokeTarget | None, unsafe: bool) -> Any:
+    """The written model, loaded; when Keras cannot load the original either, NoKerasLoads."""
+    try:
+        return _load_target(keras, edited, unsafe, "written model")
+    except KerasCannotLoad as failure:
+        if original is None:
+            raise
+        try:
+            _load_target(keras, original, unsafe, "original model")
+        except KerasCannotLoad as original_failure:
+            raise NoKerasLoads([(original_failure.keras, original_failure.reason)]).with_detail(
+                original_failure.detail) from None
+        except SmokeTestError:
+            pass
+        raise
+
+
+def _declared(target: SmokeTarget) -> list[DeclaredInput]:
+    """The input shapes the config of the model Keras loads declares ([] if none)."""
+    path = target.config if target.kind == "weights" else target.path
+    if path is None or target.kind == "preset":
+        return []
+    text = _config_text(path)
+    if not text and path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                value = handle.attrs.get("model_config")
+        except OSError:
+            return []
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+    try:
+        config = json.loads(text) if text else None
+    except ValueError:
+        return []
+    return declared_inputs(config if isinstance(config, dict) else None)
+
+
+def _as_target(path: Path | SmokeTarget) -> SmokeTarget:
+    return path if isinstance(path, SmokeTarget) else SmokeTarget(path)
 
 
 def run_smoke_test(
@@ -590,52 +794,76 @@ def run_smoke_test(
     load_inputs: Path | None = None,
     save_inputs: Path | None = None,
     imports: Sequence[str] = (),
+    original: Path | SmokeTarget | None = None,
+    written_by: str | None = None,
+    runtime: Literal["keras", "tf-keras"] = "keras",
 ) -> SmokeReport:
     """Load ``target`` with Keras, run one seeded forward pass, check outputs and values.
 
-    ``imports`` are modules imported first (they register custom classes). Unknown input
-    sizes not given by ``input_shapes`` are searched (see ``_run_seeded``). With
-    ``reference`` (the original model) both run on the same inputs and their outputs,
-    and the outputs of the edited layers, are compared; ``expect_same`` turns a
-    difference of the model's outputs beyond it into a failure. ``reference_run``, the
-    original already running in its own process (:func:`start_reference_run`), gives the
-    original's outputs in its place when its inputs are the edited model's; it compares the
-    outputs only, not the edited layers'.
+    ``imports`` are modules imported first (they register custom classes). Each input's
+    shape comes from the file's config first; unknown sizes not given by ``input_shapes``
+    are searched (see ``_run_seeded``). With ``reference`` (the original model) both run on
+    the same inputs and their outputs, and the outputs of the edited layers, are compared;
+    ``expect_same`` turns a difference of the model's outputs beyond it into a failure.
+    ``reference_run``, the original already running in its own process
+    (:func:`start_reference_run`), gives the original's outputs in its place when its inputs
+    are the edited model's; it compares the outputs only, not the edited layers'.
+
+    When Keras cannot load the written model, ``original`` (the unedited model) tells
+    whether the edit is the cause: if Keras 3 cannot load the original either and the file
+    was ``written_by`` Keras 2, the whole check runs again under tf-keras in a process of
+    its own (``runtime`` "tf-keras" is that process's).
     """
-    edited = target if isinstance(target, SmokeTarget) else SmokeTarget(target)
+    edited = _as_target(target)
     # A wrong inputs file is refused before Keras loads anything.
     stored = _read_inputs_file(load_inputs) if load_inputs is not None else None
-    keras = import_keras()
+    keras = import_tf_keras() if runtime == "tf-keras" else import_keras()
+    engine_notes: set[str] = set()
+    try:
+        with quiet_stderr():
+            _import_modules(imports)
+            model = _load_written(keras, edited, _as_target(original) if original is not None else None, unsafe)
+    except NoKerasLoads as failure:
+        if reference_run is not None:
+            reference_run.discard()
+        keras2 = runtime == "keras" and written_by_keras2(written_by)
+        if not keras2 or not tf_keras_available():
+            raise NoKerasLoads(failure.attempts, written_by, tf_keras_hint=keras2).with_detail(failure.detail) from None
+        return _checked_by_tf_keras(failure, written_by, dict(
+            target=edited, expected=list(expected), input_shapes=input_shapes, unsafe=unsafe,
+            seed=seed, reference=reference, expect_same=expect_same, load_inputs=load_inputs,
+            save_inputs=save_inputs, imports=tuple(imports), original=original, written_by=written_by))
     with quiet_stderr():
-        _import_modules(imports)
-        model = _load_target(keras, edited, unsafe, "written model")
         if load_inputs is not None and stored is not None:
             inputs = _matched_inputs(load_inputs, stored, model)
+            origins = [LOADED] * len(inputs)
             notes = [f"inputs from {load_inputs}"]
             try:
-                arrays = _forward(keras, model, inputs)
+                arrays = _forward(keras, model, inputs, engine_notes)
             except _ForwardFailure as failure:
                 raise SmokeTestError(
                     f"the forward pass failed on the input {_shapes_text([a.shape for a in inputs])} "
                     f"from --load-inputs {load_inputs} ({failure}); nothing was written; "
                     f"check the arrays of --load-inputs, {_SKIP_HINT}"
-                ) from None
+                ).with_detail(failure.detail) from None
         else:
-            inputs, arrays, notes = _run_seeded(keras, model, input_shapes, seed)
+            run = _run_seeded(keras, model, input_shapes, seed, _declared(edited), engine_notes)
+            inputs, arrays, origins, notes = run.inputs, run.outputs, run.origins, run.notes
         symbolic = [tuple(t.shape) for t in _as_list(model.outputs)]
         legacy_file = _legacy_weights_file(edited)
-        loaded = _Loaded(model, _locate_variables(model, expected, legacy_file))
+        loaded = _Loaded(model, _locate_variables(keras, model, expected, legacy_file))
         checked = _check_variables(keras, expected, loaded.variables, legacy=legacy_file is not None)
-        original = None
+        original_run = None
         if reference_run is not None:
             shapes_run, digest, outputs_run = reference_run.result()
             if shapes_run == [tuple(a.shape) for a in inputs] and digest == _digest(inputs):
-                original = _Original(outputs_run, [], [], True)
-        if original is None and reference is not None:
-            original = _run_original(
-                keras, reference if isinstance(reference, SmokeTarget) else SmokeTarget(reference),
-                unsafe, expected, inputs, loaded,
-            )
+                original_run = _Original(outputs_run, [], [], True)
+        if original_run is None and reference is not None:
+            original_run = _run_original(keras, _as_target(reference), unsafe, expected, inputs, loaded,
+                                         engine_notes)
+        engine = engine_label(keras)
+        if engine.endswith("oneDNN on"):
+            engine_notes.add(ONEDNN_NOTE)
     shapes = [tuple(a.shape) for a in inputs]
     summaries = []
     for i, (array, shape) in enumerate(zip(arrays, symbolic)):
@@ -656,15 +884,16 @@ def run_smoke_test(
         summaries.append(OutputSummary(name, tuple(array.shape), float(values.min()), float(values.max())))
     comparisons: tuple[OutputComparison, ...] = ()
     layer_comparisons: tuple[OutputComparison, ...] = ()
-    if original is not None:
+    if original_run is not None:
         comparisons = tuple(
-            compare_outputs(f"output {i}", a, b) for i, (a, b) in enumerate(zip(original.outputs, arrays))
+            compare_outputs(f"output {i}", a, b) for i, (a, b) in enumerate(zip(original_run.outputs, arrays))
         )
         if expect_same is not None:
-            _check_tolerance(original.outputs, arrays, comparisons, expect_same)
-        layer_comparisons = tuple(compare_outputs(path, a, b) for path, a, b in original.layers)
-        notes += original.notes + _comparison_notes(original, comparisons, layer_comparisons,
-                                                            expect_same is not None)
+            _check_tolerance(original_run.outputs, arrays, comparisons, expect_same)
+        layer_comparisons = tuple(compare_outputs(path, a, b) for path, a, b in original_run.layers)
+        notes += original_run.notes + _comparison_notes(original_run, comparisons, layer_comparisons,
+                                                        expect_same is not None)
+    notes += sorted(engine_notes)
     if save_inputs is not None:
         from ..store.fileio import npz_bytes, write_atomically
 
@@ -678,7 +907,45 @@ def run_smoke_test(
         notes=tuple(notes),
         comparisons=comparisons,
         layer_comparisons=layer_comparisons,
+        checked_by=keras_label(keras),
+        engine=engine,
+        input_origins=tuple(origins),
     )
+
+
+def _checked_by_tf_keras(keras3: NoKerasLoads, written_by: str | None, request: dict[str, Any]) -> SmokeReport:
+    """The whole check again under tf-keras, in a fresh process: Keras 3 could not load the
+    file, and both Kerases cannot share one process's TensorFlow state."""
+    import pickle
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "conv_surgeon.transaction.tf_keras_check"],
+                              input=pickle.dumps(request), capture_output=True, timeout=REFERENCE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SmokeTestError(f"the check under tf-keras did not finish within {REFERENCE_TIMEOUT_S:.0f} s; "
+                             f"nothing was written; {_SKIP_HINT}") from None
+    try:
+        kind, value = pickle.loads(done.stdout)
+    except Exception:  # noqa: BLE001 - the child died before it could answer
+        from ..errors import InternalError
+
+        raise InternalError(f"the check under tf-keras ended with exit code {done.returncode} and no answer",
+                            done.stderr.decode("utf-8", "replace")[-4000:]) from None
+    if kind == "bug":
+        from ..errors import InternalError
+
+        raise InternalError(f"the check under tf-keras failed: {value[0]}", value[1])
+    if isinstance(value, NoKerasLoads):
+        raise NoKerasLoads(keras3.attempts + value.attempts, written_by).with_detail(
+            "\n".join(d for d in (keras3.detail, value.detail) if d)) from None
+    if isinstance(value, BaseException):
+        raise value
+    report: SmokeReport = value
+    (label, reason), = keras3.attempts[:1]
+    note = (f"{label} cannot load this file{f' (written by Keras {written_by})' if written_by else ''}: "
+            f"{reason}; {report.checked_by} checked it")
+    return replace(report, notes=(note, *report.notes))
 
 
 # --- the comparison with the original model ----------------------------------------------
@@ -691,23 +958,24 @@ def _run_original(
     expected: Sequence[ExpectedValue],
     inputs: list[np.ndarray],
     edited: _Loaded,
+    engine_notes: set[str],
 ) -> _Original:
     """Run the original model, and the edited layers of both models, on ``inputs``."""
     model = _load_target(keras, reference, unsafe, "original model")
     try:
-        outputs = _forward(keras, model, inputs)
+        outputs = _forward(keras, model, inputs, engine_notes)
     except _ForwardFailure as failure:
         raise SmokeTestError(
             f"the forward pass of the original model failed on the input "
             f"{_shapes_text([a.shape for a in inputs])} the edited model ran on ({failure}); "
             "nothing was written; drop --compare to skip the comparison"
-        ) from None
-    loaded = _Loaded(model, _locate_variables(model, expected, _legacy_weights_file(reference)))
+        ).with_detail(failure.detail) from None
+    loaded = _Loaded(model, _locate_variables(keras, model, expected, _legacy_weights_file(reference)))
     changed = any(
         variable is not None and not _holds(keras, variable, item.value)
         for item, variable in zip(expected, loaded.variables)
     )
-    layers, notes = _layer_outputs(keras, loaded, edited, expected, inputs)
+    layers, notes = _layer_outputs(keras, loaded, edited, expected, inputs, engine_notes)
     return _Original(outputs, layers, notes, changed)
 
 
@@ -717,6 +985,7 @@ def _layer_outputs(
     edited: _Loaded,
     expected: Sequence[ExpectedValue],
     inputs: list[np.ndarray],
+    engine_notes: set[str],
 ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[str]]:
     """Each edited layer's output in the original and the edited model, by layer path;
     and a note for each edited layer that cannot be run alone.
@@ -742,8 +1011,8 @@ def _layer_outputs(
     if not probes:
         return [], notes
     try:
-        before = _forward(keras, keras.Model(original.model.inputs, [p[1] for p in probes]), inputs)
-        after = _forward(keras, keras.Model(edited.model.inputs, [p[2] for p in probes]), inputs)
+        before = _forward(keras, keras.Model(original.model.inputs, [p[1] for p in probes]), inputs, engine_notes)
+        after = _forward(keras, keras.Model(edited.model.inputs, [p[2] for p in probes]), inputs, engine_notes)
     except _ForwardFailure as failure:
         return [], notes + [f"the edited layers are not compared: running them alone failed ({failure})"]
     return [(path, a, b) for (path, _, _), a, b in zip(probes, before, after)], notes
@@ -837,14 +1106,17 @@ def _check_tolerance(
 # --- the edited variables -------------------------------------------------------------------
 
 
-def _store_variables(model: Any) -> dict[str, dict[str, Any]]:
+def _store_variables(keras: Any, model: Any) -> dict[str, dict[str, Any]]:
     """What ``model.save`` would put in the weight store, by object path, without writing.
 
     Runs Keras's own saver walk (``saving_lib._save_state``: "layers" first, then
     attributes, class-name counters inside containers, each object once) over a store
     that only records, so paths and variable order are those Keras loads by.
     """
-    from keras.src.saving import saving_lib
+    if keras.__name__ == "tf_keras":
+        from tf_keras.src.saving import saving_lib
+    else:
+        from keras.src.saving import saving_lib
 
     class Recorder(saving_lib.H5IOStore):  # type: ignore[misc]  # Keras has no types: its base is Any
         def __init__(self) -> None:  # no file behind it
@@ -857,11 +1129,12 @@ def _store_variables(model: Any) -> dict[str, dict[str, Any]]:
             return self.objects.setdefault(path, {})
 
     recorder = Recorder()
-    saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
+    # Positional: the two Kerases name the last argument differently.
+    saving_lib._save_state(model, recorder, None, "", set())
     return recorder.objects
 
 
-def _legacy_variables(model: Any, path: Path) -> dict[str, list[Any]]:
+def _legacy_variables(keras: Any, model: Any, path: Path) -> dict[str, list[Any]]:
     """Each weight group of a legacy .h5 with the variables Keras assigned it by position.
 
     As ``load_weights_from_hdf5_group``: the groups that list weights pair in order with
@@ -869,7 +1142,11 @@ def _legacy_variables(model: Any, path: Path) -> dict[str, list[Any]]:
     layer's ``trainable_weights + non_trainable_weights`` (``_legacy_weights``).
     """
     import h5py
-    from keras.src.legacy.saving import legacy_h5_format as legacy
+
+    if keras.__name__ == "tf_keras":
+        from tf_keras.src.saving.legacy import hdf5_format as legacy
+    else:
+        from keras.src.legacy.saving import legacy_h5_format as legacy
 
     with h5py.File(path, "r") as handle:
         group = handle["model_weights"] if "layer_names" not in handle.attrs and "model_weights" in handle else handle
@@ -882,16 +1159,16 @@ def _legacy_variables(model: Any, path: Path) -> dict[str, list[Any]]:
     return {name: legacy._legacy_weights(layer) for name, layer in zip(names, layers)}
 
 
-def _locate_variables(model: Any, expected: Sequence[ExpectedValue], legacy_file: Path | None) -> list[Any]:
+def _locate_variables(keras: Any, model: Any, expected: Sequence[ExpectedValue], legacy_file: Path | None) -> list[Any]:
     """The model's variable for each expected value, None where the file's place for it is empty."""
     if not expected:
         return []
     if legacy_file is not None:
-        by_group = _legacy_variables(model, legacy_file)
+        by_group = _legacy_variables(keras, model, legacy_file)
         groups = [by_group.get(item.h5_layer or "", []) for item in expected]
         return [group[item.h5_position] if 0 <= item.h5_position < len(group) else None
                 for item, group in zip(expected, groups)]
-    store = _store_variables(model)
+    store = _store_variables(keras, model)
     return [store.get(item.store_object, {}).get(str(item.store_index)) if item.store_object is not None else None
             for item in expected]
 
@@ -905,7 +1182,7 @@ def _where(item: ExpectedValue, legacy: bool) -> str:
 def _holds(keras: Any, variable: Any, value: np.ndarray) -> bool:
     """Whether ``variable`` holds exactly ``value`` (compared as float32, as written)."""
     want = value.astype(np.float32)
-    got = np.asarray(keras.ops.convert_to_numpy(variable)).astype(np.float32)
+    got = to_numpy(keras, variable).astype(np.float32)
     return got.shape == want.shape and np.array_equal(got, want)
 
 

@@ -183,14 +183,17 @@ def write_transaction(
             if warm_up is not None and smoke_target is not None:
                 warm_up.wait()
                 expected = [_expected(structure, item) for item in values]
-                with _reference_file(source, structure.format, checks.compare) as reference:
+                # The original, to compare with, and to tell a file Keras cannot read
+                # from an edit that broke it.
+                with _original_file(source, structure.format) as original:
                     report = run_smoke_test(
                         smoke_target(load_path), expected, input_shapes=checks.input_shapes,
                         unsafe=checks.unsafe,
-                        reference=smoke_target(reference) if reference is not None else None,
+                        reference=smoke_target(original) if checks.compare else None,
                         reference_run=reference_run,
                         expect_same=checks.expect_same, load_inputs=checks.load_inputs,
                         save_inputs=checks.save_inputs, imports=checks.imports,
+                        original=smoke_target(original), written_by=structure.keras_version,
                     )
                 if step is not None:
                     step("smoke test passed")
@@ -343,11 +346,9 @@ def _verify_written(staged: ModelSource, values: Sequence[WrittenValue]) -> None
 
 
 @contextmanager
-def _reference_file(source: ModelSource, fmt: str, wanted: bool) -> Iterator[Path | None]:
-    """The original model as a path Keras can load, for --compare."""
-    if not wanted:
-        yield None
-    elif source.path is not None and (fmt in FOLDER_FORMATS or source.path.name.lower().endswith(SUFFIXES[fmt])):
+def _original_file(source: ModelSource, fmt: str) -> Iterator[Path]:
+    """The original model as a path Keras can load (a copy for a model read from stdin)."""
+    if source.path is not None and (fmt in FOLDER_FORMATS or source.path.name.lower().endswith(SUFFIXES[fmt])):
         yield source.path
     else:
         with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
