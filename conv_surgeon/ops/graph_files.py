@@ -3,6 +3,7 @@ it: the config, and the checks that the weight store sits where the config says.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -100,10 +101,16 @@ def write_rewritten(
 def _reference_run(source: ModelSource, options: WriteOptions) -> Worker[ReferenceResult] | None:
     """The original model's forward pass for --compare, started in its own process before
     any thread, so that it runs beside the rest of the write (for a model file Keras can
-    open by its name; a model from stdin is compared after the edited one)."""
+    open by its name; a model from stdin is compared after the edited one).
+
+    Not when this process has imported TensorFlow already (a notebook that built the model,
+    then called ``cs.fold_bn``): TensorFlow's threads hold locks a forked child never gets
+    back, and the child's forward pass hangs. The original is then run here, after the
+    edited one."""
     checks = options.smoke
     if not (checks.enabled and checks.compare) or source.path is None \
-            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")):
+            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")) \
+            or "tensorflow" in sys.modules:
         return None
     return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
                                unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)
