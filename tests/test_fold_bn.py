@@ -9,6 +9,7 @@ reader; the outputs are compared by loading both files with Keras.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -136,6 +137,8 @@ def test_fold_real_architectures(keras, cli, tmp_path, name):
     if name == "ResNet50":  # the CLI's own check, in a process of its own, once
         report = _fold(path, tmp_path / "folded.keras")
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
+        [kept] = report["smoke"]["expect_same"]
+        assert kept["float32_sums"] and kept["atol"] == kept["rtol"] == 0 and kept["used"] <= 1
     else:  # the others are checked here, in Keras, by _check_fold (faster: no second import)
         result = cli("fold-bn", path, "-o", tmp_path / "folded.keras", "--no-smoke", "--json")
         assert result.exit_code == 0, result.output
@@ -280,20 +283,39 @@ def test_refusals_name_the_reason(keras, tmp_path, cli):
     assert not (tmp_path / "x.keras").exists()
 
 
-def test_a_failed_check_writes_nothing(keras, tmp_path):
+def _cancelling(keras, shift: float):
+    """A conv whose bias ``shift`` its BatchNormalization's moving mean takes away again."""
     L = keras.layers
     i = keras.Input((16, 16, 32))
     model = keras.Model(i, L.BatchNormalization(name="bn")(L.Conv2D(16, 3, name="conv")(i)))
     _randomize_batchnorms(keras, model)
+    conv, bn = model.get_layer("conv"), model.get_layer("bn")
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel, bias + shift])
+    gamma, beta, mean, variance = bn.get_weights()
+    bn.set_weights([gamma, beta, mean + shift, variance])
+    return model
+
+
+def test_a_failed_check_writes_nothing(keras, cli, tmp_path):
+    # The original rounds its conv's sums at the bias's scale (1000: about 6e-5 apart), the
+    # folded model does not: their outputs (scale about 8) differ by more than float32
+    # rounding over 288-term sums allows (8e-6 of it). The check refuses; nothing is written.
     path = tmp_path / "m.keras"
-    model.save(path)
+    _cancelling(keras, 1000.0).save(path)
     out = tmp_path / "out.keras"
-    # No tolerance at all: the fold's float roundings (about 1e-7 here) fail the check.
-    done = subprocess.run([CLI, "fold-bn", str(path), "-o", str(out), "--atol", "0", "--rtol", "0"],
-                          capture_output=True, text=True)
-    assert done.returncode == 3, done.stdout
-    assert "differs from the original beyond atol=0, rtol=0" in done.stderr
+    result = cli("fold-bn", path, "-o", out)
+    assert result.exit_code == 3, result.stdout
+    assert result.stderr.startswith("Error: output 0: the edited model differs from the original beyond atol=0, "
+                                    "rtol=0 + float32 rounding (8.1e-06 of the output scale "), result.stderr
+    assert "over 288-term sums)" in result.stderr and "--atol and --rtol allow more" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+    # Without the shift the same fold passes, and the report says the allowance and the error.
+    _cancelling(keras, 0.0).save(path)
+    result = cli("fold-bn", path, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"\noutput 0 the same within atol=0, rtol=0 \+ float32 rounding \(8\.1e-06 of the output "
+                     r"scale \S+ over 288-term sums\): max abs error \S+, [\d.]+% of what is allowed\n", result.stdout)
 
 
 def test_an_output_batchnorm_says_the_output_is_renamed(keras, tmp_path, cli):

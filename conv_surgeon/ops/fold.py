@@ -48,16 +48,13 @@ from ..store.rewrite import (
 )
 from ..store.writer import write_h5_history
 from ..store.source import ModelSource
-from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.smoke import FUNCTION_KEPT, SmokeReport
 from ..transaction.transaction import WriteOptions, WrittenValue, check_destination
 from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
 Fold = tuple[FoldPair, dict[str, "np.ndarray | Derived"], BatchNormValues]
-
-# The fold keeps the function up to float rounding: this is what "the same" means by default.
-FOLD_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
 
 
 @dataclass(frozen=True)
@@ -201,7 +198,7 @@ def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callab
                for p, new, _ in plan.folds for name in new]
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
-        options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
+        options = replace(options, smoke=replace(checks, compare=True, expect_same=FUNCTION_KEPT))
     prepare: Callable[[Path], int]
     stage: Callable[[Path, Path, list[dict[str, Any]]], None]
     if plan.layer_names is not None:

@@ -41,13 +41,11 @@ from ..store.provenance import EditRecord, PruneSource
 from ..store.rewrite import Derived, StoreRewrite, VarSource, rewrite_weights, write_keras_archive
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.smoke import FUNCTION_KEPT, SmokeReport
 from ..transaction.transaction import WriteOptions, check_destination
 from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes, structure_variables
 
-# Removing all-zero filters keeps the function up to float rounding.
-ZEROS_TOLERANCE = Tolerance(atol=1e-6, rtol=1e-6)
 Criterion = Literal["filters", "smallest-l1", "zeros"]
 
 
@@ -487,7 +485,7 @@ def _write(source: ModelSource, plan: _Plan, request: PruneRequest, options: Wri
     if checks.enabled:
         expect = checks.expect_same
         if request.zeros and expect is None:
-            expect = ZEROS_TOLERANCE
+            expect = FUNCTION_KEPT  # removing all-zero filters keeps the function
         options = replace(options, smoke=replace(checks, compare=True, expect_same=expect))
     rewrite = _rewrite(plan)
 

@@ -1,0 +1,39 @@
+"""The tolerance of a check that an edit keeps the function (fold-bn, prune --zeros): float32
+rounding, growing with the output's scale and with the length of the model's sums, and no more.
+
+The five real architectures are checked in test_prune.py (prune --zeros) and test_fold_bn.py;
+here, the length of the sums on a model whose every kernel's fan-in is known by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+from conv_surgeon.transaction.smoke import EPS32, FUNCTION_KEPT, ROUNDING_FACTOR, float32_rounding, sums_length
+
+
+def test_the_sums_are_each_kernels_fan_in_counted_once(keras) -> None:
+    L = keras.layers
+    inner_in = keras.Input((3, 3, 3))
+    inner = keras.Model(inner_in, L.Conv2D(2, 1, name="inner_conv")(inner_in), name="inner")
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3)(i)                                    # 3*3 window x 3 inputs: 27
+    x = L.BatchNormalization()(x)                            # no sums
+    x = L.Conv2D(6, 3, groups=2)(x)                          # 3*3 x 4/2: 18
+    x = L.DepthwiseConv2D(3, depth_multiplier=2)(x)          # the window alone: 9
+    x = L.SeparableConv2D(5, 2, depth_multiplier=2)(x)       # 2*2 window, then 12*2 inputs: 4 + 24
+    x = L.Conv2DTranspose(3, 3)(x)                           # 3*3 x 5 inputs: 45
+    x = inner(x)                                             # a nested model's conv, once: 3
+    x = L.Dense(7)(L.GlobalAveragePooling2D()(x))            # 2 inputs: 2
+    model = keras.Model(i, x)
+    assert sums_length(model) == 27 + 18 + 9 + 4 + 24 + 45 + 3 + 2
+
+
+def test_the_allowance_is_float32_rounding_over_the_sums_and_nothing_else() -> None:
+    assert FUNCTION_KEPT.atol == 0 and FUNCTION_KEPT.rtol == 0 and FUNCTION_KEPT.float32_sums
+    assert EPS32 == 2.0**-23
+    assert float32_rounding(2.0, 10_000) == ROUNDING_FACTOR * 2.0**-23 * 100 * 2.0
+    # The promise the rule keeps: on a model whose sums total a million terms (far more than
+    # ResNet50's), an output moved by 1e-3 of its scale is still beyond it.
+    assert float32_rounding(1.0, 1_000_000) < 1e-3 / 2
+    assert math.isclose(float32_rounding(3.0, 0), 0.0)
