@@ -438,7 +438,6 @@ def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, d
     if smoke is not None:
         ins = ", ".join(format_shape(s) for _, s in smoke.inputs)
         outs = ", ".join(f"{format_shape(o.shape)} in [{o.min:.4g}, {o.max:.4g}]" for o in smoke.outputs)
-        # Graph surgery checks the values it derives where it writes them, not here.
         checked = (f"; {plural(smoke.checked_variables, 'edited variable')} read back exactly"
                    if smoke.checked_variables else "")
         out.print(f"smoke test passed: Keras loaded the model, input {ins} -> output {outs}, all finite{checked}")

@@ -19,6 +19,10 @@ import numpy as np
 import pytest
 
 import conv_surgeon as cs
+from conv_surgeon.errors import SmokeTestError
+from conv_surgeon.render import fold_document
+from conv_surgeon.store.rewrite import ValueDigest
+from conv_surgeon.transaction.smoke import ExpectedValue, run_smoke_test
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
@@ -139,6 +143,13 @@ def test_fold_real_architectures(keras, cli, tmp_path, name):
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
         [kept] = report["smoke"]["expect_same"]
         assert kept["float32_sums"] and kept["atol"] == kept["rtol"] == 0 and kept["used"] <= 1
+        # Every folded conv's kernel and bias, read back by Keras and counted.
+        assert report["smoke"]["checked_variables"] == 2 * len(report["folded"]) == 2 * 53
+    elif name == "MobileNetV2":  # the same check through the library, in this process
+        report = fold_document(cs.fold_bn(path, out=tmp_path / "folded.keras"))
+        # Its convs have no bias: the fold gives each one, and the new biases are checked too.
+        assert all(pair["bias_added"] for pair in report["folded"])
+        assert report["smoke"]["checked_variables"] == 2 * len(report["folded"]) == 2 * 52
     else:  # the others are checked here, in Keras, by _check_fold (faster: no second import)
         result = cli("fold-bn", path, "-o", tmp_path / "folded.keras", "--no-smoke", "--json")
         assert result.exit_code == 0, result.output
@@ -198,9 +209,13 @@ def test_fold_every_conv_kind_nested_and_optimizer_state(keras, mixed, tmp_path)
                            ("inner/iconv", "inner/ibn")}
     assert folded[("c1", "b1")]["bias_added"] and folded[("dw", "b3")]["channels"] == 8
     assert [r["batch_norm"] for r in report["not_folded"]] == ["b6"]
+    # Each fold changes two variables (the separable conv: its pointwise kernel and bias):
+    # all twelve read back by Keras.
+    assert report["smoke"]["checked_variables"] == 12
     _check_fold(keras, mixed, out, report)
-    # Optimizer state: untouched variables keep their slots bit for bit, folded ones start
-    # at zero, the BNs' are gone; Keras loads it compiled and trains on.
+    # Optimizer state: untouched variables keep their slots bit for bit (the separable
+    # conv's depthwise kernel among them), folded ones start at zero, the BNs' are gone;
+    # Keras loads it compiled and trains on.
     original, result = keras.saving.load_model(mixed), keras.saving.load_model(out)
     before = {v.path: np.asarray(v) for v in original.optimizer.variables}
     after = {v.path: np.asarray(v) for v in result.optimizer.variables}
@@ -210,6 +225,8 @@ def test_fold_every_conv_kind_nested_and_optimizer_state(keras, mixed, tmp_path)
             assert not value.any(), path
         else:
             assert np.array_equal(value, before[path]), path
+    depthwise = [path for path in after if "sep_depthwise_kernel" in path]
+    assert len(depthwise) == 2 and all(after[path].any() for path in depthwise)  # Adam's m and v, trained
     assert not any("/b1_" in p or "/ibn_" in p for p in after)
     assert "optimizer state" in report["optimizer"]
     x = _inputs(result, 4)[0]
@@ -220,6 +237,8 @@ def test_keep_layers_leaves_identity_batchnorms(keras, mixed, tmp_path):
     out = tmp_path / "kept.keras"
     report = _fold(mixed, out, "--keep-layers")
     assert report["keep_layers"] and len(report["folded"]) == 6
+    # The folds' 12 variables and the identity BNs' 22 (b2 has no gamma, b3 no beta).
+    assert report["smoke"]["checked_variables"] == 12 + 22
     original, result = keras.saving.load_model(mixed), keras.saving.load_model(out)
     assert [layer.name for layer in result.layers] == [layer.name for layer in original.layers]
     inputs = _inputs(original)
@@ -318,6 +337,23 @@ def test_a_failed_check_writes_nothing(keras, cli, tmp_path):
                      r"scale \S+ over 288-term sums\): max abs error \S+, [\d.]+% of what is allowed\n", result.stdout)
 
 
+def test_a_derived_value_is_checked_by_its_digest(keras, tmp_path):
+    """Graph surgery derives kernels in its worker and knows them here by digest: Keras's
+    variable passes with the same numbers, and one value a float32 step away is caught."""
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, name="c")]).save(path)
+    kernel = keras.saving.load_model(path).get_layer("c").kernel.numpy()
+
+    def expected(value):
+        return [ExpectedValue("layer 'c' kernel", ValueDigest.of(value), store_object="layers/conv2d")]
+
+    assert run_smoke_test(path, expected(kernel)).checked_variables == 1
+    nudged = kernel.copy()
+    nudged[1, 2, 0, 1] = np.nextafter(nudged[1, 2, 0, 1], np.float32(np.inf))
+    with pytest.raises(SmokeTestError, match="layer 'c' kernel: Keras loaded values that differ"):
+        run_smoke_test(path, expected(nudged))
+
+
 def test_an_output_batchnorm_says_the_output_is_renamed(keras, tmp_path, cli):
     L = keras.layers
     i = keras.Input((8, 8, 3))
@@ -370,6 +406,7 @@ def test_legacy_h5(keras, tmp_path):
     out = tmp_path / "folded.h5"
     report = _fold(path, out)
     assert {p["batch_norm"] for p in report["folded"]} == {"b1", "b2", "b3", "b4", "b5"}
+    assert report["smoke"]["checked_variables"] == 2 * 5  # each fold's kernel and bias, by position
     reasons = {r["batch_norm"]: r["reason"] for r in report["not_folded"]}
     assert "flat list" in reasons["inner/ibn"] and "not a convolution" in reasons["b6"]
     original, folded = keras.saving.load_model(path), keras.saving.load_model(out)

@@ -195,10 +195,11 @@ def test_prune_real_architectures(keras, cli, tmp_path, name):
     zeroed = tmp_path / "zeroed.keras"
     model.save(zeroed)
     # --zeros with its own check (cs.prune: the CLI's check, in this process): the outputs
-    # the same but for float32 rounding.
+    # the same but for float32 rounding, and every sliced variable read back by Keras.
     report = prune_document(cs.prune(zeroed, out=tmp_path / "zeros.keras", zeros=True))
     assert {tuple(g["members"]): g["removed"] for g in report["groups"]} == {
         tuple(p["groups"][0]["members"]): p["groups"][0]["removed"] for p in plans}
+    assert report["smoke"]["checked_variables"] == sum(len(layer["variables"]) for layer in report["layers"])
     [kept] = report["smoke"]["expect_same"]
     assert kept["float32_sums"] and kept["used"] <= 1
     # ... and an output moved by 1e-3 of its scale is beyond what it allows.

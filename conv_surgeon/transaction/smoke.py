@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ConvSurgeonError, SmokeTestError, UsageError
 from ..model.catalogue import conv_class
 from ..model.naming import format_shape
+from ..store.rewrite import ValueDigest
 from ..store.worker import Worker
 from .keras_runtime import import_keras, quiet_stderr
 
@@ -69,7 +70,7 @@ class ExpectedValue:
     """A variable the smoke test checks, where the saved file keeps it, and its intended value."""
 
     label: str  # for messages: "layer 'td/conv2d' kernel"
-    value: np.ndarray
+    value: np.ndarray | ValueDigest  # a digest: a value graph surgery derived in its worker
     # .keras/.weights.h5/sharded/dir/preset: the object's group in the weight store, e.g.
     # "layers/time_distributed/layer" (the variable is "<store_object>/vars/<store_index>").
     store_object: str | None = None
@@ -994,10 +995,12 @@ def _where(item: ExpectedValue, legacy: bool) -> str:
     return f"'{item.store_object}/vars/{item.store_index}' in the weight store"
 
 
-def _holds(keras: Any, variable: Any, value: np.ndarray) -> bool:
+def _holds(keras: Any, variable: Any, value: np.ndarray | ValueDigest) -> bool:
     """Whether ``variable`` holds exactly ``value`` (compared as float32, as written)."""
-    want = value.astype(np.float32)
     got = np.asarray(keras.ops.convert_to_numpy(variable)).astype(np.float32)
+    if isinstance(value, ValueDigest):
+        return value.matches(got)
+    want = value.astype(np.float32)
     return got.shape == want.shape and np.array_equal(got, want)
 
 
