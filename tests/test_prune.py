@@ -17,9 +17,7 @@ import numpy as np
 import pytest
 
 import conv_surgeon as cs
-from conv_surgeon.errors import SmokeTestError
 from conv_surgeon.render import prune_document
-from conv_surgeon.transaction.smoke import FUNCTION_KEPT, run_smoke_test
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 
@@ -202,7 +200,8 @@ def test_prune_real_architectures(keras, cli, tmp_path, name):
     assert report["smoke"]["checked_variables"] == sum(len(layer["variables"]) for layer in report["layers"])
     [kept] = report["smoke"]["expect_same"]
     assert kept["float32_sums"] and kept["used"] <= 1
-    # ... and an output moved by 1e-3 of its scale is beyond what it allows.
+    # ... and an output moved by 1e-3 of its scale is beyond what it allows (refused:
+    # test_tolerance.py, on sums as long as DenseNet121's, the longest of these).
     assert kept["float32_rounding"] < 1e-3 * kept["scale"]
     after = keras.saving.load_model(tmp_path / "zeros.keras")
     assert after.count_params() == report["parameters"]["after"]
@@ -215,26 +214,6 @@ def test_prune_real_architectures(keras, cli, tmp_path, name):
           f"{pruned.count_params()} (30%), --zeros on {len(plans)} groups: max |diff| {worst:.2e}, "
           f"{kept['used']:.1%} of the float32 rounding allowed ({kept['float32_rounding']:.2e} over "
           f"{kept['sums']} terms)")
-    if name == "DenseNet121":  # the longest sums of the five: the largest allowance
-        _moved_by_a_thousandth_is_refused(keras, model, zeroed, inputs, tmp_path)
-
-
-def _moved_by_a_thousandth_is_refused(keras, model, original: Path, inputs, tmp_path: Path) -> None:
-    """The check of --zeros (and fold-bn) on a model whose output moved by 1e-3 of its scale:
-    one logit shifted through the classifier's bias, on inputs whose outputs give the scale."""
-    scale = float(np.abs(_outputs(model, inputs)[0]).max())
-    head = model.get_layer("predictions")
-    kernel, bias = head.get_weights()
-    bias[3] += np.float32(1e-3 * scale)
-    head.set_weights([kernel, bias])
-    moved = tmp_path / "moved.keras"
-    model.save(moved)
-    np.savez(tmp_path / "inputs.npz", input_0=inputs[0])
-    with pytest.raises(SmokeTestError) as refused:
-        run_smoke_test(moved, [], reference=original, expect_same=FUNCTION_KEPT, load_inputs=tmp_path / "inputs.npz")
-    message = str(refused.value)
-    assert "differs from the original beyond atol=0, rtol=0 + float32 rounding" in message, message
-    assert ", 3): " in message  # the worst value is the logit moved
 
 
 def _trained(keras):
