@@ -17,8 +17,8 @@ Heavy modules are imported inside the functions, so ``import conv_surgeon`` stay
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -160,8 +160,9 @@ def fold_bn(
     convs or BatchNormalizations named in ``layers``, if given) and write the model to
     ``out``. Unless ``smoke=False``, Keras runs both models on the same inputs (seeded,
     or ``load_inputs``) and nothing is written if the outputs differ by more than float32
-    rounding plus ``atol``/``rtol``. ``keep_layers`` leaves each BatchNormalization in place as an identity.
-    The report lists the pairs folded and, for every other BatchNormalization, why not.
+    rounding plus ``atol``/``rtol``. ``keep_layers`` leaves each BatchNormalization in place
+    as an identity. The report lists the pairs folded and, for every other
+    BatchNormalization, why not.
     """
     from .ops.fold import fold_bn as fold
     from .transaction.smoke import FUNCTION_KEPT

@@ -53,10 +53,12 @@ class WriteArgs:
     expect_same: Annotated[bool, typer.Option(
         "--expect-same",
         help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")] = False
-    atol: Annotated[float, typer.Option(
-        "--atol", help="Absolute tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, else 0).")] = 1e-5
-    rtol: Annotated[float, typer.Option(
-        "--rtol", help="Relative tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, else 0).")] = 1e-5
+    atol: Annotated[float, typer.Option("--atol", help=(
+        "Absolute tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, "
+        "default 0 there)."))] = 1e-5
+    rtol: Annotated[float, typer.Option("--rtol", help=(
+        "Relative tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, "
+        "default 0 there)."))] = 1e-5
     save_inputs: Annotated[Optional[Path], typer.Option(
         "--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)] = None
     load_inputs: Annotated[Optional[Path], typer.Option(
