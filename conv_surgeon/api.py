@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -147,8 +148,8 @@ def fold_bn(
     layers: Sequence[str] | None = None,
     keep_layers: bool = False,
     smoke: bool = True,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
+    atol: float = 0.0,
+    rtol: float = 0.0,
     input_shapes: Sequence[tuple[int, ...]] | None = None,
     load_inputs: PathLike | None = None,
     imports: Sequence[str] = (),
@@ -158,18 +159,19 @@ def fold_bn(
     """Fold each BatchNormalization into the convolution it follows (only the pairs of the
     convs or BatchNormalizations named in ``layers``, if given) and write the model to
     ``out``. Unless ``smoke=False``, Keras runs both models on the same inputs (seeded,
-    or ``load_inputs``) and nothing is written if the outputs differ beyond
-    ``atol``/``rtol``. ``keep_layers`` leaves each BatchNormalization in place as an identity.
-    The report lists the pairs folded and, for every other BatchNormalization, why not.
+    or ``load_inputs``) and nothing is written if the outputs differ by more than float32
+    rounding plus ``atol``/``rtol``. ``keep_layers`` leaves each BatchNormalization in place
+    as an identity. The report lists the pairs folded and, for every other
+    BatchNormalization, why not.
     """
     from .ops.fold import fold_bn as fold
-    from .transaction.smoke import Tolerance
+    from .transaction.smoke import FUNCTION_KEPT
     from .transaction.transaction import SmokeOptions, WriteOptions
 
     destination = _destination(model, out, in_place, dry_run)
     checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
                           unsafe=unsafe, imports=tuple(imports), compare=smoke,
-                          expect_same=Tolerance(atol, rtol) if smoke else None,
+                          expect_same=replace(FUNCTION_KEPT, atol=atol, rtol=rtol) if smoke else None,
                           load_inputs=Path(load_inputs) if load_inputs is not None else None)
     command = ("conv_surgeon.fold_bn", os.fspath(model))
     return fold(_source(model), WriteOptions(destination, checks, command),
@@ -204,8 +206,9 @@ def prune(
     (only filters zero all along their path: the outputs must then stay equal).
 
     Unless ``smoke=False`` (then TensorFlow is never imported), Keras runs both models on
-    the same inputs and the report holds the difference; with ``expect_same`` or ``zeros``
-    nothing is written if they differ beyond ``atol``/``rtol``.
+    the same inputs and the report holds the difference; with ``expect_same`` nothing is
+    written if they differ beyond ``atol``/``rtol`` (default 1e-5), with ``zeros`` if they
+    differ by more than float32 rounding plus ``atol``/``rtol`` (default 0).
 
     >>> import conv_surgeon as cs
     >>> report = cs.prune("sample_models/tiny_cnn.keras", layers=["conv1"], filters=[0],
@@ -213,13 +216,14 @@ def prune(
     >>> report.groups[0].removed
     (0,)
     """
-    from .ops.prune import ZEROS_TOLERANCE, PruneRequest, prune as prune_model
-    from .transaction.smoke import Tolerance
+    from .ops.prune import PruneRequest, prune as prune_model
+    from .transaction.smoke import FUNCTION_KEPT, Tolerance
     from .transaction.transaction import SmokeOptions, WriteOptions
 
     destination = _destination(model, out, in_place, dry_run)
-    default = ZEROS_TOLERANCE if zeros else Tolerance()
-    tolerance = Tolerance(default.atol if atol is None else atol, default.rtol if rtol is None else rtol)
+    default = FUNCTION_KEPT if zeros else Tolerance()
+    tolerance = replace(default, atol=default.atol if atol is None else atol,
+                        rtol=default.rtol if rtol is None else rtol)
     checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
                           unsafe=unsafe, imports=tuple(imports), compare=smoke,
                           expect_same=tolerance if smoke and (expect_same or zeros) else None,

@@ -386,6 +386,12 @@ def _smoke_document(smoke: SmokeReport | None, skipped: str | None, dry_run: boo
             "notes": list(smoke.notes),
             "comparison": _comparison_document(smoke.comparisons),
             "layer_comparison": _comparison_document(smoke.layer_comparisons),
+            "expect_same": [
+                {"name": c.name, "atol": c.tolerance.atol, "rtol": c.tolerance.rtol,
+                 "float32_sums": c.tolerance.float32_sums, "scale": c.scale, "sums": c.sums,
+                 "float32_rounding": c.rounding, "max_abs": c.max_abs, "used": c.used}
+                for c in smoke.tolerance_checks
+            ],
         },
         "smoke_skipped": smoke is None and not dry_run,
         **({"smoke_skipped_reason": skipped} if skipped else {}),
@@ -435,7 +441,6 @@ def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, d
     if smoke is not None:
         ins = ", ".join(format_shape(s) for _, s in smoke.inputs)
         outs = ", ".join(f"{format_shape(o.shape)} in [{o.min:.4g}, {o.max:.4g}]" for o in smoke.outputs)
-        # Graph surgery checks the values it derives where it writes them, not here.
         checked = (f"; {plural(smoke.checked_variables, 'edited variable')} read back exactly"
                    if smoke.checked_variables else "")
         origins = list(dict.fromkeys(smoke.input_origins))
@@ -449,6 +454,9 @@ def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, d
             _print_comparisons(out, "edited vs original, same inputs:", "output", smoke.comparisons)
         if smoke.layer_comparisons:
             _print_comparisons(out, "edited layers' own outputs vs original:", "layer", smoke.layer_comparisons)
+        for check in smoke.tolerance_checks:
+            out.print(f"{check.name} the same within {check.allowance}: max abs error {check.max_abs:.3g}, "
+                      f"{check.used:.1%} of what is allowed")
         for note in smoke.notes:
             out.print(f"note: {note}")
     elif skipped is not None:

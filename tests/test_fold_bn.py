@@ -9,6 +9,7 @@ reader; the outputs are compared by loading both files with Keras.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,10 @@ import pytest
 from helpers import model_outputs
 
 import conv_surgeon as cs
+from conv_surgeon.errors import SmokeTestError
+from conv_surgeon.render import fold_document
+from conv_surgeon.store.rewrite import ValueDigest
+from conv_surgeon.transaction.smoke import ExpectedValue, run_smoke_test
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
@@ -136,6 +141,15 @@ def test_fold_real_architectures(keras, cli, tmp_path, name):
     if name == "ResNet50":  # the CLI's own check, in a process of its own, once
         report = _fold(path, tmp_path / "folded.keras")
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
+        [kept] = report["smoke"]["expect_same"]
+        assert kept["float32_sums"] and kept["atol"] == kept["rtol"] == 0 and kept["used"] <= 1
+        # Every folded conv's kernel and bias, read back by Keras and counted.
+        assert report["smoke"]["checked_variables"] == 2 * len(report["folded"]) == 2 * 53
+    elif name == "MobileNetV2":  # the same check through the library, in this process
+        report = fold_document(cs.fold_bn(path, out=tmp_path / "folded.keras"))
+        # Its convs have no bias: the fold gives each one, and the new biases are checked too.
+        assert all(pair["bias_added"] for pair in report["folded"])
+        assert report["smoke"]["checked_variables"] == 2 * len(report["folded"]) == 2 * 52
     else:  # the others are checked here, in Keras, by _check_fold (faster: no second import)
         result = cli("fold-bn", path, "-o", tmp_path / "folded.keras", "--no-smoke", "--json")
         assert result.exit_code == 0, result.output
@@ -195,9 +209,13 @@ def test_fold_every_conv_kind_nested_and_optimizer_state(keras, mixed, tmp_path)
                            ("inner/iconv", "inner/ibn")}
     assert folded[("c1", "b1")]["bias_added"] and folded[("dw", "b3")]["channels"] == 8
     assert [r["batch_norm"] for r in report["not_folded"]] == ["b6"]
+    # Each fold changes two variables (the separable conv: its pointwise kernel and bias):
+    # all twelve read back by Keras.
+    assert report["smoke"]["checked_variables"] == 12
     _check_fold(keras, mixed, out, report)
-    # Optimizer state: untouched variables keep their slots bit for bit, folded ones start
-    # at zero, the BNs' are gone; Keras loads it compiled and trains on.
+    # Optimizer state: untouched variables keep their slots bit for bit (the separable
+    # conv's depthwise kernel among them), folded ones start at zero, the BNs' are gone;
+    # Keras loads it compiled and trains on.
     original, result = keras.saving.load_model(mixed), keras.saving.load_model(out)
     before = {v.path: np.asarray(v) for v in original.optimizer.variables}
     after = {v.path: np.asarray(v) for v in result.optimizer.variables}
@@ -207,6 +225,8 @@ def test_fold_every_conv_kind_nested_and_optimizer_state(keras, mixed, tmp_path)
             assert not value.any(), path
         else:
             assert np.array_equal(value, before[path]), path
+    depthwise = [path for path in after if "sep_depthwise_kernel" in path]
+    assert len(depthwise) == 2 and all(after[path].any() for path in depthwise)  # Adam's m and v, trained
     assert not any("/b1_" in p or "/ibn_" in p for p in after)
     assert "optimizer state" in report["optimizer"]
     x = _inputs(result, 4)[0]
@@ -217,6 +237,8 @@ def test_keep_layers_leaves_identity_batchnorms(keras, mixed, tmp_path):
     out = tmp_path / "kept.keras"
     report = _fold(mixed, out, "--keep-layers")
     assert report["keep_layers"] and len(report["folded"]) == 6
+    # The folds' 12 variables and the identity BNs' 22 (b2 has no gamma, b3 no beta).
+    assert report["smoke"]["checked_variables"] == 12 + 22
     original, result = keras.saving.load_model(mixed), keras.saving.load_model(out)
     assert [layer.name for layer in result.layers] == [layer.name for layer in original.layers]
     inputs = _inputs(original)
@@ -281,20 +303,56 @@ def test_refusals_name_the_reason(keras, tmp_path, cli):
     assert not (tmp_path / "x.keras").exists()
 
 
-def test_a_failed_check_writes_nothing(keras, tmp_path):
+def _cancelling(keras, shift: float):
+    """A conv whose bias ``shift`` its BatchNormalization's moving mean takes away again."""
     L = keras.layers
     i = keras.Input((16, 16, 32))
     model = keras.Model(i, L.BatchNormalization(name="bn")(L.Conv2D(16, 3, name="conv")(i)))
     _randomize_batchnorms(keras, model)
+    conv, bn = model.get_layer("conv"), model.get_layer("bn")
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel, bias + shift])
+    gamma, beta, mean, variance = bn.get_weights()
+    bn.set_weights([gamma, beta, mean + shift, variance])
+    return model
+
+
+def test_a_failed_check_writes_nothing(keras, cli, tmp_path):
+    # The original rounds its conv's sums at the bias's scale (1000: about 6e-5 apart), the
+    # folded model does not: their outputs (scale about 8) differ by more than float32
+    # rounding over 288-term sums allows (8e-6 of it). The check refuses; nothing is written.
     path = tmp_path / "m.keras"
-    model.save(path)
+    _cancelling(keras, 1000.0).save(path)
     out = tmp_path / "out.keras"
-    # No tolerance at all: the fold's float roundings (about 1e-7 here) fail the check.
-    done = subprocess.run([CLI, "fold-bn", str(path), "-o", str(out), "--atol", "0", "--rtol", "0"],
-                          capture_output=True, text=True)
-    assert done.returncode == 3, done.stdout
-    assert "differs from the original beyond atol=0, rtol=0" in done.stderr
+    result = cli("fold-bn", path, "-o", out)
+    assert result.exit_code == 3, result.stdout
+    assert result.stderr.startswith("Error: output 0: the edited model differs from the original beyond atol=0, "
+                                    "rtol=0 + float32 rounding (8.1e-06 of the output scale "), result.stderr
+    assert "over 288-term sums)" in result.stderr and "--atol and --rtol allow more" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+    # Without the shift the same fold passes, and the report says the allowance and the error.
+    _cancelling(keras, 0.0).save(path)
+    result = cli("fold-bn", path, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"\noutput 0 the same within atol=0, rtol=0 \+ float32 rounding \(8\.1e-06 of the output "
+                     r"scale \S+ over 288-term sums\): max abs error \S+, [\d.]+% of what is allowed\n", result.stdout)
+
+
+def test_a_derived_value_is_checked_by_its_digest(keras, tmp_path):
+    """Graph surgery derives kernels in its worker and knows them here by digest: Keras's
+    variable passes with the same numbers, and one value a float32 step away is caught."""
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, name="c")]).save(path)
+    kernel = keras.saving.load_model(path).get_layer("c").kernel.numpy()
+
+    def expected(value):
+        return [ExpectedValue("layer 'c' kernel", ValueDigest.of(value), store_object="layers/conv2d")]
+
+    assert run_smoke_test(path, expected(kernel)).checked_variables == 1
+    nudged = kernel.copy()
+    nudged[1, 2, 0, 1] = np.nextafter(nudged[1, 2, 0, 1], np.float32(np.inf))
+    with pytest.raises(SmokeTestError, match="layer 'c' kernel: Keras loaded values that differ"):
+        run_smoke_test(path, expected(nudged))
 
 
 def test_an_output_batchnorm_says_the_output_is_renamed(keras, tmp_path, cli):
@@ -349,6 +407,7 @@ def test_legacy_h5(keras, tmp_path):
     out = tmp_path / "folded.h5"
     report = _fold(path, out)
     assert {p["batch_norm"] for p in report["folded"]} == {"b1", "b2", "b3", "b4", "b5"}
+    assert report["smoke"]["checked_variables"] == 2 * 5  # each fold's kernel and bias, by position
     reasons = {r["batch_norm"]: r["reason"] for r in report["not_folded"]}
     assert "flat list" in reasons["inner/ibn"] and "not a convolution" in reasons["b6"]
     original, folded = keras.saving.load_model(path), keras.saving.load_model(out)

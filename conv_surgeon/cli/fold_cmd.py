@@ -24,15 +24,16 @@ def fold_bn_command(
     write: WriteArgs,
 ) -> None:
     """Fold each BatchNormalization into the conv it follows; check the outputs are unchanged."""
-    from ..ops.fold import FOLD_TOLERANCE, fold_bn
+    from ..ops.fold import fold_bn
     from ..render import render_fold_report
+    from ..transaction.smoke import FUNCTION_KEPT
 
-    # The outputs are compared by default (--compare --expect-same are implied), within
-    # FOLD_TOLERANCE or the --atol/--rtol given.
+    # The outputs are compared by default (--compare --expect-same are implied): the same
+    # but for float32 rounding, and the --atol/--rtol given.
     options = replace(write, expect_same=False).options_for(model)
     if options.smoke.enabled:
         options = replace(options, smoke=replace(options.smoke, compare=True,
-                                                 expect_same=tolerance_or(write, FOLD_TOLERANCE)))
+                                                 expect_same=tolerance_or(write, FUNCTION_KEPT)))
     source = model_source(model or "-", write.config)
     with counted_steps(options) as step:
         report = fold_bn(source, options, layers=layer or None, keep_layers=keep_layers, step=step)

@@ -31,17 +31,18 @@ def prune_command(
     write: WriteArgs,
 ) -> None:
     """Remove conv filters and fix up every layer downstream; compare the outputs."""
-    from ..ops.prune import ZEROS_TOLERANCE, PruneRequest, prune
+    from ..ops.prune import PruneRequest, prune
     from ..render import render_prune_report
+    from ..transaction.smoke import FUNCTION_KEPT
 
     request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
                            smallest_l1, zeros)
     # The outputs are compared by default (--compare is implied); --zeros also expects
-    # them the same, within ZEROS_TOLERANCE or the --atol/--rtol given.
+    # them the same but for float32 rounding, and the --atol/--rtol given.
     smoke = not write.no_smoke
     options = replace(write, compare=smoke, expect_same=write.expect_same and smoke).options_for(model)
-    if options.smoke.enabled and zeros and options.smoke.expect_same is None:
-        options = replace(options, smoke=replace(options.smoke, expect_same=tolerance_or(write, ZEROS_TOLERANCE)))
+    if options.smoke.enabled and zeros:
+        options = replace(options, smoke=replace(options.smoke, expect_same=tolerance_or(write, FUNCTION_KEPT)))
     source = model_source(model or "-", write.config)
     with counted_steps(options) as step:
         report = prune(source, request, options, step=step)

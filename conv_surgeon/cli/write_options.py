@@ -15,7 +15,7 @@ import sys
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
 
@@ -53,8 +53,12 @@ class WriteArgs:
     expect_same: Annotated[bool, typer.Option(
         "--expect-same",
         help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")] = False
-    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for --expect-same.")] = 1e-5
-    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for --expect-same.")] = 1e-5
+    atol: Annotated[float, typer.Option("--atol", help=(
+        "Absolute tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, "
+        "default 0 there)."))] = 1e-5
+    rtol: Annotated[float, typer.Option("--rtol", help=(
+        "Relative tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, "
+        "default 0 there)."))] = 1e-5
     save_inputs: Annotated[Optional[Path], typer.Option(
         "--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)] = None
     load_inputs: Annotated[Optional[Path], typer.Option(
@@ -112,13 +116,12 @@ class WriteArgs:
 
 
 def tolerance_or(write: WriteArgs, default: Tolerance) -> Tolerance:
-    """The --atol/--rtol typed on the command line, the command's own ``default`` for the others."""
-    from ..transaction.smoke import Tolerance
-
+    """The command's own ``default`` with the --atol/--rtol typed on the command line."""
     ctx = click.get_current_context()
     given = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
              for name in ("atol", "rtol")}
-    return Tolerance(write.atol if given["atol"] else default.atol, write.rtol if given["rtol"] else default.rtol)
+    return replace(default, atol=write.atol if given["atol"] else default.atol,
+                   rtol=write.rtol if given["rtol"] else default.rtol)
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from ..store.rewrite import (
     Derived,
     LegacyRewrite,
     StoreRewrite,
+    ValueDigest,
     VarSource,
     rewrite_legacy,
     rewrite_weights,
@@ -48,16 +49,13 @@ from ..store.rewrite import (
 )
 from ..store.writer import write_h5_history
 from ..store.source import ModelSource
-from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.smoke import FUNCTION_KEPT, SmokeReport
 from ..transaction.transaction import WriteOptions, WrittenValue, check_destination
 from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
 Fold = tuple[FoldPair, dict[str, "np.ndarray | Derived"], BatchNormValues]
-
-# The fold keeps the function up to float rounding: this is what "the same" means by default.
-FOLD_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
 
 
 @dataclass(frozen=True)
@@ -201,24 +199,24 @@ def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callab
                for p, new, _ in plan.folds for name in new]
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
-        options = replace(options, smoke=replace(checks, compare=True, expect_same=FOLD_TOLERANCE))
-    prepare: Callable[[Path], int]
+        options = replace(options, smoke=replace(checks, compare=True, expect_same=FUNCTION_KEPT))
+    prepare: Callable[[Path], dict[str, ValueDigest]]
     stage: Callable[[Path, Path, list[dict[str, Any]]], None]
     if plan.layer_names is not None:
-        legacy_rewrite, written = _legacy_rewrite(plan, plan.layer_names)
+        legacy_rewrite, written, derived = _legacy_rewrite(plan, plan.layer_names)
         prepare = partial(rewrite_legacy, source, legacy_rewrite)
 
         def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
             shutil.copyfile(prepared, path)
             write_h5_history(path, history, source.label)
     else:
-        rewrite, written = _rewrite(plan)
+        rewrite, written, derived = _rewrite(plan)
         prepare = partial(rewrite_weights, source, rewrite)
 
         def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
             write_keras_archive(source, path, plan.new_config, prepared, history)
 
-    result = write_rewritten(source, plan.structure, prepare, stage, written, records, options, step)
+    result = write_rewritten(source, plan.structure, prepare, stage, written, derived, records, options, step)
     return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
 
@@ -273,11 +271,14 @@ def _in_keras_order(config: dict[str, Any], layer_names: list[str]) -> tuple[str
     return tuple(name for name in keras_order(model_graphs(config)[0]) if name in listed)
 
 
-def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite, list[WrittenValue]]:
-    """The rewrite of a legacy .h5, and each value it writes that this process knows."""
+def _legacy_rewrite(plan: _Plan, layer_names: list[str]
+                    ) -> tuple[LegacyRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
+    """The rewrite of a legacy .h5; each new value it writes that this process knows, and
+    each variable whose value its worker derives."""
     by_path, keep_layers = plan.by_path, plan.keep_layers
     values: dict[str, np.ndarray | Derived] = {}
     written: list[WrittenValue] = []
+    derived: list[tuple[Layer, Variable]] = []
     for pair, new, bn in plan.folds:
         conv = by_path[pair.conv_path]
         for name, value in new.items():
@@ -292,13 +293,17 @@ def _legacy_rewrite(plan: _Plan, layer_names: list[str]) -> tuple[LegacyRewrite,
             values[old.dataset] = value
             if isinstance(value, np.ndarray):
                 written.append(WrittenValue(replace(conv, variables=(old,)), old, value, compare_layer=False))
+            else:
+                derived.append((replace(conv, variables=(old,)), old))
         if keep_layers:
-            values.update(_identity(by_path[pair.bn_path], bn))
+            identity = _identity(by_path[pair.bn_path], bn)
+            values.update(identity)
+            written += _identity_written(by_path[pair.bn_path], identity)
     drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in plan.folds)
     names = tuple(layer_names) if keep_layers else _in_keras_order(
         plan.new_config, [n for n in layer_names if n not in drops])
     return LegacyRewrite(plan.new_config, names, drops, values,
-                         plan.optimizer.sources if plan.optimizer is not None else None), written
+                         plan.optimizer.sources if plan.optimizer is not None else None), written, derived
 
 
 def _has_bias(layer: Layer) -> bool:
@@ -361,19 +366,20 @@ def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray
                       not _has_bias(by_path[pair.conv_path]))
 
 
-def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue]]:
-    """The store rewrite, and each value it writes that this process knows, placed in the
-    new store."""
+def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
+    """The store rewrite; each new value it writes that this process knows, and each
+    variable whose value its worker derives, placed in the new store."""
     removed = set() if plan.keep_layers else {p.bn_path for p, _, _ in plan.folds}
     moves = store_moves(plan.config, plan.new_config, removed)
     by_path = plan.by_path
     variables: dict[str, tuple[VarSource, ...]] = {}
     written: list[WrittenValue] = []
+    derived: list[tuple[Layer, Variable]] = []
     for pair, new, bn in plan.folds:
         conv = by_path[pair.conv_path]
         names = [v.name for v in conv.variables] + ([] if _has_bias(conv) else ["bias"])
         sources: list[VarSource] = []
-        new_vars: list[Variable] = []
+        placed: list[tuple[Variable, np.ndarray | Derived]] = []
         object_path = moves.new_paths.get(pair.conv_path, conv.store_path)
         for index, name in enumerate(names):
             old = layer_variable(conv, name)
@@ -383,18 +389,31 @@ def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue]]:
                 sources.append(int(old.dataset.rpartition("/")[2]))
                 continue
             sources.append(value)
-            if isinstance(value, np.ndarray):  # a derived kernel is checked where it is made
-                new_vars.append(Variable(name, f"{object_path}/vars/{index}", tuple(value.shape),
-                                         value.dtype.name, index, old.file if old else 0))
+            if isinstance(value, np.ndarray):
+                shape, dtype = tuple(value.shape), value.dtype.name
+            else:
+                assert old is not None, "a derived value comes from a variable of the store"
+                shape, dtype = old.shape, old.dtype
+            placed.append((Variable(name, f"{object_path}/vars/{index}", shape, dtype, index,
+                                    old.file if old else 0), value))
         variables[f"{conv.store_path}/vars"] = tuple(sources)
-        layer = replace(conv, store_path=object_path, variables=tuple(new_vars))
-        written += [WrittenValue(layer, v, _bias(new), compare_layer=False) for v in new_vars]
+        layer = replace(conv, store_path=object_path, variables=tuple(v for v, _ in placed))
+        written += [WrittenValue(layer, v, value, compare_layer=False) for v, value in placed
+                    if isinstance(value, np.ndarray)]
+        derived += [(layer, v) for v, value in placed if isinstance(value, Derived)]
         if plan.keep_layers:
             bn_layer = by_path[pair.bn_path]
-            variables[f"{bn_layer.store_path}/vars"] = tuple(_identity(bn_layer, bn).values())
+            identity = _identity(bn_layer, bn)
+            variables[f"{bn_layer.store_path}/vars"] = tuple(identity.values())
+            written += _identity_written(bn_layer, identity)
     if plan.optimizer is not None:
         variables[plan.optimizer.vars_group] = plan.optimizer.sources
-    return StoreRewrite(dict(moves.renames), frozenset(moves.drops), variables), written
+    return StoreRewrite(dict(moves.renames), frozenset(moves.drops), variables), written, derived
+
+
+def _identity_written(layer: Layer, identity: dict[str, np.ndarray]) -> list[WrittenValue]:
+    """``--keep-layers``: the BatchNormalization's identity values, each checked."""
+    return [WrittenValue(layer, v, identity[v.dataset], compare_layer=False) for v in layer.variables]
 
 
 def _identity(layer: Layer, bn: BatchNormValues) -> dict[str, np.ndarray]:

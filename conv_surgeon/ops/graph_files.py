@@ -3,6 +3,7 @@ it: the config, and the checks that the weight store sits where the config says.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..model.graph import container_keys, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable
 from ..store.hdf5 import attr_list, damaged_store_is_an_error
 from ..store.provenance import EditRecord, read_history
+from ..store.rewrite import ValueDigest
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, Worker, run_bounded
 from ..transaction.keras_runtime import KerasWarmUp
@@ -68,14 +70,18 @@ def layer_variable(layer: Layer, name: str) -> Variable | None:
 
 
 def write_rewritten(
-    source: ModelSource, structure: ModelStructure, prepare: Callable[[Path], int],
+    source: ModelSource, structure: ModelStructure, prepare: Callable[[Path], dict[str, ValueDigest]],
     stage: Callable[[Path, Path, list[dict[str, Any]]], None], written: Sequence[WrittenValue],
-    records: list[EditRecord], options: WriteOptions, step: Callable[[str], None] | None,
+    derived: Sequence[tuple[Layer, Variable]], records: list[EditRecord], options: WriteOptions,
+    step: Callable[[str], None] | None,
 ) -> Written:
     """Write a model whose graph changed through the write transaction.
 
     ``prepare(path)`` writes the new weight store (or file) from the untrusted input, in a
-    bounded worker; ``stage(prepared, path, history)`` makes the model to deliver from it.
+    bounded worker, and returns the digest of each value it derived there, by dataset;
+    ``stage(prepared, path, history)`` makes the model to deliver from it. ``written`` are
+    the new values known here, ``derived`` the variables (placed in the new store) whose
+    values the worker derives: the smoke test checks every one of both.
     The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
     the rewrite's worker then runs beside that import.
     """
@@ -86,9 +92,11 @@ def write_rewritten(
         reference = _reference_run(source, options)
         warm_up = KerasWarmUp().start() if options.smoke.enabled else None
         try:
-            worker.result()
+            digests = worker.result()
+            values = [*written, *(WrittenValue(layer, variable, digests[variable.dataset], compare_layer=False)
+                                  for layer, variable in derived)]
             return write_transaction(source, structure, lambda path, history: stage(prepared, path, history),
-                                     written, records, options, step, history=recorded, warm_up=warm_up,
+                                     values, records, options, step, history=recorded, warm_up=warm_up,
                                      reference_run=reference)
         finally:
             if reference is not None:
@@ -100,10 +108,16 @@ def write_rewritten(
 def _reference_run(source: ModelSource, options: WriteOptions) -> Worker[ReferenceResult] | None:
     """The original model's forward pass for --compare, started in its own process before
     any thread, so that it runs beside the rest of the write (for a model file Keras can
-    open by its name; a model from stdin is compared after the edited one)."""
+    open by its name; a model from stdin is compared after the edited one).
+
+    Not when this process has imported TensorFlow already (a notebook that built the model,
+    then called ``cs.fold_bn``): TensorFlow's threads hold locks a forked child never gets
+    back, and the child's forward pass hangs. The original is then run here, after the
+    edited one."""
     checks = options.smoke
     if not (checks.enabled and checks.compare) or source.path is None \
-            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")):
+            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")) \
+            or "tensorflow" in sys.modules:
         return None
     return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
                                unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)

@@ -41,13 +41,11 @@ from ..store.provenance import EditRecord, PruneSource
 from ..store.rewrite import Derived, StoreRewrite, VarSource, rewrite_weights, write_keras_archive
 from ..store.source import ModelSource, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..transaction.smoke import SmokeReport, Tolerance
+from ..transaction.smoke import FUNCTION_KEPT, SmokeReport
 from ..transaction.transaction import WriteOptions, check_destination
 from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
 from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes, structure_variables
 
-# Removing all-zero filters keeps the function up to float rounding.
-ZEROS_TOLERANCE = Tolerance(atol=1e-6, rtol=1e-6)
 Criterion = Literal["filters", "smallest-l1", "zeros"]
 
 
@@ -461,9 +459,11 @@ def _optimizer(structure: ModelStructure, config: dict[str, Any], new_config: di
 # --- the write ----------------------------------------------------------------------------
 
 
-def _rewrite(plan: _Plan) -> StoreRewrite:
-    """Every sliced variable derived from its old value inside the rewrite's worker."""
+def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[tuple[Layer, Variable]]]:
+    """Every sliced variable derived from its old value inside the rewrite's worker; and
+    each of them, in its place (every layer keeps its store key, so its datasets too)."""
     groups: dict[str, tuple[VarSource, ...]] = {}
+    derived: list[tuple[Layer, Variable]] = []
     for layer in plan.by_path.values():
         if not any((layer.path, v.name) in plan.variables for v in layer.variables):
             continue
@@ -471,11 +471,15 @@ def _rewrite(plan: _Plan) -> StoreRewrite:
         for variable in layer.variables:
             index = int(variable.dataset.rpartition("/")[2])
             axes = plan.variables.get((layer.path, variable.name))
-            sources.append(index if axes is None else Derived(index, partial(sliced, axes=axes)))
+            if axes is None:
+                sources.append(index)
+                continue
+            sources.append(Derived(index, partial(sliced, axes=axes)))
+            derived.append((layer, replace(variable, shape=sliced_shape(variable.shape, axes))))
         groups[f"{layer.store_path}/vars"] = tuple(sources)
     if plan.optimizer is not None:
         groups[plan.optimizer.vars_group] = plan.optimizer.sources
-    return StoreRewrite(variables=groups)
+    return StoreRewrite(variables=groups), derived
 
 
 def _write(source: ModelSource, plan: _Plan, request: PruneRequest, options: WriteOptions,
@@ -487,14 +491,14 @@ def _write(source: ModelSource, plan: _Plan, request: PruneRequest, options: Wri
     if checks.enabled:
         expect = checks.expect_same
         if request.zeros and expect is None:
-            expect = ZEROS_TOLERANCE
+            expect = FUNCTION_KEPT  # removing all-zero filters keeps the function
         options = replace(options, smoke=replace(checks, compare=True, expect_same=expect))
-    rewrite = _rewrite(plan)
+    rewrite, derived = _rewrite(plan)
 
     def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
         write_keras_archive(source, path, plan.new_config, prepared, history)
 
     result = write_rewritten(source, plan.structure, partial(rewrite_weights, source, rewrite), stage, [],
-                             records, options, step)
+                             derived, records, options, step)
     return replace(plan.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)

@@ -10,6 +10,7 @@ values given. Every other member of the archive is copied as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import zipfile
@@ -39,6 +40,28 @@ class Derived:
 
 # An index of the old vars group (copied as it is), a new value, or a value derived from an old one.
 VarSource = Union[int, np.ndarray, Derived]
+
+
+@dataclass(frozen=True)
+class ValueDigest:
+    """A derived value as the rewrite's worker wrote and read it back, known outside the
+    worker by its shape and digest: the value itself never crosses the pipe."""
+
+    shape: tuple[int, ...]
+    sha256: str  # of the value as float32 in C order, as Keras's variables are compared
+
+    @classmethod
+    def of(cls, value: np.ndarray) -> ValueDigest:
+        return cls(tuple(int(d) for d in value.shape), cls._sha256(value))
+
+    def matches(self, value: np.ndarray) -> bool:
+        """Whether ``value`` holds the same numbers (compared as float32)."""
+        return tuple(value.shape) == self.shape and self._sha256(value) == self.sha256
+
+    @staticmethod
+    def _sha256(value: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(value, dtype=np.float32).tobytes()).hexdigest()
+
 
 # HDF5 keeps an attribute in its object's header, which holds at most 64 KiB.
 MAX_ATTRIBUTE_BYTES = 60_000
@@ -110,24 +133,27 @@ def _copy_attributes(old: h5py.Group, new: h5py.Group) -> None:
         new.attrs[name] = value
 
 
-def rewrite_weights(source: ModelSource, rewrite: StoreRewrite, destination: Path) -> int:
+def rewrite_weights(source: ModelSource, rewrite: StoreRewrite, destination: Path) -> dict[str, ValueDigest]:
     """Write the weight store of ``source`` (a `.keras` archive), rewritten, to the HDF5
     file ``destination``, and read the derived values back: they are what was computed.
-    Returns how many were checked. Reads the untrusted store: run it in a bounded worker."""
+    Returns each one's digest by its dataset path in ``destination``. Reads the untrusted
+    store: run it in a bounded worker."""
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         with h5py.File(destination, "w") as new:
             derived = rewrite_store(store.h5s[0], new, rewrite)
     return _read_back(destination, derived)
 
 
-def _read_back(path: Path, derived: dict[str, np.ndarray]) -> int:
-    """Check that the written file holds each derived value exactly; how many were checked."""
+def _read_back(path: Path, derived: dict[str, np.ndarray]) -> dict[str, ValueDigest]:
+    """Check that the written file holds each derived value exactly; the digest of each."""
+    digests = {}
     with h5py.File(path, "r") as written:
         for dataset, value in derived.items():
             got = read_dataset(written[dataset])
             if got.shape != value.shape or got.tobytes() != value.tobytes():
                 raise RuntimeError(f"read-back of {dataset} differs from what was written")
-    return len(derived)
+            digests[dataset] = ValueDigest.of(got)
+    return digests
 
 
 def write_keras_archive(source: ModelSource, destination: Path, config: dict[str, Any],
@@ -187,9 +213,10 @@ class LegacyRewrite:
     optimizer: tuple[VarSource, ...] | None = None  # the new optimizer_weights, in order
 
 
-def rewrite_legacy(source: ModelSource, rewrite: LegacyRewrite, destination: Path) -> int:
+def rewrite_legacy(source: ModelSource, rewrite: LegacyRewrite, destination: Path) -> dict[str, ValueDigest]:
     """Write a copy of the legacy `.h5` ``source`` to ``destination``, rewritten, and read
-    the derived values back. Reads the untrusted file: run it in a bounded worker."""
+    the derived values back (their digests, by dataset path). Reads the untrusted file:
+    run it in a bounded worker."""
     if source.path is not None:
         shutil.copyfile(source.path, destination)
     else:

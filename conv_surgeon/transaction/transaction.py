@@ -28,6 +28,7 @@ from ..errors import ConvSurgeonError, UsageError
 from ..model.structure import Layer, ModelStructure, Variable, read_own_variables
 from ..store.fileio import atomic_output, check_output_dir, same_file
 from ..store.provenance import EditRecord, make_record, read_history
+from ..store.rewrite import ValueDigest
 from ..store.source import FOLDER_FORMATS, ModelSource
 from ..store.worker import Worker
 from ..store.writer import EditPlan, apply_edits, commit_folder, stage_folder
@@ -114,11 +115,12 @@ class WriteOptions:
 
 @dataclass(frozen=True)
 class WrittenValue:
-    """One value the transaction writes: the layer's variable and its exact new value."""
+    """One value the transaction writes: the layer's variable and its exact new value (or,
+    for a value graph surgery derives in its worker, the digest of what it wrote)."""
 
     layer: Layer
     variable: Variable
-    value: np.ndarray
+    value: np.ndarray | ValueDigest
     # --compare also compares the layer's own output before and after; not for a rewrite
     # that moves what a layer computes (a folded conv now computes its BatchNorm's output).
     compare_layer: bool = True
@@ -337,12 +339,14 @@ def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
 
 
 def _verify_written(staged: ModelSource, values: Sequence[WrittenValue]) -> None:
-    """Read the written datasets back: the bytes on disk are the intended values."""
-    read = read_own_variables(staged, [item.variable for item in values])
-    for item in values:
-        got = read[item.variable.dataset]
-        if got.shape != item.value.shape or got.tobytes() != item.value.tobytes():
-            raise RuntimeError(f"read-back of {item.variable.dataset} differs from what was written")
+    """Read the written datasets back: the bytes on disk are the intended values. (A value
+    known by its digest was read back where it was made, in the rewrite's worker.)"""
+    arrays = [(item.variable, item.value) for item in values if isinstance(item.value, np.ndarray)]
+    read = read_own_variables(staged, [variable for variable, _ in arrays])
+    for variable, value in arrays:
+        got = read[variable.dataset]
+        if got.shape != value.shape or got.tobytes() != value.tobytes():
+            raise RuntimeError(f"read-back of {variable.dataset} differs from what was written")
 
 
 @contextmanager
