@@ -35,13 +35,13 @@ demo: install
 test: install-test
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
 
 # The inner loop: the same checks, without the slow end-to-end runs on real architectures.
 test-fast: install-test
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=10 -m "not slow"
 
 bench: install
 	$(PY) bench/bench.py

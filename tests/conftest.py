@@ -16,6 +16,10 @@ DATA = Path(__file__).resolve().parent / "data"
 # which compute some convolutions wrong on some CPUs (DESIGN.md §3c); the tool's own
 # check turns them off too. Set before any test module imports TensorFlow.
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+# pytest-xdist's workers are given COLUMNS=80 and LINES=24; reports are then wrapped as on
+# an 80-column terminal. A test that wants a width sets COLUMNS itself.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture

@@ -132,6 +132,7 @@ APPLICATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(APPLICATIONS))
 def test_fold_real_architectures(keras, cli, tmp_path, name):
     model = getattr(keras.applications, name)(weights=None, classifier_activation=None, **APPLICATIONS[name])

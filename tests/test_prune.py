@@ -167,6 +167,7 @@ def _build(keras, name: str):
                                              **APPLICATIONS[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*APPLICATIONS, *BUILT])
 def test_prune_real_architectures(keras, cli, tmp_path, name):
     model = _build(keras, name)

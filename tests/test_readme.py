@@ -21,6 +21,7 @@ def cookbook_blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_cookbook_ports_a_torch_conv_exactly() -> None:
     pytest.importorskip("torch")
     (block,) = cookbook_blocks()

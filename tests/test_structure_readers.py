@@ -185,6 +185,7 @@ def test_a_truncated_store_gives_the_error_it_gave_before(cli, zoo_models: Any, 
     assert result.exit_code == 1 and result.stderr == f"Error: {before[2]}\n"
 
 
+@pytest.mark.slow
 def test_damaged_stores_read_as_they_read_before(tmp_path: Path) -> None:
     """Bytes changed at random inside a .keras's weight store: what read_structure gives
     (a structure, or an error and its message) is what h5py alone gave."""

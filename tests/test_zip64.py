@@ -79,6 +79,7 @@ def _free_bytes(path: Path) -> int:
 
 
 @pytest.mark.skipif(_free_bytes(Path("/tmp")) < 12 * GIB, reason="needs 12 GiB of free disk for two 4.1 GiB archives")
+@pytest.mark.slow
 def test_an_archive_over_4_gib_is_read_in_place_and_patched(cli, samples: Path, tmp_path: Path) -> None:
     model = tmp_path / "big.keras"
     with zipfile.ZipFile(samples / "tiny_cnn.keras") as small, zipfile.ZipFile(model, "w", allowZip64=True) as big:
