@@ -13,7 +13,7 @@ SAMPLES = ROOT / "sample_models"
 DATA = Path(__file__).resolve().parent / "data"
 
 # Numbers the tests compute with TensorFlow must not come from its oneDNN CPU kernels,
-# which compute some convolutions wrong on some CPUs (DESIGN.md §3c); the tool's own
+# which compute some convolutions wrong on some CPUs (README, smoke test); the tool's own
 # check turns them off too. Set before any test module imports TensorFlow.
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 # pytest-xdist's workers are given COLUMNS=80 and LINES=24; reports are then wrapped as on

@@ -1,4 +1,4 @@
-"""The command-line contract (DESIGN.md section 5) where the issue found it broken: output
+"""The command-line contract (the README's command reference and exit codes) where the issue found it broken: output
 formats of `get`, output names of `set`, `--debug` anywhere, `--input-shape` mistakes,
 JSON errors, ambiguous layer names, shell completion, and the shared write options."""
 

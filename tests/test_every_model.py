@@ -29,7 +29,7 @@ from conv_surgeon.store.worker import run_bounded
 
 # Kinds that hold no model config: their classes come from the store.
 WEIGHTS_ONLY = {"weights_only", "sharded", "keras2_weights_only"}
-# Kinds Keras 3.15 itself cannot load (DESIGN §3): edited with --no-smoke only.
+# Kinds Keras 3.15 itself cannot load: edited with --no-smoke only.
 NOT_LOADABLE = {"keras2_convs"}
 
 

@@ -15,7 +15,7 @@ IN_CHANNELS, MULTIPLIER, FILTERS = 4, 2, 6
 
 
 def variables(conv: ConvClass) -> list[TargetVariable]:
-    """The layer's variables with the shapes Keras builds (DESIGN.md §4)."""
+    """The layer's variables with the shapes Keras builds (as the catalogue lists them)."""
     k = SPATIAL[conv.rank]
     if conv.kind == "conv":
         shapes = {"kernel": k + (IN_CHANNELS, FILTERS), "bias": (FILTERS,)}

@@ -4,8 +4,8 @@ the rewritten config and where every object of the weight store goes. No TensorF
 With ``s = gamma / sqrt(moving_variance + epsilon)`` and ``t = beta - moving_mean * s``
 (gamma 1 and beta 0 when ``scale``/``center`` are off), the conv's output channel ``c``
 is scaled by ``s[c]`` and its bias becomes ``bias * s + t`` (bias 0 if it had none).
-Output channel ``c`` is, per class (DESIGN §4): a Conv kernel's last axis; a
-ConvTranspose kernel's second to last; a DepthwiseConv kernel ``(..., in, multiplier)``
+Output channel ``c`` is, per class (:mod:`conv_surgeon.model.catalogue`): a Conv kernel's
+last axis; a ConvTranspose kernel's second to last; a DepthwiseConv kernel ``(..., in, multiplier)``
 read in-major (``c = i * multiplier + m``, as Keras orders its outputs); a SeparableConv's
 pointwise kernel's last axis.
 """

@@ -2,7 +2,7 @@
 
 Keras only checks an argument's value when the initializer is called, with a message
 that does not name the argument, and turns a misspelled keyword into a generic
-deserialization error (DESIGN.md §3). So every name, argument and value is checked here
+deserialization error (checked on Keras 3.15). So every name, argument and value is checked here
 against a static table of the Keras 3.15 built-ins first; Keras itself is imported only
 to draw, so that fan-in and fan-out follow its rules exactly.
 """

@@ -1,6 +1,7 @@
 """What each convolution class stores, and what every axis of every variable means.
 
-Keras 3 layouts (channels_last and channels_first alike, DESIGN.md §4):
+Keras 3 layouts (channels_last and channels_first alike; the README's *Layouts* lists
+PyTorch's beside them):
 
 | kind       | variables in store order                                                    |
 |------------|-----------------------------------------------------------------------------|

@@ -4,7 +4,7 @@ Graph surgery (folding a BatchNormalization into its convolution) removes layers
 rewires their consumers, without TensorFlow. Two things about the result must be known
 exactly: which layers consume a tensor (a conv whose output goes anywhere besides its BN
 cannot be folded), and the order in which Keras lists the rewritten model's layers, since
-the weight store names each layer by a per-class counter in that order (DESIGN §3).
+the weight store names each layer by a per-class counter in that order (keras/src/saving/saving_lib.py).
 :func:`keras_order` replays Keras's own ordering (``map_graph`` and ``_build_map`` in
 keras/src/ops/function.py: depth-first from the outputs, then by decreasing depth) over
 the config; a caller checks it first against the order of the config Keras saved.

@@ -190,7 +190,8 @@ def _sub_entries(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _guide(nodes: dict[str, _Node], store_paths: set[str], entry: dict[str, Any], path: str,
            guided: dict[str, tuple[dict[str, Any], str]]) -> None:
-    """Match config entries to store objects, as Keras's saver named them (DESIGN §3)."""
+    """Match config entries to store objects, as Keras's saver named them
+    (``_save_container_state`` in keras/src/saving/saving_lib.py)."""
     guided[path] = (entry, _layer_name(entry))
     if _is_model_config(entry):
         container = next((c for c in LAYER_CONTAINERS if _join(path, c) in store_paths), LAYER_CONTAINERS[0])

@@ -2,7 +2,7 @@
 Python: tiles are cut from the flat kernel with strided slices, so a grid never waits
 for numpy's import (which takes longer than drawing a first layer's grid).
 
-Axes follow the catalogue (DESIGN §4): a conv kernel is ``k + (in/groups, filters)``, a
+Axes follow the catalogue (:mod:`conv_surgeon.model.catalogue`): a conv kernel is ``k + (in/groups, filters)``, a
 transposed one ``k + (filters, in)``, a depthwise one ``k + (in, multiplier)`` whose
 output ``c*multiplier + m`` is a tile of its own. A tile over three input channels is an
 RGB picture; over any other number it shows one channel or a reduction over them. 1-D

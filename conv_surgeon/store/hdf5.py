@@ -36,7 +36,8 @@ def h5_file(handle: BinaryIO | io.RawIOBase, label: str) -> Iterator[h5py.File]:
             f"{label}: the HDF5 weight store cannot be read ({exc}); the file may be "
             "truncated or corrupt"
         ) from None
-    # Close the HDF5 file before the Python file object under it (DESIGN §3).
+    # Close the HDF5 file before the Python file object under it, or the process can
+    # crash at exit.
     try:
         yield h5
     finally:

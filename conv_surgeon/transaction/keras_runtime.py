@@ -2,7 +2,8 @@
 
 TensorFlow's start-up chatter comes from C++ before Python logging exists, so the
 only way to keep it off the user's terminal is to point file descriptor 2 at
-/dev/null around the import, the load and the forward pass (DESIGN.md §3).
+/dev/null around the import, the load and the forward pass (``TF_CPP_MIN_LOG_LEVEL=3``
+does not silence it in TensorFlow 2.21).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def quiet_stderr() -> Iterator[None]:
 
 
 # TensorFlow reads this once, when it is imported. Its oneDNN CPU kernels compute some
-# convolutions wrong on some CPUs (DESIGN.md §3c: a 64x1 kernel over 922 channels off by 8
-# on a scale of 50 on an AMD EPYC, NaN over 200 channels); the check must not trust them.
+# convolutions wrong on some CPUs (a 64x1 kernel over 922 channels off by 8 on a scale of
+# 50 on an AMD EPYC where they were on by default, NaN over 200 channels); the check must
+# not trust them. The README's smoke-test section says what it costs.
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
 
 

@@ -2,7 +2,8 @@
 
 TensorFlow's start-up chatter comes from C++ before Python logging exists, so the
 only way to keep it off the user's terminal is to point file descriptor 2 at
-/dev/null around the import, the load and the forward pass (DESIGN.md §3).
+/dev/null around the import, the load and the forward pass (``TF_CPP_MIN_LOG_LEVEL=3``
+does not silence it in TensorFlow 2.21).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Keras < 3.6 did not write the `name` attribute on the `vars` groups of
 model.weights.h5, so a reader has to derive each layer's weight path from
-config.json (DESIGN section 3). This file is the real thing for that case.
+config.json (the class-name counters of Keras's saver). This file is the real thing for that case.
 
 Made with a side venv (the project venv has Keras 3.15, which writes `name`):
 
