@@ -2,8 +2,9 @@
 a time limit.
 
 HDF5 can loop forever on a corrupt file inside C code that no Python signal can
-interrupt (seen on 5 of 500 byte-damaged .h5 files); a separate process is the only bound that always works. The
-pure-Python structure reader (:mod:`.hdf5_tree`) needs no worker: its loops are bounded.
+interrupt (seen on 5 of 500 byte-damaged .h5 files); a separate process is the only bound
+that always works. The pure-Python structure reader (:mod:`.hdf5_tree`) needs no worker:
+its loops are bounded.
 """
 
 from __future__ import annotations

@@ -451,9 +451,13 @@ class _Inputs:
     """The shapes the smoke test feeds, and where they came from."""
 
     bases: list[tuple[Any, ...]]  # per input: batch axis, then sizes (None where still unknown)
-    origins: list[str]  # per input, for the report: DECLARED or BUILT
     symbolic: list[tuple[Any, ...]]  # what Keras built
     declared: list[DeclaredInput | None]  # what the file declares, where it fits
+
+    @property
+    def origins(self) -> list[str]:
+        """Per input, for the report: DECLARED or BUILT."""
+        return [BUILT if claim is None else DECLARED for claim in self.declared]
 
 
 # Where an input's shape came from, as the report says it.
@@ -467,7 +471,6 @@ def _planned_inputs(model: Any, declared: Sequence[DeclaredInput]) -> tuple[_Inp
     note for each input Keras built with another shape than the file declares."""
     symbolic = [tuple(t.shape) for t in model.inputs]
     bases: list[tuple[Any, ...]] = []
-    origins: list[str] = []
     fitting: list[DeclaredInput | None] = []
     notes = []
     for i, built in enumerate(symbolic):
@@ -475,16 +478,14 @@ def _planned_inputs(model: Any, declared: Sequence[DeclaredInput]) -> tuple[_Inp
         merged = reconcile(built, claim.shape) if claim is not None else None
         if claim is None or merged is None:
             bases.append(built)
-            origins.append(BUILT)
             fitting.append(None)
             continue
         if extra_axes(built, claim.shape):
             notes.append(f"input {i}: the file declares {claim.shape} ({claim.origin}), Keras built "
                          f"{built}; its extra axis gets size 1")
         bases.append(merged)
-        origins.append(DECLARED)
         fitting.append(claim)
-    return _Inputs(bases, origins, symbolic, fitting), notes
+    return _Inputs(bases, symbolic, fitting), notes
 
 
 def _given_shapes(plan: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -507,10 +508,11 @@ def _given_shapes(plan: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple
         found = _given_shape(base, symbolic[i], plan.declared[i], wanted)
         if found is None:
             claim = plan.declared[i]
-            declared = f", or the shape the file declares {claim.shape[1:]}" if claim is not None and len(claim.shape) != len(base) else ""
+            declared = (f", or the shape the file declares {claim.shape[1:]}"
+                        if claim is not None and len(claim.shape) != len(base) else "")
             raise UsageError(
-                f"--input-shape {wanted} does not fit model input {i} "
-                f"{symbolic[i]} (batch axis excluded: {tuple(base[1:])}{declared}); give the sizes for its None axes"
+                f"--input-shape {wanted} does not fit model input {i} {symbolic[i]} (batch axis "
+                f"excluded: {tuple(base[1:])}{declared}); give the sizes for its None axes"
             )
         shapes.append(found)
     return shapes
@@ -519,19 +521,17 @@ def _given_shapes(plan: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple
 def _given_shape(base: tuple[Any, ...], built: tuple[Any, ...], claim: DeclaredInput | None,
                  wanted: tuple[int, ...]) -> tuple[int, ...] | None:
     """``wanted`` as an input of shape ``base`` (``built`` reconciled with the file's ``claim``)
-    takes it: sizes for ``base``, or for the declared shape, mapped onto ``built``."""
-    for body in (base[1:], claim.shape[1:] if claim is not None else None):
-        if body is None:
-            continue
-        sizes = wanted[1:] if len(wanted) == len(body) + 1 else wanted
-        if not fits(body, sizes):
-            continue
-        if len(body) == len(base) - 1:
-            return (1, *sizes)
-        mapped = reconcile(built, (1, *sizes))
-        if mapped is not None:  # every size is known now but the batch axis
-            return (1, *(1 if d is None else int(d) for d in mapped[1:]))
-    return None
+    takes it: sizes for ``base``, or for the declared shape, mapped onto ``built``; None
+    when neither fits. Either may include the batch axis."""
+    sizes = wanted[1:] if len(wanted) == len(base) else wanted
+    if fits(base[1:], sizes):
+        return (1, *sizes)
+    if claim is None:
+        return None
+    sizes = wanted[1:] if len(wanted) == len(claim.shape) else wanted
+    mapped = reconcile(built, (1, *sizes)) if fits(claim.shape[1:], sizes) else None
+    known = tuple(d for d in (mapped or ())[1:] if d is not None)
+    return (1, *known) if mapped is not None and len(known) == len(mapped) - 1 else None
 
 
 def _filled(bases: list[tuple[Any, ...]], size: int) -> list[tuple[int, ...]]:
