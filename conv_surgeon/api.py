@@ -28,14 +28,14 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .edits.assign import Assignment
-    from .ops.compare import DiffReport
-    from .ops.fold import FoldReport
-    from .ops.prune import PruneReport
-    from .ops.reading import InspectReport
-    from .ops.surgery import SetReport, WeightRequest
+    from .instruments.diff import DiffReport
+    from .instruments.fold import FoldReport
+    from .instruments.prune import PruneReport
+    from .instruments.reading import InspectReport
+    from .instruments.set_weights import SetReport, WeightRequest
     from .pictures.options import Reduce, Scale
     from .pictures.picture import Picture
-    from .store.source import ModelSource
+    from .store.model_file import ModelFile
     from .transaction.transaction import Destination
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -43,14 +43,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 Value = Union["np.ndarray", str]
 
 
-def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelSource:
-    from .store.source import ModelSource
+def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelFile:
+    from .store.model_file import ModelFile
 
     if isinstance(model, bytes):
         import io
 
-        return ModelSource.from_stream(io.BytesIO(model), "<bytes>", config=config)
-    return ModelSource.from_path(model, config=config)
+        return ModelFile.from_stream(io.BytesIO(model), "<bytes>", config=config)
+    return ModelFile.from_path(model, config=config)
 
 
 def inspect(
@@ -64,7 +64,7 @@ def inspect(
     folder or a keras-hub preset) or the bytes of one; ``config`` gives a weights-only
     save its model's classes.
     """
-    from .ops.reading import inspect_model
+    from .instruments.reading import inspect_model
 
     return inspect_model(_source(model, config), all_layers=all_layers, stats=stats)
 
@@ -76,7 +76,7 @@ def get_weights(
 
     ``layout="torch"`` gives convolution variables in PyTorch / ONNX layout.
     """
-    from .ops.reading import get_weights as export
+    from .instruments.reading import get_weights as export
 
     return export(_source(model, config), layer, every=True, layout=layout).arrays
 
@@ -112,7 +112,7 @@ def set_weights(
     >>> report = cs.set_weights("sample_models/tiny_cnn.keras", "conv1", out="build/api.keras",
     ...                         kernel=np.zeros((3, 3, 1, 4), np.float32), smoke=False)
     """
-    from .ops.surgery import set_weights as set_layer
+    from .instruments.set_weights import set_weights as set_layer
     from .transaction.transaction import SmokeOptions, WriteOptions
 
     requests = _requests(kernel, bias, weights, inits)
@@ -131,7 +131,7 @@ def apply(
     """Every edit of a JSON or TOML plan (see ``conv-surgeon apply --schema``), all or
     nothing, with one write and one smoke test."""
     from .edits.plan import load_plan
-    from .ops.surgery import apply_plan
+    from .instruments.set_weights import apply_plan
     from .transaction.transaction import SmokeOptions, WriteOptions
 
     destination = _destination(model, out, in_place, dry_run)
@@ -164,8 +164,8 @@ def fold_bn(
     as an identity. The report lists the pairs folded and, for every other
     BatchNormalization, why not.
     """
-    from .ops.fold import fold_bn as fold
-    from .transaction.smoke import FUNCTION_KEPT
+    from .instruments.fold import fold_bn as fold
+    from .runtime.smoke import FUNCTION_KEPT
     from .transaction.transaction import SmokeOptions, WriteOptions
 
     destination = _destination(model, out, in_place, dry_run)
@@ -216,8 +216,8 @@ def prune(
     >>> report.groups[0].removed
     (0,)
     """
-    from .ops.prune import PruneRequest, prune as prune_model
-    from .transaction.smoke import FUNCTION_KEPT, Tolerance
+    from .instruments.prune import PruneRequest, prune as prune_model
+    from .runtime.smoke import FUNCTION_KEPT, Tolerance
     from .transaction.transaction import SmokeOptions, WriteOptions
 
     destination = _destination(model, out, in_place, dry_run)
@@ -236,7 +236,7 @@ def prune(
 
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution weights of two models (every layer's with ``all_layers``)."""
-    from .ops.compare import diff_models
+    from .instruments.diff import diff_models
 
     return diff_models(_source(a), _source(b), all_layers=all_layers)
 
@@ -269,7 +269,7 @@ def show(
     >>> cs.show("sample_models/tiny_cnn.keras", "conv1").variables[0].tiles
     4
     """
-    from .ops.show import read_shown
+    from .instruments.show import read_shown
     from .pictures.options import GridOptions
     from .pictures.picture import check_picture_path, draw_picture, write_png
 
@@ -296,14 +296,14 @@ def assign(
     builds an unbuilt layer from the kernel's shape, converts from PyTorch layout if
     asked, and assigns. Returns what was assigned.
     """
-    from .ops.live import assign_live
+    from .instruments.live import assign_live
 
     return assign_live(layer, kernel=kernel, bias=bias, layout=layout, named=weights)
 
 
 def _requests(kernel: Value | None, bias: Value | None, weights: Mapping[str, Value] | None,
               inits: Mapping[str, str] | None) -> list[WeightRequest]:
-    from .ops.surgery import WeightRequest
+    from .instruments.set_weights import WeightRequest
 
     def request(name: str, value: Value) -> WeightRequest:
         variable = None if name == "kernel" else name

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .model.catalogue import main_config
 from .model.structure import Layer
 from .model.naming import format_shape
-from .ops.reading import InspectReport, VariableStats, WeightsExport
+from .instruments.reading import InspectReport, VariableStats, WeightsExport
 
 if TYPE_CHECKING:
     # rich is imported when a console is first made (26 ms): `show -o` and `get` print
@@ -22,12 +22,12 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from .ops.compare import DiffReport
-    from .ops.fold import FoldReport
-    from .ops.prune import PruneReport
-    from .ops.surgery import SetReport
+    from .instruments.diff import DiffReport
+    from .instruments.fold import FoldReport
+    from .instruments.prune import PruneReport
+    from .instruments.set_weights import SetReport
     from .pictures.picture import DrawnVariable, Picture
-    from .transaction.smoke import OutputComparison, SmokeReport
+    from .runtime.smoke import OutputComparison, SmokeReport
 
 SCHEMA_VERSION = 1
 

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_public_names_stay_functions_whatever_is_imported() -> None:
     # A submodule named like a function (diff.py, assign.py) would rebind it on import.
     import conv_surgeon.edits.assign  # noqa: F401
-    import conv_surgeon.ops.compare  # noqa: F401
-    import conv_surgeon.ops.show  # noqa: F401
+    import conv_surgeon.instruments.diff  # noqa: F401
+    import conv_surgeon.instruments.show  # noqa: F401
 
     for name in ("inspect", "get_weights", "set_weights", "apply", "diff", "assign", "show"):
         assert callable(getattr(cs, name)) and getattr(cs, name).__module__ == "conv_surgeon.api", name

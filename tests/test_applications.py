@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conv_surgeon.model.catalogue import CONV_CLASSES
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure
 
 keras = pytest.importorskip("keras")
@@ -53,7 +53,7 @@ def saved_application(request, tmp_path_factory):
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_inspect_lists_the_conv_layers_keras_reports(saved_application, fmt: str) -> None:
     expected, paths = saved_application
-    structure = read_structure(ModelSource.from_path(paths[fmt]))
+    structure = read_structure(ModelFile.from_path(paths[fmt]))
     listed = {layer.path: [v.shape for v in layer.variables] for layer in structure.conv_layers}
     assert expected, "the architecture has convolutions"
     assert listed == expected

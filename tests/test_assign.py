@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conv_surgeon.edits.assign import Assignment, check_assignment, plan_assignments
+from conv_surgeon.edits.assign import Assignment, check_assignment, check_assignments
 from conv_surgeon.edits.targets import TargetVariable
 from conv_surgeon.model.catalogue import CONV_CLASSES
 from conv_surgeon.errors import AssignmentError
@@ -33,7 +33,7 @@ def refusal(target: TargetVariable, array: np.ndarray, origin: str = "k.npy") ->
 
 def plan_refusal(targets: list[TargetVariable], candidates: list) -> str:
     with pytest.raises(AssignmentError) as caught:
-        plan_assignments(targets, candidates)
+        check_assignments(targets, candidates)
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -108,7 +108,7 @@ def test_plan_follows_store_order_and_matches_keras2_depthwise_name() -> None:
         TargetVariable("dw", "depthwise_kernel", (3, 3, 2, 1), "float32", depthwise),
         TargetVariable("dw", "bias", (2,), "float32", depthwise),
     ]
-    planned = plan_assignments(
+    planned = check_assignments(
         targets,
         [("bias", np.zeros(2), "init zeros"), ("kernel", np.ones((3, 3, 2, 1)), "k.npy")],
     )

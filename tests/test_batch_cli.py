@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from helpers import copy_into, listing
 
-from conv_surgeon.store.source import ModelSource
-from conv_surgeon.ops.reading import get_weights
+from conv_surgeon.store.model_file import ModelFile
+from conv_surgeon.instruments.reading import get_weights
 from conv_surgeon.render import progress_callback
 
 
 def weights(path: Path, layer: str) -> dict[str, np.ndarray]:
-    return get_weights(ModelSource.from_path(path), layer, every=True).arrays
+    return get_weights(ModelFile.from_path(path), layer, every=True).arrays
 
 
 def weight_store(path: Path) -> bytes:

@@ -24,9 +24,9 @@ from helpers import assert_one_error_line, copy_into, listing
 from conv_surgeon.cli import app
 from conv_surgeon.cli.params import complete_layer
 from conv_surgeon.cli.write_options import WriteArgs, parse_shape
-from conv_surgeon.ops.reading import get_weights
-from conv_surgeon.store.source import ModelSource
-from conv_surgeon.transaction.smoke import Tolerance
+from conv_surgeon.instruments.reading import get_weights
+from conv_surgeon.store.model_file import ModelFile
+from conv_surgeon.runtime.smoke import Tolerance
 from conv_surgeon.transaction.transaction import Destination, SmokeOptions, WriteOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def run(*args: object, input: bytes | None = None):
 
 
 def conv1() -> dict[str, np.ndarray]:
-    return get_weights(ModelSource.from_path(TINY), "conv1", every=True).arrays
+    return get_weights(ModelFile.from_path(TINY), "conv1", every=True).arrays
 
 
 # --- get: the suffix names the format ---------------------------------------------------------
@@ -116,7 +116,7 @@ def test_set_refuses_an_output_name_keras_cannot_open(tmp_path: Path, model: str
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_before_or_after_the_command_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    import conv_surgeon.ops.reading as reading
+    import conv_surgeon.instruments.reading as reading
 
     def broken(*args, **kwargs):
         raise KeyError("boom")
@@ -200,7 +200,7 @@ def test_json_error_of_a_plan_lists_its_problems(tmp_path: Path) -> None:
 
 
 def test_json_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import conv_surgeon.ops.reading as reading
+    import conv_surgeon.instruments.reading as reading
 
     monkeypatch.setattr(reading, "inspect_model", lambda *a, **k: 1 / 0)
     result = run("inspect", TINY, "--json")

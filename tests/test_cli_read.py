@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conv_surgeon.cli import app
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure, read_variables
 
 
@@ -61,7 +61,7 @@ def test_get_writes_the_kernel_as_npy(cli, samples: Path, tmp_path: Path) -> Non
     out = tmp_path / "k.npy"
     result = cli("get", samples / "tiny_cnn.keras", "--layer", "conv1", "-o", out)
     assert result.exit_code == 0, result.stderr
-    source = ModelSource.from_path(samples / "tiny_cnn.keras")
+    source = ModelFile.from_path(samples / "tiny_cnn.keras")
     conv1 = read_structure(source).layers[0]
     expected = read_variables(source, [conv1.variables[0]])[conv1.variables[0].dataset]
     np.testing.assert_array_equal(np.load(out), expected)
@@ -119,7 +119,7 @@ def test_read_errors_are_one_line_without_traceback(cli, samples: Path, tmp_path
 
 
 def test_internal_errors_exit_70_and_show_traceback_only_with_debug(cli, samples: Path, monkeypatch) -> None:
-    import conv_surgeon.ops.reading as reading
+    import conv_surgeon.instruments.reading as reading
 
     def broken(*args, **kwargs):
         raise KeyError("boom")

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from conv_surgeon.cli import app
 from conv_surgeon.model.structure import read_structure
-from conv_surgeon.ops.reading import InspectReport
+from conv_surgeon.instruments.reading import InspectReport
 from conv_surgeon.render import ProgressLine, console, plural, progress_on_terminal, render_inspect
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,7 +192,7 @@ def test_plural() -> None:
 
 
 def one_layer_report(every_layer: bool) -> InspectReport:
-    source = ModelSource.from_path(ROOT / "sample_models" / "tiny_cnn.keras")
+    source = ModelFile.from_path(ROOT / "sample_models" / "tiny_cnn.keras")
     structure = read_structure(source)
     structure = replace(structure, layers=structure.layers[:1])
     return InspectReport("tiny.keras", structure, structure.layers if every_layer else structure.conv_layers, None)

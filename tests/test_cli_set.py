@@ -22,8 +22,8 @@ import pytest
 
 from helpers import assert_one_error_line, copy_into, listing
 
-from conv_surgeon.store.source import ModelSource
-from conv_surgeon.ops.reading import get_weights
+from conv_surgeon.store.model_file import ModelFile
+from conv_surgeon.instruments.reading import get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -49,7 +49,7 @@ def npy(folder: Path, name: str, array: np.ndarray) -> Path:
 
 
 def weights(path: Path, layer: str) -> dict[str, np.ndarray]:
-    return get_weights(ModelSource.from_path(path), layer, every=True).arrays
+    return get_weights(ModelFile.from_path(path), layer, every=True).arrays
 
 
 def store(path: Path) -> dict[str, bytes]:

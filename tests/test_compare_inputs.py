@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ConvSurgeonError, ExitCode
-from conv_surgeon.ops.surgery import WeightRequest, set_weights
-from conv_surgeon.store.source import ModelSource
-from conv_surgeon.transaction.smoke import SmokeReport, run_smoke_test
+from conv_surgeon.instruments.set_weights import WeightRequest, set_weights
+from conv_surgeon.store.model_file import ModelFile
+from conv_surgeon.runtime.smoke import SmokeReport, run_smoke_test
 from conv_surgeon.transaction.transaction import Destination, SmokeOptions, WriteOptions
 
 ADVICE = "the comparison cannot show the edit's effect: use --load-inputs with real data"
@@ -48,7 +48,7 @@ def edited_kernel(keras, model_path: Path, layer: str, tmp_path: Path, scale: fl
 
 
 def compare(model_path: Path, layer: str, kernel: Path, out: Path, **smoke) -> SmokeReport:
-    report = set_weights(ModelSource.from_path(model_path), layer,
+    report = set_weights(ModelFile.from_path(model_path), layer,
                          [WeightRequest("depthwise_kernel", source=str(kernel))],
                          WriteOptions(Destination(path=out), SmokeOptions(compare=True, **smoke)))
     assert report.smoke is not None
@@ -206,7 +206,7 @@ def test_a_layer_after_a_relu_compares_without_a_warning(keras, tmp_path: Path, 
                            keras.layers.Conv2D(2, 1, name="mix"), keras.layers.GlobalAveragePooling2D())
     bias = tmp_path / "bias.npy"
     np.save(bias, np.full((2,), 1e3, np.float32))
-    report = set_weights(ModelSource.from_path(model), "mix", [WeightRequest("bias", source=str(bias))],
+    report = set_weights(ModelFile.from_path(model), "mix", [WeightRequest("bias", source=str(bias))],
                          WriteOptions(Destination(path=tmp_path / "out.keras"), SmokeOptions(compare=True)))
     assert report.smoke is not None
     (mix,) = report.smoke.layer_comparisons

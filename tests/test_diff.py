@@ -1,4 +1,4 @@
-"""`diff` as a library call: conv_surgeon.ops.compare.diff_models.
+"""`diff` as a library call: conv_surgeon.instruments.diff.diff_models.
 
 The models are the committed samples, outputs of the real `conv-surgeon set`, copies
 edited with h5py, and small models built by Keras here. Expected numbers are computed
@@ -20,22 +20,22 @@ import numpy as np
 import pytest
 from helpers import copy_into
 
-import conv_surgeon.ops.compare as diff_module
-from conv_surgeon.ops.compare import (
+import conv_surgeon.instruments.diff as diff_module
+from conv_surgeon.instruments.diff import (
     DiffReport,
     LayerDiff,
     VariableDiff,
     diff_models,
     value_difference,
 )
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import Variable, read_structure
 
 CLI = Path(sys.executable).parent / "conv-surgeon"
 
 
-def source(path: Path) -> ModelSource:
-    return ModelSource.from_path(path)
+def source(path: Path) -> ModelFile:
+    return ModelFile.from_path(path)
 
 
 def conv_set(src: Path, out: Path, *args: str) -> Path:
@@ -457,7 +457,7 @@ def test_models_from_stdin_bytes_and_compressed_archives_give_the_same_report(
 
     expected = diff_models(source(samples / "tiny_cnn.keras"), source(edited), all_layers=True)
     assert statuses(expected)["conv1"] == "changed"
-    from_stdin = ModelSource(label="<stdin>", data=edited.read_bytes())
+    from_stdin = ModelFile(label="<stdin>", data=edited.read_bytes())
     for other in (from_stdin, source(deflated)):
         report = diff_models(source(samples / "tiny_cnn.keras"), other, all_layers=True)
         assert report.layers == expected.layers
@@ -468,13 +468,13 @@ def test_models_from_stdin_bytes_and_compressed_archives_give_the_same_report(
 def test_diff_never_imports_tensorflow(samples: Path) -> None:
     code = (
         "import sys\n"
-        "import conv_surgeon.ops.compare\n"
-        "from conv_surgeon.store.source import ModelSource\n"
-        f"a = ModelSource.from_path({str(samples / 'all_convs.keras')!r})\n"
-        f"b = ModelSource.from_path({str(samples / 'all_convs.h5')!r})\n"
-        "assert conv_surgeon.ops.compare.diff_models(a, b, all_layers=True).identical\n"
-        f"c = ModelSource.from_path({str(samples / 'tiny_bf16.keras')!r})\n"
-        "assert conv_surgeon.ops.compare.diff_models(c, c).identical\n"
+        "import conv_surgeon.instruments.diff\n"
+        "from conv_surgeon.store.model_file import ModelFile\n"
+        f"a = ModelFile.from_path({str(samples / 'all_convs.keras')!r})\n"
+        f"b = ModelFile.from_path({str(samples / 'all_convs.h5')!r})\n"
+        "assert conv_surgeon.instruments.diff.diff_models(a, b, all_layers=True).identical\n"
+        f"c = ModelFile.from_path({str(samples / 'tiny_bf16.keras')!r})\n"
+        "assert conv_surgeon.instruments.diff.diff_models(c, c).identical\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
         "print(heavy)\n"
     )

@@ -23,7 +23,7 @@ from zoo import ExpectedVariable, ZooModel, copy_of, zoo_model, zoo_models  # no
 
 from conv_surgeon.model.catalogue import KNOWN_CLASSES
 from conv_surgeon.errors import InternalError
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure, read_variables
 from conv_surgeon.store.worker import run_bounded
 
@@ -37,7 +37,7 @@ def _multiset(items: list[ExpectedVariable]) -> collections.Counter[tuple[tuple[
     return collections.Counter((tuple(v.shape), v.dtype, v.sha256) for v in items)
 
 
-def _listed(source: ModelSource) -> list[ExpectedVariable]:
+def _listed(source: ModelFile) -> list[ExpectedVariable]:
     """What conv-surgeon lists, with each variable's bytes read through it."""
     structure = read_structure(source)
     variables = [v for layer in structure.layers for v in layer.variables]
@@ -60,7 +60,7 @@ def test_inspect_all_lists_every_variable_keras_holds(cli, zoo_model: ZooModel) 
         if layer["class"] in KNOWN_CLASSES:
             assert all(not name.isdigit() for name in layer["weights"]), layer
     # The bytes too: every variable Keras held, read through conv-surgeon.
-    assert _multiset(_listed(ModelSource.from_path(zoo_model.path))) == _multiset(zoo_model.expected)
+    assert _multiset(_listed(ModelFile.from_path(zoo_model.path))) == _multiset(zoo_model.expected)
 
 
 def _first_conv(structure):  # type: ignore[no-untyped-def]
@@ -71,7 +71,7 @@ def test_get_then_set_round_trips_a_conv_kernel_and_keeps_everything_else(
     cli, zoo_model: ZooModel, tmp_path: Path
 ) -> None:
     model = copy_of(zoo_model, tmp_path / "in")
-    source = ModelSource.from_path(model.path)
+    source = ModelFile.from_path(model.path)
     conv = _first_conv(read_structure(source))
     got = tmp_path / "kernel.npy"
     assert cli("get", model.path, "--layer", conv.path, "-o", got).exit_code == 0
@@ -87,7 +87,7 @@ def test_get_then_set_round_trips_a_conv_kernel_and_keeps_everything_else(
 
     assert result.exit_code == 0, result.stderr
     assert {p: p.read_bytes() for p in model.path.parent.rglob("*") if p.is_file()} == before  # input untouched
-    edited = _multiset(_listed(ModelSource.from_path(out)))
+    edited = _multiset(_listed(ModelFile.from_path(out)))
     original = _multiset(zoo_model.expected)
     dtype = conv.variables[0].dtype
 
@@ -109,7 +109,7 @@ def test_set_with_the_default_smoke_test_finds_an_input_size_the_model_accepts(
     cli, zoo_models, kind: str, tmp_path: Path
 ) -> None:
     model = zoo_models(kind)
-    conv = _first_conv(read_structure(ModelSource.from_path(model.path)))
+    conv = _first_conv(read_structure(ModelFile.from_path(model.path)))
     out = tmp_path / "out.keras"
     result = cli("set", model.path, "--layer", conv.path, "--kernel-init", "zeros", "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
@@ -125,7 +125,7 @@ def test_set_smoke_tests_wrappers_custom_blocks_and_keras_hub(
     cli, zoo_models, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = copy_of(zoo_models(kind), tmp_path / "in")
-    structure = read_structure(ModelSource.from_path(model.path))
+    structure = read_structure(ModelFile.from_path(model.path))
     conv = _first_conv(structure)
     out = tmp_path / ("out" if model.path.is_dir() else "out" + "".join(model.path.suffixes))
     monkeypatch.chdir(Path(zoo.__file__).parent)  # --import zoo registers the custom blocks
@@ -138,24 +138,24 @@ def test_set_smoke_tests_wrappers_custom_blocks_and_keras_hub(
     ones = [v for v in zoo.model_variables(loaded) if tuple(v.shape) == conv.variables[0].shape
             and np.all(np.asarray(v.numpy(), dtype=np.float32) == 1)]
     assert ones, "Keras does not hold the edited kernel"
-    assert read_variables(ModelSource.from_path(out), [conv.variables[0]])  # readable again
+    assert read_variables(ModelFile.from_path(out), [conv.variables[0]])  # readable again
 
 
 def test_a_wrapped_conv_answers_to_its_path_its_attribute_path_and_its_name(zoo_models) -> None:
-    structure = read_structure(ModelSource.from_path(zoo_models("time_distributed").path))
+    structure = read_structure(ModelFile.from_path(zoo_models("time_distributed").path))
     from conv_surgeon.model.selection import resolve_layer
 
     layer = resolve_layer(structure, "td/layer", "m")
     assert layer.class_name == "Conv2D" and layer.class_source == "config"
     assert resolve_layer(structure, layer.path, "m") is layer
     assert resolve_layer(structure, layer.name, "m") is layer
-    h5 = read_structure(ModelSource.from_path(zoo_models("time_distributed_h5").path))
+    h5 = read_structure(ModelFile.from_path(zoo_models("time_distributed_h5").path))
     assert [v.shape for v in resolve_layer(h5, layer.path, "m").variables] == [v.shape for v in layer.variables]
 
 
 def test_bidirectional_halves_keep_apart_in_h5_and_keras(zoo_models) -> None:
     for kind in ("bidirectional", "bidirectional_h5"):
-        structure = read_structure(ModelSource.from_path(zoo_models(kind).path))
+        structure = read_structure(ModelFile.from_path(zoo_models(kind).path))
         paths = [layer.path for layer in structure.layers]
         assert len(paths) == len(set(paths))
         forward = [p for p in paths if "/forward_" in p]
@@ -170,7 +170,7 @@ def test_weights_only_set_skips_the_smoke_test_and_says_so_unless_config_is_give
     cli, zoo_models, tmp_path: Path
 ) -> None:
     model = zoo_models("weights_only")
-    conv = _first_conv(read_structure(ModelSource.from_path(model.path)))
+    conv = _first_conv(read_structure(ModelFile.from_path(model.path)))
     out = tmp_path / "out.weights.h5"
     result = cli("set", model.path, "--layer", conv.path, "--kernel-init", "zeros", "-o", out)
     assert result.exit_code == 0, result.stderr
@@ -185,7 +185,7 @@ def test_weights_only_set_skips_the_smoke_test_and_says_so_unless_config_is_give
 
 def test_sharded_in_place_edit_rewrites_only_the_shard_it_touches(cli, zoo_models, tmp_path: Path) -> None:
     model = copy_of(zoo_models("sharded"), tmp_path)
-    structure = read_structure(ModelSource.from_path(model.path))
+    structure = read_structure(ModelFile.from_path(model.path))
     assert len(structure.files) >= 3
     conv = _first_conv(structure)
     shards = sorted(tmp_path.glob("*_0*.weights.h5"))
@@ -241,7 +241,7 @@ def test_a_copy_shares_no_file_with_its_source(cli, zoo_models, kind: str, tmp_p
     """Keras saves over a file by truncating it: an output hard-linked to its source would
     change with it."""
     model = copy_of(zoo_models(kind), tmp_path / "in")
-    conv = _first_conv(read_structure(ModelSource.from_path(model.path)))
+    conv = _first_conv(read_structure(ModelFile.from_path(model.path)))
     out = tmp_path / "out" / ("edited.weights.json" if kind == "sharded" else "edited")
     out.parent.mkdir()
     result = cli("set", model.path, "--layer", conv.path, "--kernel-init", "zeros", "-o", out, "--no-smoke")
@@ -257,7 +257,7 @@ def test_diff_of_a_save_with_itself_is_identical_and_with_an_edit_names_the_laye
     same = cli("diff", zoo_model.path, zoo_model.path, "--all")
     assert same.exit_code == 0, same.stdout + same.stderr
     model = copy_of(zoo_model, tmp_path / "in")
-    conv = _first_conv(read_structure(ModelSource.from_path(model.path)))
+    conv = _first_conv(read_structure(ModelFile.from_path(model.path)))
     result = cli("set", model.path, "--layer", conv.path, "--kernel-init", "ones", "--in-place", "--no-smoke")
     assert result.exit_code == 0, result.stderr
     changed = cli("diff", zoo_model.path, model.path, "--json")
@@ -267,15 +267,15 @@ def test_diff_of_a_save_with_itself_is_identical_and_with_an_edit_names_the_laye
 
 def test_a_weights_only_file_is_a_donor_for_set_from(cli, zoo_models, tmp_path: Path) -> None:
     donor = zoo_models("weights_only")
-    conv = _first_conv(read_structure(ModelSource.from_path(donor.path)))
+    conv = _first_conv(read_structure(ModelFile.from_path(donor.path)))
     zeroed = tmp_path / "zeroed.keras"  # the model the weights were saved from, that conv zeroed
     assert cli("set", donor.extra["config"], "--layer", conv.path, "--kernel-init", "zeros",
                "--bias-init", "zeros", "-o", zeroed, "--no-smoke").exit_code == 0
     out = tmp_path / "out.keras"
     result = cli("set", zeroed, "--layer", conv.path, "--from", donor.path, "-o", out, "--no-smoke", "--json")
     assert result.exit_code == 0, result.stderr
-    values = read_variables(ModelSource.from_path(donor.path), list(conv.variables))
-    edited = read_structure(ModelSource.from_path(out))
-    got = read_variables(ModelSource.from_path(out), list(_first_conv(edited).variables))
+    values = read_variables(ModelFile.from_path(donor.path), list(conv.variables))
+    edited = read_structure(ModelFile.from_path(out))
+    got = read_variables(ModelFile.from_path(out), list(_first_conv(edited).variables))
     assert np.any(values[conv.variables[0].dataset] != 0)  # the kernel (a fresh bias is zeros)
     assert [a.tobytes() for a in values.values()] == [a.tobytes() for a in got.values()]

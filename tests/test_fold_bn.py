@@ -22,8 +22,8 @@ from helpers import model_outputs
 import conv_surgeon as cs
 from conv_surgeon.errors import SmokeTestError
 from conv_surgeon.render import fold_document
-from conv_surgeon.store.rewrite import ValueDigest
-from conv_surgeon.transaction.smoke import ExpectedValue, run_smoke_test
+from conv_surgeon.surgery.rewrite import ValueDigest
+from conv_surgeon.runtime.smoke import ExpectedValue, run_smoke_test
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",

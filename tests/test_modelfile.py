@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ModelFileError
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure, read_variables
 from conv_surgeon.store.worker import run_bounded
-from conv_surgeon.ops.reading import get_weights, inspect_model
+from conv_surgeon.instruments.reading import get_weights, inspect_model
 
 EVERY_CONV_CLASS = {
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
@@ -55,7 +55,7 @@ def test_every_variable_matches_what_keras_loads(name: str) -> None:
     path = Path(__file__).resolve().parent.parent / name
     model = keras.saving.load_model(path, compile=False)
     expected = keras_weights_by_path(model)
-    source = ModelSource.from_path(path)
+    source = ModelFile.from_path(path)
     structure = read_structure(source)
     values = read_variables(source, [v for layer in structure.layers for v in layer.variables])
     got = {layer.path: [values[v.dataset] for v in layer.variables] for layer in structure.layers}
@@ -68,7 +68,7 @@ def test_every_variable_matches_what_keras_loads(name: str) -> None:
 
 def test_all_conv_classes_and_nested_paths(samples: Path) -> None:
     for name in ("all_convs.keras", "all_convs.h5"):
-        structure = read_structure(ModelSource.from_path(samples / name))
+        structure = read_structure(ModelFile.from_path(samples / name))
         classes = {layer.class_name for layer in structure.conv_layers}
         assert classes == EVERY_CONV_CLASS
         paths = {layer.path for layer in structure.conv_layers}
@@ -81,7 +81,7 @@ def test_all_conv_classes_and_nested_paths(samples: Path) -> None:
 
 
 def test_bfloat16_variables_are_decoded(samples: Path) -> None:
-    source = ModelSource.from_path(samples / "tiny_bf16.keras")
+    source = ModelFile.from_path(samples / "tiny_bf16.keras")
     conv1 = next(layer for layer in read_structure(source).layers if layer.name == "conv1")
     assert [v.dtype for v in conv1.variables] == ["bfloat16", "bfloat16"]
     kernel = read_variables(source, [conv1.variables[0]])[conv1.variables[0].dataset]
@@ -90,14 +90,14 @@ def test_bfloat16_variables_are_decoded(samples: Path) -> None:
 
 
 def test_keras2_files_show_stored_names(data_dir: Path) -> None:
-    structure = read_structure(ModelSource.from_path(data_dir / "keras2_convs.h5"))
+    structure = read_structure(ModelFile.from_path(data_dir / "keras2_convs.h5"))
     assert structure.keras_version and structure.keras_version.startswith("2.")
     by_path = {layer.path: layer for layer in structure.layers}
     assert [v.name for v in by_path["dwconv"].variables] == ["depthwise_kernel", "bias"]
     assert all(":" not in v.name for layer in structure.layers for v in layer.variables)
     assert {"inner_block/inner_conv", "frozen_block/frozen_conv"} <= set(by_path)
     # `--kernel`/`get` mean the main kernel whatever the stored name.
-    export = get_weights(ModelSource.from_path(data_dir / "keras2_convs.h5"), "dwconv")
+    export = get_weights(ModelFile.from_path(data_dir / "keras2_convs.h5"), "dwconv")
     assert list(export.arrays) == ["depthwise_kernel"]
 
 
@@ -105,7 +105,7 @@ def test_keras2_nested_and_frozen_models_place_weights_by_config(data_dir: Path)
     """Nested weights are stored trainable-first; a frozen sub-model flips that."""
     import h5py
 
-    source = ModelSource.from_path(data_dir / "keras2_convs.h5")
+    source = ModelFile.from_path(data_dir / "keras2_convs.h5")
     by_path = {layer.path: layer for layer in read_structure(source).layers}
     with h5py.File(data_dir / "keras2_convs.h5") as h5:
         for path in ("inner_block/inner_conv", "frozen_block/frozen_conv", "frozen_block/frozen_post"):
@@ -118,14 +118,14 @@ def test_keras2_nested_and_frozen_models_place_weights_by_config(data_dir: Path)
 
 def test_model_from_bytes_reads_like_the_file(samples: Path) -> None:
     path = samples / "all_convs.keras"
-    from_bytes = read_structure(ModelSource.from_stream(io.BytesIO(path.read_bytes())))
-    assert from_bytes.layers == read_structure(ModelSource.from_path(path)).layers
+    from_bytes = read_structure(ModelFile.from_stream(io.BytesIO(path.read_bytes())))
+    assert from_bytes.layers == read_structure(ModelFile.from_path(path)).layers
 
 
 def test_inspect_stats(samples: Path) -> None:
-    report = inspect_model(ModelSource.from_path(samples / "tiny_cnn.keras"), stats=True)
+    report = inspect_model(ModelFile.from_path(samples / "tiny_cnn.keras"), stats=True)
     conv1 = report.layers[0]
-    kernel = read_variables(ModelSource.from_path(samples / "tiny_cnn.keras"), [conv1.variables[0]])
+    kernel = read_variables(ModelFile.from_path(samples / "tiny_cnn.keras"), [conv1.variables[0]])
     values = next(iter(kernel.values())).astype(np.float64)
     stats = report.stats[conv1.variables[0].dataset]
     assert stats.min == pytest.approx(values.min()) and stats.max == pytest.approx(values.max())
@@ -154,19 +154,19 @@ def _zip_with(tmp_path: Path, src: Path, replace: dict[str, bytes]) -> Path:
 )
 def test_bad_files_are_one_clear_error(tmp_path: Path, samples: Path, make, expected: str) -> None:
     with pytest.raises(ModelFileError, match=expected) as info:
-        read_structure(ModelSource.from_path(make(tmp_path, samples)))
+        read_structure(ModelFile.from_path(make(tmp_path, samples)))
     assert "\n" not in str(info.value)
 
 
 def test_savedmodel_directory_is_named(tmp_path: Path) -> None:
     (tmp_path / "saved_model.pb").write_bytes(b"\x08\x01")
     with pytest.raises(ModelFileError, match="SavedModel directory.*\\.keras and \\.h5"):
-        read_structure(ModelSource.from_path(tmp_path))
+        read_structure(ModelFile.from_path(tmp_path))
 
 
 def test_empty_stdin_is_an_error() -> None:
     with pytest.raises(ModelFileError, match="no model received"):
-        ModelSource.from_stream(io.BytesIO(b""))
+        ModelFile.from_stream(io.BytesIO(b""))
 
 
 def test_a_parser_that_never_returns_is_stopped() -> None:
@@ -216,7 +216,7 @@ def test_keras35_files_without_name_attributes_get_paths_from_config(data_dir: P
             names: list[str] = []
             h5.visititems(lambda n, o: names.append(n) if "name" in o.attrs else None)
     assert names == []
-    structure = read_structure(ModelSource.from_path(path))
+    structure = read_structure(ModelFile.from_path(path))
     by_path = {layer.path: layer for layer in structure.layers}
     assert by_path["conv_b"].variables[0].dataset == "layers/conv2d_1/vars/0"
     assert by_path["block/conv_1x1"].variables[0].dataset == "layers/sequential/layers/conv2d_1/vars/0"

@@ -14,8 +14,8 @@ import pytest
 
 from conv_surgeon.errors import ConvSurgeonError, UsageError
 from conv_surgeon.model.structure import Layer, Variable
-from conv_surgeon.ops.reading import variable_stats
-from conv_surgeon.ops.show import Values
+from conv_surgeon.instruments.reading import variable_stats
+from conv_surgeon.instruments.show import Values
 from conv_surgeon.pictures.colours import _ANCHORS, _COLOURS, NONFINITE, RGB_ZERO, ZERO, diverging, linspace, rgb
 from conv_surgeon.pictures.histogram import BINS, histogram, value_range
 from conv_surgeon.pictures.options import GridOptions

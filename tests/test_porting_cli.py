@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 from helpers import copy_into, listing
 
-from conv_surgeon.store.source import ModelSource
-from conv_surgeon.ops.reading import get_weights
+from conv_surgeon.store.model_file import ModelFile
+from conv_surgeon.instruments.reading import get_weights
 
 
 def _kernel(path: Path, layer: str) -> dict[str, np.ndarray]:
-    return get_weights(ModelSource.from_path(path), layer, every=True).arrays
+    return get_weights(ModelFile.from_path(path), layer, every=True).arrays
 
 
 def test_transplant_copies_every_variable_of_the_layer(cli, samples: Path, tmp_path: Path) -> None:

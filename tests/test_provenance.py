@@ -21,7 +21,7 @@ import pytest
 from helpers import copy_into
 
 from conv_surgeon.errors import ModelFileError
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure
 from conv_surgeon.store.provenance import (
     EditRecord,
@@ -30,7 +30,7 @@ from conv_surgeon.store.provenance import (
     make_record,
     read_history,
 )
-from conv_surgeon.store.writer import apply_edits, plan_edits
+from conv_surgeon.store.patches import apply_patches, locate_patches
 
 SOBEL = np.repeat(
     np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[:, :, None, None], 4, axis=3
@@ -41,12 +41,12 @@ def kernel_edit(layer: str, source: dict[str, Any]) -> EditRecord:
     return {"layer": layer, "variable": "kernel", "layout": "keras", "source": source}  # type: ignore[typeddict-item]
 
 
-def write(source: ModelSource, layer: str, value: np.ndarray, out: Path,
+def write(source: ModelFile, layer: str, value: np.ndarray, out: Path,
           history: list[dict[str, Any]] | None) -> str:
     """Set ``layer``'s kernel to ``value`` in a copy at ``out``; the kernel's dataset."""
     target = next(found for found in read_structure(source).layers if found.path == layer)
     dataset = target.variables[0].dataset
-    apply_edits(source, plan_edits(source, {dataset: value}), out, history=history)
+    apply_patches(source, locate_patches(source, {dataset: value}), out, history=history)
     return dataset
 
 
@@ -117,8 +117,8 @@ def test_make_record_refuses_values_json_cannot_hold() -> None:
 
 
 def test_a_model_keras_wrote_has_no_history(samples: Path) -> None:
-    assert read_history(ModelSource.from_path(samples / "tiny_cnn.keras")) == []
-    assert read_history(ModelSource.from_path(samples / "tiny_cnn.h5")) == []
+    assert read_history(ModelFile.from_path(samples / "tiny_cnn.keras")) == []
+    assert read_history(ModelFile.from_path(samples / "tiny_cnn.h5")) == []
 
 
 # --- .keras ------------------------------------------------------------------------------
@@ -130,9 +130,9 @@ def test_keras_record_reads_back_and_keras_loads_the_model_with_its_optimizer(
     original = samples / "tiny_cnn.keras"
     out = tmp_path / "out.keras"
     first = record(kernel_edit("conv1", {"file": "sobel.npy", "sha256": "0" * 64}))
-    dataset = write(ModelSource.from_path(original), "conv1", SOBEL, out, [first])
+    dataset = write(ModelFile.from_path(original), "conv1", SOBEL, out, [first])
 
-    assert read_history(ModelSource.from_path(out)) == [first]
+    assert read_history(ModelFile.from_path(out)) == [first]
     with zipfile.ZipFile(original) as before, zipfile.ZipFile(out) as after:
         assert after.testzip() is None  # every member's CRC is valid
         assert after.namelist() == before.namelist()  # metadata.json stays first
@@ -169,14 +169,14 @@ def test_keras_record_reads_back_and_keras_loads_the_model_with_its_optimizer(
 def test_a_second_write_keeps_the_first_record(keras, samples: Path, tmp_path: Path) -> None:
     once, twice = tmp_path / "once.keras", tmp_path / "twice.keras"
     first = record(kernel_edit("conv1", {"init": "zeros", "seed": None}))
-    write(ModelSource.from_path(samples / "tiny_cnn.keras"), "conv1", np.zeros((3, 3, 1, 4), np.float32), once, [first])
+    write(ModelFile.from_path(samples / "tiny_cnn.keras"), "conv1", np.zeros((3, 3, 1, 4), np.float32), once, [first])
 
     second = record(kernel_edit("conv2", {"init": "he_normal", "seed": 7}), command="set once.keras --layer conv2")
     value = np.full((3, 3, 4, 8), 0.5, np.float32)
-    source = ModelSource.from_path(once)
+    source = ModelFile.from_path(once)
     write(source, "conv2", value, twice, read_history(source) + [second])
 
-    assert read_history(ModelSource.from_path(twice)) == [first, second]
+    assert read_history(ModelFile.from_path(twice)) == [first, second]
     with zipfile.ZipFile(once) as before, zipfile.ZipFile(twice) as after:
         assert after.testzip() is None
         assert after.read("config.json") == before.read("config.json")
@@ -189,14 +189,14 @@ def test_a_second_write_keeps_the_first_record(keras, samples: Path, tmp_path: P
 
 def test_every_conv_class_archive_takes_a_record(keras, samples: Path, tmp_path: Path) -> None:
     original = samples / "all_convs.keras"
-    source = ModelSource.from_path(original)
+    source = ModelFile.from_path(original)
     layer = next(c for c in read_structure(source).conv_layers if c.class_name == "Conv2D")
     value = np.arange(np.prod(layer.variables[0].shape), dtype=np.float32).reshape(layer.variables[0].shape)
     out = tmp_path / "out.keras"
     history = [record(kernel_edit(layer.path, {"from": "donor.keras:conv", "sha256": "1" * 64}))]
     write(source, layer.path, value, out, history)
 
-    assert read_history(ModelSource.from_path(out)) == history
+    assert read_history(ModelFile.from_path(out)) == history
     with zipfile.ZipFile(out) as after:
         assert after.testzip() is None
     assert raw_members(out)["config.json"] == raw_members(original)["config.json"]
@@ -208,15 +208,15 @@ def test_a_model_from_stdin_is_written_as_from_its_path(samples: Path, tmp_path:
     original = samples / "tiny_cnn.keras"
     history = [record(kernel_edit("conv1", {"file": "-", "sha256": "2" * 64}))]
     from_path, from_bytes = tmp_path / "path.keras", tmp_path / "bytes.keras"
-    write(ModelSource.from_path(original), "conv1", SOBEL, from_path, history)
-    write(ModelSource(label="<stdin>", data=original.read_bytes()), "conv1", SOBEL, from_bytes, history)
+    write(ModelFile.from_path(original), "conv1", SOBEL, from_path, history)
+    write(ModelFile(label="<stdin>", data=original.read_bytes()), "conv1", SOBEL, from_bytes, history)
     assert from_bytes.read_bytes() == from_path.read_bytes()
 
 
 def test_without_history_metadata_json_is_untouched(samples: Path, tmp_path: Path) -> None:
     original = samples / "tiny_cnn.keras"
     out = tmp_path / "out.keras"
-    write(ModelSource.from_path(original), "conv1", SOBEL, out, None)
+    write(ModelFile.from_path(original), "conv1", SOBEL, out, None)
     assert out.stat().st_size == original.stat().st_size
     assert raw_members(out)["metadata.json"] == raw_members(original)["metadata.json"]
 
@@ -266,11 +266,11 @@ def test_archives_keras_did_not_write_exactly_so_still_take_a_record(keras, samp
     history = [record(kernel_edit("conv1", {"init": "ones", "seed": None}))]
     for case, path in cases.items():
         out = tmp_path / f"{case}.out.keras"
-        write(ModelSource.from_path(path), "conv1", SOBEL, out, history)
+        write(ModelFile.from_path(path), "conv1", SOBEL, out, history)
         with zipfile.ZipFile(out) as after:
             assert after.testzip() is None, case  # the weight store's descriptor CRC too
             new_meta = json.loads(after.read("metadata.json"))
-        assert read_history(ModelSource.from_path(out)) == history, case
+        assert read_history(ModelFile.from_path(out)) == history, case
         if case != "no_metadata":
             assert new_meta["keras_version"] == "3.15.1", case
         assert raw_members(out)["config.json"] == raw_members(path)["config.json"], case
@@ -284,13 +284,13 @@ def test_a_metadata_json_that_is_not_an_object_is_refused(samples: Path, tmp_pat
     path = rebuilt(samples / "tiny_cnn.keras", tmp_path / "odd.keras", metadata=b"[1, 2]")
     out = tmp_path / "out.keras"
     with pytest.raises(ModelFileError, match="metadata.json is not a JSON object"):
-        write(ModelSource.from_path(path), "conv1", SOBEL, out, [record()])
+        write(ModelFile.from_path(path), "conv1", SOBEL, out, [record()])
 
 
 def test_an_encrypted_member_is_refused(samples: Path, tmp_path: Path) -> None:
     path = copy_into(tmp_path, samples / "tiny_cnn.keras", "enc.keras")
-    source = ModelSource.from_path(path)
-    plan = plan_edits(source, {"layers/conv2d/vars/0": SOBEL})
+    source = ModelFile.from_path(path)
+    plan = locate_patches(source, {"layers/conv2d/vars/0": SOBEL})
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         start = archive.start_dir  # type: ignore[attr-defined]
@@ -299,7 +299,7 @@ def test_an_encrypted_member_is_refused(samples: Path, tmp_path: Path) -> None:
     data[start + 8] |= 0x01  # the general-purpose flag's "encrypted" bit
     path.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="encrypted"):
-        apply_edits(source, plan, tmp_path / "out.keras", history=[record()])
+        apply_patches(source, plan, tmp_path / "out.keras", history=[record()])
 
 
 def test_a_damaged_history_reads_as_what_parses(samples: Path, tmp_path: Path) -> None:
@@ -312,9 +312,9 @@ def test_a_damaged_history_reads_as_what_parses(samples: Path, tmp_path: Path) -
     for index, (section, expected) in enumerate(cases):
         meta = json.dumps({"keras_version": "3.15.1", METADATA_KEY: section}).encode()
         path = rebuilt(samples / "tiny_cnn.keras", tmp_path / f"{index}.keras", metadata=meta)
-        assert read_history(ModelSource.from_path(path)) == expected
+        assert read_history(ModelFile.from_path(path)) == expected
     broken = rebuilt(samples / "tiny_cnn.keras", tmp_path / "broken.keras", metadata=b"{not json")
-    assert read_history(ModelSource.from_path(broken)) == []
+    assert read_history(ModelFile.from_path(broken)) == []
 
 
 # --- .h5 ---------------------------------------------------------------------------------
@@ -324,9 +324,9 @@ def test_h5_record_is_a_root_attribute_and_every_dataset_is_kept(keras, samples:
     original = samples / "tiny_cnn.h5"
     out = tmp_path / "out.h5"
     first = record(kernel_edit("conv1", {"file": "sobel.npy", "sha256": "3" * 64}))
-    dataset = write(ModelSource.from_path(original), "conv1", SOBEL, out, [first])
+    dataset = write(ModelFile.from_path(original), "conv1", SOBEL, out, [first])
 
-    assert read_history(ModelSource.from_path(out)) == [first]
+    assert read_history(ModelFile.from_path(out)) == [first]
     with h5py.File(original, "r") as before, h5py.File(out, "r") as after:
         assert json.loads(after.attrs[HISTORY_ATTRIBUTE]) == [first]
         assert set(after.attrs) == set(before.attrs) | {HISTORY_ATTRIBUTE}
@@ -350,13 +350,13 @@ def test_h5_record_is_a_root_attribute_and_every_dataset_is_kept(keras, samples:
 def test_h5_second_write_keeps_the_first_record(keras, samples: Path, tmp_path: Path) -> None:
     once, twice = tmp_path / "once.h5", tmp_path / "twice.h5"
     first = record(kernel_edit("conv1", {"init": "zeros", "seed": None}))
-    write(ModelSource.from_path(samples / "tiny_cnn.h5"), "conv1", np.zeros((3, 3, 1, 4), np.float32), once, [first])
-    source = ModelSource(label="<stdin>", data=once.read_bytes())
+    write(ModelFile.from_path(samples / "tiny_cnn.h5"), "conv1", np.zeros((3, 3, 1, 4), np.float32), once, [first])
+    source = ModelFile(label="<stdin>", data=once.read_bytes())
     second = record(kernel_edit("conv2", {"init": "he_normal", "seed": 1}), command="set --layer conv2")
     value = np.full((3, 3, 4, 8), -1.0, np.float32)
     write(source, "conv2", value, twice, read_history(source) + [second])
 
-    assert read_history(ModelSource.from_path(twice)) == [first, second]
+    assert read_history(ModelFile.from_path(twice)) == [first, second]
     model = keras.saving.load_model(twice, compile=True)
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(), 0.0)
     np.testing.assert_array_equal(model.get_layer("conv2").kernel.numpy(), value)
@@ -366,4 +366,4 @@ def test_h5_damaged_history_reads_as_empty(samples: Path, tmp_path: Path) -> Non
     path = copy_into(tmp_path, samples / "tiny_cnn.h5", "odd.h5")
     with h5py.File(path, "r+") as h5:
         h5.attrs[HISTORY_ATTRIBUTE] = "{not json"
-    assert read_history(ModelSource.from_path(path)) == []
+    assert read_history(ModelFile.from_path(path)) == []

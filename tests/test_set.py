@@ -18,13 +18,13 @@ import pytest
 from conv_surgeon.errors import ConvSurgeonError, ModelFileError, SmokeTestError, UsageError
 from helpers import copy_into, listing
 
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure
-from conv_surgeon.ops.reading import get_weights
-from conv_surgeon.transaction.smoke import ExpectedValue, run_smoke_test
+from conv_surgeon.instruments.reading import get_weights
+from conv_surgeon.runtime.smoke import ExpectedValue, run_smoke_test
 from conv_surgeon.transaction.transaction import Destination, NO_SMOKE, WriteOptions, choose_destination
-from conv_surgeon.ops.surgery import WeightRequest, set_weights
-from conv_surgeon.store.writer import apply_edits, plan_edits
+from conv_surgeon.instruments.set_weights import WeightRequest, set_weights
+from conv_surgeon.store.patches import apply_patches, locate_patches
 
 SOBEL = np.repeat(
     np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[:, :, None, None], 4, axis=3
@@ -32,7 +32,7 @@ SOBEL = np.repeat(
 
 
 def value_of(path: Path, layer: str, weight: str | None = None) -> np.ndarray:
-    export = get_weights(ModelSource.from_path(path), layer, weight=weight)
+    export = get_weights(ModelFile.from_path(path), layer, weight=weight)
     return next(iter(export.arrays.values()))
 
 
@@ -75,7 +75,7 @@ def test_keras_edit_keeps_every_other_byte_and_the_optimizer_state(keras, sample
     original = samples / "tiny_cnn.keras"
     out = tmp_path / "out.keras"
     report = set_weights(
-        ModelSource.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
+        ModelFile.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
         WriteOptions(Destination(path=out), NO_SMOKE),
     )
     assert report.destination == str(out) and not report.dry_run
@@ -120,7 +120,7 @@ def test_h5_edit_keeps_every_other_dataset_and_every_attribute(keras, samples: P
     original = samples / "tiny_cnn.h5"
     out = tmp_path / "out.h5"
     set_weights(
-        ModelSource.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
+        ModelFile.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
         WriteOptions(Destination(path=out), NO_SMOKE),
     )
     with h5py.File(original, "r") as before, h5py.File(out, "r") as after:
@@ -159,7 +159,7 @@ def test_corrupt_weight_store_is_refused_not_laundered(samples: Path, tmp_path: 
     before = listing(tmp_path)
     with pytest.raises(ModelFileError, match="CRC"):
         set_weights(
-            ModelSource.from_path(bad), "conv1", [WeightRequest(None, source=str(tmp_path / "k.npy"))],
+            ModelFile.from_path(bad), "conv1", [WeightRequest(None, source=str(tmp_path / "k.npy"))],
             WriteOptions(Destination(path=tmp_path / "out.keras"), NO_SMOKE),
         )
     assert listing(tmp_path) == before
@@ -167,13 +167,13 @@ def test_corrupt_weight_store_is_refused_not_laundered(samples: Path, tmp_path: 
 
 def test_apply_edits_from_stdin_bytes_matches_the_file_edit(samples: Path, tmp_path: Path) -> None:
     path = samples / "all_convs.keras"
-    layer = next(layer for layer in read_structure(ModelSource.from_path(path)).layers if layer.path == "c1d")
+    layer = next(layer for layer in read_structure(ModelFile.from_path(path)).layers if layer.path == "c1d")
     kernel = layer.variables[0]
     value = np.full(kernel.shape, 0.25, np.float32)
     from_file, from_bytes = tmp_path / "a.keras", tmp_path / "b.keras"
-    apply_edits(ModelSource.from_path(path), plan_edits(ModelSource.from_path(path), {kernel.dataset: value}), from_file)
-    stdin = ModelSource(label="<stdin>", data=path.read_bytes())
-    apply_edits(stdin, plan_edits(stdin, {kernel.dataset: value}), from_bytes)
+    apply_patches(ModelFile.from_path(path), locate_patches(ModelFile.from_path(path), {kernel.dataset: value}), from_file)
+    stdin = ModelFile(label="<stdin>", data=path.read_bytes())
+    apply_patches(stdin, locate_patches(stdin, {kernel.dataset: value}), from_bytes)
     assert from_file.read_bytes() == from_bytes.read_bytes()
     with zipfile.ZipFile(from_file) as archive:
         assert archive.testzip() is None
@@ -181,10 +181,10 @@ def test_apply_edits_from_stdin_bytes_matches_the_file_edit(samples: Path, tmp_p
 
 
 def test_plan_edits_refuses_a_value_of_another_shape(samples: Path) -> None:
-    source = ModelSource.from_path(samples / "tiny_cnn.h5")
+    source = ModelFile.from_path(samples / "tiny_cnn.h5")
     conv1 = read_structure(source).layers[0]
     with pytest.raises(ModelFileError, match=r"refusing to write"):
-        plan_edits(source, {conv1.variables[0].dataset: np.zeros((3, 3, 1, 5), np.float32)})
+        locate_patches(source, {conv1.variables[0].dataset: np.zeros((3, 3, 1, 5), np.float32)})
 
 
 # --- set_weights: results and reports ---------------------------------------------------
@@ -196,7 +196,7 @@ def test_dry_run_reports_the_change_and_writes_nothing(samples: Path, tmp_path: 
     before = listing(tmp_path)
     old = value_of(src, "conv1")
     report = set_weights(
-        ModelSource.from_path(src), "conv1",
+        ModelFile.from_path(src), "conv1",
         [WeightRequest(None, source=str(tmp_path / "k.npy")), WeightRequest("bias", init="zeros")], WriteOptions(),
     )
     assert report.dry_run and report.destination is None and report.smoke is None
@@ -213,7 +213,7 @@ def test_int64_source_is_cast_to_float32_and_reported(samples: Path, tmp_path: P
     src = save_npy(tmp_path / "k.npy", SOBEL.astype(np.int64))
     out = tmp_path / "out.keras"
     report = set_weights(
-        ModelSource.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
+        ModelFile.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
         WriteOptions(Destination(path=out), NO_SMOKE),
     )
     assert report.changes[0].cast == "int64 -> float32"
@@ -228,7 +228,7 @@ def test_bfloat16_values_are_rounded_and_the_cast_reported(samples: Path, tmp_pa
     value = np.random.default_rng(3).standard_normal((3, 3, 3, 4)).astype(np.float32)
     out = tmp_path / "out.keras"
     report = set_weights(
-        ModelSource.from_path(samples / "tiny_bf16.keras"), "conv1",
+        ModelFile.from_path(samples / "tiny_bf16.keras"), "conv1",
         [WeightRequest(None, source=save_npy(tmp_path / "k.npy", value))], WriteOptions(Destination(path=out), NO_SMOKE),
     )
     assert report.changes[0].dtype == "bfloat16" and report.changes[0].cast == "float32 -> bfloat16"
@@ -238,7 +238,7 @@ def test_bfloat16_values_are_rounded_and_the_cast_reported(samples: Path, tmp_pa
 
 
 def test_initializer_with_a_seed_is_reproducible_and_seedless_ones_report_no_seed(samples: Path, tmp_path: Path) -> None:
-    source = ModelSource.from_path(samples / "tiny_cnn.keras")
+    source = ModelFile.from_path(samples / "tiny_cnn.keras")
     runs = []
     for name in ("a.keras", "b.keras"):
         report = set_weights(source, "conv2", [WeightRequest(None, init="he_normal")], WriteOptions(Destination(path=tmp_path / name), NO_SMOKE),
@@ -255,7 +255,7 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
     value = np.arange(8, dtype=np.float32).reshape(1, 1, 4, 2)
     src = save_npy(tmp_path / "k.npy", value)
     for query, name in (("func_block/deep_block/deep_conv", "a.keras"), ("deep_conv", "b.keras")):
-        report = set_weights(ModelSource.from_path(samples / "all_convs.keras"), query,
+        report = set_weights(ModelFile.from_path(samples / "all_convs.keras"), query,
                              [WeightRequest(None, source=src)], WriteOptions(Destination(path=tmp_path / name), NO_SMOKE))
         assert report.layer.path == "func_block/deep_block/deep_conv"
         np.testing.assert_array_equal(value_of(tmp_path / name, "func_block/deep_block/deep_conv"), value)
@@ -263,7 +263,7 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
 
 def test_set_weights_refuses_a_non_convolution(samples: Path, tmp_path: Path) -> None:
     with pytest.raises(ConvSurgeonError, match=r"'head' is a Dense, not a convolution"):
-        set_weights(ModelSource.from_path(samples / "tiny_cnn.keras"), "head",
+        set_weights(ModelFile.from_path(samples / "tiny_cnn.keras"), "head",
                     [WeightRequest(None, init="zeros")], WriteOptions(Destination(path=tmp_path / "o.keras"), NO_SMOKE))
     assert list(tmp_path.iterdir()) == []
 
@@ -274,7 +274,7 @@ def test_in_place_destination_updates_the_file_and_leaves_no_temp(samples: Path,
     names = sorted(p.name for p in tmp_path.iterdir())
     destination = choose_destination(str(model), None, True, io.BytesIO())
     assert destination.path == model
-    set_weights(ModelSource.from_path(model), "conv1", [WeightRequest(None, source=src)], WriteOptions(destination, NO_SMOKE))
+    set_weights(ModelFile.from_path(model), "conv1", [WeightRequest(None, source=src)], WriteOptions(destination, NO_SMOKE))
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     np.testing.assert_array_equal(value_of(model, "conv1"), SOBEL)
 
@@ -305,7 +305,7 @@ def test_choose_destination_missing_directory(tmp_path: Path) -> None:
 
 def test_stdin_source_to_stream_destination(samples: Path, tmp_path: Path) -> None:
     stream = io.BytesIO()
-    source = ModelSource(label="<stdin>", data=(samples / "tiny_cnn.keras").read_bytes())
+    source = ModelFile(label="<stdin>", data=(samples / "tiny_cnn.keras").read_bytes())
     report = set_weights(source, "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
                          WriteOptions(Destination(stream=stream), NO_SMOKE))
     assert report.destination == "<stdout>"
@@ -349,7 +349,7 @@ def test_smoke_test_refuses_outputs_that_overflow(samples: Path, tmp_path: Path)
     out = tmp_path / "huge.keras"
     src = save_npy(tmp_path / "k.npy", np.full((3, 3, 1, 4), 3e38, np.float32))
     with pytest.raises(SmokeTestError, match="NaN or Inf"):
-        set_weights(ModelSource.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
+        set_weights(ModelFile.from_path(samples / "tiny_cnn.keras"), "conv1", [WeightRequest(None, source=src)],
                     WriteOptions(Destination(path=out)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npy"]
 

@@ -25,7 +25,7 @@ from conv_surgeon.model.structure import (ModelStructure, _outline_structure, _o
                                           _read_variables, read_raw_variables, read_structure, read_variables)
 from conv_surgeon.store.archive import locate_member
 from conv_surgeon.store.hdf5_tree import UnsupportedHDF5
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.store.worker import PARSE_TIMEOUT_S, run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,12 +36,12 @@ COMMITTED = sorted((ROOT / "sample_models").glob("*.keras")) + sorted((ROOT / "s
     (ROOT / "tests" / "data").glob("*.h5")) + sorted((ROOT / "tests" / "data").glob("*.keras"))
 
 
-def _through_h5py(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
+def _through_h5py(source: ModelFile, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
     """The structure as conv-surgeon read it before the pure reader: h5py, in a worker."""
     return run_bounded(lambda: _parse_structure(source), timeout, source.label)
 
 
-def _both_agree(source: ModelSource, pure: bool) -> None:
+def _both_agree(source: ModelFile, pure: bool) -> None:
     expected = _through_h5py(source)
     if pure:
         assert _outline_structure(source) == expected
@@ -51,7 +51,7 @@ def _both_agree(source: ModelSource, pure: bool) -> None:
     assert read_structure(source) == expected
 
 
-def _values_through_h5py(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
+def _values_through_h5py(source: ModelFile, timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
     """Every variable's value as conv-surgeon read it before the pure reader."""
     structure = read_structure(source)
     variables = [v for layer in structure.layers for v in layer.variables]
@@ -66,7 +66,7 @@ def _same_values(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) 
         assert found[key].flags.writeable, key  # as h5py's arrays: callers may edit them
 
 
-def _values_agree(source: ModelSource, pure: bool) -> None:
+def _values_agree(source: ModelFile, pure: bool) -> None:
     expected = _values_through_h5py(source)
     structure = read_structure(source)
     variables = [v for layer in structure.layers for v in layer.variables]
@@ -84,16 +84,16 @@ def _values_agree(source: ModelSource, pure: bool) -> None:
 
 
 def test_every_kind_of_save_reads_the_same_through_both(zoo_model: ZooModel) -> None:
-    _both_agree(ModelSource.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
-    _values_agree(ModelSource.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
+    _both_agree(ModelFile.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
+    _values_agree(ModelFile.from_path(zoo_model.path), pure=zoo_model.kind not in LEGACY_KINDS)
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
 def test_every_committed_model_reads_the_same_through_both(path: Path) -> None:
     with h5py.File(io.BytesIO(_store_bytes(path)), "r") as h5:
         legacy = "model_config" in h5.attrs or "layer_names" in h5.attrs
-    _both_agree(ModelSource.from_path(path), pure=not legacy)
-    _values_agree(ModelSource.from_path(path), pure=not legacy)
+    _both_agree(ModelFile.from_path(path), pure=not legacy)
+    _values_agree(ModelFile.from_path(path), pure=not legacy)
 
 
 def _store_bytes(path: Path) -> bytes:
@@ -106,13 +106,13 @@ def _store_bytes(path: Path) -> bytes:
 @pytest.mark.parametrize("kind", ["bf16", "weights_only", "custom_block"])
 def test_bytes_from_stdin_read_the_same_through_both(zoo_models: Any, kind: str) -> None:
     path = zoo_models(kind).path
-    _both_agree(ModelSource.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
-    _values_agree(ModelSource.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
+    _both_agree(ModelFile.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
+    _values_agree(ModelFile.from_stream(io.BytesIO(path.read_bytes()), "<stdin>"), pure=True)
 
 
 def test_a_weights_file_read_with_config_goes_through_h5py(zoo_models: Any) -> None:
     model = zoo_models("weights_only")
-    source = ModelSource.from_path(model.path, config=model.extra["config"])
+    source = ModelFile.from_path(model.path, config=model.extra["config"])
     _both_agree(source, pure=False)
     assert read_structure(source).config_source == str(model.extra["config"])
 
@@ -151,9 +151,9 @@ def test_a_store_beyond_the_pure_reader_is_read_through_h5py(zoo_models: Any, tm
                                                              options: dict[str, Any]) -> None:
     model = zoo_models("weights_only")
     copy = _rewritten(model.path, tmp_path / "copy.weights.h5", **options)
-    _both_agree(ModelSource.from_path(copy), pure=False)
-    _values_agree(ModelSource.from_path(copy), pure=False)
-    assert _layers(read_structure(ModelSource.from_path(copy))) == _layers(read_structure(ModelSource.from_path(model.path)))
+    _both_agree(ModelFile.from_path(copy), pure=False)
+    _values_agree(ModelFile.from_path(copy), pure=False)
+    assert _layers(read_structure(ModelFile.from_path(copy))) == _layers(read_structure(ModelFile.from_path(model.path)))
 
 
 def test_inspect_of_a_store_beyond_the_pure_reader(cli, zoo_models: Any, tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_a_truncated_store_gives_the_error_it_gave_before(cli, zoo_models: Any, 
     data = zoo_models("weights_only").path.read_bytes()
     cut = tmp_path / "cut.weights.h5"
     cut.write_bytes(data[: len(data) // 2])
-    source = ModelSource.from_path(cut)
+    source = ModelFile.from_path(cut)
     before = _outcome(lambda: _through_h5py(source))
     assert before[0] == "error" and "truncated" in before[2]
     assert _outcome(lambda: read_structure(source)) == before
@@ -201,7 +201,7 @@ def test_damaged_stores_read_as_they_read_before(tmp_path: Path) -> None:
             damaged[rng.randrange(member.data_offset, member.data_offset + member.size)] = rng.randrange(256)
         path = tmp_path / f"damaged{i}.keras"
         path.write_bytes(bytes(damaged))
-        source = ModelSource.from_path(path)
+        source = ModelFile.from_path(path)
         before = _outcome(lambda: _through_h5py(source, timeout=5))
         assert _outcome(lambda: read_structure(source, timeout=5)) == before, path
         outcomes.add(before[0])
@@ -229,7 +229,7 @@ def test_a_superblock_extension_address_in_a_version_0_superblock_is_h5pys_error
     data[field:field + 8] = (96).to_bytes(8, "little")
     path = tmp_path / "extension.keras"
     path.write_bytes(bytes(data))
-    source = ModelSource.from_path(path)
+    source = ModelFile.from_path(path)
     with pytest.raises(UnsupportedHDF5, match="extension"):
         _outline_structure(source)
     before = _outcome(lambda: _through_h5py(source))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conv_surgeon.store.source import ModelSource
+from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure, read_variables
 
 GIB = 1 << 30
@@ -69,7 +69,7 @@ def test_a_zip64_central_directory_is_read_and_patched(cli, samples: Path, tmp_p
         assert archive.testzip() is None  # every member's CRC, the patched one included
         history = json.loads(archive.read("metadata.json"))["conv_surgeon"]["history"]
     assert history[-1]["edits"][0]["layer"] == "conv1"
-    source = ModelSource.from_path(out)
+    source = ModelFile.from_path(out)
     conv1 = next(layer for layer in read_structure(source).layers if layer.path == "conv1")
     assert np.array_equal(read_variables(source, [conv1.variables[0]])[conv1.variables[0].dataset], kernel)
 

@@ -24,7 +24,7 @@ def apply_command(
 ) -> None:
     """Apply every edit of a plan, all or nothing: one write and one smoke test."""
     from ..edits.plan import load_plan, plan_schema
-    from ..ops.surgery import apply_plan
+    from ..instruments.set_weights import apply_plan
     from ..render import print_json_schema, progress_on_terminal, render_write_report
 
     if schema:

@@ -19,7 +19,7 @@ def diff(
     json_output: JsonOpt = False,
 ) -> None:
     """Compare the weights of two models. Exit 0 identical, 1 different, 2 error (as diff(1))."""
-    from ..ops.compare import diff_models
+    from ..instruments.diff import diff_models
     from ..render import diff_document, print_json, render_diff
 
     try:

@@ -24,9 +24,9 @@ def fold_bn_command(
     write: WriteArgs,
 ) -> None:
     """Fold each BatchNormalization into the conv it follows; check the outputs are unchanged."""
-    from ..ops.fold import fold_bn
+    from ..instruments.fold import fold_bn
     from ..render import render_fold_report
-    from ..transaction.smoke import FUNCTION_KEPT
+    from ..runtime.smoke import FUNCTION_KEPT
 
     # The outputs are compared by default (--compare --expect-same are implied): the same
     # but for float32 rounding, and the --atol/--rtol given.

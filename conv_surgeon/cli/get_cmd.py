@@ -29,7 +29,7 @@ def get(
     config: ConfigOpt = None,
 ) -> None:
     """Write a layer's kernel (or --weight) as .npy; .npz, .safetensors and .h5 hold every variable."""
-    from ..ops.reading import export_bundle, get_weights
+    from ..instruments.reading import export_bundle, get_weights
     from ..render import render_export
     from ..store.fileio import refuse_overwriting, write_atomically
 

@@ -20,7 +20,7 @@ def inspect(
     config: ConfigOpt = None,
 ) -> None:
     """List the convolution layers of MODEL with kernel and bias shapes."""
-    from ..ops.reading import inspect_model
+    from ..instruments.reading import inspect_model
     from ..render import inspect_document, print_json, render_inspect
 
     report = inspect_model(model_source(model, config), all_layers=all_layers, stats=stats, history=history)

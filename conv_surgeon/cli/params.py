@@ -15,7 +15,7 @@ from ..edits import LAYOUTS, Layout
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..store.source import ModelSource
+    from ..store.model_file import ModelFile
 
 
 def stdin() -> BinaryIO:
@@ -31,13 +31,13 @@ def refuse_terminal(stream: BinaryIO, what: str, hint: str) -> None:
         raise UsageError(f"refusing to write {what} to a terminal; {hint}")
 
 
-def model_source(model: str, config: Path | None = None) -> ModelSource:
+def model_source(model: str, config: Path | None = None) -> ModelFile:
     """MODEL as the library reads it: a path, or ``-`` for the bytes on stdin."""
-    from ..store.source import ModelSource
+    from ..store.model_file import ModelFile
 
     if model == "-":
-        return ModelSource.from_stream(stdin(), config=config)
-    return ModelSource.from_path(model, config=config)
+        return ModelFile.from_stream(stdin(), config=config)
+    return ModelFile.from_path(model, config=config)
 
 
 Chosen = TypeVar("Chosen", bound=str)
@@ -67,9 +67,9 @@ def complete_layer(ctx: click.Context, _param: click.Parameter, incomplete: str)
     config = ctx.params.get("config")
     try:
         from ..model.structure import read_structure
-        from ..store.source import ModelSource
+        from ..store.model_file import ModelFile
 
-        structure = read_structure(ModelSource.from_path(
+        structure = read_structure(ModelFile.from_path(
             os.path.expanduser(model), config=os.path.expanduser(config) if isinstance(config, (str, Path)) else None))
     except Exception:  # noqa: BLE001 - completion must never fail into the user's shell
         return []

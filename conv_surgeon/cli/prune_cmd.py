@@ -31,9 +31,9 @@ def prune_command(
     write: WriteArgs,
 ) -> None:
     """Remove conv filters and fix up every layer downstream; compare the outputs."""
-    from ..ops.prune import PruneRequest, prune
+    from ..instruments.prune import PruneRequest, prune
     from ..render import render_prune_report
-    from ..transaction.smoke import FUNCTION_KEPT
+    from ..runtime.smoke import FUNCTION_KEPT
 
     request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
                            smallest_l1, zeros)

@@ -13,7 +13,7 @@ from .params import LayerOpt, LayoutOpt, OptionalModelArg, layout_of, model_sour
 from .write_options import WriteArgs, report_stream, with_write_options
 
 if TYPE_CHECKING:
-    from ..ops.surgery import WeightRequest
+    from ..instruments.set_weights import WeightRequest
 
 
 def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
@@ -29,7 +29,7 @@ def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
 def _requests(kernel: str | None, bias: str | None, weight: list[str], kernel_init: str | None,
               bias_init: str | None, weight_init: list[str]) -> list[WeightRequest]:
     """What the weight options ask for, one request per variable named."""
-    from ..ops.surgery import WeightRequest
+    from ..instruments.set_weights import WeightRequest
 
     requests = []
     if kernel is not None:
@@ -64,7 +64,7 @@ def set_command(
     write: WriteArgs,
 ) -> None:
     """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
-    from ..ops.surgery import LayerEdit, bundle_edits, edit_model, parse_donor, require_requests
+    from ..instruments.set_weights import LayerEdit, bundle_edits, edit_model, parse_donor, require_requests
     from ..render import progress_on_terminal, render_write_report
 
     requests = _requests(kernel, bias, weight, kernel_init, bias_init, weight_init)

@@ -50,7 +50,7 @@ def show(
     config: ConfigOpt = None,
 ) -> None:
     """Draw a convolution's filters as a grid (PNG, or on the terminal), or weight histograms."""
-    from ..ops.show import read_shown
+    from ..instruments.show import read_shown
     from ..pictures.picture import check_picture_path, draw_picture, write_png
     from ..pictures.options import GridOptions
     from ..render import print_terminal_picture, render_picture

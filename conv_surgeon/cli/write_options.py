@@ -27,7 +27,7 @@ from .app import REPORTS_TO_STDERR, command_line
 from .params import ConfigOpt, JsonOpt, refuse_terminal, stdin, stdout
 
 if TYPE_CHECKING:
-    from ..transaction.smoke import Tolerance
+    from ..runtime.smoke import Tolerance
     from ..transaction.transaction import WriteOptions
 
 
@@ -80,7 +80,7 @@ class WriteArgs:
     def options_for(self, model: str | None) -> WriteOptions:
         """The library's options for a write of ``model`` (None or ``-``: stdin)."""
         from ..store.fileio import check_output_dir, refuse_overwriting
-        from ..transaction.smoke import Tolerance
+        from ..runtime.smoke import Tolerance
         from ..transaction.transaction import SmokeOptions, WriteOptions, choose_destination
 
         if self.save_inputs is not None:
@@ -128,7 +128,7 @@ def tolerance_or(write: WriteArgs, default: Tolerance) -> Tolerance:
 def counted_steps(options: WriteOptions) -> Iterator[Callable[[str], None]]:
     """A ``step`` callback for a graph-surgery write (written, then checked): it moves a
     progress line while the block runs, on a terminal only."""
-    from ..ops.surgery import counted
+    from ..instruments.set_weights import counted
     from ..render import progress_on_terminal
 
     with progress_on_terminal() as progress:

@@ -38,7 +38,7 @@ class Assignment:
     notes: tuple[str, ...]
 
 
-def plan_assignments(
+def check_assignments(
     targets: Sequence[TargetVariable],
     candidates: Sequence[tuple[str, np.ndarray, str]],
 ) -> list[Assignment]:

@@ -32,7 +32,7 @@ from ..store.hdf5 import (
     read_dataset,
 )
 from ..store.hdf5_tree import UnsupportedHDF5
-from ..store.source import (ModelFormat, ModelSource, OpenStore, OutlinedStore, RawValue, StoreFile, open_store,
+from ..store.model_file import (ModelFormat, ModelFile, OpenStore, OutlinedStore, RawValue, StoreFile, open_store,
                             outline_store)
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
@@ -519,7 +519,7 @@ def _legacy_nested_layers(
 # --- reading -----------------------------------------------------------------------
 
 
-def _parse_structure(source: ModelSource) -> ModelStructure:
+def _parse_structure(source: ModelFile) -> ModelStructure:
     """The structure read through h5py: every kind of save, legacy `.h5` included."""
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         config = store.config
@@ -537,7 +537,7 @@ def _parse_structure(source: ModelSource) -> ModelStructure:
     return structure
 
 
-def _outline_structure(source: ModelSource) -> ModelStructure:
+def _outline_structure(source: ModelFile) -> ModelStructure:
     """The structure read by the pure-Python HDF5 reader, equal to :func:`_parse_structure`'s;
     raises :class:`UnsupportedHDF5` for whatever that reader leaves to h5py (legacy `.h5`
     files, ``--config``, HDF5 beyond the subset Keras writes)."""
@@ -566,7 +566,7 @@ def _structure(store: OpenStore | OutlinedStore, config: dict[str, Any] | None, 
 
 def _config_of(path: Path) -> dict[str, Any]:
     """The model config of another save of the model (``--config``)."""
-    with open_store(ModelSource.from_path(path)) as store:
+    with open_store(ModelFile.from_path(path)) as store:
         if store.config is None:
             raise ModelFileError(
                 f"--config {path}: holds weights only, no model config; pass the .keras, "
@@ -575,11 +575,11 @@ def _config_of(path: Path) -> dict[str, Any]:
         return store.config
 
 
-def _check_config_matches(structure: ModelStructure, source: ModelSource) -> None:
+def _check_config_matches(structure: ModelStructure, source: ModelFile) -> None:
     """Every variable of the weights file is where the config's own save has it, with
     the same shape: otherwise the config describes another model."""
     assert source.config is not None
-    reference = _parse_structure(ModelSource.from_path(source.config))
+    reference = _parse_structure(ModelFile.from_path(source.config))
     theirs = {(layer.path, v.name): v.shape for layer in reference.layers for v in layer.variables}
     ours = {(layer.path, v.name): v.shape for layer in structure.layers for v in layer.variables}
     for key in list(ours) + list(theirs):
@@ -597,7 +597,7 @@ def _shape_or_absent(shape: tuple[int, ...] | None) -> str:
     return "absent" if shape is None else str(shape)
 
 
-def read_structure(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
+def read_structure(source: ModelFile, timeout: float = PARSE_TIMEOUT_S) -> ModelStructure:
     """The model's layers and variables, read from structure alone (no weight bytes).
 
     Read in this process by the pure-Python HDF5 reader where it can (it cannot hang,
@@ -617,7 +617,7 @@ def _warm_up_readers() -> None:
     import h5py  # noqa: F401
 
 
-def read_variables(source: ModelSource, variables: list[Variable], timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
+def read_variables(source: ModelFile, variables: list[Variable], timeout: float = PARSE_TIMEOUT_S) -> dict[str, np.ndarray]:
     """The values of ``variables``, keyed by dataset path: read in this process by the
     pure-Python HDF5 reader where it can (the same values h5py reads), else through h5py
     in a bounded worker."""
@@ -627,7 +627,7 @@ def read_variables(source: ModelSource, variables: list[Variable], timeout: floa
         return _variables_through_h5py(source, variables, timeout)
 
 
-def read_raw_variables(source: ModelSource, variables: list[Variable],
+def read_raw_variables(source: ModelFile, variables: list[Variable],
                        timeout: float = PARSE_TIMEOUT_S) -> dict[str, RawValue]:
     """:func:`read_variables` as bytes: without numpy where the pure-Python reader reads
     the file (for pictures of small kernels, whose drawing costs less than numpy's import)."""
@@ -639,23 +639,23 @@ def read_raw_variables(source: ModelSource, variables: list[Variable],
     return {key: RawValue.of(value) for key, value in _variables_through_h5py(source, variables, timeout).items()}
 
 
-def _variables_through_h5py(source: ModelSource, variables: list[Variable], timeout: float) -> dict[str, np.ndarray]:
+def _variables_through_h5py(source: ModelFile, variables: list[Variable], timeout: float) -> dict[str, np.ndarray]:
     _warm_up_readers()
     return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
 
 
-def _outline_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
+def _outline_variables(source: ModelFile, variables: list[Variable]) -> dict[str, np.ndarray]:
     """:func:`_read_variables` by the pure-Python reader; raises :class:`UnsupportedHDF5`
     where it leaves a file or a dataset to h5py."""
     with outline_store(source) as store:
         return {v.dataset: store.value(v.file, v.dataset) for v in variables}
 
 
-def read_own_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
+def read_own_variables(source: ModelFile, variables: list[Variable]) -> dict[str, np.ndarray]:
     """:func:`read_variables` of a file conv-surgeon itself just wrote: no worker needed."""
     return _read_variables(source, variables)
 
 
-def _read_variables(source: ModelSource, variables: list[Variable]) -> dict[str, np.ndarray]:
+def _read_variables(source: ModelFile, variables: list[Variable]) -> dict[str, np.ndarray]:
     with damaged_store_is_an_error(source.label), open_store(source) as store:
         return {v.dataset: read_dataset(store.dataset(v.file, v.dataset)) for v in variables}

@@ -2,6 +2,6 @@
 terminal text. Filter grids in pure Python (numpy only for their statistics), histograms
 with numpy, Pillow for painting; never Keras.
 
-It draws what :mod:`conv_surgeon.ops.show` read, and prints nothing: the terminal
+It draws what :mod:`conv_surgeon.instruments.show` read, and prints nothing: the terminal
 text goes to the caller (:mod:`conv_surgeon.render` prints it).
 """

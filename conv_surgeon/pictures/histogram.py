@@ -3,7 +3,7 @@ a histogram is made: a filter grid needs none).
 
 Bins are even over the finite values' range (a constant variable gets a range around
 its value). Zeros and non-finite values are counted by the variable's statistics
-(:func:`conv_surgeon.ops.reading.variable_stats`) and printed beside the bars.
+(:func:`conv_surgeon.instruments.reading.variable_stats`) and printed beside the bars.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..ops.reading import VariableStats
+from ..instruments.reading import VariableStats
 from .colours import DIM, PLOT_AREA, diverging
 
 if TYPE_CHECKING:

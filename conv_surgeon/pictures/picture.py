@@ -1,6 +1,6 @@
 """What `show` draws: a kernel's filter grid, or variables' histograms, as one RGB image.
 
-:func:`draw_picture` turns what :func:`conv_surgeon.ops.show.read_shown` read into a
+:func:`draw_picture` turns what :func:`conv_surgeon.instruments.show.read_shown` read into a
 :class:`Picture`: the pixels, and for every variable drawn the numbers the picture
 shows (its statistics, the scale of its colours), so that a program can check what a
 person sees.
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Literal
 
 from ..errors import UsageError
 from ..model.naming import format_shape
-from ..ops.reading import VariableStats, variable_stats
-from ..ops.show import ShowData, ShownVariable
+from ..instruments.reading import VariableStats, variable_stats
+from ..instruments.show import ShowData, ShownVariable
 from ..store.fileio import refuse_overwriting, write_atomically
 from .canvas import LINE_HEIGHT, Block, Box, Labelled, Pixels, Stack, Text, TileGrid, paint, text_width
 from .colours import DIM, NONFINITE, TEXT, diverging, linspace, rgb

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..ops.show import ShowData
+from ..instruments.show import ShowData
 from .colours import Colour, diverging, linspace
 from .options import GridOptions
 from .picture import colour_bar_labels, grid_header, grid_sets, legend_lines, number, tile_colours

@@ -20,7 +20,7 @@ from ..errors import ConvSurgeonError
 from ..model.catalogue import canonical_variable_name
 from ..model.naming import format_shape
 from ..model.structure import Layer, Variable
-from ..ops.show import Values
+from ..instruments.show import Values
 from .options import GridOptions
 
 

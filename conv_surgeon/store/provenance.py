@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
 from ..errors import ModelFileError
-from .source import METADATA_MEMBER, ModelSource, detect_format
+from .model_file import METADATA_MEMBER, ModelFile, detect_format
 from .worker import PARSE_TIMEOUT_S, run_bounded
 from .hdf5 import h5_file
 
@@ -121,7 +121,7 @@ def encode_history(history: list[dict[str, Any]]) -> str:
         raise ValueError(f"provenance record is not plain JSON: {exc}") from None
 
 
-def read_history(source: ModelSource, timeout: float = PARSE_TIMEOUT_S) -> list[dict[str, Any]]:
+def read_history(source: ModelFile, timeout: float = PARSE_TIMEOUT_S) -> list[dict[str, Any]]:
     """The records already in the model file, oldest first; [] when there are none.
 
     Records that are not JSON objects are skipped; a history that is not a list
@@ -179,7 +179,7 @@ def read_metadata_bytes(archive: zipfile.ZipFile, label: str) -> bytes | None:
         ) from None
 
 
-def _read_metadata(source: ModelSource) -> dict[str, Any] | None:
+def _read_metadata(source: ModelFile) -> dict[str, Any] | None:
     with source.open_binary() as raw:
         try:
             with zipfile.ZipFile(raw) as archive:
@@ -200,7 +200,7 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
-def _h5_history_text(source: ModelSource) -> str | None:
+def _h5_history_text(source: ModelFile) -> str | None:
     with source.open_binary() as raw, h5_file(raw, source.label) as h5:
         value = h5.attrs.get(HISTORY_ATTRIBUTE)
     if isinstance(value, bytes):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,16 +29,17 @@ from ..errors import ConvSurgeonError, UsageError
 from ..model.structure import Layer, ModelStructure, Variable, read_own_variables
 from ..store.fileio import atomic_output, check_output_dir, same_file
 from ..store.provenance import EditRecord, make_record, read_history
-from ..store.rewrite import ValueDigest
-from ..store.source import FOLDER_FORMATS, ModelSource
-from ..store.worker import Worker
-from ..store.writer import EditPlan, apply_edits, commit_folder, stage_folder
-from .keras_runtime import KerasWarmUp
-from .smoke import ExpectedValue, ReferenceResult, SmokeReport, SmokeTarget, Tolerance, run_smoke_test
+from ..surgery.rewrite import ValueDigest
+from ..store.model_file import FOLDER_FORMATS, ModelFile
+from ..store.worker import PARSE_TIMEOUT_S, Worker
+from ..store.patches import StorePatches, apply_patches, commit_folder, stage_folder
+from ..runtime.environment import KerasWarmUp
+from ..runtime.smoke import (ExpectedValue, ReferenceResult, SmokeReport, SmokeTarget, Tolerance, run_smoke_test,
+                             start_reference_run)
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
 # Writes a whole new single-file model at the path given, with the provenance history
-# given: graph surgery, which changes more than a byte patch can (:mod:`..store.rewrite`).
+# given: graph surgery, which changes more than a byte patch can (:mod:`..surgery.rewrite`).
 Rewrite = Callable[[Path, list[dict[str, Any]]], None]
 
 
@@ -135,7 +137,7 @@ class Written:
     smoke_skipped: str | None  # why no smoke test ran though it was not turned off
 
 
-def check_destination(source: ModelSource, structure: ModelStructure, options: WriteOptions) -> None:
+def check_destination(source: ModelFile, structure: ModelStructure, options: WriteOptions) -> None:
     """Refuse a destination whose name Keras would read as another format, before any work."""
     destination = options.destination
     if destination is not None and destination.path is not None and not (
@@ -144,9 +146,9 @@ def check_destination(source: ModelSource, structure: ModelStructure, options: W
 
 
 def write_transaction(
-    source: ModelSource,
+    source: ModelFile,
     structure: ModelStructure,
-    plan: EditPlan | Rewrite,
+    plan: StorePatches | Rewrite,
     values: Sequence[WrittenValue],
     records: list[EditRecord],
     options: WriteOptions,
@@ -156,7 +158,7 @@ def write_transaction(
     warm_up: KerasWarmUp | None = None,
     reference_run: Worker[ReferenceResult] | None = None,
 ) -> Written:
-    """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.writer.plan_edits`)
+    """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.patches.locate_patches`)
     into a copy of ``source`` and deliver it to ``options.destination``; or, when ``plan``
     is a :data:`Rewrite`, write the model it writes, whose ``values`` are checked alike.
 
@@ -208,7 +210,7 @@ def write_transaction(
                    _smoke_skipped(checks, smoke_target is not None))
 
 
-def _smoke_kind(structure: ModelStructure, source: ModelSource,
+def _smoke_kind(structure: ModelStructure, source: ModelFile,
                 checks: SmokeOptions) -> Callable[[Path], SmokeTarget] | None:
     """How Keras loads the written model, or None when it cannot be smoke-tested."""
     if not checks.enabled:
@@ -284,13 +286,13 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 @contextmanager
 def _staged(
-    source: ModelSource, structure: ModelStructure, plan: EditPlan | Rewrite, destination: Destination,
+    source: ModelFile, structure: ModelStructure, plan: StorePatches | Rewrite, destination: Destination,
     history: list[dict[str, Any]],
-) -> Iterator[tuple[ModelSource, Path, Callable[[], None]]]:
+) -> Iterator[tuple[ModelFile, Path, Callable[[], None]]]:
     """Write the edited model beside its destination; yields (the written model as a
     source, what Keras loads, the commit that moves it into place)."""
     if structure.format in FOLDER_FORMATS:
-        assert isinstance(plan, EditPlan), "a rewrite writes single-file models only"
+        assert isinstance(plan, StorePatches), "a rewrite writes single-file models only"
         if destination.path is None:
             raise UsageError(
                 f"{source.label}: a {structure.format} save is several files and cannot go to "
@@ -307,17 +309,17 @@ def _staged(
             raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
         try:
             staged = stage_folder(source, plan, folder, target.name, history, keep_names=in_place)
-            yield (ModelSource.from_path(staged.load_path), staged.load_path,
+            yield (ModelFile.from_path(staged.load_path), staged.load_path,
                    lambda: commit_folder(staged, source, target, in_place))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
     with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
-        if isinstance(plan, EditPlan):
-            apply_edits(source, plan, path, history=history)
+        if isinstance(plan, StorePatches):
+            apply_patches(source, plan, path, history=history)
         else:
             plan(path, history)
-        yield ModelSource.from_path(path), path, lambda: _deliver(path, destination)
+        yield ModelFile.from_path(path), path, lambda: _deliver(path, destination)
 
 
 @contextmanager
@@ -338,7 +340,7 @@ def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
         yield Path(folder) / f"model{suffix}"
 
 
-def _verify_written(staged: ModelSource, values: Sequence[WrittenValue]) -> None:
+def _verify_written(staged: ModelFile, values: Sequence[WrittenValue]) -> None:
     """Read the written datasets back: the bytes on disk are the intended values. (A value
     known by its digest was read back where it was made, in the rewrite's worker.)"""
     arrays = [(item.variable, item.value) for item in values if isinstance(item.value, np.ndarray)]
@@ -350,7 +352,7 @@ def _verify_written(staged: ModelSource, values: Sequence[WrittenValue]) -> None
 
 
 @contextmanager
-def _original_file(source: ModelSource, fmt: str) -> Iterator[Path]:
+def _original_file(source: ModelFile, fmt: str) -> Iterator[Path]:
     """The original model as a path Keras can load (a copy for a model read from stdin)."""
     if source.path is not None and (fmt in FOLDER_FORMATS or source.path.name.lower().endswith(SUFFIXES[fmt])):
         yield source.path
@@ -370,3 +372,57 @@ def _deliver(staged: Path, destination: Destination) -> None:
         with open(staged, "rb") as handle:
             shutil.copyfileobj(handle, destination.stream, 1 << 20)
         destination.stream.flush()
+
+
+def write_rewritten(
+    source: ModelFile, structure: ModelStructure, prepare: Callable[[Path], dict[str, ValueDigest]],
+    stage: Callable[[Path, Path, list[dict[str, Any]]], None], written: Sequence[WrittenValue],
+    derived: Sequence[tuple[Layer, Variable]], records: list[EditRecord], options: WriteOptions,
+    step: Callable[[str], None] | None,
+) -> Written:
+    """Write a model whose graph changed through the write transaction.
+
+    ``prepare(path)`` writes the new weight store (or file) from the untrusted input, in a
+    bounded worker, and returns the digest of each value it derived there, by dataset;
+    ``stage(prepared, path, history)`` makes the model to deliver from it. ``written`` are
+    the new values known here, ``derived`` the variables (placed in the new store) whose
+    values the worker derives: the smoke test checks every one of both.
+    The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
+    the rewrite's worker then runs beside that import.
+    """
+    recorded = read_history(source)
+    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+        prepared = Path(folder) / "prepared"
+        worker = Worker(lambda: prepare(prepared), PARSE_TIMEOUT_S, source.label)
+        reference = _reference_run(source, options)
+        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
+        try:
+            digests = worker.result()
+            values = [*written, *(WrittenValue(layer, variable, digests[variable.dataset], compare_layer=False)
+                                  for layer, variable in derived)]
+            return write_transaction(source, structure, lambda path, history: stage(prepared, path, history),
+                                     values, records, options, step, history=recorded, warm_up=warm_up,
+                                     reference_run=reference)
+        finally:
+            if reference is not None:
+                reference.discard()  # it has answered, or is no longer wanted
+            if warm_up is not None:
+                warm_up.join()  # the import silences fd 2: let it finish before any error is printed
+
+
+def _reference_run(source: ModelFile, options: WriteOptions) -> Worker[ReferenceResult] | None:
+    """The original model's forward pass for --compare, started in its own process before
+    any thread, so that it runs beside the rest of the write (for a model file Keras can
+    open by its name; a model from stdin is compared after the edited one).
+
+    Not when this process has imported TensorFlow already (a notebook that built the model,
+    then called ``cs.fold_bn``): TensorFlow's threads hold locks a forked child never gets
+    back, and the child's forward pass hangs. The original is then run here, after the
+    edited one."""
+    checks = options.smoke
+    if not (checks.enabled and checks.compare) or source.path is None \
+            or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")) \
+            or "tensorflow" in sys.modules:
+        return None
+    return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
+                               unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)

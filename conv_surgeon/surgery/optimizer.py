@@ -26,8 +26,8 @@ from ..model.catalogue import layer_variables
 from ..model.graph import model_graphs
 from ..model.structure import Layer, ModelStructure
 from ..store.hdf5 import damaged_store_is_an_error
-from ..store.rewrite import Derived, VarSource, legacy_optimizer_names
-from ..store.source import ModelSource, open_store
+from .rewrite import Derived, VarOrigin, legacy_optimizer_names
+from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 
 OPTIMIZER_VARS = "optimizer/vars"
@@ -38,13 +38,13 @@ TrainableKey = tuple[str, str]  # layer path, variable name
 
 
 @dataclass(frozen=True)
-class OptimizerPlan:
+class SlotChanges:
     vars_group: str
-    sources: tuple[VarSource, ...]
+    origins: tuple[VarOrigin, ...]
     note: str
 
 
-def read_optimizer_shapes(source: ModelSource) -> list[Slot]:
+def read_optimizer_shapes(source: ModelFile) -> list[Slot]:
     """Shape and dtype of each ``optimizer/vars/<i>``, in order (bounded read)."""
     def work() -> list[Slot]:
         with damaged_store_is_an_error(source.label), open_store(source) as store:
@@ -143,11 +143,11 @@ SlotChange = Callable[[np.ndarray], np.ndarray] | None
 def remapped_slots(
     slots: list[Slot], old: list[tuple[TrainableKey, tuple[int, ...]]],
     new: list[tuple[TrainableKey, tuple[int, ...]]], changed: Mapping[TrainableKey, SlotChange],
-) -> tuple[tuple[VarSource, ...], int, int, int]:
+) -> tuple[tuple[VarOrigin, ...], int, int, int]:
     """The new optimizer variables: the scalars, and per block a slot for each new trainable
     variable: copied from its old slot, or for a variable of ``changed`` zero or derived from
     the old slot as it says (zero as well where the variable is new).
-    Returns (sources, kept, changed, removed) counts of variables."""
+    Returns (origins, kept, changed, removed) counts of variables."""
     layout = slot_layout(slots, [shape for _, shape in old])
     if layout is None:
         raise ConvSurgeonError(
@@ -155,7 +155,7 @@ def remapped_slots(
             f"model's {len(old)} trainable variables in one way, so it cannot be carried over")
     prefix, blocks = layout
     index = {key: i for i, (key, _) in enumerate(old)}
-    sources: list[VarSource] = list(range(prefix))
+    origins: list[VarOrigin] = list(range(prefix))
     position = prefix
     for k in blocks:
         dtype = slots[position][1] if position < len(slots) else "float32"
@@ -164,20 +164,20 @@ def remapped_slots(
                 slot = position + index[key] * k + j if key in index else None
                 change = changed.get(key)
                 if slot is not None and key not in changed:
-                    sources.append(slot)
+                    origins.append(slot)
                 elif slot is not None and change is not None:
-                    sources.append(Derived(slot, change))
+                    origins.append(Derived(slot, change))
                 else:
-                    sources.append(np.zeros(shape, dtype))
+                    origins.append(np.zeros(shape, dtype))
         position += k * len(old)
     kept = sum(1 for key, _ in new if key in index and key not in changed)
     removed = sum(1 for key, _ in old if key not in {k for k, _ in new})
-    return tuple(sources), kept, len(new) - kept, removed
+    return tuple(origins), kept, len(new) - kept, removed
 
 
-def optimizer_plan(structure: ModelStructure, config: dict[str, Any], new_config: dict[str, Any],
+def slot_changes(structure: ModelStructure, config: dict[str, Any], new_config: dict[str, Any],
                    by_path: dict[str, Layer], new_variables: dict[str, list[tuple[str, tuple[int, ...], bool]]],
-                   changed: Mapping[TrainableKey, SlotChange], slots: list[Slot]) -> OptimizerPlan | None:
+                   changed: Mapping[TrainableKey, SlotChange], slots: list[Slot]) -> SlotChanges | None:
     """How the optimizer state follows the rewrite (None without optimizer state).
     ``new_variables`` overrides the variables of the layers whose variables change."""
     if not structure.optimizer_variables or not slots:
@@ -189,8 +189,8 @@ def optimizer_plan(structure: ModelStructure, config: dict[str, Any], new_config
 
     old = trainable_variables(config, before)
     new = trainable_variables(new_config, after)
-    sources, kept, altered, removed = remapped_slots(slots, old, new, changed)
+    origins, kept, altered, removed = remapped_slots(slots, old, new, changed)
     what = "sliced like their variables" if any(c is not None for c in changed.values()) \
         else "reset to zero (the folded layers)"
     note = f"optimizer state: the slots of {kept} variables kept, of {altered} {what}, of {removed} removed"
-    return OptimizerPlan(OPTIMIZER_VARS, sources, note)
+    return SlotChanges(OPTIMIZER_VARS, origins, note)

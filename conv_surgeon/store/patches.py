@@ -30,11 +30,11 @@ import numpy as np
 
 from ..errors import ModelFileError
 from .fileio import replace_files_together
-from .source import (
+from .model_file import (
     FOLDER_FORMATS,
     METADATA_MEMBER,
     ModelFormat,
-    ModelSource,
+    ModelFile,
     StoreFile,
     WEIGHTS_MEMBER,
     open_store,
@@ -70,14 +70,14 @@ class FileEdit:
 
 
 @dataclass(frozen=True)
-class EditPlan:
+class StorePatches:
     format: ModelFormat
     edits: tuple[FileEdit, ...]  # only the files that change
     # The values the patched datasets hold now, read in the same pass (for the report).
     old_values: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
+def locate_patches(source: ModelFile, values: dict[str, np.ndarray]) -> StorePatches:
     """Where each new value goes, file by file, and (for `.keras`) the member's new CRC.
 
     ``values`` maps dataset paths of the weight store to the exact arrays to write.
@@ -85,10 +85,10 @@ def plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
     the zip's own check, and a corrupt input must not get a fresh, valid CRC. The store
     is untrusted: it is parsed in a bounded worker.
     """
-    return run_bounded(lambda: _plan_edits(source, values), PARSE_TIMEOUT_S, source.label)
+    return run_bounded(lambda: _locate_patches(source, values), PARSE_TIMEOUT_S, source.label)
 
 
-def _plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
+def _locate_patches(source: ModelFile, values: dict[str, np.ndarray]) -> StorePatches:
     old_values: dict[str, np.ndarray] = {}
     with open_store(source) as store:
         per_file: dict[int, list[Patch]] = {}
@@ -108,10 +108,10 @@ def _plan_edits(source: ModelSource, values: dict[str, np.ndarray]) -> EditPlan:
         patches.sort(key=lambda p: p.offset)
         store_file = files[index]
         edits.append(FileEdit(store_file, tuple(patches), _new_crc(source, store_file, patches)))
-    return EditPlan(fmt, tuple(edits), old_values)
+    return StorePatches(fmt, tuple(edits), old_values)
 
 
-def _new_crc(source: ModelSource, store_file: StoreFile, patches: list[Patch]) -> int | None:
+def _new_crc(source: ModelFile, store_file: StoreFile, patches: list[Patch]) -> int | None:
     member = store_file.member
     if member is None:
         return None
@@ -130,9 +130,9 @@ def _new_crc(source: ModelSource, store_file: StoreFile, patches: list[Patch]) -
     return new_crc
 
 
-def apply_edits(
-    source: ModelSource,
-    plan: EditPlan,
+def apply_patches(
+    source: ModelFile,
+    plan: StorePatches,
     destination: Path,
     history: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -206,8 +206,8 @@ class StagedFolder:
 
 
 def stage_folder(
-    source: ModelSource,
-    plan: EditPlan,
+    source: ModelFile,
+    plan: StorePatches,
     staging: Path,
     output_name: str,
     history: list[dict[str, Any]] | None,
@@ -294,7 +294,7 @@ def _shard_map(map_path: Path, renames: dict[str, str], history: list[dict[str, 
     return json.dumps(document, indent=4).encode()
 
 
-def commit_folder(staged: StagedFolder, source: ModelSource, destination: Path, in_place: bool) -> None:
+def commit_folder(staged: StagedFolder, source: ModelFile, destination: Path, in_place: bool) -> None:
     """Move the staged save into place: every changed file replaced, or none.
 
     In place, only the files that changed replace their originals. Otherwise a folder

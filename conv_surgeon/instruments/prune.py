@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..edits.prune import (
+from ..surgery.cuts import (
     AxisCuts,
     Cut,
     VariableKey,
@@ -33,18 +33,18 @@ from ..edits.prune import (
 )
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError, UsageError
 from ..model.catalogue import conv_class
-from ..model.channels import ChannelGroup, find_groups
+from ..surgery.channels import ChannelGroup, find_groups
 from ..model.graph import TensorRef, container_keys, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure
 from ..store.hdf5 import damaged_store_is_an_error, read_dataset
 from ..store.provenance import EditRecord, PruneSource
-from ..store.rewrite import Derived, StoreRewrite, VarSource, rewrite_weights, write_keras_archive
-from ..store.source import ModelSource, open_store
+from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights, write_keras_archive
+from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..transaction.smoke import FUNCTION_KEPT, SmokeReport
-from ..transaction.transaction import WriteOptions, check_destination
-from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
-from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes, structure_variables
+from ..runtime.smoke import FUNCTION_KEPT, SmokeReport
+from ..transaction.transaction import WriteOptions, write_rewritten, check_destination
+from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
+from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes, structure_variables
 
 Criterion = Literal["filters", "smallest-l1", "zeros"]
 
@@ -113,14 +113,14 @@ class PruneRequest:
         return "filters" if self.filters is not None else "zeros" if self.zeros else "smallest-l1"
 
 
-def prune(source: ModelSource, request: PruneRequest, options: WriteOptions,
+def prune(source: ModelFile, request: PruneRequest, options: WriteOptions,
           step: Callable[[str], None] | None = None) -> PruneReport:
     """Prune ``source`` as ``request`` says and write it as ``options`` say."""
     _check_request(request)
-    plan = _plan(source, request, options)
-    if not plan.cuts or options.dry_run:
-        return plan.report
-    return _write(source, plan, request, options, step)
+    surgery = _prepare(source, request, options)
+    if not surgery.cuts or options.dry_run:
+        return surgery.report
+    return _write(source, surgery, request, options, step)
 
 
 def _check_request(request: PruneRequest) -> None:
@@ -138,18 +138,18 @@ def _check_request(request: PruneRequest) -> None:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _Surgery:
     structure: ModelStructure
     config: dict[str, Any]
     new_config: dict[str, Any]
     by_path: dict[str, Layer]
     cuts: list[Cut]
     variables: dict[VariableKey, AxisCuts]
-    optimizer: OptimizerPlan | None
+    optimizer: SlotChanges | None
     report: PruneReport
 
 
-def _plan(source: ModelSource, request: PruneRequest, options: WriteOptions) -> _Plan:
+def _prepare(source: ModelFile, request: PruneRequest, options: WriteOptions) -> _Surgery:
     label = source.label
     structure = read_structure(source)
     if structure.format != "keras":
@@ -186,11 +186,11 @@ def _plan(source: ModelSource, request: PruneRequest, options: WriteOptions) -> 
         notes=tuple(notes))
     if not cuts:
         report = replace(report, notes=report.notes + ("nothing to prune: no filter was chosen; nothing was written",))
-        return _Plan(structure, config, config, by_path, [], {}, None, report)
+        return _Surgery(structure, config, config, by_path, [], {}, None, report)
     _check_store_keys(config, new_config, label)
     optimizer = _optimizer(structure, config, new_config, by_path, variables, source)
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
-    return _Plan(structure, config, new_config, by_path, cuts, variables, optimizer, report)
+    return _Surgery(structure, config, new_config, by_path, cuts, variables, optimizer, report)
 
 
 def _chosen_groups(groups: list[ChannelGroup], request: PruneRequest,
@@ -239,7 +239,7 @@ def _members(group: ChannelGroup) -> str:
 # --- which channels go ------------------------------------------------------------------
 
 
-def _statistics(source: ModelSource, groups: list[ChannelGroup], by_path: dict[str, Layer],
+def _statistics(source: ModelFile, groups: list[ChannelGroup], by_path: dict[str, Layer],
                 criterion: Criterion) -> dict[str, np.ndarray]:
     """What choosing needs, computed in a bounded worker from the store: per member, the L1
     norm and the largest |value| of each filter (rows 0 and 1), and for --zeros the
@@ -440,7 +440,7 @@ def _check_store_keys(config: dict[str, Any], new_config: dict[str, Any], label:
 
 def _optimizer(structure: ModelStructure, config: dict[str, Any], new_config: dict[str, Any],
                by_path: dict[str, Layer], variables: dict[VariableKey, AxisCuts],
-               source: ModelSource) -> OptimizerPlan | None:
+               source: ModelFile) -> SlotChanges | None:
     """The optimizer's slots of each sliced variable, sliced the same way; the rest copied."""
     if not structure.optimizer_variables:
         return None
@@ -452,53 +452,53 @@ def _optimizer(structure: ModelStructure, config: dict[str, Any], new_config: di
         new_variables[path] = [(name, sliced_shape(shape, variables.get((path, name), {})), trainable)
                                for name, shape, trainable in own]
     changed = {key: partial(sliced, axes=axes) for key, axes in variables.items()}
-    return optimizer_plan(structure, config, new_config, by_path, new_variables, changed,
+    return slot_changes(structure, config, new_config, by_path, new_variables, changed,
                           read_optimizer_shapes(source))
 
 
 # --- the write ----------------------------------------------------------------------------
 
 
-def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[tuple[Layer, Variable]]]:
+def _rewrite(surgery: _Surgery) -> tuple[StoreRewrite, list[tuple[Layer, Variable]]]:
     """Every sliced variable derived from its old value inside the rewrite's worker; and
     each of them, in its place (every layer keeps its store key, so its datasets too)."""
-    groups: dict[str, tuple[VarSource, ...]] = {}
+    groups: dict[str, tuple[VarOrigin, ...]] = {}
     derived: list[tuple[Layer, Variable]] = []
-    for layer in plan.by_path.values():
-        if not any((layer.path, v.name) in plan.variables for v in layer.variables):
+    for layer in surgery.by_path.values():
+        if not any((layer.path, v.name) in surgery.variables for v in layer.variables):
             continue
-        sources: list[VarSource] = []
+        sources: list[VarOrigin] = []
         for variable in layer.variables:
             index = int(variable.dataset.rpartition("/")[2])
-            axes = plan.variables.get((layer.path, variable.name))
+            axes = surgery.variables.get((layer.path, variable.name))
             if axes is None:
                 sources.append(index)
                 continue
             sources.append(Derived(index, partial(sliced, axes=axes)))
             derived.append((layer, replace(variable, shape=sliced_shape(variable.shape, axes))))
         groups[f"{layer.store_path}/vars"] = tuple(sources)
-    if plan.optimizer is not None:
-        groups[plan.optimizer.vars_group] = plan.optimizer.sources
+    if surgery.optimizer is not None:
+        groups[surgery.optimizer.vars_group] = surgery.optimizer.origins
     return StoreRewrite(variables=groups), derived
 
 
-def _write(source: ModelSource, plan: _Plan, request: PruneRequest, options: WriteOptions,
+def _write(source: ModelFile, surgery: _Surgery, request: PruneRequest, options: WriteOptions,
            step: Callable[[str], None] | None) -> PruneReport:
     records = [EditRecord(layer=layer, variable=name, layout="keras",
                           source=PruneSource(prune={str(axis): list(removed) for axis, removed in axes.items()}))
-               for (layer, name), axes in plan.variables.items()]
+               for (layer, name), axes in surgery.variables.items()]
     checks = options.smoke
     if checks.enabled:
         expect = checks.expect_same
         if request.zeros and expect is None:
             expect = FUNCTION_KEPT  # removing all-zero filters keeps the function
         options = replace(options, smoke=replace(checks, compare=True, expect_same=expect))
-    rewrite, derived = _rewrite(plan)
+    rewrite, derived = _rewrite(surgery)
 
     def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
-        write_keras_archive(source, path, plan.new_config, prepared, history)
+        write_keras_archive(source, path, surgery.new_config, prepared, history)
 
-    result = write_rewritten(source, plan.structure, partial(rewrite_weights, source, rewrite), stage, [],
+    result = write_rewritten(source, surgery.structure, partial(rewrite_weights, source, rewrite), stage, [],
                              derived, records, options, step)
-    return replace(plan.report, destination=result.destination, smoke=result.smoke,
+    return replace(surgery.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)

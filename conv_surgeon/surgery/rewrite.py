@@ -23,10 +23,10 @@ import h5py
 import numpy as np
 
 from ..errors import ModelFileError
-from .archive import locate_member
-from .hdf5 import damaged_store_is_an_error, read_dataset
-from .provenance import metadata_with_history, read_metadata_bytes
-from .source import CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER, ModelSource, open_store
+from ..store.archive import locate_member
+from ..store.hdf5 import damaged_store_is_an_error, read_dataset
+from ..store.provenance import metadata_with_history, read_metadata_bytes
+from ..store.model_file import CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER, ModelFile, open_store
 
 @dataclass(frozen=True)
 class Derived:
@@ -39,7 +39,7 @@ class Derived:
 
 
 # An index of the old vars group (copied as it is), a new value, or a value derived from an old one.
-VarSource = Union[int, np.ndarray, Derived]
+VarOrigin = Union[int, np.ndarray, Derived]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class StoreRewrite:
     renames: dict[str, str] = field(default_factory=dict)  # object group -> its new path
     drops: frozenset[str] = frozenset()  # groups left out, with everything under them
     # A `vars` group -> its new variables in order (the old group's attributes are kept).
-    variables: dict[str, tuple[VarSource, ...]] = field(default_factory=dict)
+    variables: dict[str, tuple[VarOrigin, ...]] = field(default_factory=dict)
 
     def touched(self) -> set[str]:
         """Every group that holds (or is) something the rewrite changes."""
@@ -114,18 +114,18 @@ def _copy_children(old: h5py.Group, new: h5py.Group, old_path: str, new_path: st
             old.copy(key, target, name=leaf)
 
 
-def _write_variables(old: h5py.Group, new: h5py.Group, sources: Iterable[VarSource],
+def _write_variables(old: h5py.Group, new: h5py.Group, origins: Iterable[VarOrigin],
                      derived: dict[str, np.ndarray]) -> None:
     _copy_attributes(old, new)
-    for index, source in enumerate(sources):
-        if isinstance(source, Derived):
-            value = source.compute(read_dataset(old[str(source.index)]))
+    for index, origin in enumerate(origins):
+        if isinstance(origin, Derived):
+            value = origin.compute(read_dataset(old[str(origin.index)]))
             new.create_dataset(str(index), data=value)
             derived[new.name.lstrip("/") + f"/{index}"] = value
-        elif isinstance(source, np.ndarray):
-            new.create_dataset(str(index), data=source)
+        elif isinstance(origin, np.ndarray):
+            new.create_dataset(str(index), data=origin)
         else:
-            old.copy(str(source), new, name=str(index))
+            old.copy(str(origin), new, name=str(index))
 
 
 def _copy_attributes(old: h5py.Group, new: h5py.Group) -> None:
@@ -133,7 +133,7 @@ def _copy_attributes(old: h5py.Group, new: h5py.Group) -> None:
         new.attrs[name] = value
 
 
-def rewrite_weights(source: ModelSource, rewrite: StoreRewrite, destination: Path) -> dict[str, ValueDigest]:
+def rewrite_weights(source: ModelFile, rewrite: StoreRewrite, destination: Path) -> dict[str, ValueDigest]:
     """Write the weight store of ``source`` (a `.keras` archive), rewritten, to the HDF5
     file ``destination``, and read the derived values back: they are what was computed.
     Returns each one's digest by its dataset path in ``destination``. Reads the untrusted
@@ -156,7 +156,7 @@ def _read_back(path: Path, derived: dict[str, np.ndarray]) -> dict[str, ValueDig
     return digests
 
 
-def write_keras_archive(source: ModelSource, destination: Path, config: dict[str, Any],
+def write_keras_archive(source: ModelFile, destination: Path, config: dict[str, Any],
                         weights: Path, history: list[dict[str, Any]]) -> None:
     """Write a copy of the `.keras` archive ``source`` to ``destination`` (a fresh
     temporary file) with ``config``, the weight store ``weights`` and ``history``."""
@@ -210,10 +210,10 @@ class LegacyRewrite:
     # dataset path -> new value; a path that does not exist yet is created and appended
     # to its layer's `weight_names`.
     values: dict[str, np.ndarray | Derived] = field(default_factory=dict)
-    optimizer: tuple[VarSource, ...] | None = None  # the new optimizer_weights, in order
+    optimizer: tuple[VarOrigin, ...] | None = None  # the new optimizer_weights, in order
 
 
-def rewrite_legacy(source: ModelSource, rewrite: LegacyRewrite, destination: Path) -> dict[str, ValueDigest]:
+def rewrite_legacy(source: ModelFile, rewrite: LegacyRewrite, destination: Path) -> dict[str, ValueDigest]:
     """Write a copy of the legacy `.h5` ``source`` to ``destination``, rewritten, and read
     the derived values back (their digests, by dataset path). Reads the untrusted file:
     run it in a bounded worker."""
@@ -256,11 +256,11 @@ def legacy_optimizer_names(h5: h5py.File) -> list[str]:
     return [] if group is None else _names(group, "weight_names")
 
 
-def _rewrite_optimizer(h5: h5py.File, sources: tuple[VarSource, ...]) -> None:
+def _rewrite_optimizer(h5: h5py.File, origins: tuple[VarOrigin, ...]) -> None:
     group = h5["optimizer_weights"]
     names = _names(group, "weight_names")
-    values = [read_dataset(group[names[s]]) if isinstance(s, int) else s for s in sources]
-    new_names = [names[s] if isinstance(s, int) else f"conv_surgeon/reset_{i}" for i, s in enumerate(sources)]
+    values = [read_dataset(group[names[s]]) if isinstance(s, int) else s for s in origins]
+    new_names = [names[s] if isinstance(s, int) else f"conv_surgeon/reset_{i}" for i, s in enumerate(origins)]
     del h5["optimizer_weights"]
     group = h5.create_group("optimizer_weights")
     for name, value in zip(new_names, values):
@@ -270,7 +270,7 @@ def _rewrite_optimizer(h5: h5py.File, sources: tuple[VarSource, ...]) -> None:
 
 
 def _names(group: h5py.Group, attribute: str) -> list[str]:
-    from .hdf5 import attr_list
+    from ..store.hdf5 import attr_list
 
     return attr_list(group, attribute)
 

@@ -23,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalogue import conv_class
-from .graph import GraphLayer, ModelGraph, TensorRef, model_graphs
+from ..model.catalogue import conv_class
+from ..model.graph import GraphLayer, ModelGraph, TensorRef, model_graphs
 
 # Layers that touch each channel on its own and have no variables.
 CHANNELWISE = frozenset({

@@ -1,7 +1,7 @@
 """``fold-bn``: fold every BatchNormalization into the convolution it follows.
 
 The pairs, the folded values, the new config and the new weight store are all computed
-from the file (:mod:`..edits.fold`, :mod:`..store.rewrite`); Keras only loads the result
+from the file (:mod:`..surgery.folding`, :mod:`..surgery.rewrite`); Keras only loads the result
 to check that the model computes what it computed before (``--compare --expect-same``,
 on by default), which ``--no-smoke`` skips.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError
-from ..edits.fold import (
+from ..surgery.folding import (
     FOLDABLE_DTYPES,
     BatchNormValues,
     FoldPair,
@@ -37,22 +37,22 @@ from ..edits.fold import (
 from ..model.graph import keras_order, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.provenance import EditRecord, FoldSource
-from ..store.rewrite import (
+from ..surgery.rewrite import (
     Derived,
     LegacyRewrite,
     StoreRewrite,
     ValueDigest,
-    VarSource,
+    VarOrigin,
     rewrite_legacy,
     rewrite_weights,
     write_keras_archive,
 )
-from ..store.writer import write_h5_history
-from ..store.source import ModelSource
-from ..transaction.smoke import FUNCTION_KEPT, SmokeReport
-from ..transaction.transaction import WriteOptions, WrittenValue, check_destination
-from .graph_files import check_store_places, format_name, layer_variable, read_config, store_layer, write_rewritten
-from .optimizer import OptimizerPlan, optimizer_plan, read_optimizer_shapes
+from ..store.patches import write_h5_history
+from ..store.model_file import ModelFile
+from ..runtime.smoke import FUNCTION_KEPT, SmokeReport
+from ..transaction.transaction import WriteOptions, write_rewritten, WrittenValue, check_destination
+from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
+from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
 Fold = tuple[FoldPair, dict[str, "np.ndarray | Derived"], BatchNormValues]
@@ -84,7 +84,7 @@ class FoldReport:
 
 
 def fold_bn(
-    source: ModelSource,
+    source: ModelFile,
     options: WriteOptions,
     *,
     layers: list[str] | None = None,
@@ -93,14 +93,14 @@ def fold_bn(
 ) -> FoldReport:
     """Fold the BatchNormalizations of ``source`` (those after the convs or BNs named in
     ``layers``, else all) and write the model as ``options`` say."""
-    plan = _plan(source, options, layers, keep_layers)
-    if not plan.folds or options.dry_run:
-        return plan.report
-    return _write(source, plan, options, step)
+    surgery = _prepare(source, options, layers, keep_layers)
+    if not surgery.folds or options.dry_run:
+        return surgery.report
+    return _write(source, surgery, options, step)
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _Surgery:
     """Everything the fold writes, computed from the file."""
 
     structure: ModelStructure
@@ -110,11 +110,11 @@ class _Plan:
     by_path: dict[str, Layer]
     folds: list[Fold]
     keep_layers: bool
-    optimizer: OptimizerPlan | None
+    optimizer: SlotChanges | None
     report: FoldReport
 
 
-def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, keep_layers: bool) -> _Plan:
+def _prepare(source: ModelFile, options: WriteOptions, layers: list[str] | None, keep_layers: bool) -> _Surgery:
     structure = read_structure(source)
     legacy = structure.format == "h5"
     if structure.format != "keras" and not legacy:
@@ -140,13 +140,13 @@ def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, 
     if not folds:
         report = replace(report, notes=("nothing to fold: no convolution is followed by a "
                                         "BatchNormalization it alone feeds; nothing was written",))
-        return _Plan(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
+        return _Surgery(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
     new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
     if not keep_layers:
         _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
         if layer_names is not None:
             _check_layer_names(config, layer_names, source.label)
-    optimizer = optimizer_plan(
+    optimizer = slot_changes(
         structure, config, new_config, by_path,
         {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
         dict.fromkeys(_changed(folds, by_path)), read_optimizer_shapes(source) if structure.optimizer_variables else [])
@@ -156,7 +156,7 @@ def _plan(source: ModelSource, options: WriteOptions, layers: list[str] | None, 
         if not p.graph.path and any(ref.layer == p.bn.name for ref in p.graph.outputs)]
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None,
                      notes=tuple(renamed))
-    return _Plan(structure, config, new_config, layer_names, by_path, folds, keep_layers, optimizer, report)
+    return _Surgery(structure, config, new_config, layer_names, by_path, folds, keep_layers, optimizer, report)
 
 
 def _foldable_here(search: FoldSearch, legacy: bool) -> tuple[list[FoldPair], list[NotFolded]]:
@@ -171,7 +171,7 @@ def _foldable_here(search: FoldSearch, legacy: bool) -> tuple[list[FoldPair], li
     return pairs, not_folded
 
 
-def _folds(source: ModelSource, pairs: list[FoldPair], by_path: dict[str, Layer]) -> tuple[list[Fold], list[NotFolded]]:
+def _folds(source: ModelFile, pairs: list[FoldPair], by_path: dict[str, Layer]) -> tuple[list[Fold], list[NotFolded]]:
     """The folds, and the pairs whose statistics cannot be folded.
 
     Only the small vectors come to this process; kernels are scaled inside the rewrite's
@@ -193,31 +193,31 @@ def _folds(source: ModelSource, pairs: list[FoldPair], by_path: dict[str, Layer]
     return folds, refused
 
 
-def _write(source: ModelSource, plan: _Plan, options: WriteOptions, step: Callable[[str], None] | None) -> FoldReport:
+def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Callable[[str], None] | None) -> FoldReport:
     """Write the folded model through the write transaction, its outputs compared."""
     records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
-               for p, new, _ in plan.folds for name in new]
+               for p, new, _ in surgery.folds for name in new]
     checks = options.smoke
     if checks.enabled and checks.expect_same is None:
         options = replace(options, smoke=replace(checks, compare=True, expect_same=FUNCTION_KEPT))
     prepare: Callable[[Path], dict[str, ValueDigest]]
     stage: Callable[[Path, Path, list[dict[str, Any]]], None]
-    if plan.layer_names is not None:
-        legacy_rewrite, written, derived = _legacy_rewrite(plan, plan.layer_names)
+    if surgery.layer_names is not None:
+        legacy_rewrite, written, derived = _legacy_rewrite(surgery, surgery.layer_names)
         prepare = partial(rewrite_legacy, source, legacy_rewrite)
 
         def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
             shutil.copyfile(prepared, path)
             write_h5_history(path, history, source.label)
     else:
-        rewrite, written, derived = _rewrite(plan)
+        rewrite, written, derived = _rewrite(surgery)
         prepare = partial(rewrite_weights, source, rewrite)
 
         def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
-            write_keras_archive(source, path, plan.new_config, prepared, history)
+            write_keras_archive(source, path, surgery.new_config, prepared, history)
 
-    result = write_rewritten(source, plan.structure, prepare, stage, written, derived, records, options, step)
-    return replace(plan.report, destination=result.destination, smoke=result.smoke,
+    result = write_rewritten(source, surgery.structure, prepare, stage, written, derived, records, options, step)
+    return replace(surgery.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
 
 
@@ -271,15 +271,15 @@ def _in_keras_order(config: dict[str, Any], layer_names: list[str]) -> tuple[str
     return tuple(name for name in keras_order(model_graphs(config)[0]) if name in listed)
 
 
-def _legacy_rewrite(plan: _Plan, layer_names: list[str]
+def _legacy_rewrite(surgery: _Surgery, layer_names: list[str]
                     ) -> tuple[LegacyRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
     """The rewrite of a legacy .h5; each new value it writes that this process knows, and
     each variable whose value its worker derives."""
-    by_path, keep_layers = plan.by_path, plan.keep_layers
+    by_path, keep_layers = surgery.by_path, surgery.keep_layers
     values: dict[str, np.ndarray | Derived] = {}
     written: list[WrittenValue] = []
     derived: list[tuple[Layer, Variable]] = []
-    for pair, new, bn in plan.folds:
+    for pair, new, bn in surgery.folds:
         conv = by_path[pair.conv_path]
         for name, value in new.items():
             old = layer_variable(conv, name)
@@ -299,11 +299,11 @@ def _legacy_rewrite(plan: _Plan, layer_names: list[str]
             identity = _identity(by_path[pair.bn_path], bn)
             values.update(identity)
             written += _identity_written(by_path[pair.bn_path], identity)
-    drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in plan.folds)
+    drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in surgery.folds)
     names = tuple(layer_names) if keep_layers else _in_keras_order(
-        plan.new_config, [n for n in layer_names if n not in drops])
-    return LegacyRewrite(plan.new_config, names, drops, values,
-                         plan.optimizer.sources if plan.optimizer is not None else None), written, derived
+        surgery.new_config, [n for n in layer_names if n not in drops])
+    return LegacyRewrite(surgery.new_config, names, drops, values,
+                         surgery.optimizer.origins if surgery.optimizer is not None else None), written, derived
 
 
 def _has_bias(layer: Layer) -> bool:
@@ -366,19 +366,19 @@ def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray
                       not _has_bias(by_path[pair.conv_path]))
 
 
-def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
+def _rewrite(surgery: _Surgery) -> tuple[StoreRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
     """The store rewrite; each new value it writes that this process knows, and each
     variable whose value its worker derives, placed in the new store."""
-    removed = set() if plan.keep_layers else {p.bn_path for p, _, _ in plan.folds}
-    moves = store_moves(plan.config, plan.new_config, removed)
-    by_path = plan.by_path
-    variables: dict[str, tuple[VarSource, ...]] = {}
+    removed = set() if surgery.keep_layers else {p.bn_path for p, _, _ in surgery.folds}
+    moves = store_moves(surgery.config, surgery.new_config, removed)
+    by_path = surgery.by_path
+    variables: dict[str, tuple[VarOrigin, ...]] = {}
     written: list[WrittenValue] = []
     derived: list[tuple[Layer, Variable]] = []
-    for pair, new, bn in plan.folds:
+    for pair, new, bn in surgery.folds:
         conv = by_path[pair.conv_path]
         names = [v.name for v in conv.variables] + ([] if _has_bias(conv) else ["bias"])
-        sources: list[VarSource] = []
+        sources: list[VarOrigin] = []
         placed: list[tuple[Variable, np.ndarray | Derived]] = []
         object_path = moves.new_paths.get(pair.conv_path, conv.store_path)
         for index, name in enumerate(names):
@@ -401,13 +401,13 @@ def _rewrite(plan: _Plan) -> tuple[StoreRewrite, list[WrittenValue], list[tuple[
         written += [WrittenValue(layer, v, value, compare_layer=False) for v, value in placed
                     if isinstance(value, np.ndarray)]
         derived += [(layer, v) for v, value in placed if isinstance(value, Derived)]
-        if plan.keep_layers:
+        if surgery.keep_layers:
             bn_layer = by_path[pair.bn_path]
             identity = _identity(bn_layer, bn)
             variables[f"{bn_layer.store_path}/vars"] = tuple(identity.values())
             written += _identity_written(bn_layer, identity)
-    if plan.optimizer is not None:
-        variables[plan.optimizer.vars_group] = plan.optimizer.sources
+    if surgery.optimizer is not None:
+        variables[surgery.optimizer.vars_group] = surgery.optimizer.origins
     return StoreRewrite(dict(moves.renames), frozenset(moves.drops), variables), written, derived
 
 

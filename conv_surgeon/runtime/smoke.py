@@ -28,9 +28,9 @@ from ..errors import ConvSurgeonError, SmokeTestError, UsageError
 from ..model.catalogue import conv_class
 from ..model.inputs import DeclaredInput, declared_inputs, extra_axes, fits, reconcile
 from ..model.naming import format_shape
-from ..store.rewrite import ValueDigest
+from ..surgery.rewrite import ValueDigest
 from ..store.worker import Worker
-from .keras_runtime import (engine_label, import_keras, import_tf_keras, keras_label, quiet_stderr,
+from .environment import (engine_label, import_keras, import_tf_keras, keras_label, quiet_stderr,
                             tf_keras_available)
 
 # Unknown input sizes are tried from LADDER_START, doubling while every input that has
@@ -969,7 +969,7 @@ def _checked_by_tf_keras(keras3: NoKerasLoads, written_by: str | None, request: 
     import subprocess
 
     try:
-        done = subprocess.run([sys.executable, "-m", "conv_surgeon.transaction.tf_keras_check"],
+        done = subprocess.run([sys.executable, "-m", "conv_surgeon.runtime.tf_keras_check"],
                               input=pickle.dumps(request), capture_output=True, timeout=REFERENCE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise SmokeTestError(f"the check under tf-keras did not finish within {REFERENCE_TIMEOUT_S:.0f} s; "

@@ -1,7 +1,7 @@
 """Pruning channel groups: which channels go, how each variable is sliced, and the rewritten
 config. No TensorFlow.
 
-A :class:`Cut` removes channels of one :class:`~conv_surgeon.model.channels.ChannelGroup`.
+A :class:`Cut` removes channels of one :class:`~conv_surgeon.surgery.channels.ChannelGroup`.
 Several cuts can run along the same tensor (DenseNet's concatenations hold many groups'
 channels side by side): every variable axis and every tensor loses the union of what the
 cuts remove there. The layers all stay, so no store key moves; the config changes only in
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model.channels import ChannelGroup
+from .channels import ChannelGroup
 from ..model.graph import TensorRef, build_shape_lists, input_shape_lists, model_graphs
 
 # A variable of a layer: (layer path, variable name).

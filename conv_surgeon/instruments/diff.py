@@ -32,7 +32,7 @@ import numpy as np
 
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..model.structure import Layer, Variable, read_structure
-from ..store.source import ModelSource, OpenStore, open_store
+from ..store.model_file import ModelFile, OpenStore, open_store
 from ..store.hdf5 import read_dataset
 
 LayerStatus = Literal["same", "changed", "only_a", "only_b", "incompatible"]
@@ -124,7 +124,7 @@ class _Store:
 
 
 @contextmanager
-def _open_store(source: ModelSource) -> Iterator[_Store]:
+def _open_store(source: ModelFile) -> Iterator[_Store]:
     with open_store(source) as store, ExitStack() as stack:
         buffers: list[tuple[bytes | mmap.mmap | None, int]] = []
         for store_file in store.files:
@@ -141,14 +141,14 @@ def _open_store(source: ModelSource) -> Iterator[_Store]:
         yield _Store(store, tuple(buffers))
 
 
-def diff_models(a: ModelSource, b: ModelSource, *, all_layers: bool = False) -> DiffReport:
+def diff_models(a: ModelFile, b: ModelFile, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution layers of two models (every layer with weights if ``all_layers``).
 
     Weights are read one variable at a time through both weight stores, opened once, so
     memory stays at about one layer's worth whatever the model's size.
 
-    >>> report = diff_models(ModelSource.from_path("sample_models/tiny_cnn.keras"),
-    ...                      ModelSource.from_path("sample_models/tiny_cnn.h5"))
+    >>> report = diff_models(ModelFile.from_path("sample_models/tiny_cnn.keras"),
+    ...                      ModelFile.from_path("sample_models/tiny_cnn.h5"))
     >>> report.identical, [layer.status for layer in report.layers]
     (True, ['same', 'same', 'same'])
 
@@ -157,7 +157,7 @@ def diff_models(a: ModelSource, b: ModelSource, *, all_layers: bool = False) -> 
     return run_bounded(lambda: _diff_models(a, b, all_layers), PARSE_TIMEOUT_S, f"{a.label} and {b.label}")
 
 
-def _diff_models(a: ModelSource, b: ModelSource, all_layers: bool) -> DiffReport:
+def _diff_models(a: ModelFile, b: ModelFile, all_layers: bool) -> DiffReport:
     layers_a = {layer.path: layer for layer in read_structure(a).layers}
     layers_b = {layer.path: layer for layer in read_structure(b).layers}
 

@@ -53,7 +53,7 @@ class StoreFile:
     member: Member | None = None  # a `.keras` archive's weight store member
 
 @dataclass(frozen=True)
-class ModelSource:
+class ModelFile:
     """A model given as a path (file or folder), or as the bytes read from stdin.
 
     ``config`` names another save of the same model whose config gives a weights-only
@@ -68,13 +68,13 @@ class ModelSource:
     @classmethod
     def from_path(
         cls, path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
-    ) -> ModelSource:
+    ) -> ModelFile:
         return cls(label=os.fspath(path), path=Path(path), config=Path(config) if config is not None else None)
 
     @classmethod
     def from_stream(
         cls, stream: BinaryIO, label: str = "<stdin>", config: str | os.PathLike[str] | None = None
-    ) -> ModelSource:
+    ) -> ModelFile:
         data = stream.read()
         if not data:
             raise ModelFileError(
@@ -116,7 +116,7 @@ def sniff_format(head: bytes, label: str) -> Literal["keras", "h5", "sharded"]:
     )
 
 
-def detect_format(source: ModelSource) -> ModelFormat:
+def detect_format(source: ModelFile) -> ModelFormat:
     """The kind of save, from the folder's files or the file's first bytes.
 
     An HDF5 file says "h5" here; whether it is a whole model or weights only is told
@@ -319,7 +319,7 @@ def _shard_files(map_path: Path, label: str) -> list[StoreFile]:
     return [StoreFile(str(map_path.parent / n), map_path.parent / n) for n in shard_names(map_path, label)]
 
 
-def _folder_store(source: ModelSource, kind: ModelFormat) -> tuple[list[StoreFile], dict[str, Any] | None, str | None]:
+def _folder_store(source: ModelFile, kind: ModelFormat) -> tuple[list[StoreFile], dict[str, Any] | None, str | None]:
     """(store files, config, Keras version) of a saved folder, preset or shard map."""
     assert source.path is not None
     if kind == "sharded":
@@ -354,7 +354,7 @@ def _store_file(stack: ExitStack, store_file: StoreFile) -> BinaryIO:
 
 
 @contextmanager
-def open_store(source: ModelSource) -> Iterator[OpenStore]:
+def open_store(source: ModelFile) -> Iterator[OpenStore]:
     """Open the model's weight store read-only, with its config (if it has one)."""
     kind = detect_format(source)
     with ExitStack() as stack:
@@ -393,7 +393,7 @@ def _opened(stack: ExitStack, kind: ModelFormat, files: list[StoreFile],
 
 
 @contextmanager
-def outline_store(source: ModelSource) -> Iterator[OutlinedStore]:
+def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
     """:func:`open_store` for a structure read, through the pure-Python HDF5 reader.
 
     The same files, configs and checks in the same order, so every error that is not

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..edits import LAYOUTS, Layout, check_seed
-from ..edits.assign import Assignment, plan_assignments
+from ..edits.assign import Assignment, check_assignments
 from ..edits.initializers import InitializerSpec, draw_seed, parse_initializer_spec, variable_seed
 from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
 from ..edits.plan import Plan
@@ -30,10 +30,10 @@ from ..model.selection import main_kernel, resolve_layer, resolve_variable
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.hdf5 import HDF5_MAGIC
 from ..store.provenance import EditRecord, EditSource
-from ..store.source import ModelSource
-from ..store.writer import plan_edits
+from ..store.model_file import ModelFile
+from ..store.patches import locate_patches
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..transaction.smoke import SmokeReport
+from ..runtime.smoke import SmokeReport
 from ..transaction.transaction import (
     WriteOptions,
     WrittenValue,
@@ -77,7 +77,7 @@ class WeightRequest:
 class Donor:
     """Another model to copy a layer's variables from (``--from A.keras[:LAYER]``)."""
 
-    source: ModelSource
+    source: ModelFile
     layer: str | None = None  # default: the target layer's name
 
 
@@ -142,7 +142,7 @@ def _variable_for(layer: Layer, request: WeightRequest, label: str) -> Variable 
 
 
 def set_weights(
-    source: ModelSource,
+    source: ModelFile,
     layer_query: str,
     requests: list[WeightRequest],
     options: WriteOptions,
@@ -156,7 +156,7 @@ def set_weights(
     """Set variables of one convolution layer (``options.destination`` None: a dry run).
 
     >>> from conv_surgeon.transaction.transaction import Destination, NO_SMOKE
-    >>> set_weights(ModelSource.from_path("in.keras"), "conv1",
+    >>> set_weights(ModelFile.from_path("in.keras"), "conv1",
     ...             [WeightRequest(None, source="k.npy")],
     ...             WriteOptions(Destination(Path("out.keras")), NO_SMOKE))
     """
@@ -172,7 +172,7 @@ class _PlannedLayer:
 
 
 def edit_model(
-    source: ModelSource,
+    source: ModelFile,
     edits: list[LayerEdit],
     options: WriteOptions,
     *,
@@ -213,7 +213,7 @@ def edit_model(
             seen[layer.path] = edit
             candidates, notes, sources = _load_candidates(source, layer, edit, seed, stdin)
             try:
-                assignments = plan_assignments(layer_targets(layer), candidates)
+                assignments = check_assignments(layer_targets(layer), candidates)
             except AssignmentError as exc:
                 if edit.donor is None:
                     raise
@@ -248,7 +248,7 @@ def edit_model(
     layers = tuple(p.layer for p in planned)
     # Where every value goes, and the values there now, in one bounded read of the store
     # (a dry run too: it shows the file can be patched).
-    plan = plan_edits(source, {v.dataset: a.value for _, a, v in edited})
+    plan = locate_patches(source, {v.dataset: a.value for _, a, v in edited})
     changes = tuple(_change(a, plan.old_values[v.dataset]) for _, a, v in edited)
     base_seed = seed if seeded else None
     if options.destination is None:
@@ -262,7 +262,7 @@ def edit_model(
 
 
 def apply_plan(
-    source: ModelSource,
+    source: ModelFile,
     plan: Plan,
     options: WriteOptions,
     *,
@@ -316,7 +316,7 @@ def _variable_named(layer: Layer, name: str) -> Variable:
 
 
 def _load_candidates(
-    source: ModelSource, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None
+    source: ModelFile, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None
 ) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str], dict[str, EditSource]]:
     """Every value the edit names, as (variable name, array, origin), in Keras layout.
 
@@ -324,7 +324,7 @@ def _load_candidates(
     would fit the PyTorch layout too is taken as Keras, and the report says so) and
     where each value came from, for the provenance record.
     """
-    from ..transaction.keras_runtime import draw_initializer
+    from ..runtime.environment import draw_initializer
 
     requests = edit.requests
     if sum(r.source == "-" for r in requests) > 1:
@@ -445,7 +445,7 @@ def bundle_edits(path: Path, layout: Layout = "keras") -> list[LayerEdit]:
     ]
 
 
-def _file_sha256(source: ModelSource) -> str:
+def _file_sha256(source: ModelFile) -> str:
     digest = hashlib.sha256()
     with source.open_binary() as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
@@ -456,12 +456,12 @@ def _file_sha256(source: ModelSource) -> str:
 def parse_donor(spec: str) -> Donor:
     """``A.keras`` or ``A.keras:LAYER`` (the path may itself contain ':')."""
     if os.path.exists(spec) or ":" not in spec:
-        return Donor(ModelSource.from_path(spec))
+        return Donor(ModelFile.from_path(spec))
     path, _, layer = spec.rpartition(":")
-    return Donor(ModelSource.from_path(path), layer or None)
+    return Donor(ModelFile.from_path(path), layer or None)
 
 
-def _donor_candidates(source: ModelSource, layer: Layer, donor: Donor) -> list[tuple[str, np.ndarray, str]]:
+def _donor_candidates(source: ModelFile, layer: Layer, donor: Donor) -> list[tuple[str, np.ndarray, str]]:
     """Every variable of the donor layer, matched to the target's by name."""
     donor_label = donor.source.label
     structure = read_structure(donor.source)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..edits import Layout
-from ..edits.assign import Assignment, plan_assignments
+from ..edits.assign import Assignment, check_assignments
 from ..edits.layout import from_torch
 from ..edits.targets import TargetVariable
 from ..errors import ConvSurgeonError, UsageError
@@ -57,7 +57,7 @@ def assign_live(
         if target is not None and layout == "torch":
             array = from_torch(target, array)
         candidates.append((name, array, f"{name} array" + (" (torch layout)" if layout == "torch" else "")))
-    assignments = plan_assignments(targets, candidates)
+    assignments = check_assignments(targets, candidates)
     for assignment in assignments:
         variables[assignment.target.name].assign(assignment.value)
     return assignments

@@ -26,7 +26,7 @@ from ..model.structure import Layer, ModelStructure, Variable, read_raw_variable
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..store.source import ModelSource, RawValue
+    from ..store.model_file import ModelFile, RawValue
 
 Code = Literal["f", "d"]  # float32, float64: the array module's codes
 _CODES: dict[str, Code] = {"float32": "f", "float64": "d"}  # the dtypes kept as they are
@@ -113,18 +113,18 @@ class ShowData:
 
 
 def read_shown(
-    source: ModelSource,
+    source: ModelFile,
     layer_query: str | None,
     *,
     weight: str | None = None,
     histograms: bool = False,
-    against: ModelSource | None = None,
+    against: ModelFile | None = None,
 ) -> ShowData:
     """The variables a picture of ``layer_query`` draws; ``None`` means every convolution
     layer, which only histograms can show (one row per layer).
 
-    >>> from conv_surgeon.store.source import ModelSource
-    >>> data = read_shown(ModelSource.from_path("sample_models/tiny_cnn.keras"), "conv1")
+    >>> from conv_surgeon.store.model_file import ModelFile
+    >>> data = read_shown(ModelFile.from_path("sample_models/tiny_cnn.keras"), "conv1")
     >>> [(s.variable.name, s.value.shape) for s in data.shown]
     [('kernel', (3, 3, 1, 4))]
     """

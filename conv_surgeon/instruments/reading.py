@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..edits import LAYOUTS, Layout
 from ..errors import ConvSurgeonError, LayerNotFoundError
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
-from ..store.source import ModelSource
+from ..store.model_file import ModelFile
 from ..edits.targets import layer_targets
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
 
@@ -65,13 +65,13 @@ def variable_stats(value: np.ndarray) -> VariableStats:
 
 
 def inspect_model(
-    source: ModelSource, *, all_layers: bool = False, stats: bool = False, history: bool = False
+    source: ModelFile, *, all_layers: bool = False, stats: bool = False, history: bool = False
 ) -> InspectReport:
     """List the model's convolution layers (every layer with weights if ``all_layers``).
 
     Only ``stats`` reads weight bytes; everything else comes from the file's structure.
 
-    >>> report = inspect_model(ModelSource.from_path("sample_models/tiny_cnn.keras"))
+    >>> report = inspect_model(ModelFile.from_path("sample_models/tiny_cnn.keras"))
     >>> [layer.path for layer in report.layers][:2]
     ['conv1', 'conv2']
     """
@@ -98,7 +98,7 @@ class WeightsExport:
     notes: tuple[str, ...] = ()
 
 
-def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelSource, layout: Layout,
+def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelFile, layout: Layout,
               key: Callable[[Layer, Variable], str]) -> WeightsExport:
     """Read the variables and make them .npy-ready: PyTorch layout if asked, and
     bfloat16 as float32 (.npy has no bfloat16; float32 holds each value exactly)."""
@@ -125,7 +125,7 @@ def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelSource, l
 
 
 def get_weights(
-    source: ModelSource,
+    source: ModelFile,
     layer_query: str,
     *,
     weight: str | None = None,
@@ -149,7 +149,7 @@ def get_weights(
     return _exported([(layer, chosen)], source, layout, lambda _, v: v.name)
 
 
-def export_bundle(source: ModelSource, *, layout: Layout = "keras") -> WeightsExport:
+def export_bundle(source: ModelFile, *, layout: Layout = "keras") -> WeightsExport:
     """Every convolution variable under ``<layer path>/<variable>`` keys, for `set --from-npz`."""
     structure = read_structure(source)
     if not structure.conv_layers:
