@@ -113,7 +113,8 @@ def set_weights(
     ...                         kernel=np.zeros((3, 3, 1, 4), np.float32), smoke=False)
     """
     from .instruments.set_weights import set_weights as set_layer
-    from .transaction.transaction import SmokeOptions, WriteOptions
+    from .transaction.transaction import WriteOptions
+    from .runtime.checks import SmokeOptions
 
     requests = _requests(kernel, bias, weights, inits)
     destination = _destination(model, out, in_place, dry_run)
@@ -132,7 +133,8 @@ def apply(
     nothing, with one write and one smoke test."""
     from .edits.plan import load_plan
     from .instruments.set_weights import apply_plan
-    from .transaction.transaction import SmokeOptions, WriteOptions
+    from .transaction.transaction import WriteOptions
+    from .runtime.checks import SmokeOptions
 
     destination = _destination(model, out, in_place, dry_run)
     options = WriteOptions(destination, SmokeOptions(enabled=smoke),
@@ -165,8 +167,9 @@ def fold_bn(
     BatchNormalization, why not.
     """
     from .instruments.fold import fold_bn as fold
-    from .runtime.smoke import FUNCTION_KEPT
-    from .transaction.transaction import SmokeOptions, WriteOptions
+    from .runtime.checks import FUNCTION_KEPT
+    from .transaction.transaction import WriteOptions
+    from .runtime.checks import SmokeOptions
 
     destination = _destination(model, out, in_place, dry_run)
     checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
@@ -217,8 +220,9 @@ def prune(
     (0,)
     """
     from .instruments.prune import PruneRequest, prune as prune_model
-    from .runtime.smoke import FUNCTION_KEPT, Tolerance
-    from .transaction.transaction import SmokeOptions, WriteOptions
+    from .runtime.checks import FUNCTION_KEPT, Tolerance
+    from .transaction.transaction import WriteOptions
+    from .runtime.checks import SmokeOptions
 
     destination = _destination(model, out, in_place, dry_run)
     default = FUNCTION_KEPT if zeros else Tolerance()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .instruments.prune import PruneReport
     from .instruments.set_weights import SetReport
     from .pictures.picture import DrawnVariable, Picture
-    from .runtime.smoke import OutputComparison, SmokeReport
+    from .runtime.checks import OutputComparison, SmokeReport
 
 SCHEMA_VERSION = 1
 

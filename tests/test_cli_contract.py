@@ -26,8 +26,9 @@ from conv_surgeon.cli.params import complete_layer
 from conv_surgeon.cli.write_options import WriteArgs, parse_shape
 from conv_surgeon.instruments.reading import get_weights
 from conv_surgeon.store.model_file import ModelFile
-from conv_surgeon.runtime.smoke import Tolerance
-from conv_surgeon.transaction.transaction import Destination, SmokeOptions, WriteOptions
+from conv_surgeon.runtime.checks import Tolerance
+from conv_surgeon.transaction.transaction import Destination, WriteOptions
+from conv_surgeon.runtime.checks import SmokeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"

@@ -16,8 +16,10 @@ import pytest
 from conv_surgeon.errors import ConvSurgeonError, ExitCode
 from conv_surgeon.instruments.set_weights import WeightRequest, set_weights
 from conv_surgeon.store.model_file import ModelFile
-from conv_surgeon.runtime.smoke import SmokeReport, run_smoke_test
-from conv_surgeon.transaction.transaction import Destination, SmokeOptions, WriteOptions
+from conv_surgeon.runtime.smoke import run_smoke_test
+from conv_surgeon.runtime.checks import SmokeReport
+from conv_surgeon.transaction.transaction import Destination, WriteOptions
+from conv_surgeon.runtime.checks import SmokeOptions
 
 ADVICE = "the comparison cannot show the edit's effect: use --load-inputs with real data"
 

@@ -23,7 +23,8 @@ import conv_surgeon as cs
 from conv_surgeon.errors import SmokeTestError
 from conv_surgeon.render import fold_document
 from conv_surgeon.surgery.rewrite import ValueDigest
-from conv_surgeon.runtime.smoke import ExpectedValue, run_smoke_test
+from conv_surgeon.runtime.smoke import run_smoke_test
+from conv_surgeon.runtime.checks import ExpectedValue
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",

@@ -21,8 +21,10 @@ from helpers import copy_into, listing
 from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure
 from conv_surgeon.instruments.reading import get_weights
-from conv_surgeon.runtime.smoke import ExpectedValue, run_smoke_test
-from conv_surgeon.transaction.transaction import Destination, NO_SMOKE, WriteOptions, choose_destination
+from conv_surgeon.runtime.smoke import run_smoke_test
+from conv_surgeon.runtime.checks import ExpectedValue
+from conv_surgeon.transaction.transaction import Destination, WriteOptions, choose_destination
+from conv_surgeon.runtime.checks import NO_SMOKE
 from conv_surgeon.instruments.set_weights import WeightRequest, set_weights
 from conv_surgeon.store.patches import apply_patches, locate_patches
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ConvSurgeonError, SmokeTestError
-from conv_surgeon.runtime.smoke import ExpectedValue, SmokeTarget, run_smoke_test
+from conv_surgeon.runtime.smoke import run_smoke_test
+from conv_surgeon.runtime.checks import ExpectedValue, SmokeTarget
 
 PACKAGE = "conv_surgeon_smoke_targets"
 

@@ -26,7 +26,7 @@ def fold_bn_command(
     """Fold each BatchNormalization into the conv it follows; check the outputs are unchanged."""
     from ..instruments.fold import fold_bn
     from ..render import render_fold_report
-    from ..runtime.smoke import FUNCTION_KEPT
+    from ..runtime.checks import FUNCTION_KEPT
 
     # The outputs are compared by default (--compare --expect-same are implied): the same
     # but for float32 rounding, and the --atol/--rtol given.

@@ -33,7 +33,7 @@ def prune_command(
     """Remove conv filters and fix up every layer downstream; compare the outputs."""
     from ..instruments.prune import PruneRequest, prune
     from ..render import render_prune_report
-    from ..runtime.smoke import FUNCTION_KEPT
+    from ..runtime.checks import FUNCTION_KEPT
 
     request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
                            smallest_l1, zeros)

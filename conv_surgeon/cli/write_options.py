@@ -27,7 +27,7 @@ from .app import REPORTS_TO_STDERR, command_line
 from .params import ConfigOpt, JsonOpt, refuse_terminal, stdin, stdout
 
 if TYPE_CHECKING:
-    from ..runtime.smoke import Tolerance
+    from ..runtime.checks import Tolerance
     from ..transaction.transaction import WriteOptions
 
 
@@ -80,8 +80,9 @@ class WriteArgs:
     def options_for(self, model: str | None) -> WriteOptions:
         """The library's options for a write of ``model`` (None or ``-``: stdin)."""
         from ..store.fileio import check_output_dir, refuse_overwriting
-        from ..runtime.smoke import Tolerance
-        from ..transaction.transaction import SmokeOptions, WriteOptions, choose_destination
+        from ..runtime.checks import Tolerance
+        from ..transaction.transaction import WriteOptions, choose_destination
+        from ..runtime.checks import SmokeOptions
 
         if self.save_inputs is not None:
             check_output_dir(self.save_inputs)

@@ -49,7 +49,7 @@ from ..surgery.rewrite import (
 )
 from ..store.patches import write_h5_history
 from ..store.model_file import ModelFile
-from ..runtime.smoke import FUNCTION_KEPT, SmokeReport
+from ..runtime.checks import FUNCTION_KEPT, SmokeReport
 from ..transaction.transaction import WriteOptions, write_rewritten, WrittenValue, check_destination
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes

@@ -41,7 +41,7 @@ from ..store.provenance import EditRecord, PruneSource
 from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights, write_keras_archive
 from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..runtime.smoke import FUNCTION_KEPT, SmokeReport
+from ..runtime.checks import FUNCTION_KEPT, SmokeReport
 from ..transaction.transaction import WriteOptions, write_rewritten, check_destination
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes, structure_variables

@@ -33,7 +33,7 @@ from ..store.provenance import EditRecord, EditSource
 from ..store.model_file import ModelFile
 from ..store.patches import locate_patches
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..runtime.smoke import SmokeReport
+from ..runtime.checks import SmokeReport
 from ..transaction.transaction import (
     WriteOptions,
     WrittenValue,
@@ -155,7 +155,8 @@ def set_weights(
 ) -> SetReport:
     """Set variables of one convolution layer (``options.destination`` None: a dry run).
 
-    >>> from conv_surgeon.transaction.transaction import Destination, NO_SMOKE
+    >>> from conv_surgeon.runtime.checks import NO_SMOKE
+    >>> from conv_surgeon.transaction.transaction import Destination
     >>> set_weights(ModelFile.from_path("in.keras"), "conv1",
     ...             [WeightRequest(None, source="k.npy")],
     ...             WriteOptions(Destination(Path("out.keras")), NO_SMOKE))

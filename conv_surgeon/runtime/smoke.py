@@ -16,9 +16,8 @@ import re
 import sys
 import traceback
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +29,8 @@ from ..model.inputs import DeclaredInput, declared_inputs, extra_axes, fits, rec
 from ..model.naming import format_shape
 from ..surgery.rewrite import ValueDigest
 from ..store.worker import Worker
+from .checks import (ExpectedValue, OutputComparison, OutputSummary, SmokeReport, SmokeTarget, Tolerance,
+                     ToleranceCheck, compare_outputs, float32_rounding)
 from .environment import (engine_label, import_keras, import_tf_keras, keras_label, quiet_stderr,
                             tf_keras_available)
 
@@ -50,125 +51,6 @@ _KERAS_HUB_CONFIG = re.compile(r'"(?:module|registered_name)"\s*:\s*"keras_hub[.
 _UNKNOWN_CLASS = re.compile(
     r"Could not locate (?:class|function) '([^']+)'|Unknown (?:layer|object|class)\w*: '?([\w.>]+)"
 )
-
-
-@dataclass(frozen=True)
-class SmokeTarget:
-    """What Keras loads for the smoke test."""
-
-    # A .keras/.h5 file, a `model.save(dir, zipped=False)` directory, a keras-hub preset
-    # directory, or a weights file (.weights.h5, or the .weights.json map of a sharded save).
-    path: Path
-    kind: Literal["model", "preset", "weights"] = "model"
-    # kind "weights": the model whose architecture to build (a .keras file, a
-    # zipped=False directory or a keras-hub preset directory).
-    config: Path | None = None
-
-    def __post_init__(self) -> None:
-        if (self.kind == "weights") != (self.config is not None):
-            raise ValueError(f"SmokeTarget {self.path}: a config is needed for kind 'weights' and only for it")
-
-
-@dataclass(frozen=True)
-class ExpectedValue:
-    """A variable the smoke test checks, where the saved file keeps it, and its intended value."""
-
-    label: str  # for messages: "layer 'td/conv2d' kernel"
-    value: np.ndarray | ValueDigest  # a digest: a value graph surgery derived in its worker
-    # .keras/.weights.h5/sharded/dir/preset: the object's group in the weight store, e.g.
-    # "layers/time_distributed/layer" (the variable is "<store_object>/vars/<store_index>").
-    store_object: str | None = None
-    store_index: int = 0
-    h5_layer: str | None = None  # legacy .h5: the top-level group name under model_weights
-    h5_position: int = 0  # legacy .h5: position in that group's `weight_names` attribute
-    # The edited layer as `inspect` names it ("block_1_depthwise", "td/conv2d"); --compare
-    # compares its output. "" compares no layer output for this value.
-    layer_path: str = ""
-
-
-@dataclass(frozen=True)
-class OutputSummary:
-    name: str
-    shape: tuple[int, ...]
-    min: float
-    max: float
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """``|edited - original| <= atol + rtol * |original|`` for each value, as numpy.allclose;
-    with ``float32_sums`` the rounding of float32 sums run in another order is allowed on
-    top (:func:`float32_rounding`)."""
-
-    atol: float = 1e-5
-    rtol: float = 1e-5
-    float32_sums: bool = False
-
-
-# What "the edit keeps the function" means (fold-bn, prune --zeros): the same outputs but
-# for float32 rounding. A user's --atol/--rtol add to it.
-FUNCTION_KEPT = Tolerance(atol=0.0, rtol=0.0, float32_sums=True)
-
-# The float32 rounding allowed, per output: ROUNDING_FACTOR * eps32 * sqrt(n) * max|original|,
-# n the total length of the model's sums (:func:`sums_length`): roundings of relative size
-# eps32 add up like a random walk over the products behind an output, and a normalized
-# network keeps its activations near its output's scale. Measured here (prune --zeros and
-# fold-bn on ResNet50, MobileNetV2, DenseNet121, EfficientNetB0 and Xception, 32 to 224
-# pixels, oneDNN on and off) the errors reach 4.5e-7 of the scale, a factor of 0.024; the
-# 2.4e-5 issue 17 reports would need 2 on MobileNetV2 (n = 10,094). A change of 1e-3 of the
-# scale would pass only with 26 on DenseNet121 (n = 101,299, the longest sums of the five).
-ROUNDING_FACTOR = 4.0
-EPS32 = float(np.finfo(np.float32).eps)  # 2**-23
-
-
-@dataclass(frozen=True)
-class ToleranceCheck:
-    """How one output of the edited model stood against the tolerance it had to keep."""
-
-    name: str
-    tolerance: Tolerance
-    max_abs: float  # the largest |edited - original|
-    scale: float  # max |original|
-    sums: int  # the length of the model's sums (with float32_sums), else 0
-    rounding: float  # the float32 rounding allowed, absolute (0 without float32_sums)
-    used: float  # the largest |edited - original| / allowed over the values: <= 1 passed
-
-    @property
-    def allowance(self) -> str:
-        """``atol=0, rtol=0 + float32 rounding (1.1e-04 of the output scale 1.28 over 54,931-term sums)``."""
-        text = f"atol={self.tolerance.atol:g}, rtol={self.tolerance.rtol:g}"
-        if not self.tolerance.float32_sums:
-            return text
-        return (f"{text} + float32 rounding ({float32_rounding(1.0, self.sums):.1e} of the output scale "
-                f"{self.scale:.3g} over {self.sums:,}-term sums)")
-
-
-@dataclass(frozen=True)
-class OutputComparison:
-    """How far one output of the edited model is from the original's."""
-
-    name: str
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    cosine: float
-
-
-@dataclass(frozen=True)
-class SmokeReport:
-    inputs: tuple[tuple[str, tuple[int, ...]], ...]
-    outputs: tuple[OutputSummary, ...]
-    checked_variables: int
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
-    # --compare: the output of each edited layer that is a layer of the model's graph,
-    # named by its layer path, in the order of the edits.
-    layer_comparisons: tuple[OutputComparison, ...] = field(default_factory=tuple)
-    # --expect-same: each output against the tolerance it kept.
-    tolerance_checks: tuple[ToleranceCheck, ...] = field(default_factory=tuple)
-    checked_by: str = ""  # which Keras loaded and ran the model: "Keras 3.15.1", "tf-keras 2.21.0"
-    engine: str = ""  # what computed it: "TensorFlow 2.21.0, oneDNN off"
-    input_origins: tuple[str, ...] = ()  # per input, where its shape came from
 
 
 class _ForwardFailure(Exception):
@@ -690,24 +572,6 @@ def _matched_inputs(path: Path, stored: dict[str, np.ndarray], model: Any) -> li
     return inputs
 
 
-def compare_outputs(name: str, original: np.ndarray, edited: np.ndarray) -> OutputComparison:
-    a = original.astype(np.float64).ravel()
-    b = edited.astype(np.float64).ravel()
-    diff = np.abs(b - a)
-    denominator = np.linalg.norm(a) * np.linalg.norm(b)
-    # Where the original is 0 the relative error is unbounded: inf, without numpy's warning
-    # on the user's terminal (this runs after stderr is restored).
-    with np.errstate(over="ignore"):
-        relative = diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)
-    return OutputComparison(
-        name=name,
-        max_abs=float(diff.max()) if diff.size else 0.0,
-        max_rel=float(relative.max()) if diff.size else 0.0,
-        mean_abs=float(diff.mean()) if diff.size else 0.0,
-        cosine=float(np.dot(a, b) / denominator) if denominator > 0 else float(np.array_equal(a, b)),
-    )
-
-
 # The original model run in a process of its own: (input shapes, input digest, outputs).
 ReferenceResult = tuple[list[tuple[int, ...]], str, list[np.ndarray]]
 REFERENCE_TIMEOUT_S = 3600.0  # a bound for a hung process, not for a slow model
@@ -1165,12 +1029,6 @@ def _check_tolerance(
             )
         checks.append(check)
     return tuple(checks)
-
-
-def float32_rounding(scale: float, sums: int) -> float:
-    """The error float32 rounding may make in an output of ``scale`` (its max |value|) of
-    a model whose sums total ``sums`` terms, when the sums run in another order."""
-    return ROUNDING_FACTOR * EPS32 * math.sqrt(sums) * scale
 
 
 def sums_length(model: Any) -> int:

@@ -34,8 +34,8 @@ from ..store.model_file import FOLDER_FORMATS, ModelFile
 from ..store.worker import PARSE_TIMEOUT_S, Worker
 from ..store.patches import StorePatches, apply_patches, commit_folder, stage_folder
 from ..runtime.environment import KerasWarmUp
-from ..runtime.smoke import (ExpectedValue, ReferenceResult, SmokeReport, SmokeTarget, Tolerance, run_smoke_test,
-                             start_reference_run)
+from ..runtime.checks import ExpectedValue, SmokeOptions, SmokeReport, SmokeTarget
+from ..runtime.smoke import ReferenceResult, run_smoke_test, start_reference_run
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
 # Writes a whole new single-file model at the path given, with the provenance history
@@ -53,23 +53,6 @@ class Destination:
     @property
     def label(self) -> str:
         return str(self.path) if self.path is not None else "<stdout>"
-
-
-@dataclass(frozen=True)
-class SmokeOptions:
-    """How the written model is checked; ``enabled`` False skips Keras entirely."""
-
-    enabled: bool = True
-    input_shapes: list[tuple[int, ...]] | None = None
-    unsafe: bool = False
-    compare: bool = False  # also run the original model and compare outputs
-    expect_same: Tolerance | None = None
-    load_inputs: Path | None = None
-    save_inputs: Path | None = None
-    imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
-
-
-NO_SMOKE = SmokeOptions(enabled=False)
 
 
 def choose_destination(
