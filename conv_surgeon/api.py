@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -36,7 +35,8 @@ if TYPE_CHECKING:
     from .pictures.options import Reduce, Scale
     from .pictures.picture import Picture
     from .store.model_file import ModelFile
-    from .transaction.transaction import Destination
+    from .instruments.writing import CheckDefaults, CheckRequest
+    from .transaction.transaction import WriteOptions
 
 PathLike = Union[str, "os.PathLike[str]"]
 # A new value: an array, or a source spec as the CLI takes it ("k.npy", "bank.npz:dw", ...).
@@ -112,17 +112,14 @@ def set_weights(
     >>> report = cs.set_weights("sample_models/tiny_cnn.keras", "conv1", out="build/api.keras",
     ...                         kernel=np.zeros((3, 3, 1, 4), np.float32), smoke=False)
     """
-    from .instruments.set_weights import set_weights as set_layer
-    from .transaction.transaction import WriteOptions
-    from .runtime.checks import SmokeOptions
+    from .instruments.set_weights import SetRequest, set_weights as set_layer
+    from .instruments.writing import CheckRequest
 
     requests = _requests(kernel, bias, weights, inits)
-    destination = _destination(model, out, in_place, dry_run)
-    checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
-                          unsafe=unsafe, imports=tuple(imports))
-    command = ("conv_surgeon.set_weights", os.fspath(model), layer)
-    return set_layer(_source(model, config), layer, requests, WriteOptions(destination, checks, command),
-                     seed=seed, layout=layout)
+    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe, imports=tuple(imports))
+    options = _write_options(model, out, in_place, dry_run, checks, SetRequest.checks,
+                             ("conv_surgeon.set_weights", os.fspath(model), layer))
+    return set_layer(_source(model, config), layer, requests, options, seed=seed, layout=layout)
 
 
 def apply(
@@ -132,13 +129,11 @@ def apply(
     """Every edit of a JSON or TOML plan (see ``conv-surgeon apply --schema``), all or
     nothing, with one write and one smoke test."""
     from .edits.plan import load_plan
-    from .instruments.set_weights import apply_plan
-    from .transaction.transaction import WriteOptions
-    from .runtime.checks import SmokeOptions
+    from .instruments.set_weights import SetRequest, apply_plan
+    from .instruments.writing import CheckRequest
 
-    destination = _destination(model, out, in_place, dry_run)
-    options = WriteOptions(destination, SmokeOptions(enabled=smoke),
-                           ("conv_surgeon.apply", os.fspath(model), os.fspath(plan)))
+    options = _write_options(model, out, in_place, dry_run, CheckRequest(smoke=smoke), SetRequest.checks,
+                             ("conv_surgeon.apply", os.fspath(model), os.fspath(plan)))
     return apply_plan(_source(model, config), load_plan(plan), options)
 
 
@@ -150,8 +145,8 @@ def fold_bn(
     layers: Sequence[str] | None = None,
     keep_layers: bool = False,
     smoke: bool = True,
-    atol: float = 0.0,
-    rtol: float = 0.0,
+    atol: float | None = None,
+    rtol: float | None = None,
     input_shapes: Sequence[tuple[int, ...]] | None = None,
     load_inputs: PathLike | None = None,
     imports: Sequence[str] = (),
@@ -162,23 +157,20 @@ def fold_bn(
     convs or BatchNormalizations named in ``layers``, if given) and write the model to
     ``out``. Unless ``smoke=False``, Keras runs both models on the same inputs (seeded,
     or ``load_inputs``) and nothing is written if the outputs differ by more than float32
-    rounding plus ``atol``/``rtol``. ``keep_layers`` leaves each BatchNormalization in place
-    as an identity. The report lists the pairs folded and, for every other
-    BatchNormalization, why not.
+    rounding plus ``atol``/``rtol`` (by default none: see ``FoldRequest.checks``).
+    ``keep_layers`` leaves each BatchNormalization in place as an identity. The report
+    lists the pairs folded and, for every other BatchNormalization, why not.
     """
-    from .instruments.fold import fold_bn as fold
-    from .runtime.checks import FUNCTION_KEPT
-    from .transaction.transaction import WriteOptions
-    from .runtime.checks import SmokeOptions
+    from .instruments.fold import FoldRequest, fold_bn as fold
+    from .instruments.writing import CheckRequest
 
-    destination = _destination(model, out, in_place, dry_run)
-    checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
-                          unsafe=unsafe, imports=tuple(imports), compare=smoke,
-                          expect_same=replace(FUNCTION_KEPT, atol=atol, rtol=rtol) if smoke else None,
+    request = FoldRequest(tuple(layers or ()), keep_layers)
+    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe,
+                          imports=tuple(imports), atol=atol, rtol=rtol,
                           load_inputs=Path(load_inputs) if load_inputs is not None else None)
-    command = ("conv_surgeon.fold_bn", os.fspath(model))
-    return fold(_source(model), WriteOptions(destination, checks, command),
-                layers=list(layers) if layers else None, keep_layers=keep_layers)
+    options = _write_options(model, out, in_place, dry_run, checks, request.checks,
+                             ("conv_surgeon.fold_bn", os.fspath(model)))
+    return fold(_source(model), request, options)
 
 
 def prune(
@@ -210,8 +202,9 @@ def prune(
 
     Unless ``smoke=False`` (then TensorFlow is never imported), Keras runs both models on
     the same inputs and the report holds the difference; with ``expect_same`` nothing is
-    written if they differ beyond ``atol``/``rtol`` (default 1e-5), with ``zeros`` if they
-    differ by more than float32 rounding plus ``atol``/``rtol`` (default 0).
+    written if they differ beyond ``atol``/``rtol`` (by default those of ``Tolerance()``), with
+    ``zeros`` if they differ by more than float32 rounding plus ``atol``/``rtol`` (by default
+    none: see ``PruneRequest.checks``).
 
     >>> import conv_surgeon as cs
     >>> report = cs.prune("sample_models/tiny_cnn.keras", layers=["conv1"], filters=[0],
@@ -220,22 +213,16 @@ def prune(
     (0,)
     """
     from .instruments.prune import PruneRequest, prune as prune_model
-    from .runtime.checks import FUNCTION_KEPT, Tolerance
-    from .transaction.transaction import WriteOptions
-    from .runtime.checks import SmokeOptions
+    from .instruments.writing import CheckRequest
 
-    destination = _destination(model, out, in_place, dry_run)
-    default = FUNCTION_KEPT if zeros else Tolerance()
-    tolerance = replace(default, atol=default.atol if atol is None else atol,
-                        rtol=default.rtol if rtol is None else rtol)
-    checks = SmokeOptions(enabled=smoke, input_shapes=list(input_shapes) if input_shapes else None,
-                          unsafe=unsafe, imports=tuple(imports), compare=smoke,
-                          expect_same=tolerance if smoke and (expect_same or zeros) else None,
-                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
     request = PruneRequest(tuple(layers or ()), every, tuple(filters) if filters is not None else None,
                            None if smallest_l1 is None else str(smallest_l1), zeros)
-    command = ("conv_surgeon.prune", os.fspath(model))
-    return prune_model(_source(model), request, WriteOptions(destination, checks, command))
+    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe,
+                          imports=tuple(imports), expect_same=expect_same and smoke, atol=atol, rtol=rtol,
+                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    options = _write_options(model, out, in_place, dry_run, checks, request.checks,
+                             ("conv_surgeon.prune", os.fspath(model)))
+    return prune_model(_source(model), request, options)
 
 
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
@@ -336,16 +323,13 @@ def _usage(message: str) -> Exception:
     return UsageError(message)
 
 
-def _destination(model: PathLike, out: PathLike | None, in_place: bool, dry_run: bool) -> Destination | None:
-    """Where a write goes, with the CLI's rules (the input is overwritten only in place)."""
-    from .transaction.transaction import choose_destination
+def _write_options(model: PathLike, out: PathLike | None, in_place: bool, dry_run: bool, checks: CheckRequest,
+                   defaults: CheckDefaults, command: tuple[str, ...]) -> WriteOptions:
+    """The options of a write from Python, by the factory the command line uses too."""
+    from .instruments.writing import WriteRequest, write_options
 
     if dry_run == (out is not None or in_place):
         raise _usage("give out=PATH or in_place=True to write, or dry_run=True to only check (not both)")
-    if dry_run:
-        return None
-    if out is not None and os.fspath(out) == "-":
-        raise _usage("out='-' means stdout, which the Python API does not write to; give a path")
-    # No stream: with out or in_place given, choose_destination always returns a path.
-    return choose_destination(os.fspath(model), os.fspath(out) if out is not None else None, in_place,
-                              stdout=None)  # type: ignore[arg-type]
+    request = WriteRequest(os.fspath(model), os.fspath(out) if out is not None else None, in_place, dry_run,
+                           checks, command)
+    return write_options(request, defaults, stdout=None)

@@ -24,6 +24,7 @@ from helpers import assert_one_error_line, copy_into, listing
 from conv_surgeon.cli import app
 from conv_surgeon.cli.params import complete_layer
 from conv_surgeon.cli.write_options import WriteArgs, parse_shape
+from conv_surgeon.instruments.set_weights import SetRequest
 from conv_surgeon.instruments.reading import get_weights
 from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.runtime.checks import Tolerance
@@ -327,13 +328,13 @@ def test_set_and_apply_share_every_write_option() -> None:
 def test_write_args_become_the_library_write_options(tmp_path: Path) -> None:
     args = WriteArgs(output=str(tmp_path / "o.keras"), input_shape=["28,28,1"], compare=True, expect_same=True,
                      atol=1e-3, imports=["my_layers"])
-    assert args.options_for(str(TINY)) == WriteOptions(
+    assert args.options_for(str(TINY), SetRequest.checks) == WriteOptions(
         Destination(path=tmp_path / "o.keras"),
         SmokeOptions(enabled=True, input_shapes=[(28, 28, 1)], compare=True, expect_same=Tolerance(1e-3, 1e-5),
                      imports=("my_layers",)),
         ("conv-surgeon",),
     )
-    assert WriteArgs(dry_run=True, no_smoke=True).options_for(str(TINY)) == WriteOptions(
+    assert WriteArgs(dry_run=True, no_smoke=True).options_for(str(TINY), SetRequest.checks) == WriteOptions(
         None, SmokeOptions(enabled=False), ("conv-surgeon",))
 
 

@@ -24,7 +24,7 @@ def apply_command(
 ) -> None:
     """Apply every edit of a plan, all or nothing: one write and one smoke test."""
     from ..edits.plan import load_plan, plan_schema
-    from ..instruments.set_weights import apply_plan
+    from ..instruments.set_weights import SetRequest, apply_plan
     from ..render import print_json_schema, progress_on_terminal, render_write_report
 
     if schema:
@@ -32,7 +32,7 @@ def apply_command(
         return
     if model is None or plan is None:
         raise UsageError("apply needs MODEL and PLAN: conv-surgeon apply model.keras plan.toml -o out.keras")
-    options = write.options_for(model)
+    options = write.options_for(model, SetRequest.checks)
     with progress_on_terminal() as progress:
         report = apply_plan(model_source(model, write.config), load_plan(plan), options, progress=progress)
     render_write_report(report, write.json_output, report_stream(options))

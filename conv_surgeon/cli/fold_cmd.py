@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 
 import typer
 
 from .app import Command, app
 from .params import OptionalModelArg, model_source
-from .write_options import WriteArgs, counted_steps, report_stream, tolerance_or, with_write_options
+from .write_options import WriteArgs, counted_steps, report_stream, with_write_options
 
 
 @app.command("fold-bn", cls=Command)
@@ -24,17 +23,12 @@ def fold_bn_command(
     write: WriteArgs,
 ) -> None:
     """Fold each BatchNormalization into the conv it follows; check the outputs are unchanged."""
-    from ..instruments.fold import fold_bn
+    from ..instruments.fold import FoldRequest, fold_bn
     from ..render import render_fold_report
-    from ..runtime.checks import FUNCTION_KEPT
 
-    # The outputs are compared by default (--compare --expect-same are implied): the same
-    # but for float32 rounding, and the --atol/--rtol given.
-    options = replace(write, expect_same=False).options_for(model)
-    if options.smoke.enabled:
-        options = replace(options, smoke=replace(options.smoke, compare=True,
-                                                 expect_same=tolerance_or(write, FUNCTION_KEPT)))
+    request = FoldRequest(tuple(layer), keep_layers)
+    options = write.options_for(model, request.checks)
     source = model_source(model or "-", write.config)
     with counted_steps(options) as step:
-        report = fold_bn(source, options, layers=layer or None, keep_layers=keep_layers, step=step)
+        report = fold_bn(source, request, options, step=step)
     render_fold_report(report, write.json_output, report_stream(options))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated, Optional
 
 import typer
@@ -10,7 +9,7 @@ import typer
 from ..errors import UsageError
 from .app import Command, app
 from .params import OptionalModelArg, model_source
-from .write_options import WriteArgs, counted_steps, report_stream, tolerance_or, with_write_options
+from .write_options import WriteArgs, counted_steps, report_stream, with_write_options
 
 
 @app.command("prune", cls=Command)
@@ -33,16 +32,10 @@ def prune_command(
     """Remove conv filters and fix up every layer downstream; compare the outputs."""
     from ..instruments.prune import PruneRequest, prune
     from ..render import render_prune_report
-    from ..runtime.checks import FUNCTION_KEPT
 
     request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
                            smallest_l1, zeros)
-    # The outputs are compared by default (--compare is implied); --zeros also expects
-    # them the same but for float32 rounding, and the --atol/--rtol given.
-    smoke = not write.no_smoke
-    options = replace(write, compare=smoke, expect_same=write.expect_same and smoke).options_for(model)
-    if options.smoke.enabled and zeros:
-        options = replace(options, smoke=replace(options.smoke, expect_same=tolerance_or(write, FUNCTION_KEPT)))
+    options = write.options_for(model, request.checks)
     source = model_source(model or "-", write.config)
     with counted_steps(options) as step:
         report = prune(source, request, options, step=step)

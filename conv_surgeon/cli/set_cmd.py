@@ -64,7 +64,7 @@ def set_command(
     write: WriteArgs,
 ) -> None:
     """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
-    from ..instruments.set_weights import LayerEdit, bundle_edits, edit_model, parse_donor, require_requests
+    from ..instruments.set_weights import LayerEdit, SetRequest, bundle_edits, edit_model, parse_donor, require_requests
     from ..render import progress_on_terminal, render_write_report
 
     requests = _requests(kernel, bias, weight, kernel_init, bias_init, weight_init)
@@ -76,7 +76,7 @@ def set_command(
         raise UsageError("missing --layer: name the layer to edit (or use --from-npz BUNDLE)")
     else:
         require_requests(requests, donor_spec)
-    options = write.options_for(model)
+    options = write.options_for(model, SetRequest.checks)
     source = model_source(model or "-", write.config)
     if from_npz is not None:
         edits = bundle_edits(from_npz, layout_of(layout))
@@ -84,5 +84,5 @@ def set_command(
         assert layer is not None
         edits = [LayerEdit(layer, tuple(requests), layout_of(layout), donor_spec)]
     with progress_on_terminal() as progress:
-        report = edit_model(source, edits, options, seed=seed, stdin=stdin(), progress=progress)
+        report = edit_model(source, SetRequest(tuple(edits), seed), options, stdin=stdin(), progress=progress)
     render_write_report(report, write.json_output, report_stream(options))

@@ -15,19 +15,21 @@ import sys
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
 
 import click
 import typer
 
-from ..errors import ConvSurgeonError, UsageError
+from ..errors import UsageError
 from .app import REPORTS_TO_STDERR, command_line
 from .params import ConfigOpt, JsonOpt, refuse_terminal, stdin, stdout
 
+from ..runtime.checks import FUNCTION_KEPT, Tolerance
+
 if TYPE_CHECKING:
-    from ..runtime.checks import Tolerance
+    from ..instruments.writing import CheckDefaults, WriteRequest
     from ..transaction.transaction import WriteOptions
 
 
@@ -53,12 +55,12 @@ class WriteArgs:
     expect_same: Annotated[bool, typer.Option(
         "--expect-same",
         help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")] = False
-    atol: Annotated[float, typer.Option("--atol", help=(
-        "Absolute tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, "
-        "default 0 there)."))] = 1e-5
-    rtol: Annotated[float, typer.Option("--rtol", help=(
-        "Relative tolerance for --expect-same (fold-bn, prune --zeros: added to float32 rounding, "
-        "default 0 there)."))] = 1e-5
+    atol: Annotated[Optional[float], typer.Option("--atol", help=(
+        f"Absolute tolerance for --expect-same (default {Tolerance().atol:g}; fold-bn and prune --zeros: "
+        f"added to float32 rounding, default {FUNCTION_KEPT.atol:g} there)."), show_default=False)] = None
+    rtol: Annotated[Optional[float], typer.Option("--rtol", help=(
+        f"Relative tolerance for --expect-same (default {Tolerance().rtol:g}; fold-bn and prune --zeros: "
+        f"added to float32 rounding, default {FUNCTION_KEPT.rtol:g} there)."), show_default=False)] = None
     save_inputs: Annotated[Optional[Path], typer.Option(
         "--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)] = None
     load_inputs: Annotated[Optional[Path], typer.Option(
@@ -77,52 +79,30 @@ class WriteArgs:
             return False
         return self.output == "-" or (self.output is None and model in (None, "-"))
 
-    def options_for(self, model: str | None) -> WriteOptions:
-        """The library's options for a write of ``model`` (None or ``-``: stdin)."""
-        from ..store.fileio import check_output_dir, refuse_overwriting
-        from ..runtime.checks import Tolerance
-        from ..transaction.transaction import WriteOptions, choose_destination
-        from ..runtime.checks import SmokeOptions
+    def request_for(self, model: str | None) -> WriteRequest:
+        """The write as the user asked for it (``model`` None or ``-``: stdin)."""
+        from ..instruments.writing import CheckRequest, WriteRequest
 
-        if self.save_inputs is not None:
-            check_output_dir(self.save_inputs)
-            for protected in (model, self.output):
-                refuse_overwriting(self.save_inputs, protected, "--save-inputs")
-        if self.load_inputs is not None and not self.load_inputs.is_file():
-            raise ConvSurgeonError(f"--load-inputs {self.load_inputs}: no such file; check the path")
-        if self.expect_same and not self.compare:
-            raise UsageError("--expect-same needs --compare (it checks the comparison's result)")
-        if self.no_smoke and (self.compare or self.load_inputs or self.save_inputs):
-            raise UsageError("--compare, --load-inputs and --save-inputs run Keras; drop --no-smoke")
-        if self.no_smoke and self.imports:
-            raise UsageError("--import is for the smoke test; drop it or drop --no-smoke")
-        smoke = SmokeOptions(
-            enabled=not self.no_smoke,
-            input_shapes=[parse_shape(text) for text in self.input_shape] or None,
-            unsafe=self.unsafe,
-            compare=self.compare,
-            expect_same=Tolerance(self.atol, self.rtol) if self.expect_same else None,
-            load_inputs=self.load_inputs,
-            save_inputs=self.save_inputs,
+        checks = CheckRequest(
+            smoke=not self.no_smoke, input_shapes=tuple(parse_shape(text) for text in self.input_shape),
+            unsafe=self.unsafe, compare=self.compare, expect_same=self.expect_same, atol=self.atol,
+            rtol=self.rtol, load_inputs=self.load_inputs, save_inputs=self.save_inputs,
             imports=tuple(self.imports),
         )
+        return WriteRequest(model, self.output, self.in_place, self.dry_run, checks, command_line())
+
+    def options_for(self, model: str | None, defaults: CheckDefaults) -> WriteOptions:
+        """The transaction's options for a write of ``model`` by an instrument whose
+        checks are ``defaults``."""
+        from ..instruments.writing import write_options
+
+        request = self.request_for(model)
         if model in (None, "-") and stdin().isatty():
             raise UsageError("no model given: pass MODEL, or pipe one in (`conv-surgeon set ... < in.keras`)")
-        destination = None
-        if not self.dry_run:
-            destination = choose_destination(model, self.output, self.in_place, stdout())
-            if destination.stream is not None:
-                refuse_terminal(destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
-        return WriteOptions(destination, smoke, command_line())
-
-
-def tolerance_or(write: WriteArgs, default: Tolerance) -> Tolerance:
-    """The command's own ``default`` with the --atol/--rtol typed on the command line."""
-    ctx = click.get_current_context()
-    given = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-             for name in ("atol", "rtol")}
-    return replace(default, atol=write.atol if given["atol"] else default.atol,
-                   rtol=write.rtol if given["rtol"] else default.rtol)
+        options = write_options(request, defaults, stdout())
+        if options.destination is not None and options.destination.stream is not None:
+            refuse_terminal(options.destination.stream, "a model", "redirect it (> out.keras) or use -o OUT")
+        return options
 
 
 @contextmanager

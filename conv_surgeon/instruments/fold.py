@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -49,10 +49,11 @@ from ..surgery.rewrite import (
 )
 from ..store.patches import write_h5_history
 from ..store.model_file import ModelFile
-from ..runtime.checks import FUNCTION_KEPT, SmokeReport
+from ..runtime.checks import FUNCTION_KEPT
 from ..transaction.transaction import WriteOptions, write_rewritten, WrittenValue, check_destination
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes
+from .writing import CheckDefaults, WriteReport
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
 Fold = tuple[FoldPair, dict[str, "np.ndarray | Derived"], BatchNormValues]
@@ -67,33 +68,41 @@ class FoldedPair:
     bias_added: bool  # the conv had no bias before
 
 
-@dataclass(frozen=True)
-class FoldReport:
-    source: str
-    destination: str | None
+@dataclass(frozen=True, kw_only=True)
+class FoldReport(WriteReport):
+    """The pairs `fold-bn` folded, the BatchNormalizations it left and why, and the write."""
+
     pairs: tuple[FoldedPair, ...]
     not_folded: tuple[NotFolded, ...]
     keep_layers: bool
-    dry_run: bool
     parameters_before: int
     parameters_after: int
     optimizer: str | None = None  # what happened to the optimizer state
-    smoke: SmokeReport | None = None
-    smoke_skipped: str | None = None
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FoldRequest:
+    """Which BatchNormalizations to fold: those after (or of) the convs and BNs named in
+    ``layers``, else all; ``keep_layers`` leaves each one in place as an identity."""
+
+    layers: tuple[str, ...] = ()
+    keep_layers: bool = False
+    # Folding keeps the function: the original runs beside the folded model, and their
+    # outputs must agree but for float32 rounding (and a user's --atol/--rtol).
+    checks: ClassVar[CheckDefaults] = CheckDefaults(compare=True, expect_same=FUNCTION_KEPT)
 
 
 def fold_bn(
     source: ModelFile,
+    request: FoldRequest,
     options: WriteOptions,
     *,
-    layers: list[str] | None = None,
-    keep_layers: bool = False,
     step: Callable[[str], None] | None = None,
 ) -> FoldReport:
-    """Fold the BatchNormalizations of ``source`` (those after the convs or BNs named in
-    ``layers``, else all) and write the model as ``options`` say."""
-    surgery = _prepare(source, options, layers, keep_layers)
+    """Fold the BatchNormalizations of ``source`` that ``request`` names and write the model
+    as ``options`` say."""
+    surgery = _prepare(source, options, list(request.layers) or None, request.keep_layers)
     if not surgery.folds or options.dry_run:
         return surgery.report
     return _write(source, surgery, options, step)
@@ -133,9 +142,10 @@ def _prepare(source: ModelFile, options: WriteOptions, layers: list[str] | None,
     removed = sum(by_path[p.bn_path].parameters for p, _, _ in folds)
     added = sum(0 if _has_bias(by_path[p.conv_path]) else _bias(new).size for p, new, _ in folds)
     report = FoldReport(
-        source.label, None, tuple(_folded(p, by_path, new) for p, new, _ in folds),
-        tuple(not_folded + refused), keep_layers, options.dry_run, before,
-        before + added - (0 if keep_layers else removed),
+        source=source.label, destination=None, dry_run=options.dry_run,
+        pairs=tuple(_folded(p, by_path, new) for p, new, _ in folds), not_folded=tuple(not_folded + refused),
+        keep_layers=keep_layers, parameters_before=before,
+        parameters_after=before + added - (0 if keep_layers else removed),
     )
     if not folds:
         report = replace(report, notes=("nothing to fold: no convolution is followed by a "
@@ -197,9 +207,6 @@ def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Ca
     """Write the folded model through the write transaction, its outputs compared."""
     records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
                for p, new, _ in surgery.folds for name in new]
-    checks = options.smoke
-    if checks.enabled and checks.expect_same is None:
-        options = replace(options, smoke=replace(checks, compare=True, expect_same=FUNCTION_KEPT))
     prepare: Callable[[Path], dict[str, ValueDigest]]
     stage: Callable[[Path, Path, list[dict[str, Any]]], None]
     if surgery.layer_names is not None:

@@ -41,10 +41,11 @@ from ..store.provenance import EditRecord, PruneSource
 from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights, write_keras_archive
 from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..runtime.checks import FUNCTION_KEPT, SmokeReport
+from ..runtime.checks import FUNCTION_KEPT
 from ..transaction.transaction import WriteOptions, write_rewritten, check_destination
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes, structure_variables
+from .writing import CheckDefaults, WriteReport
 
 Criterion = Literal["filters", "smallest-l1", "zeros"]
 
@@ -79,22 +80,19 @@ class ChangedLayer:
     target_shape: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
 
-@dataclass(frozen=True)
-class PruneReport:
-    source: str
-    destination: str | None
+@dataclass(frozen=True, kw_only=True)
+class PruneReport(WriteReport):
+    """The filters `prune` removed, every layer it changed, what it left and why, and the write."""
+
     criterion: Criterion
     groups: tuple[PrunedGroup, ...]
     not_pruned: tuple[NotPruned, ...]
     layers: tuple[ChangedLayer, ...]
-    dry_run: bool
     parameters_before: int
     parameters_after: int
     macs_before: int
     macs_after: int
-    optimizer: str | None = None
-    smoke: SmokeReport | None = None
-    smoke_skipped: str | None = None
+    optimizer: str | None = None  # what happened to the optimizer state
     notes: tuple[str, ...] = ()
 
 
@@ -111,6 +109,13 @@ class PruneRequest:
     @property
     def criterion(self) -> Criterion:
         return "filters" if self.filters is not None else "zeros" if self.zeros else "smallest-l1"
+
+    @property
+    def checks(self) -> CheckDefaults:
+        """The original always runs beside the pruned model and the report holds how their
+        outputs differ. Removing only all-zero filters (--zeros) keeps the function: the
+        outputs must then agree but for float32 rounding."""
+        return CheckDefaults(compare=True, expect_same=FUNCTION_KEPT if self.zeros else None)
 
 
 def prune(source: ModelFile, request: PruneRequest, options: WriteOptions,
@@ -180,10 +185,10 @@ def _prepare(source: ModelFile, request: PruneRequest, options: WriteOptions) ->
     if unknown:
         notes.append(f"MACs leave out {unknown} layers whose output size the config does not record")
     report = PruneReport(
-        label, None, request.criterion,
-        tuple(PrunedGroup(c.group.members, c.group.channels, c.channels) for c in cuts),
-        tuple(not_pruned), tuple(changed), options.dry_run, before, after, macs_before, macs_after,
-        notes=tuple(notes))
+        source=label, destination=None, dry_run=options.dry_run, criterion=request.criterion,
+        groups=tuple(PrunedGroup(c.group.members, c.group.channels, c.channels) for c in cuts),
+        not_pruned=tuple(not_pruned), layers=tuple(changed), parameters_before=before, parameters_after=after,
+        macs_before=macs_before, macs_after=macs_after, notes=tuple(notes))
     if not cuts:
         report = replace(report, notes=report.notes + ("nothing to prune: no filter was chosen; nothing was written",))
         return _Surgery(structure, config, config, by_path, [], {}, None, report)
@@ -487,12 +492,6 @@ def _write(source: ModelFile, surgery: _Surgery, request: PruneRequest, options:
     records = [EditRecord(layer=layer, variable=name, layout="keras",
                           source=PruneSource(prune={str(axis): list(removed) for axis, removed in axes.items()}))
                for (layer, name), axes in surgery.variables.items()]
-    checks = options.smoke
-    if checks.enabled:
-        expect = checks.expect_same
-        if request.zeros and expect is None:
-            expect = FUNCTION_KEPT  # removing all-zero filters keeps the function
-        options = replace(options, smoke=replace(checks, compare=True, expect_same=expect))
     rewrite, derived = _rewrite(surgery)
 
     def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from ..store.provenance import EditRecord, EditSource
 from ..store.model_file import ModelFile
 from ..store.patches import locate_patches
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..runtime.checks import SmokeReport
+from .writing import PLAIN_CHECKS, CheckDefaults, WriteReport
 from ..transaction.transaction import (
     WriteOptions,
     WrittenValue,
@@ -93,6 +93,32 @@ class LayerEdit:
 
 
 @dataclass(frozen=True)
+class SetRequest:
+    """What `set` and `apply` write: new values for variables of one or more layers, in one
+    write, with initializers drawn from ``seed`` (drawn and reported when None)."""
+
+    edits: tuple[LayerEdit, ...]
+    seed: int | None = None
+    # The written model must load and run; its outputs are compared with the original's
+    # only when the user asks (--compare), and held to a tolerance only with --expect-same.
+    checks: ClassVar[CheckDefaults] = PLAIN_CHECKS
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> SetRequest:
+        """The request of an `apply` plan file."""
+        return cls(tuple(
+            LayerEdit(
+                edit.layer,
+                tuple(WeightRequest(None if w.variable == "kernel" else w.variable, source=w.source, init=w.init)
+                      for w in edit.weights),
+                edit.layout,
+                place=edit.place,
+            )
+            for edit in plan.edits
+        ), plan.seed)
+
+
+@dataclass(frozen=True)
 class VariableChange:
     layer: str
     variable: str
@@ -106,17 +132,14 @@ class VariableChange:
     max_abs_change: float
 
 
-@dataclass(frozen=True)
-class SetReport:
-    source: str
-    destination: str | None  # None for --dry-run
+@dataclass(frozen=True, kw_only=True)
+class SetReport(WriteReport):
+    """What `set` and `apply` changed: each variable's old and new values, and the write."""
+
     layers: tuple[Layer, ...]
     changes: tuple[VariableChange, ...]
     seed: int | None  # the base seed initializers used (drawn when not given)
     seed_drawn: bool
-    smoke: SmokeReport | None  # None when skipped or dry-run
-    dry_run: bool
-    smoke_skipped: str | None = None  # why no smoke test ran though it was not turned off
 
     @property
     def layer(self) -> Layer:
@@ -163,7 +186,7 @@ def set_weights(
     """
     require_requests(requests, donor)
     edit = LayerEdit(layer_query, tuple(requests), layout, donor)
-    return edit_model(source, [edit], options, seed=seed, stdin=stdin, progress=progress)
+    return edit_model(source, SetRequest((edit,), seed), options, stdin=stdin, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -174,14 +197,13 @@ class _PlannedLayer:
 
 def edit_model(
     source: ModelFile,
-    edits: list[LayerEdit],
+    request: SetRequest,
     options: WriteOptions,
     *,
-    seed: int | None = None,
     stdin: BinaryIO | None = None,
     progress: Progress | None = None,
 ) -> SetReport:
-    """Apply ``edits`` (one per layer) with one read, one write and one smoke test.
+    """Apply the request's edits (one per layer) with one read, one write and one smoke test.
 
     Every edit is checked before anything is written. With one edit its error is
     raised as it is; with several, one :class:`PlanError` lists every problem.
@@ -189,6 +211,7 @@ def edit_model(
     The written model records what was done (``options.command`` and every edit's
     source) in its history, after the records already there.
     """
+    edits, seed = list(request.edits), request.seed
     step = counted(progress, len(edits) + 1 + (1 if options.smoke.enabled else 0))
 
     structure = read_structure(source)
@@ -253,13 +276,15 @@ def edit_model(
     changes = tuple(_change(a, plan.old_values[v.dataset]) for _, a, v in edited)
     base_seed = seed if seeded else None
     if options.destination is None:
-        return SetReport(source.label, None, layers, changes, base_seed, seed_drawn, None, True)
+        return SetReport(source=source.label, destination=None, dry_run=True, layers=layers, changes=changes,
+                         seed=base_seed, seed_drawn=seed_drawn)
     written = write_transaction(
         source, structure, plan, [WrittenValue(layer, v, a.value) for layer, a, v in edited],
         records, options, step,
     )
-    return SetReport(source.label, written.destination, layers, changes, base_seed, seed_drawn,
-                     written.smoke, False, written.smoke_skipped)
+    return SetReport(source=source.label, destination=written.destination, dry_run=False, layers=layers,
+                     changes=changes, seed=base_seed, seed_drawn=seed_drawn, smoke=written.smoke,
+                     smoke_skipped=written.smoke_skipped)
 
 
 def apply_plan(
@@ -270,19 +295,7 @@ def apply_plan(
     progress: Progress | None = None,
 ) -> SetReport:
     """Every edit of a plan, all or nothing, with one write and one smoke test."""
-    edits = [
-        LayerEdit(
-            edit.layer,
-            tuple(
-                WeightRequest(None if w.variable == "kernel" else w.variable, source=w.source, init=w.init)
-                for w in edit.weights
-            ),
-            edit.layout,
-            place=edit.place,
-        )
-        for edit in plan.edits
-    ]
-    return edit_model(source, edits, options, seed=plan.seed, progress=progress)
+    return edit_model(source, SetRequest.from_plan(plan), options, progress=progress)
 
 
 def _place(edit: LayerEdit) -> str:

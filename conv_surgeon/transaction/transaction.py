@@ -56,9 +56,10 @@ class Destination:
 
 
 def choose_destination(
-    model: str | None, output: str | None, in_place: bool, stdout: BinaryIO
+    model: str | None, output: str | None, in_place: bool, stdout: BinaryIO | None
 ) -> Destination:
-    """Apply the contract: the input is only ever overwritten with --in-place."""
+    """Apply the contract: the input is only ever overwritten with --in-place. ``stdout``
+    is the stream for ``-o -``; None where there is none (the Python API)."""
     if in_place:
         if model in (None, "-"):
             raise UsageError("--in-place needs a MODEL path; a model on stdin has no file to update")
@@ -71,6 +72,8 @@ def choose_destination(
                 f"say where the edited model goes: -o OUT.keras, -o - for stdout, or "
                 f"--in-place to overwrite {model}"
             )
+        if stdout is None:
+            raise UsageError("out='-' means stdout, which the Python API does not write to; give a path")
         return Destination(stream=stdout)
     out = Path(output)
     if model not in (None, "-") and same_file(out, model):
