@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import select
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -279,7 +280,10 @@ def test_progress_reaches_the_terminal_while_fd_2_is_silenced() -> None:
             os.dup2(devnull, slave)  # what quiet_stderr does to fd 2
             os.close(devnull)
             progress(2, 3, "written")
-        seen = os.read(master, 4096)
+        # The line is written in pieces (the start, then each step): read all that came.
+        seen = b""
+        while b"smoke test" not in seen and select.select([master], [], [], 5)[0]:
+            seen += os.read(master, 4096)
     finally:
         stream.close()
         os.close(master)

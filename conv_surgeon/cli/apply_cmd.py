@@ -25,7 +25,7 @@ def apply_command(
     """Apply every edit of a plan, all or nothing: one write and one smoke test."""
     from ..edits.plan import load_plan, plan_schema
     from ..instruments.set_weights import SetRequest, apply_plan
-    from ..render import print_json_schema, progress_on_terminal, render_write_report
+    from ..render import print_json_schema, progress_on_terminal, render_report
 
     if schema:
         print_json_schema(plan_schema())
@@ -35,4 +35,4 @@ def apply_command(
     options = write.options_for(model, SetRequest.checks)
     with progress_on_terminal() as progress:
         report = apply_plan(model_source(model, write.config), load_plan(plan), options, progress=progress)
-    render_write_report(report, write.json_output, report_stream(options))
+    render_report(report, json_output=write.json_output, stream=report_stream(options))

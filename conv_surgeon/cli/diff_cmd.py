@@ -20,7 +20,7 @@ def diff(
 ) -> None:
     """Compare the weights of two models. Exit 0 identical, 1 different, 2 error (as diff(1))."""
     from ..instruments.diff import diff_models
-    from ..render import diff_document, print_json, render_diff
+    from ..render import render_report
 
     try:
         if model_a == model_b == "-":
@@ -29,9 +29,6 @@ def diff(
     except ConvSurgeonError as exc:
         exc.exit_code = ExitCode.USAGE  # scripts test diff's status: 2 means trouble, as in diff(1)
         raise
-    if json_output:
-        print_json(diff_document(report))
-    else:
-        render_diff(report)
+    render_report(report, json_output=json_output)
     if not report.identical:
         raise typer.Exit(ExitCode.FAILED)

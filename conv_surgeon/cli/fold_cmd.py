@@ -24,11 +24,11 @@ def fold_bn_command(
 ) -> None:
     """Fold each BatchNormalization into the conv it follows; check the outputs are unchanged."""
     from ..instruments.fold import FoldRequest, fold_bn
-    from ..render import render_fold_report
+    from ..render import render_report
 
     request = FoldRequest(tuple(layer), keep_layers)
     options = write.options_for(model, request.checks)
     source = model_source(model or "-", write.config)
     with counted_steps(options) as step:
         report = fold_bn(source, request, options, step=step)
-    render_fold_report(report, write.json_output, report_stream(options))
+    render_report(report, json_output=write.json_output, stream=report_stream(options))

@@ -21,10 +21,7 @@ def inspect(
 ) -> None:
     """List the convolution layers of MODEL with kernel and bias shapes."""
     from ..instruments.reading import inspect_model
-    from ..render import inspect_document, print_json, render_inspect
+    from ..render import render_report
 
     report = inspect_model(model_source(model, config), all_layers=all_layers, stats=stats, history=history)
-    if json_output:
-        print_json(inspect_document(report))
-    else:
-        render_inspect(report)
+    render_report(report, json_output=json_output)

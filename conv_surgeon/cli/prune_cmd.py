@@ -31,7 +31,7 @@ def prune_command(
 ) -> None:
     """Remove conv filters and fix up every layer downstream; compare the outputs."""
     from ..instruments.prune import PruneRequest, prune
-    from ..render import render_prune_report
+    from ..render import render_report
 
     request = PruneRequest(tuple(layer), every, _indices(filters) if filters is not None else None,
                            smallest_l1, zeros)
@@ -39,7 +39,7 @@ def prune_command(
     source = model_source(model or "-", write.config)
     with counted_steps(options) as step:
         report = prune(source, request, options, step=step)
-    render_prune_report(report, write.json_output, report_stream(options))
+    render_report(report, json_output=write.json_output, stream=report_stream(options))
 
 
 def _indices(text: str) -> tuple[int, ...]:

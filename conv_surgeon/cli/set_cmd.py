@@ -65,7 +65,7 @@ def set_command(
 ) -> None:
     """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
     from ..instruments.set_weights import LayerEdit, SetRequest, bundle_edits, edit_model, parse_donor, require_requests
-    from ..render import progress_on_terminal, render_write_report
+    from ..render import progress_on_terminal, render_report
 
     requests = _requests(kernel, bias, weight, kernel_init, bias_init, weight_init)
     donor_spec = parse_donor(donor) if donor is not None else None
@@ -85,4 +85,4 @@ def set_command(
         edits = [LayerEdit(layer, tuple(requests), layout_of(layout), donor_spec)]
     with progress_on_terminal() as progress:
         report = edit_model(source, SetRequest(tuple(edits), seed), options, stdin=stdin(), progress=progress)
-    render_write_report(report, write.json_output, report_stream(options))
+    render_report(report, json_output=write.json_output, stream=report_stream(options))

@@ -77,8 +77,10 @@ class FoldReport(WriteReport):
     keep_layers: bool
     parameters_before: int
     parameters_after: int
-    optimizer: str | None = None  # what happened to the optimizer state
-    notes: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.pairs)
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,10 @@ class PruneReport(WriteReport):
     parameters_after: int
     macs_before: int
     macs_after: int
-    optimizer: str | None = None  # what happened to the optimizer state
-    notes: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.groups)
 
 
 @dataclass(frozen=True)

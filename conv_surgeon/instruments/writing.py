@@ -113,5 +113,12 @@ class WriteReport:
     source: str
     destination: str | None
     dry_run: bool
+    optimizer: str | None = None  # what happened to the optimizer state, when anything did
+    notes: tuple[str, ...] = ()
     smoke: SmokeReport | None = None  # None when skipped, for a dry run, or with nothing written
     smoke_skipped: str | None = None  # why no smoke test ran though it was not turned off
+
+    @property
+    def changed(self) -> bool:
+        """Whether the instrument changed anything (with nothing to change, nothing is written)."""
+        return True

@@ -1,0 +1,268 @@
+"""What the writing instruments did (`set`, `apply`, `fold-bn`, `prune`), as tables or JSON,
+each ending in the part they share: where the model went and how it was checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..model.naming import format_shape
+from .text import Column, console, plural, print_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..instruments.fold import FoldReport
+    from ..instruments.prune import PruneReport
+    from ..instruments.set_weights import SetReport
+    from ..instruments.writing import WriteReport
+    from ..runtime.checks import OutputComparison, SmokeReport
+
+
+def _comparison_document(comparisons: Sequence[OutputComparison]) -> list[dict[str, Any]]:
+    return [
+        {"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "mean_abs": c.mean_abs, "cosine": c.cosine}
+        for c in comparisons
+    ]
+
+
+def written_document(report: WriteReport, body: dict[str, Any]) -> dict[str, Any]:
+    """A writing instrument's JSON: the model read, where it went and whether this was a dry
+    run; then ``body``, what the instrument did; then how the written model was checked."""
+    return {
+        "model": report.source,
+        "output": report.destination,
+        "dry_run": report.dry_run,
+        **body,
+        **_smoke_document(report.smoke, report.smoke_skipped, report.dry_run or not report.changed),
+    }
+
+
+def set_document(report: SetReport) -> dict[str, Any]:
+    layers = [{"name": x.name, "path": x.path, "class": x.class_name} for x in report.layers]
+    return written_document(report, {
+        "layer": layers[0],
+        "layers": layers,
+        "changes": [
+            {
+                "layer": c.layer,
+                "variable": c.variable,
+                "shape": list(c.shape),
+                "dtype": c.dtype,
+                "source": c.origin,
+                "cast": c.cast,
+                "notes": list(c.notes),
+                "old_l2": c.old_l2,
+                "new_l2": c.new_l2,
+                "max_abs_change": c.max_abs_change,
+            }
+            for c in report.changes
+        ],
+        "seed": report.seed,
+        "seed_drawn": report.seed_drawn,
+    })
+
+
+def _smoke_document(smoke: SmokeReport | None, skipped: str | None, dry_run: bool) -> dict[str, Any]:
+    return {
+        "smoke": None
+        if smoke is None
+        else {
+            "passed": True,
+            "inputs": [{"name": n, "shape": list(s), "origin": o}
+                       for (n, s), o in zip(smoke.inputs, smoke.input_origins)],
+            "checked_by": smoke.checked_by,
+            "engine": smoke.engine,
+            "outputs": [{"name": o.name, "shape": list(o.shape), "min": o.min, "max": o.max} for o in smoke.outputs],
+            "checked_variables": smoke.checked_variables,
+            "notes": list(smoke.notes),
+            "comparison": _comparison_document(smoke.comparisons),
+            "layer_comparison": _comparison_document(smoke.layer_comparisons),
+            "expect_same": [
+                {"name": c.name, "atol": c.tolerance.atol, "rtol": c.tolerance.rtol,
+                 "float32_sums": c.tolerance.float32_sums, "scale": c.scale, "sums": c.sums,
+                 "float32_rounding": c.rounding, "max_abs": c.max_abs, "used": c.used}
+                for c in smoke.tolerance_checks
+            ],
+        },
+        "smoke_skipped": smoke is None and not dry_run,
+        **({"smoke_skipped_reason": skipped} if skipped else {}),
+    }
+
+
+def _print_comparisons(out: Console, title: str, first: str, comparisons: Sequence[OutputComparison]) -> None:
+    out.print(title)
+    print_table(out, [Column(first, keep=False)] + [
+        Column(header, right=True) for header in ("max abs err", "max rel err", "mean abs err", "cosine")
+    ], [(c.name, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", f"{c.mean_abs:.3g}", f"{c.cosine:.6f}")
+        for c in comparisons])
+
+
+def print_set(report: SetReport, stream: TextIO | None = None) -> None:
+    """The report of `set` and `apply`: every variable changed, its old and new L2 norms."""
+    out = console(stream)
+    where = _where(report)
+    if len(report.layers) == 1:
+        layer = report.layers[0]
+        what = f"layer '{layer.path}' ({layer.class_name})"
+    else:
+        what = plural(len(report.layers), "layer")
+    out.print(f"{report.source}: {what}; {where}")
+    several = len(report.layers) > 1
+    columns = ([Column("layer", keep=False)] if several else []) + [
+        Column("variable"), Column("shape"), Column("dtype"), Column("source", keep=False),
+        Column("old L2", right=True), Column("new L2", right=True), Column("max |change|", right=True),
+    ]
+    rows = []
+    for change in report.changes:
+        row = (change.variable, format_shape(change.shape), change.dtype, change.origin,
+               f"{change.old_l2:.4g}", f"{change.new_l2:.4g}", f"{change.max_abs_change:.4g}")
+        rows.append(((change.layer,) if several else ()) + row)
+    print_table(out, columns, rows)
+    for change in report.changes:
+        label = f"{change.layer} {change.variable}" if several else change.variable
+        if change.cast:
+            out.print(f"note: {label}: cast {change.cast}")
+        for note in change.notes:
+            out.print(f"note: {label}: {note}")
+    if report.seed_drawn:
+        out.print(f"seed: {report.seed} (drawn; pass --seed {report.seed} to repeat)")
+    _print_written_end(out, report)
+
+
+def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, dry_run: bool) -> None:
+    if smoke is not None:
+        ins = ", ".join(format_shape(s) for _, s in smoke.inputs)
+        outs = ", ".join(f"{format_shape(o.shape)} in [{o.min:.4g}, {o.max:.4g}]" for o in smoke.outputs)
+        checked = (f"; {plural(smoke.checked_variables, 'edited variable')} read back exactly"
+                   if smoke.checked_variables else "")
+        origins = list(dict.fromkeys(smoke.input_origins))
+        if len(origins) == 1:
+            ins = f"{ins} ({origins[0]})"
+        elif origins:
+            ins = ", ".join(f"{format_shape(s)} ({o})" for (_, s), o in zip(smoke.inputs, smoke.input_origins))
+        out.print(f"smoke test passed ({smoke.checked_by}, {smoke.engine}): input {ins} -> "
+                  f"output {outs}, all finite{checked}")
+        if smoke.comparisons:
+            _print_comparisons(out, "edited vs original, same inputs:", "output", smoke.comparisons)
+        if smoke.layer_comparisons:
+            _print_comparisons(out, "edited layers' own outputs vs original:", "layer", smoke.layer_comparisons)
+        for check in smoke.tolerance_checks:
+            out.print(f"{check.name} the same within {check.allowance}: max abs error {check.max_abs:.3g}, "
+                      f"{check.used:.1%} of what is allowed")
+        for note in smoke.notes:
+            out.print(f"note: {note}")
+    elif skipped is not None:
+        out.print(f"note: {skipped}")
+    elif not dry_run:
+        out.print("smoke test skipped (--no-smoke)")
+
+
+def fold_document(report: FoldReport) -> dict[str, Any]:
+    return written_document(report, {
+        "keep_layers": report.keep_layers,
+        "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
+                    "bias_added": p.bias_added} for p in report.pairs],
+        "not_folded": [{"batch_norm": r.layer, "after": r.after, "reason": r.reason} for r in report.not_folded],
+        "parameters": {"before": report.parameters_before, "after": report.parameters_after},
+        "optimizer": report.optimizer,
+        "notes": list(report.notes),
+    })
+
+
+def print_fold(report: FoldReport, stream: TextIO | None = None) -> None:
+    """The report of `fold-bn`: the pairs folded, the BatchNormalizations left and why."""
+    out = console(stream)
+    where = _where(report)
+    kept = ", each BatchNormalization kept as the identity" if report.keep_layers else ""
+    out.print(f"{report.source}: {plural(len(report.pairs), 'pair')} folded{kept}; {where}")
+    if report.pairs:
+        print_table(out, [Column("conv", keep=False), Column("batch norm", keep=False), Column("class"),
+                           Column("channels", right=True), Column("bias")],
+                     [(p.conv, p.bn, p.conv_class, str(p.channels), "added" if p.bias_added else "updated")
+                      for p in report.pairs])
+    if report.not_folded:
+        out.print(f"not folded: {plural(len(report.not_folded), 'BatchNormalization')}")
+        print_table(out, [Column("batch norm", keep=False), Column("why", keep=False)],
+                     [(r.layer, r.reason) for r in report.not_folded])
+    if report.pairs:
+        change = report.parameters_after - report.parameters_before
+        out.print(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} ({change:+,})")
+    _print_written_end(out, report)
+
+
+def prune_document(report: PruneReport) -> dict[str, Any]:
+    return written_document(report, {
+        "criterion": report.criterion,
+        "groups": [{"members": list(g.members), "channels": g.channels, "removed": list(g.removed),
+                    "kept": g.channels - len(g.removed)} for g in report.groups],
+        "not_pruned": [{"members": list(r.members), "reason": r.reason} for r in report.not_pruned],
+        "layers": [{"layer": layer.path, "class": layer.class_name,
+                    "variables": {v.name: {"before": list(v.before), "after": list(v.after),
+                                           "removed": {str(axis): list(i) for axis, i in v.removed}}
+                                  for v in layer.variables},
+                    **({"target_shape": {"before": list(layer.target_shape[0]), "after": list(layer.target_shape[1])}}
+                       if layer.target_shape else {})} for layer in report.layers],
+        "parameters": {"before": report.parameters_before, "after": report.parameters_after},
+        "macs": {"before": report.macs_before, "after": report.macs_after},
+        "optimizer": report.optimizer,
+        "notes": list(report.notes),
+    })
+
+
+def print_prune(report: PruneReport, stream: TextIO | None = None) -> None:
+    """The report of `prune`: the groups pruned, every layer changed, what was not pruned and why."""
+    out = console(stream)
+    where = _where(report)
+    removed = sum(len(g.removed) for g in report.groups)
+    out.print(f"{report.source}: {plural(removed, 'filter')} removed from {plural(len(report.groups), 'group')} "
+              f"({report.criterion}); {where}")
+    if report.groups:
+        print_table(out, [Column("group (convs)", keep=False), Column("filters", right=True),
+                           Column("removed", keep=False)],
+                     [(_group_name(g.members), f"{g.channels} -> {g.channels - len(g.removed)}",
+                       _indices(g.removed)) for g in report.groups])
+        out.print(f"layers changed: {len(report.layers)}")
+        print_table(out, [Column("layer", keep=False), Column("class"), Column("variable"),
+                           Column("before"), Column("after")],
+                     [(layer.path, layer.class_name, v.name, format_shape(v.before), format_shape(v.after))
+                      for layer in report.layers for v in layer.variables]
+                     + [(layer.path, layer.class_name, "target_shape", format_shape(layer.target_shape[0]),
+                         format_shape(layer.target_shape[1])) for layer in report.layers if layer.target_shape])
+    if report.not_pruned:
+        out.print(f"not pruned: {plural(len(report.not_pruned), 'group')}")
+        print_table(out, [Column("group (convs)", keep=False), Column("why", keep=False)],
+                     [(_group_name(r.members), r.reason) for r in report.not_pruned])
+    if report.groups:
+        for what, before, after in (("parameters", report.parameters_before, report.parameters_after),
+                                    ("MACs", report.macs_before, report.macs_after)):
+            change = after - before
+            share = f", {change / before:+.1%}" if before else ""
+            out.print(f"{what}: {before:,} -> {after:,} ({change:+,}{share})")
+    _print_written_end(out, report)
+
+
+def _print_written_end(out: Console, report: WriteReport) -> None:
+    """The end every writing report shares: the optimizer state, the notes, and (when
+    anything was changed) how the written model was checked."""
+    if report.optimizer:
+        out.print(report.optimizer)
+    for note in report.notes:
+        out.print(f"note: {note}")
+    if report.changed:
+        _print_smoke(out, report.smoke, report.smoke_skipped, report.dry_run)
+
+
+def _where(report: WriteReport) -> str:
+    if report.dry_run:
+        return "would write (dry run)"
+    return f"wrote {report.destination}" if report.destination else "nothing written"
+
+
+def _group_name(members: Sequence[str]) -> str:
+    return members[0] if len(members) == 1 else f"{members[0]} +{len(members) - 1}"
+
+
+def _indices(indices: Sequence[int], shown: int = 12) -> str:
+    text = ",".join(str(i) for i in indices[:shown])
+    return text + (f",... ({len(indices)})" if len(indices) > shown else "")
