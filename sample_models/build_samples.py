@@ -36,7 +36,8 @@ What Keras 3.15 wrote (checked with h5py):
   - .keras members metadata.json, config.json, model.weights.h5, all stored
     (compress_type 0). Every vars group has the `name` attribute, including
     nested models' own (empty) vars groups and the optimizer's ("adam").
-    Paths follow DESIGN section 3; in all_convs the config order interleaves
+    Layers are stored under layers/<snake_case class name>, numbered _1, _2, ...
+    in the config's order (model/naming.py); in all_convs the config order interleaves
     the branches, so in2d -> layers/input_layer, in1d -> input_layer_1,
     in3d -> input_layer_2; ReLU -> re_lu; func_block/deep_block/deep_conv ->
     layers/functional/layers/functional/layers/conv2d.

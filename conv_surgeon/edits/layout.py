@@ -1,4 +1,4 @@
-"""PyTorch / ONNX layouts of convolution variables and the conversions to Keras (§4).
+"""PyTorch / ONNX layouts of convolution variables and the conversions to Keras.
 
 | Keras variable                          | PyTorch / ONNX weight          |
 |-----------------------------------------|--------------------------------|
