@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from conv_surgeon.model.catalogue import conv_class
-from conv_surgeon.model.graph import model_graphs
 from conv_surgeon.surgery.folding import (
     BatchNormValues,
     find_pairs,
