@@ -3,7 +3,11 @@ says about each model, for the Keras-free tests of graph surgery (tests/test_sur
 
 Run with the project venv (Keras 3.15, TensorFlow 2.21), from anywhere:
 
-    TF_ENABLE_ONEDNN_OPTS=0 /work/main/.venv/bin/python tests/data/configs/make_configs.py
+    TF_ENABLE_ONEDNN_OPTS=0 /work/main/.venv/bin/python tests/data/configs/make_configs.py [STEP ...]
+
+The steps, in order (all of them without arguments): keras2, fold, ops, prune, mixed,
+applications (the five keras.applications models with weights=None: a minute or two),
+application_twins (reads what "applications" wrote; run it after it).
 
 It builds every model below, saves it with ``model.save(...)`` to a temporary `.keras`
 and writes, per model NAME:
@@ -27,19 +31,21 @@ and writes, per model NAME:
                        ``model.trainable_variables``;
                    plus model-specific entries (below).
 
-Twins. For a hand-built model (and, for the store only, each application), a *twin* is the same model built by Keras as graph surgery
-should leave it: without the BatchNormalizations fold-bn removes (the convs given a
-bias), or with fewer filters where prune cuts channels. Its stripped config is written
-as NAME.TWIN.json and its facts under "twins" in NAME.facts.json.
+Twins. For a hand-built model (and, for its order and store only, each application), a
+*twin* is the same model built by Keras as graph surgery should leave it: without the
+BatchNormalizations fold-bn removes (the convs given a bias), or with fewer filters
+where prune cuts channels. Its stripped config is written as NAME.TWIN.json and its
+facts under "twins" in NAME.facts.json.
 
-Two small trained models are also kept whole for the store rewrite tests: mixed.keras
+The trained mixed model is also kept whole for the store rewrite tests: mixed.keras
 and mixed.h5 (the same model saved as .keras and as a legacy .h5, with Adam's state).
 
 And the Keras 2 (tf-keras) configs of tests/data/keras2_convs.h5 and keras2_tiny.h5
 are copied out as keras2_convs.json and keras2_tiny.json, with the files' own
 ``layer_names`` (the order Keras 2 listed the layers in) as their facts.
 
-Seeded (keras.utils.set_random_seed(0)): the trained values are the same on each run.
+Seeded (keras.utils.set_random_seed(0)). The configs do not depend on the seed; the
+``shared_object_id`` values in them are Python object ids and change on every run.
 """
 
 from __future__ import annotations
