@@ -98,7 +98,7 @@ def test_resnet50_groups_are_its_stages_joined_by_adds():
     assert {m: (g.channels, _pieces(g)) for m, g in groups.items()} == expected
     assert all(group.prunable for group in groups.values())
     # The channels run along every Add and block output of their stage.
-    stage4 = groups[frozenset(m for m in next(k for k in groups if "conv4_block1_0_conv" in k))]
+    stage4 = next(group for members, group in groups.items() if "conv4_block1_0_conv" in members)
     on = {t.ref.layer for t in stage4.tensors}
     assert {f"conv4_block{b}_{what}" for b in range(1, 7) for what in ("add", "out")} <= on
     assert all(t.axis == -1 and t.span == Span() for t in stage4.tensors)
@@ -246,8 +246,10 @@ def test_add_multiply_and_concatenate_junctions():
 def test_a_conv_that_reads_and_joins_the_same_group():
     group = _by_members("junctions")[frozenset({"sep", "se"})]
     assert group.channels == 6 and group.reshapes == (("se_reshape", 2, Span()),)
-    assert _pieces(group) == _filters("sep", True) - {("sep", "kernel", -1, 0, 1)} | {
-        ("sep", "pointwise_kernel", -1, 0, 1)} | _filters("se", True) | _inputs("se") | {("tr", "kernel", -1, 0, 1)}
+    # sep's filters (its pointwise kernel's last axis), se's filters and its inputs, and tr
+    # (a transposed conv reads its kernel's last axis).
+    assert _pieces(group) == {("sep", "pointwise_kernel", -1, 0, 1), ("sep", "bias", -1, 0, 1)} | _filters(
+        "se", True) | _inputs("se") | {("tr", "kernel", -1, 0, 1)}
 
 
 @pytest.mark.parametrize("name, flatten, layer, channels", [

@@ -122,7 +122,7 @@ def test_slot_layout_places_every_slot_with_its_variable(optimizer, layout):
     facts = _facts("mixed")
     recorded = facts["optimizer"] if optimizer == "adam" else facts["other_optimizers"][optimizer]
     trainable = [shape for _, shape in _trainable(facts)]
-    found = slot_layout(_slots(recorded) if optimizer == "adam" else [(tuple(r[1]), r[2]) for r in recorded], trainable)
+    found = slot_layout(_slots(recorded), trainable)
     assert found == layout
     prefix, blocks = found
     owners: list[int | None] = [None] * prefix
