@@ -318,20 +318,11 @@ def test_keras_ops_on_the_path():
     assert c2.prunable and _pieces(c2) == _filters("c2", True) | _bn("b2") | _inputs("c3")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a keras.ops add whose other argument is a constant vector (one value per channel, kept in "
-    "the config as __numpy__) is taken for an Add of tensors: the channels go through it and "
-    "c4 is called prunable, but pruning leaves the constant at 4 values and the model no "
-    "longer builds"))
 def test_an_op_adding_a_constant_per_channel_stops_the_channels():
     c4 = next(g for g in _groups("with_ops") if g.members == ("c4",))
     assert not c4.prunable
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a BatchNormalization with scale=False (no gamma) or center=False (no beta) is still given "
-    "slices for gamma and beta; prune then records edits of variables the layer does not have "
-    "in the file's history"))
 def test_only_the_variables_a_batchnorm_has_are_sliced():
     [group] = [g for g in _groups("mixed") if g.members == ("c1", "c2")]
     # b2 has scale=False: beta, moving_mean, moving_variance (Keras's own list, in the facts).

@@ -115,6 +115,7 @@ class ChannelGroup:
 def find_groups(config: dict[str, Any]) -> list[ChannelGroup]:
     """Every group of convolution channels of the model, in config order of their first member."""
     graphs = {graph.path: graph for graph in model_graphs(config)}
+    consumers = {path: _consumers(graph) for path, graph in graphs.items()}
     groups: list[ChannelGroup] = []
     seen: set[str] = set()
     for graph in graphs.values():
@@ -122,10 +123,51 @@ def find_groups(config: dict[str, Any]) -> list[ChannelGroup]:
             path = graph.layer_path(layer.name)
             if path in seen or not _is_source(layer):
                 continue
-            group = _Walk(graphs).run(graph, layer)
+            group = _Walk(graphs, consumers).run(graph, layer)
             seen.update(group.members)
             groups.append(group)
     return groups
+
+
+# Who reads each tensor of a graph: (layer, call index, input position), in config order.
+Consumers = dict[TensorRef, list[tuple[GraphLayer, int, int]]]
+
+
+def _consumers(graph: ModelGraph) -> Consumers:
+    """Every tensor's readers, found once per graph: a walk asks for them at each tensor it
+    reaches, and scanning every layer each time made DenseNet121's walk quadratic."""
+    found: Consumers = {}
+    for layer in graph.layers:
+        for call_index, call in enumerate(layer.calls):
+            for position, tensor in enumerate(call):
+                found.setdefault(tensor, []).append((layer, call_index, position))
+    return found
+
+
+def _channel_variables(layer: GraphLayer) -> tuple[str, ...]:
+    """The per-channel variables the layer has: a normalization built with ``scale=False``
+    has no gamma, with ``center=False`` no beta."""
+    absent = {"gamma"} if layer.config.get("scale", True) is False else set()
+    if layer.config.get("center", True) is False:
+        absent.add("beta")
+    return tuple(v for v in CHANNEL_VARIABLES[layer.class_name] if v not in absent)
+
+
+def _has_vector_constant(layer: GraphLayer, call: int) -> bool:
+    """Whether call ``call`` of a keras.ops operation takes a constant of more than one value
+    (kept in the config as a list, or as ``__numpy__``): one value per channel, which
+    pruning the channels would leave at its old length."""
+    nodes = layer.entry.get("inbound_nodes") or []
+    node = nodes[call] if call < len(nodes) else None
+    args = node.get("args", []) if isinstance(node, dict) else []
+    for arg in args:
+        if isinstance(arg, dict) and arg.get("class_name") == "__numpy__":
+            value = (arg.get("config") or {}).get("value")
+            if isinstance(value, list) and len(value) > 1:
+                return True
+        elif isinstance(arg, list) and len(arg) > 1:
+            return True
+    return False
 
 
 def _is_source(layer: GraphLayer) -> bool:
@@ -147,6 +189,7 @@ Place = tuple[str, TensorRef]
 @dataclass
 class _Walk:
     graphs: dict[str, ModelGraph]
+    consumers: dict[str, Consumers]
     members: list[str] = field(default_factory=list)
     slices: dict[tuple[str, str, int], Slice] = field(default_factory=dict)
     spans: dict[Place, tuple[int, Span]] = field(default_factory=dict)
@@ -257,11 +300,8 @@ class _Walk:
                               "(its width is part of the model's contract)")
             else:
                 self._leave(graph, position, axis, span)
-        for layer in graph.layers:
-            for call_index, call in enumerate(layer.calls):
-                for position, tensor in enumerate(call):
-                    if tensor == ref:
-                        self._consumer(graph, layer, call_index, position, ref, axis, span)
+        for layer, call_index, position in self.consumers[graph.path].get(ref, ()):
+            self._consumer(graph, layer, call_index, position, ref, axis, span)
 
     def _leave(self, inner: ModelGraph, position: int, axis: int, span: Span) -> None:
         """A nested model's output: its tensor in the model that calls it."""
@@ -304,12 +344,16 @@ class _Walk:
             if not self._fits_axis(graph, layer, axis, rank):
                 return
             if kind in CHANNEL_VARIABLES and self._once(graph, layer):
-                for variable in CHANNEL_VARIABLES[kind]:
+                for variable in _channel_variables(layer):
                     # PReLU's alpha lacks the batch axis; the others are vectors.
                     var_axis = (axis - 1 if axis > 0 else axis) if kind == "PReLU" else -1
                     self._slice(graph, layer, variable, var_axis, span)
             self._visit(graph, out, axis, span)
         elif kind in ELEMENTWISE_MERGES:
+            if layer.is_op and _has_vector_constant(layer, call):
+                self._problem(f"'{path}' ({kind}) combines the channels with a constant of several values, "
+                              "which prune cannot narrow")
+                return
             self._visit(graph, out, axis, span)
             for other in layer.calls[call]:
                 if other != ref:
