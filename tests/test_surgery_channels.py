@@ -238,11 +238,6 @@ def test_add_multiply_and_concatenate_junctions():
     assert dense["dense_flat"].span == Span(0, 1, Flat(positions=64, channels=5, channels_last=True))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a conv that both reads a group's channels and is a member of it (a one-conv "
-    "squeeze-and-excite: x * se(reshape(gap(x))) with se's filters = x's channels) is handled "
-    "once: as a member, so its kernel's input axis (-2) is never sliced, though its input "
-    "(the Reshape) narrows; the pruned kernel keeps 6 inputs where Keras builds 4"))
 def test_a_conv_that_reads_and_joins_the_same_group():
     group = _by_members("junctions")[frozenset({"sep", "se"})]
     assert group.channels == 6 and group.reshapes == (("se_reshape", 2, Span()),)

@@ -42,9 +42,7 @@ CUTS = {
 BUILD_INPUT_SHAPE_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "pruned_config leaves a nested Sequential's own build_input_shape at the old width "
     "(Keras writes the new one; it reads it only for a Sequential without an InputLayer)"))
-SELF_GATED_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "the one-conv squeeze-and-excite 'se' both reads and joins the group {sep, se}: its "
-    "kernel's input axis is not cut (test_surgery_channels), so it keeps 6 inputs where Keras has 4"))
+
 
 
 def _config(name: str) -> dict[str, Any]:
@@ -141,7 +139,7 @@ def _differences(old: Any, new: Any, name: str = "", key: str = "") -> list[tupl
 # --- the variables --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [pytest.param("junctions", marks=SELF_GATED_XFAIL), "channels_first_flat",
+@pytest.mark.parametrize("name", ["junctions", "channels_first_flat",
                                   "nested_prune", "mixed"])
 def test_each_variable_takes_the_shape_keras_gives_the_pruned_model(name):
     facts = _facts(name)

@@ -195,7 +195,7 @@ class _Walk:
     spans: dict[Place, tuple[int, Span]] = field(default_factory=dict)
     reshapes: list[tuple[str, int, Span]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    done_layers: set[tuple[str, str]] = field(default_factory=set)
+    done_layers: set[tuple[str, str, str]] = field(default_factory=set)
     looked_back: set[Place] = field(default_factory=set)
     channels: int = 0
     queue: deque[tuple[Place, bool]] = field(default_factory=deque)  # (place, backward)
@@ -242,9 +242,12 @@ class _Walk:
             self._problem(f"the channels reach '{path}' twice, at different places")
         self.slices[key] = Slice(path, layer.class_name, variable, axis, span)
 
-    def _once(self, graph: ModelGraph, layer: GraphLayer) -> bool:
-        """True the first time a layer is handled; a shared layer is a problem."""
-        key = (graph.path, layer.name)
+    def _once(self, graph: ModelGraph, layer: GraphLayer, role: str) -> bool:
+        """True the first time a layer is handled in ``role`` ("member": its filters are
+        the group's; "reader": it reads the group's channels): a one-conv squeeze-and-excite
+        (x * conv(pool(x))) is both, and each role slices its own axis. A shared layer is a
+        problem."""
+        key = (graph.path, layer.name, role)
         if key in self.done_layers:
             return False
         self.done_layers.add(key)
@@ -268,7 +271,7 @@ class _Walk:
         if path in self.members:
             return
         self.members.append(path)
-        if not self._once(graph, layer):
+        if not self._once(graph, layer, "member"):
             return
         cls = conv_class(layer.class_name)
         assert cls is not None
@@ -343,7 +346,7 @@ class _Walk:
         if kind in CHANNELWISE or kind in CHANNEL_VARIABLES:
             if not self._fits_axis(graph, layer, axis, rank):
                 return
-            if kind in CHANNEL_VARIABLES and self._once(graph, layer):
+            if kind in CHANNEL_VARIABLES and self._once(graph, layer, "reader"):
                 for variable in _channel_variables(layer):
                     # PReLU's alpha lacks the batch axis; the others are vectors.
                     var_axis = (axis - 1 if axis > 0 else axis) if kind == "PReLU" else -1
@@ -371,7 +374,7 @@ class _Walk:
             if axis != -1 and rank is not None and _norm(axis, rank) != rank - 1:
                 self._problem(f"'{path}' (Dense) acts on the last axis, not on the channels")
                 return
-            if self._once(graph, layer):
+            if self._once(graph, layer, "reader"):
                 self._slice(graph, layer, "kernel", 0, span)
         elif kind == "Reshape":
             self._reshape(graph, layer, ref, span)
@@ -420,7 +423,7 @@ class _Walk:
         if _channel_axis(config) != axis:
             self._problem(f"'{path}' uses {config.get('data_format')}, not the channels' layout")
             return
-        if not self._once(graph, layer):
+        if not self._once(graph, layer, "reader"):
             return
         groups = int(config.get("groups") or 1)
         if groups > 1:
