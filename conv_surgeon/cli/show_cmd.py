@@ -10,7 +10,7 @@ import click
 import typer
 
 from ..errors import UsageError
-from ..pictures.options import REDUCTIONS, SCALES
+from ..pictures.options import DEFAULT_COLUMNS, REDUCTIONS, SCALES
 from .app import REPORTS_TO_STDERR, Command, app
 from .params import ConfigOpt, LayerOpt, ModelArg, choice_of, model_source, refuse_terminal, stdout
 
@@ -35,7 +35,7 @@ def show(
     every_layer: Annotated[bool, typer.Option(
         "--all", help="With --hist: one row of histograms per convolution layer.")] = False,
     columns: Annotated[Optional[int], typer.Option(
-        "--columns", min=1, help="Tiles per row (default 8).", show_default=False)] = None,
+        "--columns", min=1, help=f"Tiles per row (default {DEFAULT_COLUMNS}).", show_default=False)] = None,
     input_channel: Annotated[Optional[int], typer.Option(
         "--input-channel", min=0, help="Each tile shows this input channel (default: RGB over 3 channels, "
         "else their mean).", show_default=False)] = None,

@@ -109,11 +109,11 @@ class WriteArgs:
 def counted_steps(options: WriteOptions) -> Iterator[Callable[[str], None]]:
     """A ``step`` callback for a graph-surgery write (written, then checked): it moves a
     progress line while the block runs, on a terminal only."""
-    from ..instruments.set_weights import counted
+    from ..instruments.writing import surgery_steps
     from ..render import progress_on_terminal
 
     with progress_on_terminal() as progress:
-        yield counted(progress, 2 if options.smoke.enabled else 1)
+        yield surgery_steps(progress, options)
 
 
 def report_stream(options: WriteOptions) -> TextIO:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, ClassVar
@@ -33,29 +32,13 @@ from ..store.provenance import EditRecord, EditSource
 from ..store.model_file import ModelFile
 from ..store.patches import locate_patches
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from .writing import PLAIN_CHECKS, CheckDefaults, WriteReport
+from .writing import PLAIN_CHECKS, CheckDefaults, Progress, WriteReport, counted
 from ..transaction.transaction import (
     WriteOptions,
     WrittenValue,
     check_destination,
     write_transaction,
 )
-
-Progress = Callable[[int, int, str], None]
-
-
-def counted(progress: Progress | None, total: int) -> Callable[[str], None]:
-    """A ``step(what)`` callback that tells ``progress`` (if any) of step 1, 2, ... of ``total``."""
-    done = 0
-
-    def step(what: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, what)
-
-    return step
-
 
 @dataclass(frozen=True)
 class WeightRequest:

@@ -10,6 +10,7 @@ rule or a default number of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -122,3 +123,26 @@ class WriteReport:
     def changed(self) -> bool:
         """Whether the instrument changed anything (with nothing to change, nothing is written)."""
         return True
+
+
+# Hears of each step of a write: progress(done, total, what).
+Progress = Callable[[int, int, str], None]
+
+
+def counted(progress: Progress | None, total: int) -> Callable[[str], None]:
+    """A ``step(what)`` callback that tells ``progress`` (if any) of step 1, 2, ... of ``total``."""
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    return step
+
+
+def surgery_steps(progress: Progress | None, options: WriteOptions) -> Callable[[str], None]:
+    """The ``step`` callback of a graph-surgery write (`fold-bn`, `prune`): the model is
+    written, then checked unless the check is off."""
+    return counted(progress, 2 if options.smoke.enabled else 1)
