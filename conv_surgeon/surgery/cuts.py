@@ -122,6 +122,12 @@ def pruned_config(config: dict[str, Any], cuts: list[Cut]) -> dict[str, Any]:
             shape = producer.config.get("batch_shape") or producer.config.get("batch_input_shape")
             if isinstance(shape, list):
                 lists[id(shape)] = shape
+            # A nested Sequential entered through this input records the shape it was built
+            # with in its own config too (its build_config is a call's, cut above).
+            nested = entries.get(graph.path) if graph.path else None
+            built = nested.get("config", {}).get("build_input_shape") if nested is not None else None
+            if isinstance(built, list) and built and not isinstance(built[0], list):
+                lists[id(built)] = built
         for shape in lists.values():
             shape[axis] = int(shape[axis]) - count
     return new
