@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ExitCode, SmokeTestError
-from conv_surgeon.runtime.smoke import run_smoke_test, sums_length
+from conv_surgeon.runtime.running import sums_length
+from conv_surgeon.runtime.smoke import run_smoke_test
 from conv_surgeon.runtime.checks import FUNCTION_KEPT, float32_rounding
 
 DENSENET121_SUMS = 101_299  # sums_length(keras.applications.DenseNet121(weights=None))

@@ -73,7 +73,7 @@ class Tolerance:
 FUNCTION_KEPT = Tolerance(atol=0.0, rtol=0.0, float32_sums=True)
 
 # The float32 rounding allowed, per output: ROUNDING_FACTOR * eps32 * sqrt(n) * max|original|,
-# n the total length of the model's sums (:func:`sums_length`): roundings of relative size
+# n the total length of the model's sums (:func:`.running.sums_length`): roundings of relative size
 # eps32 add up like a random walk over the products behind an output, and a normalized
 # network keeps its activations near its output's scale. Measured here (prune --zeros and
 # fold-bn on ResNet50, MobileNetV2, DenseNet121, EfficientNetB0 and Xception, 32 to 224
