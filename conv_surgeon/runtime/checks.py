@@ -146,6 +146,7 @@ class SmokeOptions:
     load_inputs: Path | None = None
     save_inputs: Path | None = None
     imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
+    input_seed: int = 0  # seeds the random inputs; the original's run in its own process draws the same
 
 
 NO_SMOKE = SmokeOptions(enabled=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,8 @@ from ..errors import SmokeTestError
 from ..model.catalogue import conv_class
 from ..model.naming import format_shape
 from ..store.worker import Worker
-from .checks import (ExpectedValue, OutputComparison, OutputSummary, SmokeTarget, Tolerance, ToleranceCheck,
-                     float32_rounding)
+from .checks import (ExpectedValue, OutputComparison, OutputSummary, SmokeOptions, SmokeTarget, Tolerance,
+                     ToleranceCheck, float32_rounding)
 from .environment import import_keras, quiet_stderr
 from .input_shapes import declared_shapes, matched_inputs, read_inputs_file, run_seeded
 from .loading import import_modules, load_target
@@ -98,22 +97,22 @@ ReferenceResult = tuple[list[tuple[int, ...]], str, list[np.ndarray]]
 REFERENCE_TIMEOUT_S = 3600.0  # a bound for a hung process, not for a slow model
 
 
-def start_reference_run(
-    reference: SmokeTarget, *, input_shapes: Sequence[tuple[int, ...]] | None = None,
-    unsafe: bool = False, seed: int = 0, load_inputs: Path | None = None, imports: Sequence[str] = (),
-) -> Worker[ReferenceResult]:
+def start_reference_run(reference: SmokeTarget, options: SmokeOptions) -> Worker[ReferenceResult]:
     """Run the original model for ``--compare`` in a forked process, beside the edited one:
     its load and forward pass then cost no time of their own on a machine with two cores.
 
     Fork before any thread starts (before :class:`.environment.KerasWarmUp`): the child
-    imports TensorFlow itself. It draws the same seeded inputs as :func:`.smoke.run_smoke_test`
-    (or reads ``load_inputs``), and :func:`.smoke.run_smoke_test` checks that they are the same.
+    imports TensorFlow itself. Given the same ``options``, it draws the same seeded inputs
+    as :func:`.smoke.run_smoke_test` (or reads ``options.load_inputs``), and
+    :func:`.smoke.run_smoke_test` checks that they are the same.
     """
+    load_inputs = options.load_inputs
+
     def work() -> ReferenceResult:
         keras = import_keras()
         with quiet_stderr():
-            import_modules(imports)
-            model = load_target(keras, reference, unsafe, "original model")
+            import_modules(options.imports)
+            model = load_target(keras, reference, options.unsafe, "original model")
             if load_inputs is not None:
                 inputs = matched_inputs(load_inputs, read_inputs_file(load_inputs), model)
                 try:
@@ -123,8 +122,8 @@ def start_reference_run(
                         f"the forward pass of the original model failed on the inputs of --load-inputs "
                         f"{load_inputs} ({failure}); nothing was written").with_detail(failure.detail) from None
             else:
-                run = run_seeded(model, lambda arrays: forward(keras, model, arrays), input_shapes, seed,
-                                 declared_shapes(reference))
+                run = run_seeded(model, lambda arrays: forward(keras, model, arrays), options.input_shapes,
+                                 options.input_seed, declared_shapes(reference))
                 inputs, outputs = run.inputs, run.outputs
         return [tuple(a.shape) for a in inputs], inputs_digest(inputs), outputs
 
@@ -132,7 +131,7 @@ def start_reference_run(
 
 
 def inputs_digest(arrays: Sequence[np.ndarray]) -> str:
-    """A SHA-256 of the arrays' bytes: the same inputs in the reference run and here."""
+    """A SHA-256 of the arrays' bytes: whether the reference run fed the same inputs."""
     import hashlib
 
     digest = hashlib.sha256()

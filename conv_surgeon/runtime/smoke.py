@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import SmokeTestError
 from ..store.worker import Worker
-from .checks import (ExpectedValue, OutputComparison, SmokeReport, SmokeTarget, Tolerance, ToleranceCheck,
+from .checks import (ExpectedValue, OutputComparison, SmokeOptions, SmokeReport, SmokeTarget, ToleranceCheck,
                      compare_outputs)
 from .environment import engine_label, import_keras, import_tf_keras, keras_label, quiet_stderr, tf_keras_available
 from .input_shapes import declared_shapes, read_inputs_file, run_loaded, run_seeded
@@ -36,56 +36,52 @@ def _as_target(path: Path | SmokeTarget) -> SmokeTarget:
 
 def run_smoke_test(
     target: Path | SmokeTarget,
-    expected: Sequence[ExpectedValue],
+    options: SmokeOptions,
     *,
-    input_shapes: Sequence[tuple[int, ...]] | None = None,
-    unsafe: bool = False,
-    seed: int = 0,
-    reference: Path | SmokeTarget | None = None,
-    reference_run: Worker[ReferenceResult] | None = None,
-    expect_same: Tolerance | None = None,
-    load_inputs: Path | None = None,
-    save_inputs: Path | None = None,
-    imports: Sequence[str] = (),
+    expected: Sequence[ExpectedValue] = (),
     original: Path | SmokeTarget | None = None,
     written_by: str | None = None,
+    reference: Worker[ReferenceResult] | None = None,
     runtime: Literal["keras", "tf-keras"] = "keras",
 ) -> SmokeReport:
-    """Load ``target`` with Keras, run one seeded forward pass, check outputs and values.
+    """Load ``target`` with Keras, run one seeded forward pass, check outputs and ``expected`` values.
 
-    ``imports`` are modules imported first (they register custom classes). Each input's
-    shape comes from the file's config first; unknown sizes not given by ``input_shapes``
-    are searched (:func:`.input_shapes.run_seeded`). With ``reference`` (the original model)
-    both run on the same inputs and their outputs, and the outputs of the edited layers, are
-    compared; ``expect_same`` turns a difference of the model's outputs beyond it into a
-    failure. ``reference_run``, the original already running in its own process
-    (:func:`.running.start_reference_run`), gives the original's outputs in its place when
-    its inputs are the edited model's; it compares the outputs only, not the edited layers'.
+    ``options.imports`` are modules imported first (they register custom classes). Each
+    input's shape comes from the file's config first; unknown sizes not given by
+    ``options.input_shapes`` are searched (:func:`.input_shapes.run_seeded`). With
+    ``options.compare`` the ``original`` (unedited) model runs on the same inputs and the
+    outputs, and the outputs of the edited layers, are compared; ``options.expect_same``
+    turns a difference of the model's outputs beyond it into a failure. ``reference``, the
+    original already running in its own process (:func:`.running.start_reference_run`),
+    gives the original's outputs in its place when its inputs are the edited model's; it
+    compares the outputs only, not the edited layers'.
 
-    When Keras cannot load the written model, ``original`` (the unedited model) tells
-    whether the edit is the cause: if Keras 3 cannot load the original either and the file
-    was ``written_by`` Keras 2, the whole check runs again under tf-keras in a process of
-    its own (``runtime`` "tf-keras" is that process's).
+    When Keras cannot load the written model, ``original`` tells whether the edit is the
+    cause: if Keras 3 cannot load the original either and the file was ``written_by``
+    Keras 2, the whole check runs again under tf-keras in a process of its own
+    (``runtime`` "tf-keras" is that process's).
     """
+    if options.compare and original is None:
+        raise ValueError("run_smoke_test: options.compare needs the original model to compare with")
     edited = _as_target(target)
+    unedited = _as_target(original) if original is not None else None
+    load_inputs, expect_same = options.load_inputs, options.expect_same
     # A wrong inputs file is refused before Keras loads anything.
     stored = read_inputs_file(load_inputs) if load_inputs is not None else None
     keras = import_tf_keras() if runtime == "tf-keras" else import_keras()
     engine_notes: set[str] = set()
     try:
         with quiet_stderr():
-            import_modules(imports)
-            model = load_written(keras, edited, _as_target(original) if original is not None else None, unsafe)
+            import_modules(options.imports)
+            model = load_written(keras, edited, unedited, options.unsafe)
     except NoKerasLoads as failure:
-        if reference_run is not None:
-            reference_run.discard()
+        if reference is not None:
+            reference.discard()
         keras2 = runtime == "keras" and written_by_keras2(written_by)
         if not keras2 or not tf_keras_available():
             raise NoKerasLoads(failure.attempts, written_by, tf_keras_hint=keras2).with_detail(failure.detail) from None
         return _checked_by_tf_keras(failure, written_by, dict(
-            target=edited, expected=list(expected), input_shapes=input_shapes, unsafe=unsafe,
-            seed=seed, reference=reference, expect_same=expect_same, load_inputs=load_inputs,
-            save_inputs=save_inputs, imports=tuple(imports), original=original, written_by=written_by))
+            target=edited, options=options, expected=list(expected), original=unedited, written_by=written_by))
     with quiet_stderr():
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
             return forward(keras, model, arrays, engine_notes)
@@ -93,20 +89,19 @@ def run_smoke_test(
         if load_inputs is not None and stored is not None:
             fed = run_loaded(load_inputs, stored, model, run)
         else:
-            fed = run_seeded(model, run, input_shapes, seed, declared_shapes(edited))
+            fed = run_seeded(model, run, options.input_shapes, options.input_seed, declared_shapes(edited))
         inputs, arrays, notes = fed.inputs, fed.outputs, list(fed.notes)
         symbolic = [tuple(t.shape) for t in as_list(model.outputs)]
         legacy_file = legacy_weights_file(edited)
         loaded = Loaded(model, locate_variables(keras, model, expected, legacy_file))
         checked = check_variables(keras, expected, loaded.variables, legacy=legacy_file is not None)
         original_run = None
-        if reference_run is not None:
-            shapes_run, digest, outputs_run = reference_run.result()
+        if reference is not None:
+            shapes_run, digest, outputs_run = reference.result()
             if shapes_run == [tuple(a.shape) for a in inputs] and digest == inputs_digest(inputs):
                 original_run = Original(outputs_run, [], [], True)
-        if original_run is None and reference is not None:
-            original_run = _run_original(keras, _as_target(reference), unsafe, expected, inputs, loaded,
-                                         engine_notes)
+        if original_run is None and options.compare and unedited is not None:
+            original_run = _run_original(keras, unedited, options.unsafe, expected, inputs, loaded, engine_notes)
         engine = engine_label(keras)
         if engine.endswith("oneDNN on"):
             engine_notes.add(ONEDNN_NOTE)
@@ -126,6 +121,7 @@ def run_smoke_test(
         notes += original_run.notes + comparison_notes(original_run, comparisons, layer_comparisons,
                                                        expect_same is not None)
     notes += sorted(engine_notes)
+    save_inputs = options.save_inputs
     if save_inputs is not None:
         from ..store.fileio import npz_bytes, write_atomically
 

@@ -174,15 +174,9 @@ def write_transaction(
                 # The original, to compare with, and to tell a file Keras cannot read
                 # from an edit that broke it.
                 with _original_file(source, structure.format) as original:
-                    report = run_smoke_test(
-                        smoke_target(load_path), expected, input_shapes=checks.input_shapes,
-                        unsafe=checks.unsafe,
-                        reference=smoke_target(original) if checks.compare else None,
-                        reference_run=reference_run,
-                        expect_same=checks.expect_same, load_inputs=checks.load_inputs,
-                        save_inputs=checks.save_inputs, imports=checks.imports,
-                        original=smoke_target(original), written_by=structure.keras_version,
-                    )
+                    report = run_smoke_test(smoke_target(load_path), checks, expected=expected,
+                                            original=smoke_target(original), written_by=structure.keras_version,
+                                            reference=reference_run)
                 if step is not None:
                     step("smoke test passed")
             commit()
@@ -408,5 +402,4 @@ def _reference_run(source: ModelFile, options: WriteOptions) -> Worker[Reference
             or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")) \
             or "tensorflow" in sys.modules:
         return None
-    return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
-                               unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)
+    return start_reference_run(SmokeTarget(source.path), checks)
