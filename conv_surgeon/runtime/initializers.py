@@ -1,4 +1,4 @@
-"""Drawing an initializer's values with Keras, for ``set LAYER kernel=he_normal``.
+"""Drawing an initializer's values with Keras, for ``set --kernel-init he_normal`` and the like.
 
 The spec is parsed and checked Keras-free in :mod:`conv_surgeon.edits.initializers`; only
 the draw itself runs Keras.
