@@ -192,7 +192,7 @@ def test_a_file_no_keras_loads_is_said_so_and_no_smoke_writes_it(tf_keras, tmp_p
 def test_without_tf_keras_the_message_says_how_to_get_it(tf_keras, tmp_path, monkeypatch):
     import conv_surgeon as cs
     from conv_surgeon.errors import SmokeTestError
-    from conv_surgeon.transaction import smoke
+    from conv_surgeon.runtime import smoke
 
     L = tf_keras.layers
     model = tf_keras.Sequential([L.Conv2D(4, 3, batch_input_shape=(None, 8, 8, 1), name="conv1"),

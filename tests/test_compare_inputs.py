@@ -131,7 +131,7 @@ def test_an_output_the_edit_changes_gets_no_note(keras, tmp_path: Path) -> None:
 
 def test_the_same_model_compared_with_itself_is_not_suspicious(keras, tmp_path: Path) -> None:
     model = depthwise_then(keras, tmp_path / "plain.keras", keras.layers.GlobalAveragePooling2D())
-    smoke = run_smoke_test(model, [], reference=model)
+    smoke = run_smoke_test(model, SmokeOptions(compare=True), original=model)
     assert smoke.comparisons[0].max_abs == 0.0 and smoke.layer_comparisons == () and smoke.notes == ()
 
 
@@ -249,7 +249,7 @@ def test_the_npy_is_refused_before_keras_loads_the_model(keras, tmp_path: Path) 
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
     # Loading this model without --unsafe fails: the inputs file is looked at first.
     with pytest.raises(ConvSurgeonError, match=r"received a single \.npy array \(1, 4\)") as info:
-        run_smoke_test(model, [], load_inputs=tmp_path / "x.npy")
+        run_smoke_test(model, SmokeOptions(load_inputs=tmp_path / "x.npy"))
     assert info.value.exit_code == ExitCode.FAILED
 
 
@@ -279,7 +279,7 @@ def test_inputs_without_the_batch_axis_say_to_add_it(keras, tmp_path: Path) -> N
     model = mnist_like(keras, tmp_path / "m.keras")
     np.savez(tmp_path / "x.npz", input_0=np.zeros((28, 28, 1), np.float32))
     with pytest.raises(ConvSurgeonError) as info:
-        run_smoke_test(model, [], load_inputs=tmp_path / "x.npz")
+        run_smoke_test(model, SmokeOptions(load_inputs=tmp_path / "x.npz"))
     assert str(info.value) == (
         f"--load-inputs {tmp_path / 'x.npz'}: model input 0 expects (None, 28, 28, 1), received (28, 28, 1) "
         "(array 'input_0'); add the batch axis: np.savez(FILE, input_0=x[None])"
@@ -292,7 +292,7 @@ def test_inputs_with_different_sample_counts_are_refused(keras, tmp_path: Path) 
     keras.Model([a, b], keras.layers.Add()([a, b])).save(model)
     np.savez(tmp_path / "x.npz", input_0=np.zeros((2, 4), np.float32), input_1=np.zeros((3, 4), np.float32))
     with pytest.raises(ConvSurgeonError, match=r"\(2, 4\) and \(3, 4\), different numbers of samples"):
-        run_smoke_test(model, [], load_inputs=tmp_path / "x.npz")
+        run_smoke_test(model, SmokeOptions(load_inputs=tmp_path / "x.npz"))
 
 
 # --- --input-shape mistakes are usage errors ----------------------------------------------

@@ -24,7 +24,7 @@ from conv_surgeon.errors import SmokeTestError
 from conv_surgeon.render import fold_document
 from conv_surgeon.surgery.rewrite import ValueDigest
 from conv_surgeon.runtime.smoke import run_smoke_test
-from conv_surgeon.runtime.checks import ExpectedValue
+from conv_surgeon.runtime.checks import ExpectedValue, SmokeOptions
 
 CLI = str(Path(sys.executable).parent / "conv-surgeon")
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
@@ -350,11 +350,11 @@ def test_a_derived_value_is_checked_by_its_digest(keras, tmp_path):
     def expected(value):
         return [ExpectedValue("layer 'c' kernel", ValueDigest.of(value), store_object="layers/conv2d")]
 
-    assert run_smoke_test(path, expected(kernel)).checked_variables == 1
+    assert run_smoke_test(path, SmokeOptions(), expected=expected(kernel)).checked_variables == 1
     nudged = kernel.copy()
     nudged[1, 2, 0, 1] = np.nextafter(nudged[1, 2, 0, 1], np.float32(np.inf))
     with pytest.raises(SmokeTestError, match="layer 'c' kernel: Keras loaded values that differ"):
-        run_smoke_test(path, expected(nudged))
+        run_smoke_test(path, SmokeOptions(), expected=expected(nudged))
 
 
 def test_an_output_batchnorm_says_the_output_is_renamed(keras, tmp_path, cli):

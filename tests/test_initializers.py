@@ -20,7 +20,7 @@ from conv_surgeon.edits.initializers import (
     parse_initializer_spec,
 )
 from conv_surgeon.errors import UsageError
-from conv_surgeon.runtime.environment import draw_initializer
+from conv_surgeon.runtime.initializers import draw_initializer
 
 KERNEL = (3, 3, 2, 4)
 
@@ -239,7 +239,7 @@ def test_draw_is_reproducible_across_processes() -> None:
     code = (
         "import json, sys\n"
         "from conv_surgeon.edits.initializers import parse_initializer_spec\n"
-        "from conv_surgeon.runtime.environment import draw_initializer\n"
+        "from conv_surgeon.runtime.initializers import draw_initializer\n"
         "spec = parse_initializer_spec('variance_scaling:scale=2,distribution=uniform')\n"
         "a = draw_initializer(spec, (3, 3, 2, 4), seed=123)\n"
         "print(json.dumps(a.ravel().tolist()))\n"

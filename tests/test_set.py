@@ -22,7 +22,7 @@ from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import read_structure
 from conv_surgeon.instruments.reading import get_weights
 from conv_surgeon.runtime.smoke import run_smoke_test
-from conv_surgeon.runtime.checks import ExpectedValue
+from conv_surgeon.runtime.checks import ExpectedValue, SmokeOptions
 from conv_surgeon.transaction.transaction import Destination, WriteOptions, choose_destination
 from conv_surgeon.runtime.checks import NO_SMOKE
 from conv_surgeon.instruments.set_weights import WeightRequest, set_weights
@@ -321,21 +321,21 @@ def test_stdin_source_to_stream_destination(samples: Path, tmp_path: Path) -> No
 
 def test_smoke_test_passes_and_checks_the_values(samples: Path) -> None:
     conv1 = value_of(samples / "tiny_cnn.keras", "conv1")
-    report = run_smoke_test(samples / "tiny_cnn.keras", [ExpectedValue("layer 'conv1' kernel", conv1, store_object="layers/conv2d", store_index=0)])
+    report = run_smoke_test(samples / "tiny_cnn.keras", SmokeOptions(), expected=[ExpectedValue("layer 'conv1' kernel", conv1, store_object="layers/conv2d", store_index=0)])
     assert report.inputs == (("input 0", (1, 28, 28, 1)),)
     assert report.outputs[0].shape == (1, 10) and report.checked_variables == 1
 
 
 def test_smoke_test_detects_values_that_differ(samples: Path) -> None:
     with pytest.raises(SmokeTestError, match="differ") as info:
-        run_smoke_test(samples / "tiny_cnn.keras", [ExpectedValue("layer 'conv1' kernel", np.zeros((3, 3, 1, 4)), store_object="layers/conv2d")])
+        run_smoke_test(samples / "tiny_cnn.keras", SmokeOptions(), expected=[ExpectedValue("layer 'conv1' kernel", np.zeros((3, 3, 1, 4)), store_object="layers/conv2d")])
     assert info.value.exit_code == 3
 
 
 def test_smoke_test_explains_why_keras_cannot_load_a_keras2_file(data_dir: Path, tmp_path: Path) -> None:
     path = copy_into(tmp_path, data_dir / "keras2_convs.h5")
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [])
+        run_smoke_test(path, SmokeOptions())
     message = str(info.value)
     assert "could not load" in message and "groups" in message and "--no-smoke" in message
     assert "\n" not in message
@@ -343,8 +343,8 @@ def test_smoke_test_explains_why_keras_cannot_load_a_keras2_file(data_dir: Path,
 
 def test_smoke_test_lambda_needs_unsafe(samples: Path) -> None:
     with pytest.raises(SmokeTestError, match="--unsafe"):
-        run_smoke_test(samples / "tiny_cnn_lambda.keras", [])
-    assert run_smoke_test(samples / "tiny_cnn_lambda.keras", [], unsafe=True).outputs
+        run_smoke_test(samples / "tiny_cnn_lambda.keras", SmokeOptions())
+    assert run_smoke_test(samples / "tiny_cnn_lambda.keras", SmokeOptions(unsafe=True)).outputs
 
 
 def test_smoke_test_refuses_outputs_that_overflow(samples: Path, tmp_path: Path) -> None:
@@ -360,10 +360,10 @@ def test_smoke_test_unknown_spatial_size_uses_32_and_says_so(keras, tmp_path: Pa
     model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3, name="conv")])
     path = tmp_path / "free.keras"
     model.save(path)
-    report = run_smoke_test(path, [])
+    report = run_smoke_test(path, SmokeOptions())
     assert report.inputs == (("input 0", (1, 32, 32, 3)),)
     assert any("32" in note and "--input-shape" in note for note in report.notes)
-    given = run_smoke_test(path, [], input_shapes=[(9, 7, 3)])
+    given = run_smoke_test(path, SmokeOptions(input_shapes=[(9, 7, 3)]))
     assert given.inputs == (("input 0", (1, 9, 7, 3)),) and given.outputs[0].shape == (1, 7, 5, 2)
 
 

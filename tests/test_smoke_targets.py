@@ -17,7 +17,7 @@ import pytest
 
 from conv_surgeon.errors import ConvSurgeonError, SmokeTestError
 from conv_surgeon.runtime.smoke import run_smoke_test
-from conv_surgeon.runtime.checks import ExpectedValue, SmokeTarget
+from conv_surgeon.runtime.checks import ExpectedValue, SmokeOptions, SmokeTarget
 
 PACKAGE = "conv_surgeon_smoke_targets"
 
@@ -100,7 +100,7 @@ def fixed_time_model(keras, path: Path) -> Path:
 def test_unknown_length_climbs_past_a_cropping(keras, tmp_path: Path, capfd) -> None:
     path = cropping_model(keras, tmp_path / "crop.keras")
     capfd.readouterr()
-    report = run_smoke_test(path, [])
+    report = run_smoke_test(path, SmokeOptions())
     assert report.inputs == (("input 0", (1, 1024, 1)),)
     assert report.outputs[0].shape == (1, 22, 2)
     assert report.notes == (
@@ -112,17 +112,17 @@ def test_unknown_length_climbs_past_a_cropping(keras, tmp_path: Path, capfd) -> 
 
 def test_the_reference_runs_on_the_inputs_found(keras, tmp_path: Path) -> None:
     path = cropping_model(keras, tmp_path / "crop.keras")
-    found = run_smoke_test(path, [], reference=path, save_inputs=tmp_path / "found.npz")
+    found = run_smoke_test(path, SmokeOptions(compare=True, save_inputs=tmp_path / "found.npz"), original=path)
     assert found.inputs == (("input 0", (1, 1024, 1)),)
     assert [c.max_abs for c in found.comparisons] == [0.0]
     # The search draws each try afresh: what it found is what --input-shape gives.
-    run_smoke_test(path, [], input_shapes=[(1024, 1)], save_inputs=tmp_path / "given.npz")
+    run_smoke_test(path, SmokeOptions(input_shapes=[(1024, 1)], save_inputs=tmp_path / "given.npz"))
     with np.load(tmp_path / "found.npz") as a, np.load(tmp_path / "given.npz") as b:
         np.testing.assert_array_equal(a["input_0"], b["input_0"])
 
 
 def test_a_time_axis_fixed_by_a_dense_is_found(keras, tmp_path: Path) -> None:
-    report = run_smoke_test(fixed_time_model(keras, tmp_path / "tempo.keras"), [])
+    report = run_smoke_test(fixed_time_model(keras, tmp_path / "tempo.keras"), SmokeOptions())
     assert report.inputs == (("input 0", (1, 256, 1)),) and report.outputs[0].shape == (1, 3)
     assert report.notes == (
         "input 0 (None, None, 1): unknown sizes set to 256 (32..128 were rejected); "
@@ -133,7 +133,7 @@ def test_a_time_axis_fixed_by_a_dense_is_found(keras, tmp_path: Path) -> None:
 def test_a_wrong_input_shape_names_it_and_the_ways_out(keras, tmp_path: Path) -> None:
     path = fixed_time_model(keras, tmp_path / "tempo.keras")
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [], input_shapes=[(100, 1)])
+        run_smoke_test(path, SmokeOptions(input_shapes=[(100, 1)]))
     one_line(info, "(1, 100, 1)", "--input-shape", "--no-smoke", "Reshape")
     assert info.value.exit_code == 3
 
@@ -142,7 +142,7 @@ def test_every_size_rejected_says_what_was_tried(keras, tmp_path: Path) -> None:
     path = tmp_path / "greedy.keras"
     keras.Sequential([keras.Input((None, 4)), keras.layers.Cropping1D((600_000, 600_000))]).save(path)
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [])
+        run_smoke_test(path, SmokeOptions())
     # (None, 4): at most 2**22 values, so the ladder stops at 2**20 steps.
     one_line(info, "input 0 (None, None, 4)", "32, 64, ..., 1048576", "(1, 1048576, 4)",
              "Cropping1D", "--input-shape SHAPE", "--no-smoke")
@@ -152,7 +152,7 @@ def test_an_empty_output_counts_as_too_small(keras, tmp_path: Path) -> None:
     path = tmp_path / "pool.keras"
     # AveragePooling1D(64) on 32 steps returns 0 steps without an error.
     keras.Sequential([keras.Input((None, 1)), keras.layers.AveragePooling1D(64), keras.layers.Conv1D(2, 1)]).save(path)
-    report = run_smoke_test(path, [])
+    report = run_smoke_test(path, SmokeOptions())
     assert report.inputs == (("input 0", (1, 64, 1)),) and report.outputs[0].shape == (1, 1, 2)
     assert "set to 64 (32 was rejected)" in report.notes[0]
 
@@ -163,7 +163,7 @@ def test_an_overflow_is_not_retried(keras, tmp_path: Path) -> None:
     model.get_layer("conv").kernel.assign(np.full((1, 1, 1), 3e38, np.float32))
     model.save(path)
     with pytest.raises(SmokeTestError, match="NaN or Inf") as info:
-        run_smoke_test(path, [], seed=1)
+        run_smoke_test(path, SmokeOptions(input_seed=1))
     assert "(1, 32, 1)" in str(info.value)  # the first size ran: no search beyond it
 
 
@@ -180,12 +180,12 @@ def test_time_distributed_inner_conv(keras, tmp_path: Path) -> None:
         ExpectedValue("layer 'td/conv2d' kernel", kernel, store_object="layers/time_distributed/layer"),
         ExpectedValue("layer 'td/conv2d' bias", bias, store_object="layers/time_distributed/layer", store_index=1),
     ]
-    assert run_smoke_test(path, good).checked_variables == 2
+    assert run_smoke_test(path, SmokeOptions(), expected=good).checked_variables == 2
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [ExpectedValue("layer 'td/conv2d' kernel", kernel + 1, store_object="layers/time_distributed/layer")])
+        run_smoke_test(path, SmokeOptions(), expected=[ExpectedValue("layer 'td/conv2d' kernel", kernel + 1, store_object="layers/time_distributed/layer")])
     one_line(info, "layer 'td/conv2d' kernel", "differ")
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [ExpectedValue("layer 'td/conv2d' kernel", kernel, store_object="layers/time_distributed")])
+        run_smoke_test(path, SmokeOptions(), expected=[ExpectedValue("layer 'td/conv2d' kernel", kernel, store_object="layers/time_distributed")])
     one_line(info, "layer 'td/conv2d' kernel", "not found", "'layers/time_distributed/vars/0'")
 
 
@@ -203,9 +203,9 @@ def test_custom_block_conv_and_batch_norm(keras, conv_block, tmp_path: Path) -> 
         ExpectedValue("layer 'block/conv' kernel", kernel, store_object="layers/conv_block/conv"),
         ExpectedValue("layer 'block/bn' moving_mean", mean, store_object="layers/conv_block/bn", store_index=2),
     ]
-    assert run_smoke_test(path, expected).checked_variables == 2
+    assert run_smoke_test(path, SmokeOptions(), expected=expected).checked_variables == 2
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [ExpectedValue("layer 'block/bn' moving_mean", mean, store_object="layers/conv_block/bn")])
+        run_smoke_test(path, SmokeOptions(), expected=[ExpectedValue("layer 'block/bn' moving_mean", mean, store_object="layers/conv_block/bn")])
     one_line(info, "layer 'block/bn' moving_mean", "differ")  # index 0 is gamma
 
 
@@ -238,12 +238,12 @@ def test_legacy_h5_by_position_in_weight_names(keras, tmp_path: Path, frozen: bo
         ExpectedValue("layer 'inner/bn' gamma", values[gamma_at], h5_layer="inner", h5_position=gamma_at),
         ExpectedValue("layer 'inner/conv' kernel", values[kernel_at], h5_layer="inner", h5_position=kernel_at),
     ]
-    assert run_smoke_test(path, expected).checked_variables == 3
+    assert run_smoke_test(path, SmokeOptions(), expected=expected).checked_variables == 3
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [ExpectedValue("layer 'inner/bn' moving_mean", values[mean_at], h5_layer="inner", h5_position=gamma_at)])
+        run_smoke_test(path, SmokeOptions(), expected=[ExpectedValue("layer 'inner/bn' moving_mean", values[mean_at], h5_layer="inner", h5_position=gamma_at)])
     one_line(info, "layer 'inner/bn' moving_mean", "differ")
     with pytest.raises(SmokeTestError) as info:
-        run_smoke_test(path, [ExpectedValue("layer 'x' kernel", values[0], h5_layer="nowhere")])
+        run_smoke_test(path, SmokeOptions(), expected=[ExpectedValue("layer 'x' kernel", values[0], h5_layer="nowhere")])
     one_line(info, "layer 'x' kernel", "not found", "'nowhere'")
 
 
@@ -254,10 +254,10 @@ def test_a_zipped_false_directory(keras, tmp_path: Path) -> None:
     folder = tmp_path / "model_dir"
     keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3, name="conv")]).save(folder, zipped=False)
     kernel = stored(folder, "layers/conv2d/vars/0")
-    report = run_smoke_test(folder, [ExpectedValue("layer 'conv' kernel", kernel, store_object="layers/conv2d")])
+    report = run_smoke_test(folder, SmokeOptions(), expected=[ExpectedValue("layer 'conv' kernel", kernel, store_object="layers/conv2d")])
     assert report.checked_variables == 1 and report.inputs == (("input 0", (1, 32, 32, 3)),)
     with pytest.raises(SmokeTestError, match="differ"):
-        run_smoke_test(SmokeTarget(folder), [ExpectedValue("layer 'conv' kernel", -kernel, store_object="layers/conv2d")])
+        run_smoke_test(SmokeTarget(folder), SmokeOptions(), expected=[ExpectedValue("layer 'conv' kernel", -kernel, store_object="layers/conv2d")])
 
 
 @pytest.mark.parametrize("weights_name", ["edited.weights.h5", "edited.weights.json"])
@@ -275,10 +275,10 @@ def test_a_weights_file_with_the_model_it_belongs_to(keras, tmp_path: Path, weig
         model.save_weights(weights)
     target = SmokeTarget(weights, kind="weights", config=tmp_path / "arch.keras")
     expected = [ExpectedValue("layer 'conv' kernel", new_kernel, store_object="layers/conv2d")]
-    assert run_smoke_test(target, expected).checked_variables == 1
+    assert run_smoke_test(target, SmokeOptions(), expected=expected).checked_variables == 1
     with pytest.raises(SmokeTestError, match="differ"):
         # The architecture's own file still holds the old kernel: the weights came from the file.
-        run_smoke_test(tmp_path / "arch.keras", expected)
+        run_smoke_test(tmp_path / "arch.keras", SmokeOptions(), expected=expected)
 
 
 def test_weights_target_needs_a_config(tmp_path: Path) -> None:
@@ -333,12 +333,12 @@ def test_imports_register_custom_layers_from_the_current_directory(keras, tmp_pa
 
     for unknown in (path, legacy):
         with pytest.raises(SmokeTestError) as info:
-            run_smoke_test(unknown, [])
+            run_smoke_test(unknown, SmokeOptions())
         one_line(info, "ScaledConv'", "--import MODULE", "--no-smoke")
 
     kernel = stored(path, "layers/scaled_conv/conv/vars/0")
     expected = [ExpectedValue("layer 'scaled/conv' kernel", kernel, store_object="layers/scaled_conv/conv")]
-    report = run_smoke_test(path, expected, imports=[module])
+    report = run_smoke_test(path, SmokeOptions(imports=(module,)), expected=expected)
     assert report.checked_variables == 1 and str(tmp_path) in sys.path
 
 
@@ -349,11 +349,11 @@ def test_a_module_that_cannot_be_imported_is_one_line(tmp_path: Path, monkeypatc
     for name, part in [("no_such_smoke_module", "No module named 'no_such_smoke_module'"),
                        ("broken_smoke_layers", "SyntaxError")]:
         with pytest.raises(ConvSurgeonError) as info:
-            run_smoke_test(tmp_path / "never-loaded.keras", [], imports=[name])
+            run_smoke_test(tmp_path / "never-loaded.keras", SmokeOptions(imports=(name,)))
         assert not isinstance(info.value, SmokeTestError) and info.value.exit_code == 1
         one_line(info, f"--import {name}", part)
     with pytest.raises(ConvSurgeonError) as info:
-        run_smoke_test(tmp_path / "never-loaded.keras", [], imports=["my_layers.py"])
+        run_smoke_test(tmp_path / "never-loaded.keras", SmokeOptions(imports=("my_layers.py",)))
     one_line(info, "--import my_layers)")
 
 
@@ -381,10 +381,10 @@ def test_keras_hub_backbone_as_model_and_as_preset(hub_backbone: Path, capfd) ->
     for target, source in [(archive, archive), (SmokeTarget(preset, kind="preset"), preset)]:
         kernel = stored(source, "layers/conv2d_1/vars/0")
         expected = [ExpectedValue("layer 'conv2d_1' kernel", kernel, store_object="layers/conv2d_1")]
-        report = run_smoke_test(target, expected)
+        report = run_smoke_test(target, SmokeOptions(), expected=expected)
         assert report.checked_variables == 1 and report.inputs == (("input 0", (1, 32, 32, 3)),)
         with pytest.raises(SmokeTestError, match="differ"):
-            run_smoke_test(target, [ExpectedValue("layer 'conv2d_1' kernel", kernel * 2, store_object="layers/conv2d_1")])
+            run_smoke_test(target, SmokeOptions(), expected=[ExpectedValue("layer 'conv2d_1' kernel", kernel * 2, store_object="layers/conv2d_1")])
     assert capfd.readouterr().err == ""
 
 
@@ -399,12 +399,12 @@ def test_keras_hub_weights_with_a_preset_architecture(keras, hub_backbone: Path,
     np.testing.assert_array_equal(stored(tmp_path / "tuned.weights.h5", "layers/conv2d/vars/0"), new_kernel)
     target = SmokeTarget(tmp_path / "tuned.weights.h5", kind="weights", config=hub_backbone / "preset")
     expected = [ExpectedValue("layer 'conv2d' kernel", new_kernel, store_object="layers/conv2d")]
-    assert run_smoke_test(target, expected).checked_variables == 1
+    assert run_smoke_test(target, SmokeOptions(), expected=expected).checked_variables == 1
 
 
 def test_keras_hub_model_without_keras_hub(hub_backbone: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "keras_hub", None)  # `import keras_hub` now fails
     for target in [hub_backbone / "backbone.keras", SmokeTarget(hub_backbone / "preset", kind="preset")]:
         with pytest.raises(SmokeTestError) as info:
-            run_smoke_test(target, [])
+            run_smoke_test(target, SmokeOptions())
         one_line(info, "keras-hub model", "pip install keras-hub", "--no-smoke")

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from conv_surgeon.errors import ExitCode, SmokeTestError
-from conv_surgeon.runtime.smoke import run_smoke_test, sums_length
-from conv_surgeon.runtime.checks import FUNCTION_KEPT, float32_rounding
+from conv_surgeon.runtime.running import sums_length
+from conv_surgeon.runtime.smoke import run_smoke_test
+from conv_surgeon.runtime.checks import FUNCTION_KEPT, SmokeOptions, float32_rounding
 
 DENSENET121_SUMS = 101_299  # sums_length(keras.applications.DenseNet121(weights=None))
 
@@ -67,8 +68,8 @@ def test_an_output_moved_by_a_thousandth_of_its_scale_is_refused(keras, tmp_path
         return path
 
     def check(path: Path):
-        return run_smoke_test(path, [], reference=original, expect_same=FUNCTION_KEPT,
-                              load_inputs=tmp_path / "inputs.npz")
+        return run_smoke_test(path, SmokeOptions(compare=True, expect_same=FUNCTION_KEPT,
+                                                 load_inputs=tmp_path / "inputs.npz"), original=original)
 
     with pytest.raises(SmokeTestError) as refused:
         check(moved_by(1e-3))

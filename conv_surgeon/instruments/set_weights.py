@@ -321,7 +321,7 @@ def _load_candidates(
     would fit the PyTorch layout too is taken as Keras, and the report says so) and
     where each value came from, for the provenance record.
     """
-    from ..runtime.environment import draw_initializer
+    from ..runtime.initializers import draw_initializer
 
     requests = edit.requests
     if sum(r.source == "-" for r in requests) > 1:

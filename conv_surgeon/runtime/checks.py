@@ -74,13 +74,14 @@ class Tolerance:
 FUNCTION_KEPT = Tolerance(atol=0.0, rtol=0.0, float32_sums=True)
 
 # The float32 rounding allowed, per output: ROUNDING_FACTOR * eps32 * sqrt(n) * max|original|,
-# n the total length of the model's sums (:func:`sums_length`): roundings of relative size
-# eps32 add up like a random walk over the products behind an output, and a normalized
-# network keeps its activations near its output's scale. Measured here (prune --zeros and
-# fold-bn on ResNet50, MobileNetV2, DenseNet121, EfficientNetB0 and Xception, 32 to 224
-# pixels, oneDNN on and off) the errors reach 4.5e-7 of the scale, a factor of 0.024; the
-# 2.4e-5 issue 17 reports would need 2 on MobileNetV2 (n = 10,094). A change of 1e-3 of the
-# scale would pass only with 26 on DenseNet121 (n = 101,299, the longest sums of the five).
+# n the total length of the model's sums (:func:`.running.sums_length`): roundings of
+# relative size eps32 add up like a random walk over the products behind an output, and a
+# normalized network keeps its activations near its output's scale. Measured here (prune
+# --zeros and fold-bn on ResNet50, MobileNetV2, DenseNet121, EfficientNetB0 and Xception,
+# 32 to 224 pixels, oneDNN on and off) the errors reach 4.5e-7 of the scale, a factor of
+# 0.024; an error of 2.4e-5 of the scale, as once reported on MobileNetV2, would need 2
+# (n = 10,094). A change of 1e-3 of the scale would pass only with 26 on DenseNet121
+# (n = 101,299, the longest sums of the five).
 ROUNDING_FACTOR = 4.0
 EPS32 = 2.0**-23  # float32's machine epsilon, numpy.finfo(numpy.float32).eps
 
@@ -147,6 +148,7 @@ class SmokeOptions:
     load_inputs: Path | None = None
     save_inputs: Path | None = None
     imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
+    input_seed: int = 0  # seeds the random inputs; the original's run in its own process draws the same
 
 
 NO_SMOKE = SmokeOptions(enabled=False)

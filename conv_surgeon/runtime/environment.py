@@ -1,4 +1,5 @@
-"""The boundary with Keras: importing it quietly, warming it up, drawing initializers.
+"""The environment Keras runs in: TensorFlow's settings, the quiet import, which Keras and
+engine a check ran on, and the import warmed up in the background.
 
 TensorFlow's start-up chatter comes from C++ before Python logging exists, so the
 only way to keep it off the user's terminal is to point file descriptor 2 at
@@ -15,10 +16,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import numpy as np
-
-from ..edits.initializers import InitializerSpec, check_drawn, drawing_failed, keras_config
 
 
 @contextmanager
@@ -134,20 +131,3 @@ class KerasWarmUp:
         if self._error is not None:
             raise self._error
 
-
-def draw_initializer(spec: InitializerSpec, shape: tuple[int, ...], seed: int | None) -> np.ndarray:
-    """Draw a float32 array of ``shape`` with Keras; the same seed gives the same array.
-
-    The spec, shape and seed are checked first (:func:`keras_config`), so Keras only
-    ever sees arguments it accepts.
-    """
-    shape = tuple(int(d) for d in shape)
-    config = keras_config(spec, shape, seed)
-    keras = import_keras()
-    try:
-        with quiet_stderr():
-            initializer = keras.initializers.get(config)
-            drawn = keras.ops.convert_to_numpy(initializer(shape, dtype="float32"))
-    except (ImportError, ValueError, TypeError) as exc:
-        raise drawing_failed(spec, shape, exc) from exc
-    return check_drawn(spec, shape, np.asarray(drawn, dtype=np.float32))

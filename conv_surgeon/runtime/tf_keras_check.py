@@ -1,8 +1,9 @@
 """The smoke test under tf-keras, in a process of its own (``python -m`` this module).
 
 Keras 3 cannot load some files Keras 2 wrote (a list-style Keras 2.0-2.1 config, tf-keras's
-DepthwiseConv2D with ``groups``); tf-keras reads them. The
-parent (:func:`.smoke.run_smoke_test`) sends the check's arguments pickled on stdin and
+DepthwiseConv2D with ``groups``); tf-keras reads them. The parent
+(:func:`.smoke.run_smoke_test`) sends the check's arguments (the target, its
+:class:`.checks.SmokeOptions`, the expected values, the original) pickled on stdin and
 reads back, pickled on stdout, ``("ok", SmokeReport)``, ``("error", ConvSurgeonError)``
 or ``("bug", (message, traceback))``. Only conv-surgeon itself is on either end.
 """

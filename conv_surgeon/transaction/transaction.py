@@ -2,7 +2,7 @@
 
 Stage the edited model beside its destination (one file, or a folder of files), verify
 that the written datasets hold exactly the intended values, smoke-test it with Keras
-(only here and in :mod:`.smoke` is Keras imported), deliver it (rename, commit a
+(:mod:`conv_surgeon.runtime.smoke`), deliver it (rename, commit a
 folder's files together, or stream it to stdout) and record the provenance of the edit
 in the file. Nothing reaches the destination when any step fails.
 
@@ -35,7 +35,8 @@ from ..store.worker import PARSE_TIMEOUT_S, Worker
 from ..store.patches import StorePatches, apply_patches, commit_folder, stage_folder
 from ..runtime.environment import KerasWarmUp
 from ..runtime.checks import ExpectedValue, SmokeOptions, SmokeReport, SmokeTarget
-from ..runtime.smoke import ReferenceResult, run_smoke_test, start_reference_run
+from ..runtime.running import ReferenceResult, start_reference_run
+from ..runtime.smoke import run_smoke_test
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
 # Writes a whole new single-file model at the path given, with the provenance history
@@ -152,7 +153,7 @@ def write_transaction(
     is done before TensorFlow starts importing in a thread: fork and threads mix badly.
     A caller with more bounded work to do can read the ``history`` already in the file
     and start the ``warm_up`` itself, then fork its workers, then call this; among them,
-    the ``reference_run`` of ``--compare`` (:func:`.smoke.start_reference_run`).
+    the ``reference_run`` of ``--compare`` (:func:`conv_surgeon.runtime.running.start_reference_run`).
     """
     destination = options.destination
     assert destination is not None, "a dry run does not write"
@@ -176,15 +177,9 @@ def write_transaction(
                 # The original, to compare with, and to tell a file Keras cannot read
                 # from an edit that broke it.
                 with _original_file(source, structure.format) as original:
-                    report = run_smoke_test(
-                        smoke_target(load_path), expected, input_shapes=checks.input_shapes,
-                        unsafe=checks.unsafe,
-                        reference=smoke_target(original) if checks.compare else None,
-                        reference_run=reference_run,
-                        expect_same=checks.expect_same, load_inputs=checks.load_inputs,
-                        save_inputs=checks.save_inputs, imports=checks.imports,
-                        original=smoke_target(original), written_by=structure.keras_version,
-                    )
+                    report = run_smoke_test(smoke_target(load_path), checks, expected=expected,
+                                            original=smoke_target(original), written_by=structure.keras_version,
+                                            reference=reference_run)
                 if step is not None:
                     step("smoke test passed")
             commit()
@@ -410,5 +405,4 @@ def _reference_run(source: ModelFile, options: WriteOptions) -> Worker[Reference
             or not source.path.name.lower().endswith((".keras", ".h5", ".hdf5")) \
             or "tensorflow" in sys.modules:
         return None
-    return start_reference_run(SmokeTarget(source.path), input_shapes=checks.input_shapes,
-                               unsafe=checks.unsafe, load_inputs=checks.load_inputs, imports=checks.imports)
+    return start_reference_run(SmokeTarget(source.path), checks)
