@@ -50,7 +50,7 @@ from ..surgery.rewrite import (
 from ..store.patches import write_h5_history
 from ..store.model_file import ModelFile
 from ..runtime.checks import FUNCTION_KEPT
-from ..transaction.transaction import WriteOptions, write_rewritten, WrittenValue, check_destination
+from ..transaction.transaction import Rewriting, WriteOptions, WrittenValue, check_destination, write_transaction
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes
 from .writing import CheckDefaults, WriteReport
@@ -225,7 +225,8 @@ def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Ca
         def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
             write_keras_archive(source, path, surgery.new_config, prepared, history)
 
-    result = write_rewritten(source, surgery.structure, prepare, stage, written, derived, records, options, step)
+    result = write_transaction(source, surgery.structure, Rewriting(prepare, stage, written, derived), records,
+                               options, step)
     return replace(surgery.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)
 

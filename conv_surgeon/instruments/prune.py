@@ -42,7 +42,7 @@ from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights,
 from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..runtime.checks import FUNCTION_KEPT
-from ..transaction.transaction import WriteOptions, write_rewritten, check_destination
+from ..transaction.transaction import Rewriting, WriteOptions, check_destination, write_transaction
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes, structure_variables
 from .writing import CheckDefaults, WriteReport
@@ -499,7 +499,7 @@ def _write(source: ModelFile, surgery: _Surgery, request: PruneRequest, options:
     def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
         write_keras_archive(source, path, surgery.new_config, prepared, history)
 
-    result = write_rewritten(source, surgery.structure, partial(rewrite_weights, source, rewrite), stage, [],
-                             derived, records, options, step)
+    staging = Rewriting(partial(rewrite_weights, source, rewrite), stage, derived=derived)
+    result = write_transaction(source, surgery.structure, staging, records, options, step)
     return replace(surgery.report, destination=result.destination, smoke=result.smoke,
                    smoke_skipped=result.smoke_skipped)

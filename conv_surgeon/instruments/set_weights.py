@@ -34,6 +34,7 @@ from ..store.patches import locate_patches
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .writing import PLAIN_CHECKS, CheckDefaults, Progress, WriteReport, counted
 from ..transaction.transaction import (
+    Patching,
     WriteOptions,
     WrittenValue,
     check_destination,
@@ -255,16 +256,14 @@ def edit_model(
     layers = tuple(p.layer for p in planned)
     # Where every value goes, and the values there now, in one bounded read of the store
     # (a dry run too: it shows the file can be patched).
-    plan = locate_patches(source, {v.dataset: a.value for _, a, v in edited})
-    changes = tuple(_change(a, plan.old_values[v.dataset]) for _, a, v in edited)
+    patches = locate_patches(source, {v.dataset: a.value for _, a, v in edited})
+    changes = tuple(_change(a, patches.old_values[v.dataset]) for _, a, v in edited)
     base_seed = seed if seeded else None
     if options.destination is None:
         return SetReport(source=source.label, destination=None, dry_run=True, layers=layers, changes=changes,
                          seed=base_seed, seed_drawn=seed_drawn)
-    written = write_transaction(
-        source, structure, plan, [WrittenValue(layer, v, a.value) for layer, a, v in edited],
-        records, options, step,
-    )
+    staging = Patching(patches, [WrittenValue(layer, v, a.value) for layer, a, v in edited])
+    written = write_transaction(source, structure, staging, records, options, step)
     return SetReport(source=source.label, destination=written.destination, dry_run=False, layers=layers,
                      changes=changes, seed=base_seed, seed_drawn=seed_drawn, smoke=written.smoke,
                      smoke_skipped=written.smoke_skipped)

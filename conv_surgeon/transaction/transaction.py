@@ -19,8 +19,9 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Union
 
 import numpy as np
 
@@ -39,9 +40,6 @@ from ..runtime.running import ReferenceResult, start_reference_run
 from ..runtime.smoke import run_smoke_test
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
-# Writes a whole new single-file model at the path given, with the provenance history
-# given: graph surgery, which changes more than a byte patch can (:mod:`..surgery.rewrite`).
-Rewrite = Callable[[Path, list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -124,6 +122,36 @@ class Written:
     smoke_skipped: str | None  # why no smoke test ran though it was not turned off
 
 
+@dataclass(frozen=True)
+class Patching:
+    """How `set` and `apply` stage a model: byte patches to a copy of the input
+    (:func:`conv_surgeon.store.patches.locate_patches`), every new value known here."""
+
+    patches: StorePatches
+    values: Sequence[WrittenValue]
+
+
+@dataclass(frozen=True)
+class Rewriting:
+    """How graph surgery (`fold-bn`, `prune`) stages a model whose graph changed.
+
+    ``prepare(path)`` writes the new weight store (or file) from the untrusted input, in a
+    bounded worker, and returns the digest of each value it derived there, by dataset;
+    ``stage(prepared, path, history)`` makes the model to deliver from it. ``written`` are
+    the new values known here, ``derived`` the variables (placed in the new store) whose
+    values the worker derives: the smoke test checks every one of both.
+    """
+
+    prepare: Callable[[Path], dict[str, ValueDigest]]
+    stage: Callable[[Path, Path, list[dict[str, Any]]], None]
+    written: Sequence[WrittenValue] = ()
+    derived: Sequence[tuple[Layer, Variable]] = ()
+
+
+# The one way a model is staged: one of the two.
+Staging = Union[Patching, Rewriting]
+
+
 def check_destination(source: ModelFile, structure: ModelStructure, options: WriteOptions) -> None:
     """Refuse a destination whose name Keras would read as another format, before any work."""
     destination = options.destination
@@ -135,60 +163,71 @@ def check_destination(source: ModelFile, structure: ModelStructure, options: Wri
 def write_transaction(
     source: ModelFile,
     structure: ModelStructure,
-    plan: StorePatches | Rewrite,
-    values: Sequence[WrittenValue],
+    staging: Staging,
     records: list[EditRecord],
     options: WriteOptions,
     step: Step | None = None,
-    *,
-    history: list[dict[str, Any]] | None = None,
-    warm_up: KerasWarmUp | None = None,
-    reference_run: Worker[ReferenceResult] | None = None,
 ) -> Written:
-    """Write ``values`` (placed by ``plan``, :func:`conv_surgeon.store.patches.locate_patches`)
-    into a copy of ``source`` and deliver it to ``options.destination``; or, when ``plan``
-    is a :data:`Rewrite`, write the model it writes, whose ``values`` are checked alike.
+    """Stage the edited model as ``staging`` says, verify it, check it and deliver it to
+    ``options.destination``, with the provenance record of ``records`` appended.
 
-    Everything that reads the (untrusted) input runs in bounded worker processes, so it
-    is done before TensorFlow starts importing in a thread: fork and threads mix badly.
-    A caller with more bounded work to do can read the ``history`` already in the file
-    and start the ``warm_up`` itself, then fork its workers, then call this; among them,
-    the ``reference_run`` of ``--compare`` (:func:`conv_surgeon.runtime.running.start_reference_run`).
+    The order is this module's to keep. Everything that reads the (untrusted) input runs
+    in a bounded worker process, and the original model's run for --compare runs in a
+    process of its own: they all fork before TensorFlow starts importing in a thread, as
+    fork and threads mix badly. Then the import runs beside the write.
     """
     destination = options.destination
     assert destination is not None, "a dry run does not write"
     checks = options.smoke
-    before = read_history(source) if history is None else history
+    before = read_history(source)
     history = before + [make_record(list(options.command), records, __version__,
                                     imports=list(checks.imports))]
     smoke_target = _smoke_kind(structure, source, checks)
-    # Every value is valid: TensorFlow can start importing while the file is written.
-    if warm_up is None and smoke_target is not None:
-        warm_up = KerasWarmUp().start()
-    report = None
-    try:
-        with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
-            _verify_written(staged, values)
-            if step is not None:
-                step("written")
-            if warm_up is not None and smoke_target is not None:
-                warm_up.wait()
-                expected = [_expected(structure, item) for item in values]
-                # The original, to compare with, and to tell a file Keras cannot read
-                # from an edit that broke it.
-                with _original_file(source, structure.format) as original:
-                    report = run_smoke_test(smoke_target(load_path), checks, expected=expected,
-                                            original=smoke_target(original), written_by=structure.keras_version,
-                                            reference=reference_run)
+    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+        prepared = Path(folder) / "prepared"
+        worker = (Worker(partial(staging.prepare, prepared), PARSE_TIMEOUT_S, source.label)
+                  if isinstance(staging, Rewriting) else None)
+        reference = _reference_run(source, options) if smoke_target is not None else None
+        # Every value is valid: TensorFlow can start importing while the file is written.
+        warm_up = KerasWarmUp().start() if smoke_target is not None else None
+        try:
+            if isinstance(staging, Rewriting):
+                assert worker is not None
+                values = _rewritten_values(staging, worker.result())
+                plan: StorePatches | Callable[[Path, list[dict[str, Any]]], None] = \
+                    partial(staging.stage, prepared)
+            else:
+                values, plan = list(staging.values), staging.patches
+            report = None
+            with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
+                _verify_written(staged, values)
                 if step is not None:
-                    step("smoke test passed")
-            commit()
-    finally:
-        if warm_up is not None:
-            # The import silences fd 2: let it finish before any error is printed.
-            warm_up.join()
-    return Written(destination.label, report,
-                   _smoke_skipped(checks, smoke_target is not None))
+                    step("written")
+                if warm_up is not None and smoke_target is not None:
+                    warm_up.wait()
+                    expected = [_expected(structure, item) for item in values]
+                    # The original, to compare with, and to tell a file Keras cannot read
+                    # from an edit that broke it.
+                    with _original_file(source, structure.format) as original:
+                        report = run_smoke_test(smoke_target(load_path), checks, expected=expected,
+                                                original=smoke_target(original),
+                                                written_by=structure.keras_version, reference=reference)
+                    if step is not None:
+                        step("smoke test passed")
+                commit()
+        finally:
+            if reference is not None:
+                reference.discard()  # it has answered, or is no longer wanted
+            if warm_up is not None:
+                # The import silences fd 2: let it finish before any error is printed.
+                warm_up.join()
+    return Written(destination.label, report, _smoke_skipped(checks, smoke_target is not None))
+
+
+def _rewritten_values(staging: Rewriting, digests: dict[str, ValueDigest]) -> list[WrittenValue]:
+    """The values a rewrite wrote: those known here, and the digests of those its worker derived."""
+    return [*staging.written, *(WrittenValue(layer, variable, digests[variable.dataset], compare_layer=False)
+                                for layer, variable in staging.derived)]
 
 
 def _smoke_kind(structure: ModelStructure, source: ModelFile,
@@ -267,7 +306,8 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 @contextmanager
 def _staged(
-    source: ModelFile, structure: ModelStructure, plan: StorePatches | Rewrite, destination: Destination,
+    source: ModelFile, structure: ModelStructure, plan: StorePatches | Callable[[Path, list[dict[str, Any]]], None],
+    destination: Destination,
     history: list[dict[str, Any]],
 ) -> Iterator[tuple[ModelFile, Path, Callable[[], None]]]:
     """Write the edited model beside its destination; yields (the written model as a
@@ -353,42 +393,6 @@ def _deliver(staged: Path, destination: Destination) -> None:
         with open(staged, "rb") as handle:
             shutil.copyfileobj(handle, destination.stream, 1 << 20)
         destination.stream.flush()
-
-
-def write_rewritten(
-    source: ModelFile, structure: ModelStructure, prepare: Callable[[Path], dict[str, ValueDigest]],
-    stage: Callable[[Path, Path, list[dict[str, Any]]], None], written: Sequence[WrittenValue],
-    derived: Sequence[tuple[Layer, Variable]], records: list[EditRecord], options: WriteOptions,
-    step: Callable[[str], None] | None,
-) -> Written:
-    """Write a model whose graph changed through the write transaction.
-
-    ``prepare(path)`` writes the new weight store (or file) from the untrusted input, in a
-    bounded worker, and returns the digest of each value it derived there, by dataset;
-    ``stage(prepared, path, history)`` makes the model to deliver from it. ``written`` are
-    the new values known here, ``derived`` the variables (placed in the new store) whose
-    values the worker derives: the smoke test checks every one of both.
-    The bounded reads fork, so they all start before TensorFlow's import (a thread) does;
-    the rewrite's worker then runs beside that import.
-    """
-    recorded = read_history(source)
-    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
-        prepared = Path(folder) / "prepared"
-        worker = Worker(lambda: prepare(prepared), PARSE_TIMEOUT_S, source.label)
-        reference = _reference_run(source, options)
-        warm_up = KerasWarmUp().start() if options.smoke.enabled else None
-        try:
-            digests = worker.result()
-            values = [*written, *(WrittenValue(layer, variable, digests[variable.dataset], compare_layer=False)
-                                  for layer, variable in derived)]
-            return write_transaction(source, structure, lambda path, history: stage(prepared, path, history),
-                                     values, records, options, step, history=recorded, warm_up=warm_up,
-                                     reference_run=reference)
-        finally:
-            if reference is not None:
-                reference.discard()  # it has answered, or is no longer wanted
-            if warm_up is not None:
-                warm_up.join()  # the import silences fd 2: let it finish before any error is printed
 
 
 def _reference_run(source: ModelFile, options: WriteOptions) -> Worker[ReferenceResult] | None:
