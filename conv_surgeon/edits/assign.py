@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.catalogue import ConvClass, stored_name_matches
 from ..errors import AssignmentError
-from .targets import TargetVariable
-from .layout import from_torch_code, torch_axis_names, torch_shape
+from ..model.catalogue import stored_name_matches
 from ..model.naming import format_shape
+from .layout import from_torch_code, torch_axis_names, torch_shape
+from .targets import TargetVariable
 
 # The stored dtypes conv-surgeon writes; bfloat16 is ml_dtypes', the others numpy's.
 TARGET_DTYPES = ("float16", "bfloat16", "float32", "float64")

@@ -17,8 +17,8 @@ from typing import Any, Literal, Union
 import numpy as np
 
 from ..errors import InitializerError
-from . import SEED_LIMIT, check_seed
 from ..model.naming import format_shape, to_snake_case
+from . import SEED_LIMIT, check_seed
 
 ArgumentValue = Union[float, str, bool, tuple[int, ...], None]
 ArgumentKind = Literal["number", "choice", "bool", "axes", "text"]

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ..model.catalogue import canonical_variable_name
 from ..errors import AssignmentError
+from ..model.catalogue import canonical_variable_name
 from ..model.naming import format_shape
 
 if TYPE_CHECKING:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from ..errors import SourceError
-from ..store.hdf5 import HDF5_MAGIC, read_dataset
 from ..store.archive import ZIP_MAGIC
+from ..store.hdf5 import HDF5_MAGIC, read_dataset
 
 if TYPE_CHECKING:
     import h5py

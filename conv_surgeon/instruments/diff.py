@@ -30,10 +30,10 @@ from typing import Literal
 import h5py
 import numpy as np
 
-from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..model.structure import Layer, Variable, read_structure
-from ..store.model_file import ModelFile, OpenStore, open_store
 from ..store.hdf5 import read_dataset
+from ..store.model_file import ModelFile, OpenStore, open_store
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 
 LayerStatus = Literal["same", "changed", "only_a", "only_b", "incompatible"]
 

@@ -18,6 +18,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError
+from ..model.graph import keras_order, model_graphs
+from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
+from ..runtime.checks import FUNCTION_KEPT
+from ..store.model_file import ModelFile
+from ..store.patches import write_h5_history
+from ..store.provenance import EditRecord, FoldSource
 from ..surgery.folding import (
     FOLDABLE_DTYPES,
     BatchNormValues,
@@ -34,9 +40,7 @@ from ..surgery.folding import (
     store_moves,
     variance_problem,
 )
-from ..model.graph import keras_order, model_graphs
-from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
-from ..store.provenance import EditRecord, FoldSource
+from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes
 from ..surgery.rewrite import (
     Derived,
     LegacyRewrite,
@@ -47,12 +51,8 @@ from ..surgery.rewrite import (
     rewrite_weights,
     write_keras_archive,
 )
-from ..store.patches import write_h5_history
-from ..store.model_file import ModelFile
-from ..runtime.checks import FUNCTION_KEPT
-from ..transaction.transaction import Rewriting, WriteOptions, WrittenValue, check_destination, write_transaction
 from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
-from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes
+from ..transaction.transaction import Rewriting, WriteOptions, WrittenValue, check_destination, write_transaction
 from .writing import CheckDefaults, WriteReport
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.

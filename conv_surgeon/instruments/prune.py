@@ -19,6 +19,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError, UsageError
+from ..model.catalogue import conv_class
+from ..model.graph import TensorRef, container_keys, model_graphs
+from ..model.structure import Layer, ModelStructure, Variable, read_structure
+from ..runtime.checks import FUNCTION_KEPT
+from ..store.hdf5 import damaged_store_is_an_error, read_dataset
+from ..store.model_file import ModelFile, open_store
+from ..store.provenance import EditRecord, PruneSource
+from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..surgery.channels import ChannelGroup, find_groups
 from ..surgery.cuts import (
     AxisCuts,
     Cut,
@@ -31,20 +41,10 @@ from ..surgery.cuts import (
     spatial_positions,
     variable_cuts,
 )
-from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError, UsageError
-from ..model.catalogue import conv_class
-from ..surgery.channels import ChannelGroup, find_groups
-from ..model.graph import TensorRef, container_keys, model_graphs
-from ..model.structure import Layer, ModelStructure, Variable, read_structure
-from ..store.hdf5 import damaged_store_is_an_error, read_dataset
-from ..store.provenance import EditRecord, PruneSource
-from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights, write_keras_archive
-from ..store.model_file import ModelFile, open_store
-from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..runtime.checks import FUNCTION_KEPT
-from ..transaction.transaction import Rewriting, WriteOptions, check_destination, write_transaction
-from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
 from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes, structure_variables
+from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights, write_keras_archive
+from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
+from ..transaction.transaction import Rewriting, WriteOptions, check_destination, write_transaction
 from .writing import CheckDefaults, WriteReport
 
 Criterion = Literal["filters", "smallest-l1", "zeros"]

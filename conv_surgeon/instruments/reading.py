@@ -7,16 +7,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..edits import LAYOUTS, Layout
-from ..errors import ConvSurgeonError, LayerNotFoundError
+from ..edits.targets import layer_targets
+from ..errors import ConvSurgeonError
+from ..model.selection import main_kernel, resolve_layer, resolve_variable
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.model_file import ModelFile
-from ..edits.targets import layer_targets
-from ..model.selection import main_kernel, resolve_layer, resolve_variable
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from ..edits.targets import TargetVariable
 
 
 @dataclass(frozen=True)

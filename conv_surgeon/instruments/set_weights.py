@@ -28,11 +28,10 @@ from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
 from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..store.hdf5 import HDF5_MAGIC
-from ..store.provenance import EditRecord, EditSource
 from ..store.model_file import ModelFile
 from ..store.patches import locate_patches
+from ..store.provenance import EditRecord, EditSource
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from .writing import PLAIN_CHECKS, CheckDefaults, Progress, WriteReport, counted
 from ..transaction.transaction import (
     Patching,
     WriteOptions,
@@ -40,6 +39,7 @@ from ..transaction.transaction import (
     check_destination,
     write_transaction,
 )
+from .writing import PLAIN_CHECKS, CheckDefaults, Progress, WriteReport, counted
 
 @dataclass(frozen=True)
 class WeightRequest:

@@ -33,7 +33,7 @@ from ..store.hdf5 import (
 )
 from ..store.hdf5_tree import UnsupportedHDF5
 from ..store.model_file import (ModelFormat, ModelFile, OpenStore, OutlinedStore, RawValue, StoreFile, open_store,
-                            outline_store)
+                                outline_store)
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
 from .naming import to_snake_case

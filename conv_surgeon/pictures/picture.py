@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import UsageError
-from ..model.naming import format_shape
 from ..instruments.reading import VariableStats, variable_stats
 from ..instruments.show import ShowData, ShownVariable
+from ..model.naming import format_shape
 from ..store.fileio import refuse_overwriting, write_atomically
 from .canvas import LINE_HEIGHT, Block, Box, Labelled, Pixels, Stack, Text, TileGrid, paint, text_width
 from .colours import DIM, NONFINITE, TEXT, diverging, linspace, rgb

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConvSurgeonError
+from ..instruments.show import Values
 from ..model.catalogue import canonical_variable_name
 from ..model.naming import format_shape
 from ..model.structure import Layer, Variable
-from ..instruments.show import Values
 from .options import GridOptions
 
 

@@ -29,7 +29,9 @@ import h5py
 import numpy as np
 
 from ..errors import ModelFileError
+from .archive import Member, member_crcs, replace_member, write_member_crc
 from .fileio import replace_files_together
+from .hdf5 import contiguous_offset, encode_for_dataset, read_dataset
 from .model_file import (
     FOLDER_FORMATS,
     METADATA_MEMBER,
@@ -40,15 +42,13 @@ from .model_file import (
     open_store,
     shard_names,
 )
-from .worker import PARSE_TIMEOUT_S, run_bounded
 from .provenance import (
     HISTORY_ATTRIBUTE,
     encode_history,
     metadata_with_history,
     read_metadata_bytes,
 )
-from .archive import Member, member_crcs, replace_member, write_member_crc
-from .hdf5 import contiguous_offset, encode_for_dataset, read_dataset
+from .worker import PARSE_TIMEOUT_S, run_bounded
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
 from ..errors import ModelFileError
+from .hdf5 import h5_file
 from .model_file import METADATA_MEMBER, ModelFile, detect_format
 from .worker import PARSE_TIMEOUT_S, run_bounded
-from .hdf5 import h5_file
 
 TOOL_NAME = "conv-surgeon"
 METADATA_KEY = "conv_surgeon"  # in metadata.json: {"conv_surgeon": {"history": [...]}}

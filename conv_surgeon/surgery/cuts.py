@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .channels import ChannelGroup
 from ..model.graph import TensorRef, build_shape_lists, input_shape_lists, model_graphs
+from .channels import ChannelGroup
 
 # A variable of a layer: (layer path, variable name).
 VariableKey = tuple[str, str]

@@ -26,9 +26,9 @@ from ..model.catalogue import layer_variables
 from ..model.graph import model_graphs
 from ..model.structure import Layer, ModelStructure
 from ..store.hdf5 import damaged_store_is_an_error
-from .rewrite import Derived, VarOrigin, legacy_optimizer_names
 from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from .rewrite import Derived, VarOrigin, legacy_optimizer_names
 
 OPTIMIZER_VARS = "optimizer/vars"
 MAX_SLOTS_PER_NAME_GROUP = 4  # Adam/AdamW/Lion/... add at most a few slots per variable at once

@@ -25,8 +25,8 @@ import numpy as np
 from ..errors import ModelFileError
 from ..store.archive import locate_member
 from ..store.hdf5 import damaged_store_is_an_error, read_dataset
-from ..store.provenance import metadata_with_history, read_metadata_bytes
 from ..store.model_file import CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER, ModelFile, open_store
+from ..store.provenance import metadata_with_history, read_metadata_bytes
 
 @dataclass(frozen=True)
 class Derived:

@@ -28,16 +28,16 @@ import numpy as np
 from .._version import __version__
 from ..errors import ConvSurgeonError, UsageError
 from ..model.structure import Layer, ModelStructure, Variable, read_own_variables
-from ..store.fileio import atomic_output, check_output_dir, same_file
-from ..store.provenance import EditRecord, make_record, read_history
-from ..surgery.rewrite import ValueDigest
-from ..store.model_file import FOLDER_FORMATS, ModelFile
-from ..store.worker import PARSE_TIMEOUT_S, Worker
-from ..store.patches import StorePatches, apply_patches, commit_folder, stage_folder
-from ..runtime.environment import KerasWarmUp
 from ..runtime.checks import ExpectedValue, SmokeOptions, SmokeReport, SmokeTarget
+from ..runtime.environment import KerasWarmUp
 from ..runtime.running import ReferenceResult, start_reference_run
 from ..runtime.smoke import run_smoke_test
+from ..store.fileio import atomic_output, check_output_dir, same_file
+from ..store.model_file import FOLDER_FORMATS, ModelFile
+from ..store.patches import StorePatches, apply_patches, commit_folder, stage_folder
+from ..store.provenance import EditRecord, make_record, read_history
+from ..store.worker import PARSE_TIMEOUT_S, Worker
+from ..surgery.rewrite import ValueDigest
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
 
