@@ -108,12 +108,12 @@ def test_plan_follows_store_order_and_matches_keras2_depthwise_name() -> None:
         TargetVariable("dw", "depthwise_kernel", (3, 3, 2, 1), "float32", depthwise),
         TargetVariable("dw", "bias", (2,), "float32", depthwise),
     ]
-    planned = check_assignments(
+    checked = check_assignments(
         targets,
         [("bias", np.zeros(2), "init zeros"), ("kernel", np.ones((3, 3, 2, 1)), "k.npy")],
     )
-    assert [a.target.name for a in planned] == ["depthwise_kernel", "bias"]
-    assert [a.origin for a in planned] == ["k.npy", "init zeros"]
+    assert [a.target.name for a in checked] == ["depthwise_kernel", "bias"]
+    assert [a.origin for a in checked] == ["k.npy", "init zeros"]
 
 
 # --- plan refusals ---------------------------------------------------------------------

@@ -174,7 +174,7 @@ def set_weights(
 
 
 @dataclass(frozen=True)
-class _PlannedLayer:
+class _CheckedLayer:
     layer: Layer
     assignments: list[Assignment]
 
@@ -206,7 +206,7 @@ def edit_model(
     seed_drawn = seeded and seed is None
     if seed_drawn:
         seed = draw_seed()
-    planned: list[_PlannedLayer] = []
+    checked: list[_CheckedLayer] = []
     records: list[EditRecord] = []
     problems: list[tuple[LayerEdit, ConvSurgeonError]] = []
     seen: dict[str, LayerEdit] = {}
@@ -230,7 +230,7 @@ def edit_model(
                 replace(a, notes=a.notes + (notes[a.target.name],)) if a.target.name in notes else a
                 for a in assignments
             ]
-            planned.append(_PlannedLayer(layer, assignments))
+            checked.append(_CheckedLayer(layer, assignments))
             records += [
                 EditRecord(layer=layer.path, variable=a.target.name, layout=edit.layout,
                            source=sources[a.target.name])
@@ -249,11 +249,11 @@ def edit_model(
             lines,
         )
     edited = [
-        (layer_plan.layer, a, _variable_named(layer_plan.layer, a.target.name))
-        for layer_plan in planned
-        for a in layer_plan.assignments
+        (one.layer, a, _variable_named(one.layer, a.target.name))
+        for one in checked
+        for a in one.assignments
     ]
-    layers = tuple(p.layer for p in planned)
+    layers = tuple(p.layer for p in checked)
     # Where every value goes, and the values there now, in one bounded read of the store
     # (a dry run too: it shows the file can be patched).
     patches = locate_patches(source, {v.dataset: a.value for _, a, v in edited})

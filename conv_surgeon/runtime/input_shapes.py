@@ -78,7 +78,7 @@ def declared_shapes(target: SmokeTarget) -> list[DeclaredInput]:
     return declared_inputs(config if isinstance(config, dict) else None)
 
 
-def _planned_inputs(model: Any, declared: Sequence[DeclaredInput]) -> tuple[_Inputs, list[str]]:
+def _known_inputs(model: Any, declared: Sequence[DeclaredInput]) -> tuple[_Inputs, list[str]]:
     """Each input's shape from the file first, reconciled with the one Keras built; and a
     note for each input Keras built with another shape than the file declares."""
     symbolic = [tuple(t.shape) for t in model.inputs]
@@ -100,14 +100,14 @@ def _planned_inputs(model: Any, declared: Sequence[DeclaredInput]) -> tuple[_Inp
     return _Inputs(bases, symbolic, fitting), notes
 
 
-def _given_shapes(plan: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+def _given_shapes(known: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """The --input-shape sizes checked against the model's inputs, with a batch axis of 1.
 
     A size fits the shape Keras built, or the shape the file declares (then mapped onto
     Keras's, as :func:`reconcile` does). A shape the model's inputs cannot take is a
     mistake on the command line (a usage error), not a failure of the written model.
     """
-    symbolic = plan.symbolic
+    symbolic = known.symbolic
     if len(given) != len(symbolic):
         raise UsageError(
             f"--input-shape: the model has {len(symbolic)} input(s) "
@@ -115,11 +115,11 @@ def _given_shapes(plan: _Inputs, given: Sequence[tuple[int, ...]]) -> list[tuple
             "one --input-shape per input, without the batch axis"
         )
     shapes = []
-    for i, base in enumerate(plan.bases):
+    for i, base in enumerate(known.bases):
         wanted = tuple(int(w) for w in given[i])
-        found = _given_shape(base, symbolic[i], plan.declared[i], wanted)
+        found = _given_shape(base, symbolic[i], known.declared[i], wanted)
         if found is None:
-            claim = plan.declared[i]
+            claim = known.declared[i]
             declared = (f", or the shape the file declares {claim.shape[1:]}"
                         if claim is not None and len(claim.shape) != len(base) else "")
             raise UsageError(
@@ -197,13 +197,13 @@ def run_seeded(
 ) -> Feed:
     """Inputs the model accepts, its outputs on them (``run``), and notes on the sizes chosen.
 
-    Each input's shape comes from the file's config first (:func:`_planned_inputs`).
+    Each input's shape comes from the file's config first (:func:`_known_inputs`).
     Unknown sizes not given are searched: each size of the ladder in turn, until the
     forward pass runs and gives a non-empty output. Each try draws its input from a
     fresh generator, so the inputs found are those ``--input-shape`` would give.
     """
-    plan, shape_notes = _planned_inputs(model, declared)
-    symbolic, bases = plan.symbolic, plan.bases
+    known, shape_notes = _known_inputs(model, declared)
+    symbolic, bases = known.symbolic, known.bases
     dtypes = [str(t.dtype) for t in model.inputs]
 
     def attempt(shapes: list[tuple[int, ...]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -213,7 +213,7 @@ def run_seeded(
 
     free = [i for i, shape in enumerate(bases) if None in shape[1:]]
     if given is not None or not free:
-        shapes = _given_shapes(plan, given) if given is not None else _filled(bases, LADDER_START)
+        shapes = _given_shapes(known, given) if given is not None else _filled(bases, LADDER_START)
         try:
             inputs, arrays = attempt(shapes)
         except ForwardFailure as failure:
@@ -228,7 +228,7 @@ def run_seeded(
                 f"{_inputs_text(symbolic, range(len(symbolic)))} accepts with --input-shape SHAPE "
                 f"(without the batch axis), {SKIP_HINT}"
             ).with_detail(failure.detail) from None
-        origins = [GIVEN] * len(shapes) if given is not None else plan.origins
+        origins = [GIVEN] * len(shapes) if given is not None else known.origins
         return Feed(inputs, arrays, origins, shape_notes if given is None else [])
     rejected: list[int] = []
     last = ""
@@ -255,7 +255,7 @@ def run_seeded(
             f"input {i} {symbolic[i]}: unknown sizes set to {size}{tried}; use --input-shape to choose them"
             for i in free
         ]
-        origins = [(SEARCHED if i in free else origin) for i, origin in enumerate(plan.origins)]
+        origins = [(SEARCHED if i in free else origin) for i, origin in enumerate(known.origins)]
         return Feed(inputs, arrays, origins, shape_notes + notes)
     raise SmokeTestError(
         f"the forward pass failed at every input size tried: the unknown sizes of "

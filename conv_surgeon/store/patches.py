@@ -132,7 +132,7 @@ def _new_crc(source: ModelFile, store_file: StoreFile, patches: list[Patch]) -> 
 
 def apply_patches(
     source: ModelFile,
-    plan: StorePatches,
+    patches: StorePatches,
     destination: Path,
     history: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -142,10 +142,10 @@ def apply_patches(
     ``history``, when given, is the model's whole provenance history to store (the
     records already in the file and the new one, see :mod:`conv_surgeon.store.provenance`).
     """
-    assert plan.format not in FOLDER_FORMATS, "folder formats are written by stage_folder"
-    edit = plan.edits[0] if plan.edits else None
+    assert patches.format not in FOLDER_FORMATS, "folder formats are written by stage_folder"
+    edit = patches.edits[0] if patches.edits else None
     member = edit.file.member if edit is not None else None
-    if plan.format == "keras" and history is not None:
+    if patches.format == "keras" and history is not None:
         assert member is not None, "a .keras edit patches its weight member"
         with source.open_binary() as raw:
             with zipfile.ZipFile(raw) as archive:
@@ -159,7 +159,7 @@ def apply_patches(
         destination.write_bytes(source.data)
     if edit is not None:
         _patch_file(destination, edit, member)
-    if plan.format != "keras" and history is not None:
+    if patches.format != "keras" and history is not None:
         write_h5_history(destination, history, source.label)
 
 
@@ -207,7 +207,7 @@ class StagedFolder:
 
 def stage_folder(
     source: ModelFile,
-    plan: StorePatches,
+    patches: StorePatches,
     staging: Path,
     output_name: str,
     history: list[dict[str, Any]] | None,
@@ -220,10 +220,10 @@ def stage_folder(
     (``<stem>_00000.weights.h5``), so a copy beside the source never takes its files,
     and every file is a copy of its own.
     """
-    assert source.path is not None and plan.format in FOLDER_FORMATS
-    patched = {edit.file.path: edit for edit in plan.edits}
+    assert source.path is not None and patches.format in FOLDER_FORMATS
+    patched = {edit.file.path: edit for edit in patches.edits}
     files: dict[str, bool] = {}
-    if plan.format == "sharded":
+    if patches.format == "sharded":
         renames = _shard_names(source.path, output_name, keep_names)
         for old_name, new_name in renames.items():
             edit = patched.get(source.path.parent / old_name)

@@ -13,7 +13,7 @@ Where a group's channel ``g`` sits on a tensor is a :class:`Span`: channels
 DepthwiseConv with ``depth_multiplier`` m multiplies both), and after a Flatten each of
 those at every spatial position. The walk goes both ways (forward to consumers, back
 from a merge to the other branches' producers) and across nested models; what it cannot
-follow is a reason, and a group with a reason is not pruned. Pure: config in, plan out.
+follow is a reason, and a group with a reason is not pruned. Pure: config in, groups out.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ from ..store.worker import PARSE_TIMEOUT_S, Worker
 from ..surgery.rewrite import ValueDigest
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
+# Writes the whole edited model at the path given, with the provenance history given.
+MakeModel = Callable[[Path, list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,11 @@ def write_transaction(
             if isinstance(staging, Rewriting):
                 assert worker is not None
                 values = _rewritten_values(staging, worker.result())
-                plan: StorePatches | Callable[[Path, list[dict[str, Any]]], None] = \
-                    partial(staging.stage, prepared)
+                make: StorePatches | MakeModel = partial(staging.stage, prepared)
             else:
-                values, plan = list(staging.values), staging.patches
+                values, make = list(staging.values), staging.patches
             report = None
-            with _staged(source, structure, plan, destination, history) as (staged, load_path, commit):
+            with _staged(source, structure, make, destination, history) as (staged, load_path, commit):
                 _verify_written(staged, values)
                 if step is not None:
                     step("written")
@@ -306,14 +307,13 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 @contextmanager
 def _staged(
-    source: ModelFile, structure: ModelStructure, plan: StorePatches | Callable[[Path, list[dict[str, Any]]], None],
-    destination: Destination,
+    source: ModelFile, structure: ModelStructure, make: StorePatches | MakeModel, destination: Destination,
     history: list[dict[str, Any]],
 ) -> Iterator[tuple[ModelFile, Path, Callable[[], None]]]:
     """Write the edited model beside its destination; yields (the written model as a
     source, what Keras loads, the commit that moves it into place)."""
     if structure.format in FOLDER_FORMATS:
-        assert isinstance(plan, StorePatches), "a rewrite writes single-file models only"
+        assert isinstance(make, StorePatches), "a rewrite writes single-file models only"
         if destination.path is None:
             raise UsageError(
                 f"{source.label}: a {structure.format} save is several files and cannot go to "
@@ -329,17 +329,17 @@ def _staged(
         except OSError as exc:
             raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
         try:
-            staged = stage_folder(source, plan, folder, target.name, history, keep_names=in_place)
+            staged = stage_folder(source, make, folder, target.name, history, keep_names=in_place)
             yield (ModelFile.from_path(staged.load_path), staged.load_path,
                    lambda: commit_folder(staged, source, target, in_place))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
     with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
-        if isinstance(plan, StorePatches):
-            apply_patches(source, plan, path, history=history)
+        if isinstance(make, StorePatches):
+            apply_patches(source, make, path, history=history)
         else:
-            plan(path, history)
+            make(path, history)
         yield ModelFile.from_path(path), path, lambda: _deliver(path, destination)
 
 
