@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+# tests/architectures.py: the session fixture `architectures` (real architectures, built once).
+pytest_plugins = ["architectures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 DATA = Path(__file__).resolve().parent / "data"

@@ -316,10 +316,8 @@ def test_api_after_tensorflow_was_imported_with_onednn_says_so(samples, tmp_path
 
 
 @pytest.mark.slow
-def test_a_noop_edit_of_resnet50_compares_equal(keras, tmp_path):
-    model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10)
-    path = tmp_path / "resnet50.keras"
-    model.save(path)
+def test_a_noop_edit_of_resnet50_compares_equal(architectures, tmp_path):
+    path = architectures.file("ResNet50")  # built once per session (tests/architectures.py)
     assert subprocess.run([CLI, "get", path, "--layer", "conv3_block1_2_conv", "-o", tmp_path / "k.npy"]).returncode == 0
     report = _json_report(_set(path, "--layer", "conv3_block1_2_conv", "--kernel", tmp_path / "k.npy",
                                "-o", tmp_path / "same.keras", "--compare", "--expect-same", "--json"))

@@ -124,22 +124,14 @@ def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, ato
     return worst
 
 
-APPLICATIONS = {
-    "ResNet50": dict(input_shape=(64, 64, 3)),
-    "MobileNetV2": dict(input_shape=(64, 64, 3)),
-    "Xception": dict(input_shape=(71, 71, 3)),
-    "EfficientNetB0": dict(input_shape=(64, 64, 3)),
-    "DenseNet121": dict(input_shape=(64, 64, 3)),
-}
+APPLICATIONS = ["ResNet50", "MobileNetV2", "Xception", "EfficientNetB0", "DenseNet121"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(APPLICATIONS))
-def test_fold_real_architectures(keras, cli, tmp_path, name):
-    model = getattr(keras.applications, name)(weights=None, classifier_activation=None, **APPLICATIONS[name])
-    _randomize_batchnorms(keras, model)
-    path = tmp_path / f"{name}.keras"
-    model.save(path)
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_fold_real_architectures(keras, cli, architectures, tmp_path, name):
+    # Built once per session (tests/architectures.py), random BN statistics, no softmax.
+    path = architectures.file(name, "bn-random", linear_head=True, prepare=_randomize_batchnorms)
     if name == "ResNet50":  # the CLI's own check, in a process of its own, once
         report = _fold(path, tmp_path / "folded.keras")
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
@@ -162,10 +154,8 @@ def test_fold_real_architectures(keras, cli, tmp_path, name):
         assert any("not a convolution" in r["reason"] for r in report["not_folded"])
 
 
-def test_nothing_to_fold_is_exit_0_and_writes_nothing(keras, tmp_path):
-    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3))
-    path = tmp_path / "convnext.keras"
-    model.save(path)
+def test_nothing_to_fold_is_exit_0_and_writes_nothing(architectures, tmp_path):
+    path = architectures.file("ConvNeXtTiny")
     out = tmp_path / "out.keras"
     report = _fold(path, out)
     assert report["folded"] == [] and "nothing to fold" in report["notes"][0]

@@ -149,31 +149,27 @@ def _nested(keras):
     return keras.Model(i, L.Dense(3, name="d")(L.GlobalAveragePooling2D()(x)))
 
 
-APPLICATIONS = {
-    "VGG16": dict(input_shape=(32, 32, 3)),
-    "ResNet50": dict(input_shape=(32, 32, 3)),
-    "MobileNetV2": dict(input_shape=(32, 32, 3)),
-    "DenseNet121": dict(input_shape=(32, 32, 3)),
-    "EfficientNetB0": dict(input_shape=(32, 32, 3)),
-    "Xception": dict(input_shape=(71, 71, 3)),
-}
+APPLICATIONS = ["VGG16", "ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0", "Xception"]
 BUILT = {"conv1d_flatten": _conv1d_flatten, "channels_first": _channels_first, "nested": _nested}
 
 
-def _build(keras, name: str):
+def _original(keras, architectures, tmp_path: Path, name: str):
+    """The model with random BN statistics and biases, saved: (the file, the model)."""
     if name in BUILT:
-        return BUILT[name](keras)
-    return getattr(keras.applications, name)(weights=None, classes=10, classifier_activation=None,
-                                             **APPLICATIONS[name])
+        model = BUILT[name](keras)
+        _randomize(keras, model)
+        original = tmp_path / f"{name}.keras"
+        model.save(original)
+        return original, model
+    # Built once per session (tests/architectures.py), no softmax; a copy of its own here.
+    original = architectures.file(name, "randomized", linear_head=True, prepare=_randomize)
+    return original, keras.saving.load_model(original)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [*APPLICATIONS, *BUILT])
-def test_prune_real_architectures(keras, cli, tmp_path, name):
-    model = _build(keras, name)
-    _randomize(keras, model)
-    original = tmp_path / f"{name}.keras"
-    model.save(original)
+def test_prune_real_architectures(keras, cli, architectures, tmp_path, name):
+    original, model = _original(keras, architectures, tmp_path, name)
     inputs = _inputs(model)
     expected = _outputs(model, inputs)
 
