@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import model_outputs
+from typer.testing import CliRunner
 
 import conv_surgeon as cs
+from conv_surgeon.cli import app
 from conv_surgeon.errors import SmokeTestError
 from conv_surgeon.render import fold_document
 from conv_surgeon.surgery.rewrite import ValueDigest
@@ -92,12 +94,17 @@ def _weights_by_layer(keras, model, prefix: str = "") -> dict[str, tuple[dict, l
     return found
 
 
-def _fold(model_path: Path, out: Path, *args: str) -> dict:
-    """The CLI, as a user runs it, in its own process (so Keras starts fresh)."""
-    done = subprocess.run([CLI, "fold-bn", str(model_path), "-o", str(out),
-                           "--json", *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+def _fold(model_path: Path, out: Path, *args: str, own_process: bool = False) -> dict:
+    """`fold-bn --json` through the Typer app in this process (its Keras is imported
+    already), or ``own_process``: the CLI as a user runs it (so Keras starts fresh)."""
+    argv = ["fold-bn", str(model_path), "-o", str(out), "--json", *args]
+    if own_process:
+        done = subprocess.run([CLI, *argv], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    result = CliRunner().invoke(app, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, atol: float = 1e-4) -> float:
@@ -133,7 +140,7 @@ def test_fold_real_architectures(keras, cli, architectures, tmp_path, name):
     # Built once per session (tests/architectures.py), random BN statistics, no softmax.
     path = architectures.file(name, "bn-random", linear_head=True, prepare=_randomize_batchnorms)
     if name == "ResNet50":  # the CLI's own check, in a process of its own, once
-        report = _fold(path, tmp_path / "folded.keras")
+        report = _fold(path, tmp_path / "folded.keras", own_process=True)
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
         [kept] = report["smoke"]["expect_same"]
         assert kept["float32_sums"] and kept["atol"] == kept["rtol"] == 0 and kept["used"] <= 1

@@ -324,9 +324,9 @@ def test_no_smoke_never_imports_tensorflow(samples, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_cli_compares_by_default_and_zeros_expects_the_same(keras, tmp_path):
+def test_cli_compares_by_default_and_zeros_expects_the_same(keras, cli, tmp_path):
     """The CLI as a user runs it (its own process): the outputs are compared; --zeros on a
-    model without zero filters writes nothing and says so."""
+    model without zero filters writes nothing and says so. (--expect-same: in this process.)"""
     model = _conv1d_flatten(keras)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -341,6 +341,5 @@ def test_cli_compares_by_default_and_zeros_expects_the_same(keras, tmp_path):
     assert done.returncode == 0 and "nothing to prune" in done.stdout
     assert not (tmp_path / "z.keras").exists()
     # --expect-same on a lossy prune: exit 3, nothing written.
-    done = subprocess.run([CLI, "prune", str(path), "--layer", "c1", "--filters", "0", "--expect-same",
-                           "-o", str(tmp_path / "e.keras")], capture_output=True, text=True)
-    assert done.returncode == 3 and not (tmp_path / "e.keras").exists(), done.stderr
+    done = cli("prune", path, "--layer", "c1", "--filters", "0", "--expect-same", "-o", tmp_path / "e.keras")
+    assert done.exit_code == 3 and not (tmp_path / "e.keras").exists(), done.stderr
