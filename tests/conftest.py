@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+import click
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 # tests/architectures.py: the session fixture `architectures` (real architectures, built once).
 pytest_plugins = ["architectures"]
@@ -35,15 +37,26 @@ def data_dir() -> Path:
     return DATA
 
 
+@functools.cache
+def _command() -> click.Command:
+    """The Typer app's click command. typer.testing.CliRunner builds it again from the
+    functions' signatures on every invocation (20 ms); the console script builds it once
+    per process, and so does this, once per test process."""
+    import typer.main
+
+    from conv_surgeon.cli import app
+
+    return typer.main.get_command(app)
+
+
 @pytest.fixture
 def cli():
     """Run the real Typer app; stdout and stderr come back separately."""
-    from conv_surgeon.cli import app
-
     runner = CliRunner()
+    command = _command()
 
     def invoke(*args: str, input: bytes | str | None = None):
-        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+        return runner.invoke(command, [str(a) for a in args], input=input, catch_exceptions=False)
 
     return invoke
 
