@@ -221,8 +221,10 @@ def _trained(keras):
     x = L.Conv2D(5, 3, name="c2")(x)
     model = keras.Model(i, L.Dense(2, name="d")(L.GlobalAveragePooling2D()(x)))
     model.compile(keras.optimizers.Adam(), "mse")
-    rng = np.random.default_rng(0)
+    model.run_eagerly = True  # one step: no train function to trace (5 s); set after compile,
+    rng = np.random.default_rng(0)  # so that the saved compile_config says run_eagerly=False
     model.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
+    model.run_eagerly = False
     return model
 
 
