@@ -16,7 +16,8 @@ The session fixture ``architectures`` gives an :class:`Architectures`:
 - ``architectures.file(name)``: the application as Keras builds it by default (1000
   classes, softmax), saved as ``.keras``; ``fmt="h5"`` for the same model as legacy .h5.
 - ``architectures.file(name, variant, linear_head=True, prepare=f)``: a variant.
-- ``architectures.load(...)``: a fresh Keras model loaded from that file (yours to edit).
+- ``architectures.built(...)``: that file and a Keras model of its own (yours to edit):
+  the one just built if this call built the file (no load), else loaded from it.
 
 The fixture is registered in conftest.py. The files are shared: never edit them in place
 (write outputs to ``tmp_path``).
@@ -83,28 +84,38 @@ class Architectures:
              prepare: Prepare | None = None, fmt: str = "keras") -> Path:
         """The shared file of ``name`` (``variant``), built on first use. The ``plain``
         variant is saved as .keras and .h5, the others as .keras."""
-        if variant == "plain" and (linear_head or prepare is not None):
-            raise ValueError("the plain variant is Keras's default model: name your variant")
-        stem = f"{name}-{variant}"
-        path = self.folder / f"{stem}.{fmt}"
-        with locked(self.folder / f"{stem}.lock"):
-            if not (self.folder / f"{stem}.keras").exists():
-                model = build(self.keras, name, linear_head)
-                if prepare is not None:
-                    prepare(self.keras, model)
-                for suffix in ("h5", "keras") if variant == "plain" else ("keras",):
-                    partial = self.folder / f"{stem}.partial.{suffix}"
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # the legacy .h5 warning
-                        model.save(partial)
-                    os.replace(partial, self.folder / f"{stem}.{suffix}")  # .keras last: it marks the end
+        path, _ = self._saved(name, variant, linear_head, prepare)
+        path = path.with_suffix(f".{fmt}")
         if not path.exists():
             raise FileNotFoundError(f"{path}: the {variant!r} variant is saved as .keras only")
         return path
 
-    def load(self, name: str, variant: str = "plain", **how: Any) -> Any:
-        """A model of its own, loaded by Keras from the shared file."""
-        return self.keras.saving.load_model(self.file(name, variant, **how))
+    def built(self, name: str, variant: str = "plain", *, linear_head: bool = False,
+              prepare: Prepare | None = None) -> tuple[Path, Any]:
+        """The shared .keras file and a Keras model of its own (to run, or to edit): the
+        model this call just built and saved, or else the file loaded by Keras."""
+        path, model = self._saved(name, variant, linear_head, prepare)
+        return path, model if model is not None else self.keras.saving.load_model(path)
+
+    def _saved(self, name: str, variant: str, linear_head: bool, prepare: Prepare | None) -> tuple[Path, Any]:
+        """The .keras file, and the model if this call built it (None if it was there)."""
+        if variant == "plain" and (linear_head or prepare is not None):
+            raise ValueError("the plain variant is Keras's default model: name your variant")
+        stem = f"{name}-{variant}"
+        path = self.folder / f"{stem}.keras"
+        with locked(self.folder / f"{stem}.lock"):
+            if path.exists():
+                return path, None
+            model = build(self.keras, name, linear_head)
+            if prepare is not None:
+                prepare(self.keras, model)
+            for suffix in ("h5", "keras") if variant == "plain" else ("keras",):
+                partial = self.folder / f"{stem}.partial.{suffix}"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the legacy .h5 warning
+                    model.save(partial)
+                os.replace(partial, self.folder / f"{stem}.{suffix}")  # .keras last: it marks the end
+            return path, model
 
 
 @pytest.fixture(scope="session")

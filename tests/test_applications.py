@@ -32,8 +32,8 @@ def keras_conv_layers(model) -> dict[str, list[tuple[int, ...]]]:
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
 def saved_application(request, architectures):
-    paths = {fmt: architectures.file(request.param, fmt=fmt) for fmt in ("keras", "h5")}
-    return keras_conv_layers(keras.saving.load_model(paths["keras"])), paths
+    path, model = architectures.built(request.param)
+    return keras_conv_layers(model), {"keras": path, "h5": architectures.file(request.param, fmt="h5")}
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])

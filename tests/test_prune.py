@@ -161,9 +161,8 @@ def _original(keras, architectures, tmp_path: Path, name: str):
         original = tmp_path / f"{name}.keras"
         model.save(original)
         return original, model
-    # Built once per session (tests/architectures.py), no softmax; a copy of its own here.
-    original = architectures.file(name, "randomized", linear_head=True, prepare=_randomize)
-    return original, keras.saving.load_model(original)
+    # Built once per session (tests/architectures.py), no softmax; a model of its own here.
+    return architectures.built(name, "randomized", linear_head=True, prepare=_randomize)
 
 
 @pytest.mark.slow
