@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+import click
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
+
+# tests/architectures.py: the session fixture `architectures` (real architectures, built once).
+pytest_plugins = ["architectures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -20,6 +25,14 @@ os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 # an 80-column terminal. A test that wants a width sets COLUMNS itself.
 for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
+# The tool reads untrusted files in forked workers, about a thousand times in the suite,
+# mostly from test processes that hold TensorFlow (1 GB and more): each fork then copies
+# and tears down page tables for every page, 60-100 ms where a small process takes 20.
+# glibc's malloc on transparent huge pages (glibc >= 2.35, THP in "madvise" mode; a no-op
+# elsewhere) makes those tables 512 times shorter: a third off each fork. Read by glibc
+# when a process starts, so it takes effect in the xdist workers and the processes the
+# tests start, not in this one.
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
 @pytest.fixture
@@ -32,15 +45,26 @@ def data_dir() -> Path:
     return DATA
 
 
+@functools.cache
+def _command() -> click.Command:
+    """The Typer app's click command. typer.testing.CliRunner builds it again from the
+    functions' signatures on every invocation (20 ms); the console script builds it once
+    per process, and so does this, once per test process."""
+    import typer.main
+
+    from conv_surgeon.cli import app
+
+    return typer.main.get_command(app)
+
+
 @pytest.fixture
 def cli():
     """Run the real Typer app; stdout and stderr come back separately."""
-    from conv_surgeon.cli import app
-
     runner = CliRunner()
+    command = _command()
 
     def invoke(*args: str, input: bytes | str | None = None):
-        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+        return runner.invoke(command, [str(a) for a in args], input=input, catch_exceptions=False)
 
     return invoke
 

@@ -11,17 +11,8 @@ from conv_surgeon.model.structure import read_structure
 
 keras = pytest.importorskip("keras")
 
-ARCHITECTURES = {
-    "MobileNetV2": lambda: keras.applications.MobileNetV2(
-        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10
-    ),
-    "Xception": lambda: keras.applications.Xception(
-        input_shape=(71, 71, 3), weights=None, classes=10
-    ),
-    "ConvNeXtTiny": lambda: keras.applications.ConvNeXtTiny(
-        input_shape=(32, 32, 3), weights=None, classes=10
-    ),
-}
+# Built once per session and saved as .keras and .h5 (tests/architectures.py).
+ARCHITECTURES = ["MobileNetV2", "Xception", "ConvNeXtTiny"]
 
 
 def keras_conv_layers(model) -> dict[str, list[tuple[int, ...]]]:
@@ -40,14 +31,9 @@ def keras_conv_layers(model) -> dict[str, list[tuple[int, ...]]]:
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
-def saved_application(request, tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    model = ARCHITECTURES[request.param]()
-    folder = tmp_path_factory.mktemp(request.param)
-    paths = {"keras": folder / "model.keras", "h5": folder / "model.h5"}
-    model.save(paths["keras"])
-    model.save(paths["h5"])
-    return keras_conv_layers(model), paths
+def saved_application(request, architectures):
+    path, model = architectures.built(request.param)
+    return keras_conv_layers(model), {"keras": path, "h5": architectures.file(request.param, fmt="h5")}
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])

@@ -120,7 +120,7 @@ def test_keras23_sequential_runs_with_the_shape_its_file_declares(tf_keras, tmp_
         L.Conv2D(4, 3, name="conv2"), L.Flatten(name="flatten"), L.Dense(2, name="dense"),
     ])
     path = _keras2_file(tmp_path / "speech.h5", model, "2.3.1")
-    report = _json_report(_set(path, "--layer", "conv1", "--bias-init", "zeros", "-o", tmp_path / "a.h5", "--json"))
+    report = _set_here(cli, path, "--layer", "conv1", "--bias-init", "zeros", "-o", tmp_path / "a.h5")
     smoke = report["smoke"]
     assert smoke["checked_by"].startswith("Keras 3.")
     assert smoke["inputs"] == [{"name": "input 0", "shape": [1, 1, 68, 24], "origin": "declared by the file"}]
@@ -136,7 +136,7 @@ def test_keras23_sequential_runs_with_the_shape_its_file_declares(tf_keras, tmp_
     assert refused.exit_code == 2 and "the shape the file declares (68, 24)" in refused.stderr, refused.stderr
 
 
-def test_keras23_conv1d_first_is_checked_by_tf_keras(tf_keras, tmp_path):
+def test_keras23_conv1d_first_is_checked_by_tf_keras(tf_keras, tmp_path, cli):
     """With a Conv1D first, Keras 3 cannot load the file at all (its extra axis meets a 3-D
     kernel); tf-keras can, and says so in the report."""
     L = tf_keras.layers
@@ -145,8 +145,8 @@ def test_keras23_conv1d_first_is_checked_by_tf_keras(tf_keras, tmp_path):
     path = _keras2_file(tmp_path / "speech1d.h5", model, "2.3.1")
     kernel = np.asarray(model.get_layer("conv1").kernel) * -1
     np.save(tmp_path / "k.npy", kernel)
-    report = _json_report(_set(path, "--layer", "conv1", "--kernel", tmp_path / "k.npy", "-o", tmp_path / "out.h5",
-                               "--compare", "--json"))
+    report = _set_here(cli, path, "--layer", "conv1", "--kernel", tmp_path / "k.npy", "-o", tmp_path / "out.h5",
+                       "--compare")
     smoke = report["smoke"]
     assert smoke["checked_by"] == f"tf-keras {tf_keras.__version__}"
     assert smoke["checked_variables"] == 1
@@ -316,10 +316,8 @@ def test_api_after_tensorflow_was_imported_with_onednn_says_so(samples, tmp_path
 
 
 @pytest.mark.slow
-def test_a_noop_edit_of_resnet50_compares_equal(keras, tmp_path):
-    model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10)
-    path = tmp_path / "resnet50.keras"
-    model.save(path)
+def test_a_noop_edit_of_resnet50_compares_equal(architectures, tmp_path):
+    path = architectures.file("ResNet50")  # built once per session (tests/architectures.py)
     assert subprocess.run([CLI, "get", path, "--layer", "conv3_block1_2_conv", "-o", tmp_path / "k.npy"]).returncode == 0
     report = _json_report(_set(path, "--layer", "conv3_block1_2_conv", "--kernel", tmp_path / "k.npy",
                                "-o", tmp_path / "same.keras", "--compare", "--expect-same", "--json"))

@@ -144,11 +144,9 @@ def test_expect_same_judges_the_model_outputs_only(cli, keras, tmp_path: Path) -
     assert note.startswith("output 0 (1, 4) is constant on these inputs (every value 0), while the output of layer 'dw'")
 
 
-def test_an_untrained_mobilenet_v2_says_its_output_is_constant(keras, tmp_path: Path) -> None:
+def test_an_untrained_mobilenet_v2_says_its_output_is_constant(keras, architectures, tmp_path: Path) -> None:
     """The report of the issue: a depthwise edit changed its layer's output, --compare said cosine 1."""
-    model = tmp_path / "mnv2.keras"
-    keras.utils.set_random_seed(0)
-    keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None).save(model)
+    model = architectures.file("MobileNetV2")  # built once per session (tests/architectures.py)
     kernel = edited_kernel(keras, model, "block_1_depthwise", tmp_path)
     smoke = compare(model, "block_1_depthwise", kernel, tmp_path / "out.keras")
     (layer,) = smoke.layer_comparisons

@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 from helpers import copy_into
 
+from typer.testing import CliRunner
+
 import conv_surgeon.instruments.diff as diff_module
+from conv_surgeon.cli import app
 from conv_surgeon.instruments.diff import (
     DiffReport,
     LayerDiff,
@@ -31,20 +34,15 @@ from conv_surgeon.instruments.diff import (
 from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.model.structure import Variable, read_structure
 
-CLI = Path(sys.executable).parent / "conv-surgeon"
-
 
 def source(path: Path) -> ModelFile:
     return ModelFile.from_path(path)
 
 
 def conv_set(src: Path, out: Path, *args: str) -> Path:
-    """Edit ``src`` with the real CLI (no smoke test: Keras is not needed)."""
-    run = subprocess.run(
-        [str(CLI), "set", str(src), *args, "--no-smoke", "-o", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert run.returncode == 0, run.stderr
+    """Edit ``src`` with the real CLI's Typer app, in this process (no smoke test)."""
+    run = CliRunner().invoke(app, ["set", str(src), *args, "--no-smoke", "-o", str(out)], catch_exceptions=False)
+    assert run.exit_code == 0, run.stderr
     return out
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import model_outputs
+from typer.testing import CliRunner
 
 import conv_surgeon as cs
+from conv_surgeon.cli import app
 from conv_surgeon.errors import SmokeTestError
 from conv_surgeon.render import fold_document
 from conv_surgeon.surgery.rewrite import ValueDigest
@@ -92,17 +94,24 @@ def _weights_by_layer(keras, model, prefix: str = "") -> dict[str, tuple[dict, l
     return found
 
 
-def _fold(model_path: Path, out: Path, *args: str) -> dict:
-    """The CLI, as a user runs it, in its own process (so Keras starts fresh)."""
-    done = subprocess.run([CLI, "fold-bn", str(model_path), "-o", str(out),
-                           "--json", *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+def _fold(model_path: Path, out: Path, *args: str, own_process: bool = False) -> dict:
+    """`fold-bn --json` through the Typer app in this process (its Keras is imported
+    already), or ``own_process``: the CLI as a user runs it (so Keras starts fresh)."""
+    argv = ["fold-bn", str(model_path), "-o", str(out), "--json", *args]
+    if own_process:
+        done = subprocess.run([CLI, *argv], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    result = CliRunner().invoke(app, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
-def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, atol: float = 1e-4) -> float:
-    """The folded model computes what the original did; every unfolded layer is as it was."""
-    original = keras.saving.load_model(original_path)
+def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, atol: float = 1e-4,
+                original=None) -> float:
+    """The folded model computes what the original did; every unfolded layer is as it was.
+    ``original``: the model that was saved at ``original_path``, if at hand (not loaded again)."""
+    original = original if original is not None else keras.saving.load_model(original_path)
     folded = keras.saving.load_model(folded_path)
     expected = _foldable(keras, original)
     assert {pair["batch_norm"] for pair in report["folded"]} == expected
@@ -124,24 +133,16 @@ def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, ato
     return worst
 
 
-APPLICATIONS = {
-    "ResNet50": dict(input_shape=(64, 64, 3)),
-    "MobileNetV2": dict(input_shape=(64, 64, 3)),
-    "Xception": dict(input_shape=(71, 71, 3)),
-    "EfficientNetB0": dict(input_shape=(64, 64, 3)),
-    "DenseNet121": dict(input_shape=(64, 64, 3)),
-}
+APPLICATIONS = ["ResNet50", "MobileNetV2", "Xception", "EfficientNetB0", "DenseNet121"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(APPLICATIONS))
-def test_fold_real_architectures(keras, cli, tmp_path, name):
-    model = getattr(keras.applications, name)(weights=None, classifier_activation=None, **APPLICATIONS[name])
-    _randomize_batchnorms(keras, model)
-    path = tmp_path / f"{name}.keras"
-    model.save(path)
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_fold_real_architectures(keras, cli, architectures, tmp_path, name):
+    # Built once per session (tests/architectures.py), random BN statistics, no softmax.
+    path, model = architectures.built(name, "bn-random", linear_head=True, prepare=_randomize_batchnorms)
     if name == "ResNet50":  # the CLI's own check, in a process of its own, once
-        report = _fold(path, tmp_path / "folded.keras")
+        report = _fold(path, tmp_path / "folded.keras", own_process=True)
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
         [kept] = report["smoke"]["expect_same"]
         assert kept["float32_sums"] and kept["atol"] == kept["rtol"] == 0 and kept["used"] <= 1
@@ -157,15 +158,13 @@ def test_fold_real_architectures(keras, cli, tmp_path, name):
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
     assert report["folded"]
-    _check_fold(keras, path, tmp_path / "folded.keras", report)
+    _check_fold(keras, path, tmp_path / "folded.keras", report, original=model)
     if name == "DenseNet121":  # BN -> ReLU -> Conv: the pre-activation BNs stay, with a reason
         assert any("not a convolution" in r["reason"] for r in report["not_folded"])
 
 
-def test_nothing_to_fold_is_exit_0_and_writes_nothing(keras, tmp_path):
-    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3))
-    path = tmp_path / "convnext.keras"
-    model.save(path)
+def test_nothing_to_fold_is_exit_0_and_writes_nothing(architectures, tmp_path):
+    path = architectures.file("ConvNeXtTiny")
     out = tmp_path / "out.keras"
     report = _fold(path, out)
     assert report["folded"] == [] and "nothing to fold" in report["notes"][0]
@@ -191,8 +190,10 @@ def _mixed_model(keras, loss="mse"):
     model = keras.Model(i, L.Dense(2, name="d")(L.GlobalAveragePooling2D()(x)))
     _randomize_batchnorms(keras, model)
     model.compile(keras.optimizers.Adam(), loss)
-    rng = np.random.default_rng(0)
+    model.run_eagerly = True  # one step: no train function to trace (5 s); set after compile,
+    rng = np.random.default_rng(0)  # so that the saved compile_config says run_eagerly=False
     model.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
+    model.run_eagerly = False
     return model
 
 

@@ -149,31 +149,26 @@ def _nested(keras):
     return keras.Model(i, L.Dense(3, name="d")(L.GlobalAveragePooling2D()(x)))
 
 
-APPLICATIONS = {
-    "VGG16": dict(input_shape=(32, 32, 3)),
-    "ResNet50": dict(input_shape=(32, 32, 3)),
-    "MobileNetV2": dict(input_shape=(32, 32, 3)),
-    "DenseNet121": dict(input_shape=(32, 32, 3)),
-    "EfficientNetB0": dict(input_shape=(32, 32, 3)),
-    "Xception": dict(input_shape=(71, 71, 3)),
-}
+APPLICATIONS = ["VGG16", "ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0", "Xception"]
 BUILT = {"conv1d_flatten": _conv1d_flatten, "channels_first": _channels_first, "nested": _nested}
 
 
-def _build(keras, name: str):
+def _original(keras, architectures, tmp_path: Path, name: str):
+    """The model with random BN statistics and biases, saved: (the file, the model)."""
     if name in BUILT:
-        return BUILT[name](keras)
-    return getattr(keras.applications, name)(weights=None, classes=10, classifier_activation=None,
-                                             **APPLICATIONS[name])
+        model = BUILT[name](keras)
+        _randomize(keras, model)
+        original = tmp_path / f"{name}.keras"
+        model.save(original)
+        return original, model
+    # Built once per session (tests/architectures.py), no softmax; a model of its own here.
+    return architectures.built(name, "randomized", linear_head=True, prepare=_randomize)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [*APPLICATIONS, *BUILT])
-def test_prune_real_architectures(keras, cli, tmp_path, name):
-    model = _build(keras, name)
-    _randomize(keras, model)
-    original = tmp_path / f"{name}.keras"
-    model.save(original)
+def test_prune_real_architectures(keras, cli, architectures, tmp_path, name):
+    original, model = _original(keras, architectures, tmp_path, name)
     inputs = _inputs(model)
     expected = _outputs(model, inputs)
 
@@ -225,8 +220,10 @@ def _trained(keras):
     x = L.Conv2D(5, 3, name="c2")(x)
     model = keras.Model(i, L.Dense(2, name="d")(L.GlobalAveragePooling2D()(x)))
     model.compile(keras.optimizers.Adam(), "mse")
-    rng = np.random.default_rng(0)
+    model.run_eagerly = True  # one step: no train function to trace (5 s); set after compile,
+    rng = np.random.default_rng(0)  # so that the saved compile_config says run_eagerly=False
     model.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
+    model.run_eagerly = False
     return model
 
 
@@ -328,9 +325,9 @@ def test_no_smoke_never_imports_tensorflow(samples, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_cli_compares_by_default_and_zeros_expects_the_same(keras, tmp_path):
+def test_cli_compares_by_default_and_zeros_expects_the_same(keras, cli, tmp_path):
     """The CLI as a user runs it (its own process): the outputs are compared; --zeros on a
-    model without zero filters writes nothing and says so."""
+    model without zero filters writes nothing and says so. (--expect-same: in this process.)"""
     model = _conv1d_flatten(keras)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -345,6 +342,5 @@ def test_cli_compares_by_default_and_zeros_expects_the_same(keras, tmp_path):
     assert done.returncode == 0 and "nothing to prune" in done.stdout
     assert not (tmp_path / "z.keras").exists()
     # --expect-same on a lossy prune: exit 3, nothing written.
-    done = subprocess.run([CLI, "prune", str(path), "--layer", "c1", "--filters", "0", "--expect-same",
-                           "-o", str(tmp_path / "e.keras")], capture_output=True, text=True)
-    assert done.returncode == 3 and not (tmp_path / "e.keras").exists(), done.stderr
+    done = cli("prune", path, "--layer", "c1", "--filters", "0", "--expect-same", "-o", tmp_path / "e.keras")
+    assert done.exit_code == 3 and not (tmp_path / "e.keras").exists(), done.stderr

@@ -17,7 +17,9 @@ carry the full model beside them in ``extra["config"]``.
 Pytest fixtures (import them into a test module, ``from zoo import zoo_models``):
 
 - ``zoo_models``: session-scoped; a function ``zoo_models(kind) -> ZooModel``
-  that builds each kind at most once per session in a tmp folder.
+  that builds each kind at most once per session in a tmp folder, shared by
+  the pytest-xdist workers (the first to ask builds it; a lock file per kind
+  makes the others wait, then read its record, ``zoo.json``).
 - ``zoo_model``: session-scoped, parametrized over every kind.
 
 The files are shared by the whole session: edit a ``copy_of(zm, tmp_path)``.
@@ -804,6 +806,42 @@ except ImportError:  # zoo.py used as a script without pytest
 # Built models, shared by every test module of the session (a fixture imported
 # into two modules is two fixture definitions; this cache makes them one).
 _BUILT: dict[tuple[str, str], ZooModel] = {}
+RECORD = "zoo.json"
+
+
+def _write_record(zm: ZooModel, path: Path) -> None:
+    import json
+    from dataclasses import asdict
+
+    record = {"path": str(zm.path), "kind": zm.kind, "expected": [asdict(e) for e in zm.expected],
+              "notes": zm.notes, "extra": {key: str(value) for key, value in zm.extra.items()}}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)
+
+
+def _read_record(path: Path) -> ZooModel:
+    import json
+
+    record = json.loads(path.read_text())
+    expected = [ExpectedVariable(tuple(e["shape"]), e["dtype"], e["sha256"]) for e in record["expected"]]
+    extra = {key: Path(value) for key, value in record["extra"].items()}
+    return ZooModel(Path(record["path"]), record["kind"], expected, record["notes"], extra)
+
+
+def build_shared(kind: str, folder: Path) -> ZooModel:
+    """``build(kind, folder)`` once for every process that shares ``folder``: the first
+    builds it and writes its record, the others wait on the lock and read the record."""
+    from architectures import locked
+
+    record = Path(folder) / kind / RECORD
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with locked(Path(folder) / f"{kind}.lock"):
+        if record.exists():
+            return _read_record(record)
+        zm = build(kind, folder)
+        _write_record(zm, record)
+        return zm
 
 
 def copy_of(zm: ZooModel, folder: Path) -> ZooModel:
@@ -841,12 +879,14 @@ if pytest is not None:
 
         The files are shared by every test: copy them (``copy_of``) before editing.
         """
-        root = tmp_path_factory.getbasetemp() / "zoo"
+        from architectures import shared_folder
+
+        root = shared_folder(tmp_path_factory, "zoo")
 
         def get(kind: str) -> ZooModel:
             key = (str(root), kind)
             if key not in _BUILT:
-                _BUILT[key] = build(kind, root)
+                _BUILT[key] = build_shared(kind, root)
             return _BUILT[key]
 
         return get
