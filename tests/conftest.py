@@ -76,3 +76,16 @@ def keras():
     import keras as keras_module
 
     return keras_module
+
+
+SLOW_TESTS = Path(__file__).resolve().parent / "slow_tests.txt"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow the tests slow_tests.txt names (measured), as @pytest.mark.slow marks others."""
+    listed = {line.strip() for line in SLOW_TESTS.read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid in listed:
+            item.add_marker(pytest.mark.slow)
