@@ -189,7 +189,10 @@ def write_transaction(
         prepared = Path(folder) / "prepared"
         worker = (Worker(partial(staging.prepare, prepared), PARSE_TIMEOUT_S, source.label)
                   if isinstance(staging, Rewriting) else None)
-        reference = _reference_run(source, options) if smoke_target is not None else None
+        # A rewrite's original runs beside the write: it compares outputs only. A patch
+        # compares the edited layers' own outputs too, which needs the original here.
+        reference = (_reference_run(source, options)
+                     if smoke_target is not None and isinstance(staging, Rewriting) else None)
         # Every value is valid: TensorFlow can start importing while the file is written.
         warm_up = KerasWarmUp().start() if smoke_target is not None else None
         try:
