@@ -12,28 +12,18 @@ feature comes from).
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conv_surgeon.model.graph import TensorRef
 from conv_surgeon.surgery.channels import ChannelGroup, Flat, Span, find_groups
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import config as _config, facts as _facts
+
 BN = ("gamma", "beta", "moving_mean", "moving_variance")
 
 # A slice as compared here: (layer, variable, axis, span offset, span width).
 Piece = tuple[str, str, int, int, int]
-
-
-def _config(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def _facts(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.facts.json").read_text())
 
 
 @functools.cache

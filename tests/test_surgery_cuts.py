@@ -8,8 +8,6 @@ its variables have the shapes the sliced ones must have.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +28,8 @@ from conv_surgeon.surgery.cuts import (
     variable_cuts,
 )
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import config as _config, facts as _facts
+
 # The channels each twin was built without (its filters are the model's less these many),
 # by the first member of each group.
 CUTS = {
@@ -40,14 +39,6 @@ CUTS = {
     "mixed": {"c1": (1,)},
 }
 
-
-
-def _config(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def _facts(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.facts.json").read_text())
 
 
 def _comparable(value: Any, drop: tuple[str, ...] = ()) -> Any:

@@ -15,7 +15,6 @@ import io
 import json
 import zipfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -36,17 +35,10 @@ from conv_surgeon.surgery.folding import (
     variance_problem,
 )
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import CONFIGS, config as _config, facts as _facts
+
 APPLICATIONS = {"resnet50": 53, "mobilenetv2": 52, "densenet121": 59, "xception": 40, "efficientnetb0": 49}
 FOLD_TWINS = ("fold_cases", "conv_kinds", "swap", "sequential_fold", "mixed")
-
-
-def _config(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def _facts(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.facts.json").read_text())
 
 
 def _comparable(value: Any) -> Any:

@@ -7,10 +7,6 @@ built, and is the oracle.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from conv_surgeon.model.graph import (
@@ -22,21 +18,11 @@ from conv_surgeon.model.graph import (
     model_graphs,
 )
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import CONFIGS, config as _config, facts as _facts
+
 # Every Keras 3 config committed: the applications, the hand-built models and their twins.
 KERAS3 = sorted(p.name[: -len(".json")] for p in CONFIGS.glob("*.json")
                 if not p.name.endswith(".facts.json") and not p.name.startswith("keras2_"))
-
-
-def _config(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def _facts(name: str) -> dict[str, Any]:
-    """What Keras said about config ``name`` (``model.twin``: a twin's, kept with its model's)."""
-    model, _, twin = name.partition(".")
-    facts = json.loads((CONFIGS / f"{model}.facts.json").read_text())
-    return facts["twins"][twin] if twin else facts
 
 
 def _store_path(*parts: str) -> str:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import CONFIGS
 
 SCRIPT = """
 import json, sys, zipfile, io, tempfile

@@ -10,10 +10,8 @@ for Adam, AMSGrad, SGD with and without momentum, and Adam with a schedule.
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -36,21 +34,12 @@ from conv_surgeon.surgery.optimizer import (
 )
 from conv_surgeon.surgery.rewrite import Derived
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import CONFIGS, config as _config, facts as _facts
+
 MIXED = CONFIGS / "mixed.keras"
 WITH_VARIABLES = ["resnet50", "mobilenetv2", "densenet121", "xception", "efficientnetb0", "fold_cases", "conv_kinds",
                   "swap", "sequential_fold", "mixed", "junctions", "channels_first_flat", "nested_prune",
                   "prune_refusals", "with_ops", "mixed.folded", "mixed.pruned", "junctions.pruned"]
-
-
-def _config(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def _facts(name: str) -> dict[str, Any]:
-    model, _, twin = name.partition(".")
-    facts = json.loads((CONFIGS / f"{model}.facts.json").read_text())
-    return facts["twins"][twin] if twin else facts
 
 
 def _variables_of(facts: dict[str, Any]):

@@ -38,19 +38,10 @@ from conv_surgeon.surgery.rewrite import (
 )
 from conv_surgeon.surgery.stored_graph import check_store_places, layer_variable, read_config, store_layer
 
-CONFIGS = Path(__file__).resolve().parent / "data" / "configs"
+from configs import CONFIGS, config as _config, facts as _facts
+
 MIXED = CONFIGS / "mixed.keras"
 MIXED_H5 = CONFIGS / "mixed.h5"
-
-
-def _config(name: str) -> dict[str, Any]:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def _facts(name: str) -> dict[str, Any]:
-    model, _, twin = name.partition(".")
-    facts = json.loads((CONFIGS / f"{model}.facts.json").read_text())
-    return facts["twins"][twin] if twin else facts
 
 
 def _weights(tmp_path: Path) -> Path:
