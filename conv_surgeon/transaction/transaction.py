@@ -193,7 +193,7 @@ def write_transaction(
         # compares the edited layers' own outputs too, which needs the original here.
         reference = (_reference_run(source, options)
                      if smoke_target is not None and isinstance(staging, Rewriting) else None)
-        # Every value is valid: TensorFlow can start importing while the file is written.
+        # The edit is checked: TensorFlow can start importing while the model is written.
         warm_up = KerasWarmUp().start() if smoke_target is not None else None
         try:
             if isinstance(staging, Rewriting):
