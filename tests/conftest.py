@@ -45,6 +45,12 @@ def data_dir() -> Path:
     return DATA
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests (up to 50 s each) first, the rest in their order: pytest-xdist's
+    workers then end on short tests, not one of them on DenseNet121 while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @functools.cache
 def _command() -> click.Command:
     """The Typer app's click command. typer.testing.CliRunner builds it again from the
