@@ -27,9 +27,9 @@ for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
 # The tool reads untrusted files in forked workers, about a thousand times in the suite,
 # mostly from test processes that hold TensorFlow (1 GB and more): each fork then copies
-# and tears down page tables for every page, 60-100 ms where a small process takes 20.
-# glibc's malloc on transparent huge pages (glibc >= 2.35, THP in "madvise" mode; a no-op
-# elsewhere) makes those tables 512 times shorter: a third off each fork. Read by glibc
+# and tears down the page tables of every page (reading a small .h5: 100 ms there, 30 ms
+# in a small process). glibc's malloc on transparent huge pages (glibc >= 2.35, THP in
+# "madvise" mode; a no-op elsewhere) makes those tables shorter: 68 ms. Read by glibc
 # when a process starts, so it takes effect in the xdist workers and the processes the
 # tests start, not in this one.
 os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
@@ -43,6 +43,12 @@ def samples() -> Path:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests (up to 50 s each) first, the rest in their order: pytest-xdist's
+    workers then end on short tests, not one of them on DenseNet121 while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @functools.cache

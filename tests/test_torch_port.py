@@ -9,14 +9,20 @@ stride 1, or 'valid', so both frameworks compute exactly the same thing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+
+@pytest.fixture(scope="module")
+def torch() -> Any:
+    """PyTorch, imported by the tests that use it (not at collection, by every worker);
+    they skip where it is not installed."""
+    return pytest.importorskip("torch")
 
 
-def _cases(keras):
+def _cases(keras, torch):
     L = keras.layers
     nn = torch.nn
     return {
@@ -49,9 +55,9 @@ def _channels_last(array: np.ndarray) -> np.ndarray:
     "case",
     ["conv1d", "conv2d", "conv3d", "conv_transpose2d_stride2", "depthwise2d_multiplier2", "grouped2d_groups2"],
 )
-def test_torch_state_gives_torch_outputs(cli, keras, tmp_path: Path, case: str) -> None:
+def test_torch_state_gives_torch_outputs(cli, keras, torch, tmp_path: Path, case: str) -> None:
     torch.manual_seed(0)
-    module, layer, input_shape = _cases(keras)[case]
+    module, layer, input_shape = _cases(keras, torch)[case]
     with torch.no_grad():
         for parameter in module.parameters():
             parameter.normal_()
@@ -76,7 +82,7 @@ def test_torch_state_gives_torch_outputs(cli, keras, tmp_path: Path, case: str) 
     np.testing.assert_allclose(got, _channels_last(expected), atol=1e-4, rtol=1e-4)
 
 
-def test_get_layout_torch_round_trips_through_torch(cli, keras, samples: Path, tmp_path: Path) -> None:
+def test_get_layout_torch_round_trips_through_torch(cli, keras, torch, samples: Path, tmp_path: Path) -> None:
     """get --layout torch gives what torch.nn.Conv2d accepts, and set --layout torch takes it back."""
     exported = tmp_path / "w.npy"
     assert cli("get", samples / "tiny_cnn.keras", "--layer", "conv2", "--layout", "torch", "-o", exported).exit_code == 0
