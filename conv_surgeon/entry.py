@@ -9,12 +9,19 @@ takes about 20 ms, and the bench showed the prefetch saved nothing, so it went.)
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 
 from .cli import main as cli_main
+from .errors import Terminated
+from .render.text import keep_error_descriptor
 
 
 def main() -> None:
+    keep_error_descriptor()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     try:
         cli_main()
         code = 0
@@ -25,6 +32,15 @@ def main() -> None:
             print(exc.code, file=sys.stderr)
             code = 1
     _exit_now(code)
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM and SIGHUP stop the command as Ctrl-C does: every cleanup runs (the staged
+    file, the workers), then the exit status is 128 + the signal. A second one while the
+    cleanup runs is ignored, so that the cleanup finishes."""
+    for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(other, signal.SIG_IGN)
+    raise Terminated(signum, signal.Signals(signum).name)
 
 
 def _exit_now(code: int) -> None:

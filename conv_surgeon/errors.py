@@ -19,7 +19,9 @@ class ExitCode(IntEnum):
     USAGE = 2  # the command line itself is wrong
     SMOKE_FAILED = 3  # the written model failed its smoke test; nothing was written
     INTERNAL = 70  # a bug in conv-surgeon (EX_SOFTWARE)
-    INTERRUPTED = 130  # Ctrl-C
+    HANGUP = 129  # SIGHUP: the terminal went away (128 + 1)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    TERMINATED = 143  # SIGTERM: `kill`, `timeout`, a job scheduler (128 + 15)
     BROKEN_PIPE = 141  # the reader of stdout went away
 
 
@@ -80,6 +82,15 @@ class SmokeTestError(ConvSurgeonError):
     """The written model failed the forward-pass smoke test. Exit code 3; nothing written."""
 
     exit_code = ExitCode.SMOKE_FAILED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: raised like Ctrl-C's KeyboardInterrupt, so that the same
+    cleanup runs (no staged file, no worker left behind); exit 128 + the signal."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum, self.name = signum, name
 
 
 class InternalError(Exception):

@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .._version import __version__
-from ..errors import ConvSurgeonError, ExitCode, InternalError, PlanError
+from ..errors import ConvSurgeonError, ExitCode, InternalError, PlanError, Terminated
 
 # Keys of click's ``ctx.meta``, which every context of one invocation shares.
 ARGV = "conv_surgeon.argv"  # what the user typed, for the provenance record of a write
@@ -77,9 +77,11 @@ class _ErrorBoundary(TyperGroup):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(ExitCode.BROKEN_PIPE) from None
-        except KeyboardInterrupt:
-            _render_error("interrupted; nothing was written", ExitCode.INTERRUPTED, self._json_stream(ctx))
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            code = 128 + exc.signum if isinstance(exc, Terminated) else int(ExitCode.INTERRUPTED)
+            what = f"stopped by {exc.name}" if isinstance(exc, Terminated) else "interrupted"
+            _render_error(f"{what}; nothing was written", code, self._json_stream(ctx))
+            raise typer.Exit(code) from None
         except Exception as exc:  # noqa: BLE001 - every other failure is our bug
             from ..render import render_traceback
 

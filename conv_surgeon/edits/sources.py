@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..store.archive import ZIP_MAGIC
+from ..store.fileio import read_input, read_stream
 from ..store.hdf5 import HDF5_MAGIC, read_dataset
 
 if TYPE_CHECKING:
@@ -85,10 +86,12 @@ def load_source(spec: str, stdin: BinaryIO | None = None) -> LoadedArray:
     if os.path.isdir(path):
         raise SourceError(f"source '{spec}': '{path}' is a directory; {ACCEPTED}")
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        data = read_input(path, f"source '{spec}'")
     except OSError as exc:
         raise SourceError(f"source '{spec}': cannot read '{path}': {exc.strerror}") from exc
+    if not os.path.isfile(path) and _format_of(data, path) in ("hdf5", "safetensors"):
+        raise SourceError(f"source '{spec}': '{path}' is a pipe; an HDF5 or safetensors source is read "
+                          "in place and must be a file: save it to one first")
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise SourceError(f"source '{spec}': '{path}' is empty; {ACCEPTED}")
@@ -190,7 +193,7 @@ def _looks_like_safetensors(data: bytes) -> bool:
 
 
 def _load_stdin(stdin: BinaryIO) -> LoadedArray:
-    data = stdin.read()
+    data = read_stream(stdin, "source '-'")
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise SourceError("source '-': stdin is empty; expected the bytes of a .npy file")
@@ -267,8 +270,7 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     if os.path.isdir(path):
         raise SourceError(f"{label}: is a directory; expected an .npz written by np.savez")
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        data = read_input(path, label)
     except OSError as exc:
         raise SourceError(f"{label}: cannot read it ({exc.strerror}); check the path") from exc
     try:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..model.structure import Layer, Variable, read_structure
 from ..store.hdf5 import read_dataset
+from ..store.locking import reading_models
 from ..store.model_file import ModelFile, OpenStore, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 
@@ -141,6 +142,7 @@ def _open_store(source: ModelFile) -> Iterator[_Store]:
         yield _Store(store, tuple(buffers))
 
 
+@reading_models
 def diff_models(a: ModelFile, b: ModelFile, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution layers of two models (every layer with weights if ``all_layers``).
 

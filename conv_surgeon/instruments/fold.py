@@ -19,40 +19,27 @@ import numpy as np
 
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError
 from ..model.graph import keras_order, model_graphs
-from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
+from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
+                               read_variables)
 from ..runtime.checks import FUNCTION_KEPT
 from ..store.model_file import ModelFile
 from ..store.patches import write_h5_history
 from ..store.provenance import EditRecord, FoldSource
-from ..surgery.folding import (
-    FOLDABLE_DTYPES,
-    BatchNormValues,
-    FoldPair,
-    FoldSearch,
-    NotFolded,
-    find_pairs,
-    folded_bias,
-    folded_config,
-    folded_kernel,
-    identity_values,
-    output_channels,
-    scale_and_shift,
-    store_moves,
-    variance_problem,
-)
-from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes
-from ..surgery.rewrite import (
-    Derived,
-    LegacyRewrite,
-    StoreRewrite,
-    ValueDigest,
-    VarOrigin,
-    rewrite_legacy,
-    rewrite_weights,
-    write_keras_archive,
-)
-from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
-from ..transaction.transaction import Rewriting, WriteOptions, WrittenValue, check_destination, write_transaction
+from ..surgery.folding import (FOLDABLE_DTYPES, BatchNormValues, FoldPair,
+                               FoldSearch, NotFolded, find_pairs, folded_bias,
+                               folded_config, folded_kernel, identity_values,
+                               output_channels, scale_and_shift, store_moves,
+                               variance_problem)
+from ..surgery.optimizer import (SlotChanges, read_optimizer_shapes,
+                                 slot_changes)
+from ..surgery.rewrite import (Derived, LegacyRewrite, StoreRewrite,
+                               ValueDigest, VarOrigin, rewrite_legacy,
+                               rewrite_weights, write_keras_archive)
+from ..surgery.stored_graph import (check_store_places, format_name,
+                                    layer_variable, read_config, store_layer)
+from ..transaction.transaction import (Rewriting, WriteOptions, WrittenValue,
+                                       check_destination, one_writer,
+                                       write_transaction)
 from .writing import CheckDefaults, WriteReport
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
@@ -95,6 +82,7 @@ class FoldRequest:
     checks: ClassVar[CheckDefaults] = CheckDefaults(compare=True, expect_same=FUNCTION_KEPT)
 
 
+@one_writer
 def fold_bn(
     source: ModelFile,
     request: FoldRequest,
@@ -228,7 +216,7 @@ def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Ca
     result = write_transaction(source, surgery.structure, Rewriting(prepare, stage, written, derived), records,
                                options, step)
     return replace(surgery.report, destination=result.destination, smoke=result.smoke,
-                   smoke_skipped=result.smoke_skipped)
+                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes)
 
 
 def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[str] | None,

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError, UsageError
+from ..errors import (ConvSurgeonError, LayerNotFoundError, ModelFileError,
+                      UsageError)
 from ..model.catalogue import conv_class
 from ..model.graph import TensorRef, container_keys, model_graphs
 from ..model.structure import Layer, ModelStructure, Variable, read_structure
@@ -29,22 +30,18 @@ from ..store.model_file import ModelFile, open_store
 from ..store.provenance import EditRecord, PruneSource
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..surgery.channels import ChannelGroup, find_groups
-from ..surgery.cuts import (
-    AxisCuts,
-    Cut,
-    VariableKey,
-    check_cuts,
-    conv_output_shape,
-    pruned_config,
-    sliced,
-    sliced_shape,
-    spatial_positions,
-    variable_cuts,
-)
-from ..surgery.optimizer import SlotChanges, slot_changes, read_optimizer_shapes, structure_variables
-from ..surgery.rewrite import Derived, StoreRewrite, VarOrigin, rewrite_weights, write_keras_archive
-from ..surgery.stored_graph import check_store_places, format_name, layer_variable, read_config, store_layer
-from ..transaction.transaction import Rewriting, WriteOptions, check_destination, write_transaction
+from ..surgery.cuts import (AxisCuts, Cut, VariableKey, check_cuts,
+                            conv_output_shape, pruned_config, sliced,
+                            sliced_shape, spatial_positions, variable_cuts)
+from ..surgery.optimizer import (SlotChanges, read_optimizer_shapes,
+                                 slot_changes, structure_variables)
+from ..surgery.rewrite import (Derived, StoreRewrite, VarOrigin,
+                               rewrite_weights, write_keras_archive)
+from ..surgery.stored_graph import (check_store_places, format_name,
+                                    layer_variable, read_config, store_layer)
+from ..transaction.transaction import (Rewriting, WriteOptions,
+                                       check_destination, one_writer,
+                                       write_transaction)
 from .writing import CheckDefaults, WriteReport
 
 Criterion = Literal["filters", "smallest-l1", "zeros"]
@@ -120,6 +117,7 @@ class PruneRequest:
         return CheckDefaults(compare=True, expect_same=FUNCTION_KEPT if self.zeros else None)
 
 
+@one_writer
 def prune(source: ModelFile, request: PruneRequest, options: WriteOptions,
           step: Callable[[str], None] | None = None) -> PruneReport:
     """Prune ``source`` as ``request`` says and write it as ``options`` say."""
@@ -502,4 +500,4 @@ def _write(source: ModelFile, surgery: _Surgery, request: PruneRequest, options:
     staging = Rewriting(partial(rewrite_weights, source, rewrite), stage, derived=derived)
     result = write_transaction(source, surgery.structure, staging, records, options, step)
     return replace(surgery.report, destination=result.destination, smoke=result.smoke,
-                   smoke_skipped=result.smoke_skipped)
+                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes)

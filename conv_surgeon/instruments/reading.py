@@ -10,7 +10,9 @@ from ..edits import LAYOUTS, Layout
 from ..edits.targets import layer_targets
 from ..errors import ConvSurgeonError
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
-from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
+from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
+                               read_variables)
+from ..store.locking import reading_models
 from ..store.model_file import ModelFile
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ def variable_stats(value: np.ndarray) -> VariableStats:
     )
 
 
+@reading_models
 def inspect_model(
     source: ModelFile, *, all_layers: bool = False, stats: bool = False, history: bool = False
 ) -> InspectReport:
@@ -122,6 +125,7 @@ def _exported(layers: list[tuple[Layer, list[Variable]]], source: ModelFile, lay
     return WeightsExport(tuple(layer for layer, _ in layers), arrays, tuple(notes))
 
 
+@reading_models
 def get_weights(
     source: ModelFile,
     layer_query: str,
@@ -147,6 +151,7 @@ def get_weights(
     return _exported([(layer, chosen)], source, layout, lambda _, v: v.name)
 
 
+@reading_models
 def export_bundle(source: ModelFile, *, layout: Layout = "keras") -> WeightsExport:
     """Every convolution variable under ``<layer path>/<variable>`` keys, for `set --from-npz`."""
     structure = read_structure(source)

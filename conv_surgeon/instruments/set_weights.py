@@ -18,28 +18,29 @@ import numpy as np
 
 from ..edits import LAYOUTS, Layout, check_seed
 from ..edits.assign import Assignment, check_assignments
-from ..edits.initializers import InitializerSpec, draw_seed, parse_initializer_spec, variable_seed
-from ..edits.layout import from_torch, torch_axis_names, torch_shape, variable_role
+from ..edits.initializers import (InitializerSpec, draw_seed,
+                                  parse_initializer_spec, variable_seed)
+from ..edits.layout import (from_torch, torch_axis_names, torch_shape,
+                            variable_role)
 from ..edits.plan import Plan
 from ..edits.targets import TargetVariable, layer_targets
 from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from ..model.catalogue import conv_class, stored_name_matches
 from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
-from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
+from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
+                               read_variables)
 from ..store.hdf5 import HDF5_MAGIC
 from ..store.model_file import ModelFile
 from ..store.patches import locate_patches
 from ..store.provenance import EditRecord, EditSource
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from ..transaction.transaction import (
-    Patching,
-    WriteOptions,
-    WrittenValue,
-    check_destination,
-    write_transaction,
-)
-from .writing import PLAIN_CHECKS, CheckDefaults, Progress, WriteReport, counted
+from ..transaction.transaction import (Patching, WriteOptions, WrittenValue,
+                                       check_destination, one_writer,
+                                       write_transaction)
+from .writing import (PLAIN_CHECKS, CheckDefaults, Progress, WriteReport,
+                      counted)
+
 
 @dataclass(frozen=True)
 class WeightRequest:
@@ -179,6 +180,7 @@ class _CheckedLayer:
     assignments: list[Assignment]
 
 
+@one_writer
 def edit_model(
     source: ModelFile,
     request: SetRequest,
@@ -266,7 +268,7 @@ def edit_model(
     written = write_transaction(source, structure, staging, records, options, step)
     return SetReport(source=source.label, destination=written.destination, dry_run=False, layers=layers,
                      changes=changes, seed=base_seed, seed_drawn=seed_drawn, smoke=written.smoke,
-                     smoke_skipped=written.smoke_skipped)
+                     smoke_skipped=written.smoke_skipped, notes=written.notes)
 
 
 def apply_plan(
@@ -401,6 +403,8 @@ def _names_hdf5(spec: str) -> bool:
 
     try:
         path, _ = split_source_spec(spec)
+        if not os.path.isfile(path):
+            return False  # a pipe is read once, by load_source
         with open(path, "rb") as handle:
             return handle.read(len(HDF5_MAGIC)) == HDF5_MAGIC
     except (OSError, ConvSurgeonError):

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, cast
 from ..errors import ConvSurgeonError, UsageError
 from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
-from ..model.structure import Layer, ModelStructure, Variable, read_raw_variables, read_structure
+from ..model.structure import (Layer, ModelStructure, Variable,
+                               read_raw_variables, read_structure)
+from ..store.locking import reading_models
 
 if TYPE_CHECKING:
     import numpy as np
@@ -112,6 +114,7 @@ class ShowData:
     shown: tuple[ShownVariable, ...]  # in model order, a layer's variables together
 
 
+@reading_models
 def read_shown(
     source: ModelFile,
     layer_query: str | None,

@@ -18,7 +18,8 @@ from typing import BinaryIO
 from ..errors import ConvSurgeonError, UsageError
 from ..runtime.checks import SmokeOptions, SmokeReport, Tolerance
 from ..store.fileio import check_output_dir, refuse_overwriting
-from ..transaction.transaction import Destination, WriteOptions, choose_destination
+from ..transaction.transaction import (Destination, WriteOptions,
+                                       choose_destination)
 
 
 @dataclass(frozen=True)

@@ -155,8 +155,7 @@ def finite_or_none(x: float) -> float | None:
 def render_error(message: str, exit_code: int, *, json_stream: TextIO | None = None,
                  problems: Sequence[str] = (), label: str = "Error") -> None:
     """One line on stderr; in JSON mode also one JSON object on ``json_stream``."""
-    sys.stderr.write(f"{label}: {message}\n")
-    sys.stderr.flush()
+    write_error(f"{label}: {message}\n")
     if json_stream is not None:
         document: dict[str, Any] = {"error": message if label == "Error" else f"{label}: {message}",
                                     "exit_code": int(exit_code)}
@@ -166,7 +165,41 @@ def render_error(message: str, exit_code: int, *, json_stream: TextIO | None = N
 
 
 def render_traceback(text: str) -> None:
-    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    write_error(text if text.endswith("\n") else text + "\n")
+
+
+# The stderr the command started with, kept by the console script: TensorFlow's import
+# points fd 2 at /dev/null for a while (runtime.environment.quiet_stderr), and an error
+# (a Ctrl-C then) must not be lost.
+_error_fd: int | None = None
+
+
+def keep_error_descriptor() -> None:
+    """Keep a descriptor of the process's stderr for errors, that no import can silence."""
+    global _error_fd
+    try:
+        _error_fd = os.dup(2)
+    except OSError:
+        _error_fd = None  # no stderr at all: nothing to keep
+
+
+def write_error(text: str) -> None:
+    """Write to stderr, through the kept descriptor when stderr is the process's own."""
+    stream: TextIO = sys.stderr
+    if _error_fd is None or stream is not sys.__stderr__:
+        stream.write(text)
+        stream.flush()
+        return
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    data = text.encode(stream.encoding or "utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(_error_fd, data):]
+    except OSError:
+        pass  # stderr went away; the exit code still says what happened
 
 
 # What runs after a step, for the steps that are followed by a long wait.

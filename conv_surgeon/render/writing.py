@@ -60,6 +60,7 @@ def set_document(report: SetReport) -> dict[str, Any]:
         ],
         "seed": report.seed,
         "seed_drawn": report.seed_drawn,
+        **({"notes": list(report.notes)} if report.notes else {}),
     })
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from ..errors import ModelFileError
-from .archive import Member, Window, ZIP_MAGIC, locate_member
+from .archive import ZIP_MAGIC, Member, Window, locate_member
+from .fileio import read_input, read_stream
 from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
 from .hdf5_tree import Buffer, Dataset, HDF5Tree, UnsupportedHDF5
 
@@ -69,19 +71,32 @@ class ModelFile:
     def from_path(
         cls, path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
     ) -> ModelFile:
-        return cls(label=os.fspath(path), path=Path(path), config=Path(config) if config is not None else None)
+        config_path = Path(config) if config is not None else None
+        if _is_pipe(path):  # `inspect <(curl ...)`: read once, as stdin is
+            try:
+                data = read_input(path, os.fspath(path))
+            except OSError as exc:
+                raise ModelFileError(f"{os.fspath(path)}: cannot read it ({exc.strerror})") from None
+            return cls._received(data, os.fspath(path), config_path)
+        if _is_device(path):
+            raise ModelFileError(f"{os.fspath(path)}: is a device, not a model file; give the .keras or .h5 file")
+        return cls(label=os.fspath(path), path=Path(path), config=config_path)
 
     @classmethod
     def from_stream(
         cls, stream: BinaryIO, label: str = "<stdin>", config: str | os.PathLike[str] | None = None
     ) -> ModelFile:
-        data = stream.read()
+        data = read_stream(stream, label)
+        return cls._received(data, label, Path(config) if config is not None else None)
+
+    @classmethod
+    def _received(cls, data: bytes, label: str, config: Path | None) -> ModelFile:
         if not data:
             raise ModelFileError(
                 f"{label}: no model received (0 bytes); expected a .keras or .h5 file piped "
                 "in, e.g. `< model.keras`"
             )
-        return cls(label=label, data=data, config=Path(config) if config is not None else None)
+        return cls(label=label, data=data, config=config)
 
     @contextmanager
     def open_binary(self) -> Iterator[BinaryIO]:
@@ -91,6 +106,21 @@ class ModelFile:
         assert self.path is not None
         with open(self.path, "rb") as handle:
             yield handle
+
+def _is_pipe(path: str | os.PathLike[str]) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_device(path: str | os.PathLike[str]) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
+
 
 def _check_path(path: Path) -> None:
     try:

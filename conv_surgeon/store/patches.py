@@ -32,22 +32,11 @@ from ..errors import ModelFileError
 from .archive import Member, member_crcs, replace_member, write_member_crc
 from .fileio import replace_files_together
 from .hdf5 import contiguous_offset, encode_for_dataset, read_dataset
-from .model_file import (
-    FOLDER_FORMATS,
-    METADATA_MEMBER,
-    ModelFormat,
-    ModelFile,
-    StoreFile,
-    WEIGHTS_MEMBER,
-    open_store,
-    shard_names,
-)
-from .provenance import (
-    HISTORY_ATTRIBUTE,
-    encode_history,
-    metadata_with_history,
-    read_metadata_bytes,
-)
+from .model_file import (FOLDER_FORMATS, METADATA_MEMBER, WEIGHTS_MEMBER,
+                         ModelFile, ModelFormat, StoreFile, open_store,
+                         shard_names)
+from .provenance import (HISTORY_ATTRIBUTE, encode_history,
+                         metadata_with_history, read_metadata_bytes)
 from .worker import PARSE_TIMEOUT_S, run_bounded
 
 
@@ -236,6 +225,13 @@ def stage_folder(
     for entry in sorted(source.path.rglob("*")):
         relative = entry.relative_to(source.path)
         target = staging / relative
+        if entry.is_symlink() and entry not in patched and str(relative) != METADATA_MEMBER:
+            # Kept as a link, as `cp -R` keeps it: a link to a file outside the folder
+            # must not turn into a copy of that file in the output.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(entry), target)
+            files[str(relative)] = False
+            continue
         if entry.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
@@ -294,7 +290,8 @@ def _shard_map(map_path: Path, renames: dict[str, str], history: list[dict[str, 
     return json.dumps(document, indent=4).encode()
 
 
-def commit_folder(staged: StagedFolder, source: ModelFile, destination: Path, in_place: bool) -> None:
+def commit_folder(staged: StagedFolder, source: ModelFile, destination: Path, in_place: bool,
+                  notes: list[str] | None = None) -> None:
     """Move the staged save into place: every changed file replaced, or none.
 
     In place, only the files that changed replace their originals. Otherwise a folder
@@ -305,7 +302,7 @@ def commit_folder(staged: StagedFolder, source: ModelFile, destination: Path, in
         target_dir = destination.parent if staged.load_path != staged.folder else destination
         moves = [(staged.folder / name, target_dir / name) for name, changed in staged.files.items()
                  if changed or not in_place]
-        replace_files_together(moves)
+        replace_files_together(moves, notes)
         return
     if destination.exists():
         if any(destination.iterdir()) and not (destination / "config.json").is_file():

@@ -9,11 +9,15 @@ its loops are bounded.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import gc
 import os
 import pickle
 import select
 import signal
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -39,6 +43,37 @@ def run_bounded(work: Callable[[], T], timeout: float, label: str) -> T:
     return Worker(work, timeout, label).result()
 
 
+def _die_with_parent(parent: int) -> None:
+    """In a worker: end when the parent ends, however it ends (SIGKILL included), and
+    leave signals to it. A terminal's SIGTERM or SIGHUP to the whole group ends the worker
+    at once; Ctrl-C is the parent's to handle (it stops the worker in its cleanup)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _failure(exc: BaseException, label: str) -> tuple[str, object]:
+    """What the parent hears of a worker's failure: a full disk is the user's to fix (a
+    rewrite's worker writes the new store); anything else is a bug."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        return "error", ConvSurgeonError(
+            f"{label}: writing the edited model failed: {exc.strerror} ({exc.filename or tempfile.gettempdir()}); "
+            "nothing was written, free some space (or point TMPDIR at a larger disk) and run it again")
+    return "bug", (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
 class Worker(Generic[T]):
     """``work`` running in a forked child; :meth:`result` waits for it, up to a deadline."""
 
@@ -46,8 +81,10 @@ class Worker(Generic[T]):
         self.label, self.timeout = label, timeout
         self.deadline = time.monotonic() + timeout
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
+            _die_with_parent(parent)
             # A short-lived child: the collector would only walk (and so copy, page by
             # page) every object it shares with its parent.
             gc.disable()
@@ -58,8 +95,8 @@ class Worker(Generic[T]):
                     payload = pickle.dumps(("ok", work()))
                 except ConvSurgeonError as exc:
                     payload = pickle.dumps(("error", exc))
-                except BaseException as exc:  # noqa: BLE001 - reported by the parent as a bug
-                    payload = pickle.dumps(("bug", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+                except BaseException as exc:  # noqa: BLE001 - reported by the parent
+                    payload = pickle.dumps(_failure(exc, label))
                 with os.fdopen(write_end, "wb") as out:
                     out.write(payload)
             except BaseException:  # noqa: BLE001

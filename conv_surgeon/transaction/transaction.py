@@ -12,6 +12,7 @@ built once (by the command line's shared option group, or by the Python API).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -21,20 +22,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Union
+from typing import (Any, BinaryIO, Concatenate, Literal, ParamSpec, TypeVar,
+                    Union)
 
 import numpy as np
 
 from .._version import __version__
 from ..errors import ConvSurgeonError, UsageError
-from ..model.structure import Layer, ModelStructure, Variable, read_own_variables
-from ..runtime.checks import ExpectedValue, SmokeOptions, SmokeReport, SmokeTarget
+from ..model.structure import (Layer, ModelStructure, Variable,
+                               read_own_variables)
+from ..runtime.checks import (ExpectedValue, SmokeOptions, SmokeReport,
+                              SmokeTarget)
 from ..runtime.environment import KerasWarmUp
 from ..runtime.running import ReferenceResult, start_reference_run
 from ..runtime.smoke import run_smoke_test
-from ..store.fileio import atomic_output, check_output_dir, same_file
+from ..store.fileio import (atomic_output, check_output_dir, output_stream,
+                            same_file)
+from ..store.locking import (Claim, check_unchanged, claim_model, locked,
+                             model_files, say_waiting)
 from ..store.model_file import FOLDER_FORMATS, ModelFile
-from ..store.patches import StorePatches, apply_patches, commit_folder, stage_folder
+from ..store.patches import (StorePatches, apply_patches, commit_folder,
+                             stage_folder)
 from ..store.provenance import EditRecord, make_record, read_history
 from ..store.worker import PARSE_TIMEOUT_S, Worker
 from ..surgery.rewrite import ValueDigest
@@ -66,6 +74,8 @@ def choose_destination(
             raise UsageError("--in-place needs a MODEL path; a model on stdin has no file to update")
         if output is not None:
             raise UsageError("give either -o OUT or --in-place, not both")
+        if os.path.exists(model) and not (os.path.isfile(model) or os.path.isdir(model)):
+            raise UsageError(f"--in-place {model}: not a regular file, nothing to update in place; use -o OUT")
         return Destination(path=Path(model))
     if output in (None, "-"):
         if output is None and model not in (None, "-"):
@@ -122,6 +132,7 @@ class Written:
     destination: str
     smoke: SmokeReport | None
     smoke_skipped: str | None  # why no smoke test ran though it was not turned off
+    notes: tuple[str, ...] = ()  # what the delivery could not keep (an owner, a hard link)
 
 
 @dataclass(frozen=True)
@@ -154,12 +165,44 @@ class Rewriting:
 Staging = Union[Patching, Rewriting]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+def one_writer(
+    instrument: Callable[Concatenate[ModelFile, R, WriteOptions, P], T],
+) -> Callable[Concatenate[ModelFile, R, WriteOptions, P], T]:
+    """An instrument that writes ``options.destination`` from ``source``, run under the
+    locks of :mod:`conv_surgeon.store.locking`: exclusive on the file it replaces (the
+    source itself with --in-place), shared on the source it reads, from its first read
+    to its final rename. Two runs on one file take turns; none loses the other's edit."""
+
+    @functools.wraps(instrument)
+    def run(source: ModelFile, request: R, options: WriteOptions, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        target = options.destination.path if options.destination is not None else None
+        in_place = target is not None and source.path is not None and same_file(target, source.path)
+        claims = claim_model(source, exclusive=in_place)
+        if target is not None and not in_place and os.path.lexists(target):
+            claims.append(Claim(target, True, tuple(model_files(target))))
+        with locked(claims, say_waiting):
+            return instrument(source, request, options, *args, **kwargs)
+
+    return run
+
+
 def check_destination(source: ModelFile, structure: ModelStructure, options: WriteOptions) -> None:
     """Refuse a destination whose name Keras would read as another format, before any work."""
     destination = options.destination
-    if destination is not None and destination.path is not None and not (
+    if destination is None or destination.path is None or (
             source.path is not None and same_file(destination.path, source.path)):
-        _check_suffix(destination.path, structure.format)
+        return
+    if output_stream(destination.path):
+        if structure.format in FOLDER_FORMATS:
+            raise UsageError(f"-o {destination.path}: a {structure.format} save is several files and cannot go "
+                             "to a pipe or a device; name an output folder")
+        return  # a pipe or /dev/null: no name for Keras to read
+    _check_suffix(destination.path, structure.format)
 
 
 def write_transaction(
@@ -185,7 +228,10 @@ def write_transaction(
     history = before + [make_record(list(options.command), records, __version__,
                                     imports=list(checks.imports))]
     smoke_target = _smoke_kind(structure, source, checks)
-    with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
+    notes: list[str] = []
+    with _file_errors(Path(tempfile.gettempdir())):
+        scratch = tempfile.TemporaryDirectory(prefix="conv-surgeon-")
+    with scratch as folder:
         prepared = Path(folder) / "prepared"
         worker = (Worker(partial(staging.prepare, prepared), PARSE_TIMEOUT_S, source.label)
                   if isinstance(staging, Rewriting) else None)
@@ -203,7 +249,7 @@ def write_transaction(
             else:
                 values, make = list(staging.values), staging.patches
             report = None
-            with _staged(source, structure, make, destination, history) as (staged, load_path, commit):
+            with _staged(source, structure, make, destination, history, notes) as (staged, load_path, commit):
                 _verify_written(staged, values)
                 if step is not None:
                     step("written")
@@ -218,14 +264,20 @@ def write_transaction(
                                                 written_by=structure.keras_version, reference=reference)
                     if step is not None:
                         step("smoke test passed")
+                if destination.path is not None:
+                    check_unchanged(destination.path)
+                if source.path is not None:
+                    check_unchanged(source.path)
                 commit()
         finally:
             if reference is not None:
                 reference.discard()  # it has answered, or is no longer wanted
-            if warm_up is not None:
-                # The import silences fd 2: let it finish before any error is printed.
+            if warm_up is not None and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                # The import silences fd 2: let it finish before any error is printed
+                # (not when the user stopped the command: the error line has its own
+                # descriptor, and the user is not kept waiting for an import).
                 warm_up.join()
-    return Written(destination.label, report, _smoke_skipped(checks, smoke_target is not None))
+    return Written(destination.label, report, _smoke_skipped(checks, smoke_target is not None), tuple(notes))
 
 
 def _rewritten_values(staging: Rewriting, digests: dict[str, ValueDigest]) -> list[WrittenValue]:
@@ -311,7 +363,7 @@ def _check_suffix(path: Path, fmt: str) -> None:
 @contextmanager
 def _staged(
     source: ModelFile, structure: ModelStructure, make: StorePatches | MakeModel, destination: Destination,
-    history: list[dict[str, Any]],
+    history: list[dict[str, Any]], notes: list[str],
 ) -> Iterator[tuple[ModelFile, Path, Callable[[], None]]]:
     """Write the edited model beside its destination; yields (the written model as a
     source, what Keras loads, the commit that moves it into place)."""
@@ -332,27 +384,46 @@ def _staged(
         except OSError as exc:
             raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
         try:
-            staged = stage_folder(source, make, folder, target.name, history, keep_names=in_place)
-            yield (ModelFile.from_path(staged.load_path), staged.load_path,
-                   lambda: commit_folder(staged, source, target, in_place))
+            with _file_errors(target):
+                staged = stage_folder(source, make, folder, target.name, history, keep_names=in_place)
+
+            def commit() -> None:
+                with _file_errors(target):
+                    commit_folder(staged, source, target, in_place, notes)
+
+            yield ModelFile.from_path(staged.load_path), staged.load_path, commit
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    with _staging_file(destination, "h5" if structure.legacy else structure.format) as path:
-        if isinstance(make, StorePatches):
-            apply_patches(source, make, path, history=history)
-        else:
-            make(path, history)
+    with _staging_file(destination, "h5" if structure.legacy else structure.format, notes) as path:
+        with _file_errors(destination.path or path):
+            if isinstance(make, StorePatches):
+                apply_patches(source, make, path, history=history)
+            else:
+                make(path, history)
         yield ModelFile.from_path(path), path, lambda: _deliver(path, destination)
 
 
 @contextmanager
-def _staging_file(destination: Destination, fmt: str) -> Iterator[Path]:
+def _file_errors(target: Path) -> Iterator[None]:
+    """A failing file operation (a full disk, no permission) as one line, not a crash."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConvSurgeonError(
+            f"{target}: writing failed: {exc.strerror or exc}{where}; nothing was written, check "
+            "the free space and permissions of its folder"
+        ) from None
+
+
+@contextmanager
+def _staging_file(destination: Destination, fmt: str, notes: list[str]) -> Iterator[Path]:
     """A temporary file for the edited model: beside the target, or in a temp dir."""
     suffix = {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5")
     if destination.path is not None:
         # Keras picks its loader by extension, so the staged file keeps the right one.
-        with atomic_output(destination.path) as tmp:
+        with atomic_output(destination.path, notes) as tmp:
             staged = tmp.with_name(tmp.name + suffix)
             try:
                 yield staged
@@ -383,11 +454,12 @@ def _original_file(source: ModelFile, fmt: str) -> Iterator[Path]:
     else:
         with tempfile.TemporaryDirectory(prefix="conv-surgeon-") as folder:
             copy = Path(folder) / ("original" + {"keras": ".keras", "weights": ".weights.h5"}.get(fmt, ".h5"))
-            if source.data is not None:
-                copy.write_bytes(source.data)
-            else:
-                assert source.path is not None
-                shutil.copyfile(source.path, copy)
+            with _file_errors(copy):
+                if source.data is not None:
+                    copy.write_bytes(source.data)
+                else:
+                    assert source.path is not None
+                    shutil.copyfile(source.path, copy)
             yield copy
 
 

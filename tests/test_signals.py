@@ -1,0 +1,119 @@
+"""Every exit cleans up: SIGTERM and SIGHUP run Ctrl-C's cleanup (exit 128 + n), forked
+workers die with their parent, and the error line is never lost (issue 19).
+
+Each case runs the real console script in its own session (so that every process it
+forks is in its process group) on a copy of the committed sample model, with the
+original's forward pass forked beside the edit (--compare), and stops it at several
+moments: while the model is read, while TensorFlow imports, during the smoke test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import copy_into, sha256
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).with_name("conv-surgeon"))
+TINY = ROOT / "sample_models" / "tiny_cnn.keras"
+
+pytestmark = pytest.mark.slow
+
+
+def _group_gone(pgid: int, within: float = 5.0) -> bool:
+    """Whether no process of the group is left (orphans are reaped by init at once)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _start(tmp_path: Path, model: Path, *extra: str) -> subprocess.Popen:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    return subprocess.Popen(
+        [CLI, "set", str(model), "--layer", "conv1", "--kernel-init", "ones", "--compare", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("delay", [0.4, 1.2, 2.5, 4.0])
+@pytest.mark.parametrize("how", ["in-place", "output"])
+def test_sigterm_leaves_nothing_behind(tmp_path, delay, how):
+    model = copy_into(tmp_path, TINY)
+    before = sha256(model)
+    args = ("--in-place",) if how == "in-place" else ("-o", str(tmp_path / "out.keras"))
+    run = _start(tmp_path, model, *args)
+    time.sleep(delay)
+    if run.poll() is not None:
+        pytest.skip(f"the edit was over in {delay} s, before the signal")
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    if run.returncode == 0:
+        pytest.skip("the edit ended as the signal came")
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines()[-1] == "Error: stopped by SIGTERM; nothing was written", err
+    assert "Traceback" not in err
+    assert _group_gone(run.pid), "a forked worker outlived the command"
+    assert sha256(model) == before
+    assert _files(tmp_path) == [model.name, "tmp"], "a staged file was left behind"
+
+
+def test_sighup_is_handled_like_sigterm(tmp_path):
+    model = copy_into(tmp_path, TINY)
+    run = _start(tmp_path, model, "--in-place")
+    time.sleep(1.5)
+    assert run.poll() is None
+    run.send_signal(signal.SIGHUP)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGHUP, err
+    assert err.splitlines()[-1] == "Error: stopped by SIGHUP; nothing was written"
+    assert _group_gone(run.pid)
+    assert _files(tmp_path) == [model.name, "tmp"]
+
+
+def test_a_killed_command_takes_its_workers_with_it(tmp_path):
+    """SIGKILL runs no cleanup at all; the original model's run, forked by `prune` to
+    compare with, must still not live on."""
+    model = copy_into(tmp_path, TINY)
+    run = subprocess.Popen([CLI, "prune", str(model), "--layer", "conv1", "--filters", "0", "-o",
+                            str(tmp_path / "out.keras")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    children: list[str] = []
+    deadline = time.monotonic() + 10
+    while not children and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+        children = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+    run.kill()
+    run.communicate(timeout=30)
+    assert children, "no worker was running: the test did not test anything"
+    assert _group_gone(run.pid), "a worker outlived its killed parent"
+
+
+def test_the_error_line_survives_tensorflows_silenced_stderr(tmp_path):
+    """Ctrl-C while TensorFlow imports (which points fd 2 at /dev/null meanwhile): the
+    `Error:` line still reaches the terminal."""
+    model = copy_into(tmp_path, TINY)
+    run = _start(tmp_path, model, "-o", str(tmp_path / "out.keras"))
+    time.sleep(1.2)  # the import has started (the model is read in well under a second)
+    assert run.poll() is None
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert err.splitlines()[-1] == "Error: interrupted; nothing was written", err
+    assert _group_gone(run.pid)
