@@ -13,9 +13,7 @@ import signal
 import sys
 from types import FrameType
 
-from .cli import main as cli_main
-from .errors import Terminated
-from .render.text import keep_error_descriptor
+from .errors import ExitCode, Terminated, keep_error_descriptor, write_error
 
 
 def main() -> None:
@@ -23,8 +21,16 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
     try:
+        # Imported after the handlers are in place: a signal during the imports (a quarter
+        # of a second) ends the command as one during its work does.
+        from .cli import main as cli_main
+
         cli_main()
         code = 0
+    except KeyboardInterrupt as exc:  # before the command's own error boundary was entered
+        what = f"stopped by {exc.name}" if isinstance(exc, Terminated) else "interrupted"
+        write_error(f"Error: {what}; nothing was written\n")
+        code = 128 + exc.signum if isinstance(exc, Terminated) else int(ExitCode.INTERRUPTED)
     except SystemExit as exc:
         if isinstance(exc.code, int) or exc.code is None:
             code = exc.code or 0

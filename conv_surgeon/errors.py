@@ -1,4 +1,4 @@
-"""The one exception family of conv-surgeon.
+"""The one exception family of conv-surgeon, and the stderr its messages go to.
 
 The library raises these; only the CLI turns them into exit codes. Every message is a
 single line that says what was expected, what was received and what to do.
@@ -6,9 +6,11 @@ single line that says what was expected, what was received and what to do.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import Self
+from typing import Self, TextIO
 
 
 class ExitCode(IntEnum):
@@ -100,3 +102,37 @@ class InternalError(Exception):
     def __init__(self, message: str, worker_traceback: str) -> None:
         super().__init__(message)
         self.worker_traceback = worker_traceback
+
+
+# The stderr the command started with, kept by the console script: TensorFlow's import
+# points fd 2 at /dev/null for a while (runtime.environment.quiet_stderr), and an error
+# (a Ctrl-C then) must not be lost.
+_error_fd: int | None = None
+
+
+def keep_error_descriptor() -> None:
+    """Keep a descriptor of the process's stderr for errors, that no import can silence."""
+    global _error_fd
+    try:
+        _error_fd = os.dup(2)
+    except OSError:
+        _error_fd = None  # no stderr at all: nothing to keep
+
+
+def write_error(text: str) -> None:
+    """Write to stderr, through the kept descriptor when stderr is the process's own."""
+    stream: TextIO = sys.stderr
+    if _error_fd is None or stream is not sys.__stderr__:
+        stream.write(text)
+        stream.flush()
+        return
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    data = text.encode(stream.encoding or "utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(_error_fd, data):]
+    except OSError:
+        pass  # stderr went away; the exit code still says what happened

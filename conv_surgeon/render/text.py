@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..errors import write_error
+
 if TYPE_CHECKING:
     # rich is imported when a console is first made (26 ms): `show -o` and `get` print
     # one plain line and never need it.
@@ -166,40 +168,6 @@ def render_error(message: str, exit_code: int, *, json_stream: TextIO | None = N
 
 def render_traceback(text: str) -> None:
     write_error(text if text.endswith("\n") else text + "\n")
-
-
-# The stderr the command started with, kept by the console script: TensorFlow's import
-# points fd 2 at /dev/null for a while (runtime.environment.quiet_stderr), and an error
-# (a Ctrl-C then) must not be lost.
-_error_fd: int | None = None
-
-
-def keep_error_descriptor() -> None:
-    """Keep a descriptor of the process's stderr for errors, that no import can silence."""
-    global _error_fd
-    try:
-        _error_fd = os.dup(2)
-    except OSError:
-        _error_fd = None  # no stderr at all: nothing to keep
-
-
-def write_error(text: str) -> None:
-    """Write to stderr, through the kept descriptor when stderr is the process's own."""
-    stream: TextIO = sys.stderr
-    if _error_fd is None or stream is not sys.__stderr__:
-        stream.write(text)
-        stream.flush()
-        return
-    try:
-        stream.flush()
-    except (OSError, ValueError):
-        pass
-    data = text.encode(stream.encoding or "utf-8", "backslashreplace")
-    try:
-        while data:
-            data = data[os.write(_error_fd, data):]
-    except OSError:
-        pass  # stderr went away; the exit code still says what happened
 
 
 # What runs after a step, for the steps that are followed by a long wait.

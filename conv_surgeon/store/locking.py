@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from ..errors import ConvSurgeonError
-from .model_file import WEIGHTS_MAP, ModelFile, shard_names
+from .model_file import CONFIG_MEMBER, WEIGHTS_MAP, ModelFile, shard_names
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -252,6 +252,8 @@ def model_files(path: Path) -> list[Path]:
     folder, or a shard map and its shards (as far as they can be told; reading the model
     reports what is wrong with it)."""
     if path.is_dir():
+        if not (path / CONFIG_MEMBER).is_file():
+            return [path]  # not a saved model (a folder an output goes into): not walked
         return sorted(entry for entry in path.rglob("*") if entry.is_file() and not entry.is_symlink())
     if path.name.lower().endswith(".json") or path.name == WEIGHTS_MAP:
         try:
