@@ -400,7 +400,8 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
     about HDF5 is the same one; where the HDF5 side would need h5py (a legacy `.h5`, a
     compressed archive member, anything :mod:`.hdf5_tree` does not read exactly) it
     raises :class:`~.hdf5_tree.UnsupportedHDF5`, and the caller opens the store with
-    :func:`open_store` instead.
+    :func:`open_store` instead. What neither may read (:mod:`.untrusted`) is refused here
+    already where that reader tells it.
     """
     kind = detect_format(source)
     with ExitStack() as stack:
@@ -408,7 +409,7 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
             files, config, version = _folder_store(source, kind)
             trees = []
             for store_file in files:
-                tree = HDF5Tree(_mapped(stack, _store_file(stack, store_file)))
+                tree = HDF5Tree(_mapped(stack, _store_file(stack, store_file)), label=store_file.label)
                 if tree.root.has_attribute("model_config") or tree.root.has_attribute("layer_names"):
                     raise UnsupportedHDF5("a legacy .h5 in a folder: h5py words the error")
                 trees.append(tree)
@@ -417,7 +418,7 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
         raw = stack.enter_context(source.open_binary())
         buffer = source.data if source.data is not None else _mapped(stack, raw)
         if kind == "h5":
-            tree = HDF5Tree(buffer)
+            tree = HDF5Tree(buffer, label=source.label)
             root = tree.root
             if root.has_attribute("model_config") or root.has_attribute("layer_names"):
                 raise UnsupportedHDF5("the legacy .h5 layout is read through h5py")
@@ -429,7 +430,7 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
         _, config, version, member = _archive_store(stack, raw, source.label)
         if not member.stored:
             raise UnsupportedHDF5("a compressed weight store is read through h5py")
-        tree = HDF5Tree(buffer, member.data_offset, member.size)
+        tree = HDF5Tree(buffer, member.data_offset, member.size, source.label)
         yield OutlinedStore("keras", (StoreFile(source.label, source.path, member),), (tree,), config, version)
 
 
