@@ -83,6 +83,21 @@ class ModelFile:
             )
         return cls(label=label, data=data, config=Path(config) if config is not None else None)
 
+    def size(self) -> int:
+        """How many bytes the model takes: the file, the files in its folder, or a shard
+        map's shards; 0 where that cannot be told. For budgets."""
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        try:
+            if self.path.is_dir():
+                return sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
+            if detect_format(self) == "sharded":
+                return sum((self.path.parent / name).stat().st_size for name in shard_names(self.path, self.label))
+            return self.path.stat().st_size
+        except (OSError, ModelFileError):
+            return 0
+
     @contextmanager
     def open_binary(self) -> Iterator[BinaryIO]:
         if self.data is not None:
