@@ -23,6 +23,7 @@ import pytest
 
 from zoo import ZooModel, zoo_model, zoo_models  # noqa: F401  (fixtures)
 
+from conv_surgeon.errors import ModelFileError
 from conv_surgeon.store.hdf5 import DatasetEntry, GroupEntry, walk_h5py
 from conv_surgeon.store.hdf5_tree import HDF5Tree, UnsupportedHDF5
 
@@ -139,11 +140,6 @@ def test_a_group_of_thousands_members_spans_a_deep_b_tree(tmp_path: Path) -> Non
 # --- what it leaves to h5py ------------------------------------------------------------
 
 
-def _soft_link(h5: h5py.File) -> None:
-    h5.create_group("layers/x")
-    h5["alias"] = h5py.SoftLink("/layers/x")
-
-
 def _two_names(h5: h5py.File) -> None:
     h5["again"] = h5.create_group("layers/x")
 
@@ -159,11 +155,10 @@ def _committed_type(h5: h5py.File) -> None:
     (lambda h5: h5.create_group("layers"), {"track_order": True}),
     (lambda h5: h5.create_group("layers/ünï"), {}),  # h5py links non-ASCII names the new way
     (lambda h5: h5.attrs.create("e", h5py.Empty("f4")), {}),  # a null dataspace
-    (_soft_link, {}),
     (lambda h5: h5.__setitem__("e", h5py.ExternalLink("other.h5", "/")), {}),
     (_two_names, {}),
     (_committed_type, {}),
-], ids=["latest", "v110", "track_order", "unicode_link", "null_attribute", "soft_link", "external_link",
+], ids=["latest", "v110", "track_order", "unicode_link", "null_attribute", "external_link",
         "two_names", "committed_type"])
 def test_what_it_does_not_read_is_refused_before_anything_is_read(tmp_path: Path, build: Any,
                                                                     options: dict[str, Any]) -> None:
@@ -196,6 +191,41 @@ def test_an_attribute_that_is_no_string_is_refused(tmp_path: Path) -> None:
         vars_group.text_attribute("name")  # h5py's walk makes it "5"
 
 
+# --- what nobody reads: refused for good, not left to h5py -------------------------------
+
+
+def _stored_elsewhere(h5: h5py.File) -> None:
+    secret = Path(h5.filename).parent / "secret.bin"
+    secret.write_bytes(b"s" * 12)
+    h5.create_group("layers/x/vars").create_dataset("0", (3,), "f4", external=[(str(secret), 0, 12)])
+
+
+def _virtual(h5: h5py.File) -> None:
+    layout = h5py.VirtualLayout((3,), "f4")
+    layout[...] = h5py.VirtualSource(str(Path(h5.filename).parent / "other.h5"), "data", (3,))
+    h5.create_group("layers/x/vars").create_virtual_dataset("0", layout)
+
+
+def _soft_link(h5: h5py.File) -> None:
+    h5.create_group("layers/x")
+    h5["layers/alias"] = h5py.SoftLink("/layers/x")
+
+
+@pytest.mark.parametrize("build, refusal", [
+    (_stored_elsewhere, r"f.h5: dataset layers/x/vars/0: its data is stored in another file \(\S+secret.bin\)"),
+    (_virtual, "f.h5: dataset layers/x/vars/0 is a virtual dataset"),
+    (_soft_link, "f.h5: layers/alias is a soft link to /layers/x,"),
+    (lambda h5: h5.create_group("layers/x/vars").create_dataset("0", (100000, 100000, 3, 64), "f4"),
+     r"f.h5: dataset layers/x/vars/0: declares 7.7 TB \(shape \(100000, 100000, 3, 64\) float32\) but the "
+     "file stores 0 bytes for it"),
+], ids=["stored_elsewhere", "virtual", "soft_link", "never_stored"])
+def test_what_keras_refuses_and_what_a_file_cannot_hold_are_refused_for_good(tmp_path: Path, build: Any,
+                                                                             refusal: str) -> None:
+    data = _written(tmp_path, build)
+    with pytest.raises(ModelFileError, match=refusal):
+        _read_all(HDF5Tree(data, label="f.h5"))
+
+
 # --- damaged and hostile bytes -----------------------------------------------------------
 
 
@@ -204,8 +234,7 @@ def _tiny_store() -> bytes:
         return archive.read("model.weights.h5")
 
 
-def _read_all(data: bytes) -> None:
-    tree = HDF5Tree(data)
+def _read_all(tree: HDF5Tree) -> None:
     for _, entry in tree.walk():
         if entry.kind == "group":
             entry.text_attribute("name")
@@ -215,8 +244,8 @@ def _read_all(data: bytes) -> None:
 
 def _refused(data: bytes) -> bool:
     try:
-        _read_all(data)
-    except UnsupportedHDF5:
+        _read_all(HDF5Tree(data))
+    except (UnsupportedHDF5, ModelFileError):  # left to h5py, or refused for good
         return True
     return False
 

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import SourceError
 from ..store.archive import ZIP_MAGIC
 from ..store.fileio import read_input, read_stream
-from ..store.hdf5 import HDF5_MAGIC, read_dataset
+from ..store.hdf5 import HDF5_MAGIC, read_dataset, refuse_untrusted_content
 
 if TYPE_CHECKING:
     import h5py
@@ -294,6 +294,7 @@ def _load_hdf5(spec: str, path: str, key: str | None) -> np.ndarray:
 
     try:
         with h5py.File(path, "r") as h5:
+            refuse_untrusted_content(h5, f"source '{spec}'", SourceError)
             datasets = _datasets_below(h5)
             if not datasets:
                 raise SourceError(f"source '{spec}': '{path}' holds no datasets")

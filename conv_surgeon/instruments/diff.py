@@ -156,7 +156,8 @@ def diff_models(a: ModelFile, b: ModelFile, *, all_layers: bool = False) -> Diff
 
     Both files are untrusted: the comparison runs in a bounded worker.
     """
-    return run_bounded(lambda: _diff_models(a, b, all_layers), PARSE_TIMEOUT_S, f"{a.label} and {b.label}")
+    return run_bounded(lambda: _diff_models(a, b, all_layers), PARSE_TIMEOUT_S, f"{a.label} and {b.label}",
+                       a.size() + b.size())
 
 
 def _diff_models(a: ModelFile, b: ModelFile, all_layers: bool) -> DiffReport:

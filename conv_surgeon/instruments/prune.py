@@ -274,7 +274,7 @@ def _statistics(source: ModelFile, groups: list[ChannelGroup], by_path: dict[str
                 found[key] = read_dataset(store.dataset(variable.file, variable.dataset)).astype(np.float64)
         return found
 
-    return run_bounded(work, PARSE_TIMEOUT_S, source.label)
+    return run_bounded(work, PARSE_TIMEOUT_S, source.label, source.size())
 
 
 # The vectors that decide whether a zero filter's channel stays zero: biases on the path,

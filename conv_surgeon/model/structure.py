@@ -641,7 +641,7 @@ def read_raw_variables(source: ModelFile, variables: list[Variable],
 
 def _variables_through_h5py(source: ModelFile, variables: list[Variable], timeout: float) -> dict[str, np.ndarray]:
     _warm_up_readers()
-    return run_bounded(lambda: _read_variables(source, variables), timeout, source.label)
+    return run_bounded(lambda: _read_variables(source, variables), timeout, source.label, source.size())
 
 
 def _outline_variables(source: ModelFile, variables: list[Variable]) -> dict[str, np.ndarray]:

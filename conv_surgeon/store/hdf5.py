@@ -1,6 +1,7 @@
-"""The HDF5 side of every weight store through h5py: opening over file objects, walking
-the objects, decoding datasets, and the byte geometry of a dataset (where its bytes lie,
-what bytes a value becomes).
+"""The HDF5 side of every weight store through h5py: opening over file objects (and
+refusing what an untrusted file may not hold, :mod:`.untrusted`), walking the objects,
+decoding datasets, and the byte geometry of a dataset (where its bytes lie, what bytes a
+value becomes).
 
 A structure read needs only the walk (:func:`walk_h5py`); :mod:`.hdf5_tree` does it in
 pure Python for the files it reads exactly, and both hand out the same kinds of entries
@@ -10,11 +11,13 @@ pure Python for the files it reads exactly, and both hand out the same kinds of 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, Union
 
-from ..errors import ModelFileError
+from ..errors import ConvSurgeonError, ModelFileError
+from . import untrusted
 
 if TYPE_CHECKING:
     import h5py
@@ -25,8 +28,9 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 @contextmanager
 def h5_file(handle: BinaryIO | io.RawIOBase, label: str) -> Iterator[h5py.File]:
-    """An HDF5 file over a Python file object (a file, bytes, or an archive's
-    :class:`~conv_surgeon.store.archive.Window`), read-only, closed before the object."""
+    """An untrusted HDF5 file over a Python file object (a file, bytes, or an archive's
+    :class:`~conv_surgeon.store.archive.Window`), read-only, closed before the object;
+    refused if it holds what Keras refuses to read (:func:`refuse_untrusted_content`)."""
     import h5py
 
     try:
@@ -39,6 +43,8 @@ def h5_file(handle: BinaryIO | io.RawIOBase, label: str) -> Iterator[h5py.File]:
     # Close the HDF5 file before the Python file object under it, or the process can
     # crash at exit.
     try:
+        with damaged_store_is_an_error(label):
+            refuse_untrusted_content(h5, label)
         yield h5
     finally:
         h5.close()
@@ -57,6 +63,82 @@ def damaged_store_is_an_error(label: str) -> Iterator[None]:
             f"{label}: the HDF5 weight store is damaged ({' '.join(str(exc).split())}); "
             "restore the file from a good copy"
         ) from None
+
+
+def refuse_untrusted_content(h5: h5py.File, label: str, error: type[ConvSurgeonError] = ModelFileError) -> None:
+    """Refuse ``h5`` with one ``error`` line if any link in it is not a hard link, or any
+    dataset in it is stored in another file, virtual, or declares more than the file holds
+    for it (:mod:`.untrusted`): before anything in it is read, since reading follows links
+    and external storage without a word. Costs a walk of the links and an open of each
+    dataset, no data read (libhdf5 counts a chunked dataset's bytes from its chunk index)."""
+    problem = _link_problem(h5) or _dataset_problem(h5)
+    if problem is not None:
+        raise error(f"{label}: {problem}")
+
+
+def _link_problem(h5: h5py.File) -> str | None:
+    """What the first link that is not a hard link is (links are walked without following
+    any but hard links), or None."""
+    import h5py
+
+    def visit(raw: bytes, info: Any) -> str | None:
+        if info.type == h5py.h5l.TYPE_HARD:
+            return None
+        path = raw.decode("utf-8", "backslashreplace")
+        if info.type == h5py.h5l.TYPE_SOFT:
+            return untrusted.soft_link(path, _text(h5.id.links.get_val(raw)))
+        if info.type == h5py.h5l.TYPE_EXTERNAL:
+            file, target = h5.id.links.get_val(raw)
+            return untrusted.external_link(path, _text(file), _text(target))
+        return untrusted.other_link(path)
+
+    found: str | None = h5.id.links.visit(visit, info=True)
+    return found
+
+
+def _dataset_problem(h5: h5py.File) -> str | None:
+    """What is wrong with the first dataset that may not be read, or None."""
+    import h5py
+
+    def visit(raw: bytes, info: Any) -> str | None:
+        if info.type != h5py.h5o.TYPE_DATASET:
+            return None
+        return _stored_problem(h5py.h5d.open(h5.id, raw), raw.decode("utf-8", "backslashreplace"))
+
+    found: str | None = h5py.h5o.visit(h5.id, visit, info=True)
+    return found
+
+
+def _stored_problem(dataset: Any, path: str) -> str | None:
+    """Why one dataset (an h5py ``DatasetID``) may not be read, or None."""
+    import h5py
+
+    plist = dataset.get_create_plist()
+    if plist.get_external_count():
+        return untrusted.stored_elsewhere(path, _text(plist.get_external(0)[0]))
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        return untrusted.virtual(path)
+    extent = dataset.shape  # None: a null dataspace, which holds no value
+    shape = tuple(int(d) for d in extent or ())
+    itemsize = dataset.get_type().get_size()
+    declared = math.prod(shape) * itemsize if extent is not None else 0
+    chunks = None
+    if layout == h5py.h5d.CHUNKED:
+        chunks = math.prod(-(-d // c) for d, c in zip(shape, plist.get_chunk()))
+    return untrusted.size_problem(path, shape, _dtype_name(dataset, itemsize), declared,
+                                  dataset.get_storage_size(), chunks, plist.get_nfilters() > 0)
+
+
+def _dtype_name(dataset: Any, itemsize: int) -> str:
+    try:
+        return str(dataset.dtype)
+    except TypeError:  # a datatype h5py maps to no numpy dtype
+        return f"{itemsize}-byte records"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 class GroupEntry(Protocol):

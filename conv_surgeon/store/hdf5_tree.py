@@ -20,7 +20,13 @@ settings (checked on every kind of save in the test zoo), and nothing else:
 - attribute messages versions 1 to 3 whose values are strings, fixed-length or
   variable-length (read from global heap collections).
 
-Exact or nothing: anything outside that subset raises :class:`UnsupportedHDF5`, and the
+What Keras refuses to read and a dataset whose declared size the file cannot hold
+(:mod:`.untrusted`) are refused for good, with a :class:`~conv_surgeon.errors.ModelFileError`
+that names them, where this reader tells them: a dataset stored in another file, a
+virtual dataset, a soft link, a contiguous dataset never allocated. h5py is not asked to
+read these either.
+
+Exact or nothing: anything else outside that subset raises :class:`UnsupportedHDF5`, and the
 caller reads the file with h5py instead, which stays the reference. So does anything
 that does not add up: an offset past the end of the file, a block without its
 signature, a B-tree whose keys would make libhdf5's lookup by name fail, a heap free
@@ -47,7 +53,10 @@ import mmap
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, NoReturn, Union
+
+from ..errors import ModelFileError
+from . import untrusted
 
 # The bytes of a file: read from stdin, or a file mapped into memory.
 Buffer = Union[bytes, mmap.mmap]
@@ -59,10 +68,10 @@ MAX_BTREE_LEVELS = 32
 MAX_RANK = 32  # libhdf5's H5S_MAX_RANK
 
 # Header message types (HDF5 File Format Specification, IV.A.2).
-NIL, DATASPACE, DATATYPE, FILL_VALUE, LAYOUT = 0x00, 0x01, 0x03, 0x05, 0x08
+NIL, DATASPACE, DATATYPE, FILL_VALUE, EXTERNAL_FILES, LAYOUT = 0x00, 0x01, 0x03, 0x05, 0x07, 0x08
 FILTERS, ATTRIBUTE, CONTINUATION, SYMBOL_TABLE, MTIME = 0x0B, 0x0C, 0x10, 0x11, 0x12
 # Every message type this reader knows; an object with any other is unsupported.
-KNOWN_MESSAGES = frozenset({NIL, DATASPACE, DATATYPE, FILL_VALUE, LAYOUT, FILTERS, ATTRIBUTE,
+KNOWN_MESSAGES = frozenset({NIL, DATASPACE, DATATYPE, FILL_VALUE, EXTERNAL_FILES, LAYOUT, FILTERS, ATTRIBUTE,
                             CONTINUATION, SYMBOL_TABLE, MTIME})
 MESSAGE_CONSTANT = 0x01  # the one message flag allowed: shared messages are not read
 
@@ -105,6 +114,10 @@ ATTRIBUTE_V2 = struct.Struct("<BBHHH")  # ... with flags
 ATTRIBUTE_V3 = struct.Struct("<BBHHHB")  # ... and the name's character set
 VLEN_REFERENCE = struct.Struct("<IQI")  # length, global heap collection, object index
 COMPACT, CONTIGUOUS = 0, 1
+VIRTUAL_LAYOUT = (4, 3)  # (layout message version, class) of a virtual dataset
+EXTERNAL_FILE_LIST = struct.Struct("<B3xHHQ")  # version, slots allocated, slots used, local heap
+EXTERNAL_FILE_SLOT = struct.Struct("<QQQ")  # name offset in the heap, offset in the file, size
+SOFT_LINK_ENTRY = 2  # a symbol table entry's cache type for a soft link
 COMPACT_SIZE = struct.Struct("<H")
 FILL_VALUE_SIZE = struct.Struct("<I")
 
@@ -130,10 +143,10 @@ def _unpack(layout: struct.Struct, data: bytes, offset: int = 0) -> tuple[Any, .
 
 class _File:
     """The bytes of one HDF5 file: ``size`` bytes at ``base`` of ``buffer``, every read
-    checked against its end first."""
+    checked against its end first; ``label`` names the file in refusals."""
 
-    def __init__(self, buffer: Buffer, base: int, size: int) -> None:
-        self.buffer, self.base, self.end = buffer, base, size
+    def __init__(self, buffer: Buffer, base: int, size: int, label: str) -> None:
+        self.buffer, self.base, self.end, self.label = buffer, base, size, label
         self.seen: set[int] = set()
         self.global_heaps: dict[int, dict[int, bytes]] = {}
         self.objects = 0
@@ -149,6 +162,10 @@ class _File:
     def read(self, offset: int, length: int) -> bytes:
         start = self.check(offset, length)
         return self.buffer[start:start + length]
+
+    def refuse(self, problem: str) -> NoReturn:
+        """Refuse the file for good (:mod:`.untrusted`): h5py must not read it either."""
+        raise ModelFileError(f"{self.label}: {problem}")
 
     def once(self, offset: int) -> None:
         """Mark a block read: one reached twice is a cycle, or a file h5py would walk
@@ -263,9 +280,10 @@ class Dataset(_Object):
 
     kind: Literal["dataset"] = "dataset"
 
-    def __init__(self, file: _File, attributes: dict[bytes, _Attribute], messages: dict[int, list[bytes]]) -> None:
+    def __init__(self, file: _File, attributes: dict[bytes, _Attribute], messages: dict[int, list[bytes]],
+                 path: str) -> None:
         super().__init__(file, attributes)
-        self._messages = messages
+        self._messages, self.path = messages, path
         self._opened: tuple[tuple[int, ...], str] | None = None
 
     def _open(self) -> tuple[tuple[int, ...], str]:
@@ -280,7 +298,11 @@ class Dataset(_Object):
             dtype = _numeric_dtype(datatype)
             if FILL_VALUE in kinds:
                 _check_fill_value(kinds[FILL_VALUE][0])
-            _check_storage(layout, math.prod(shape) * _datatype_size(datatype), self._file.end)
+            declared = math.prod(shape) * _datatype_size(datatype)
+            _check_storage(layout, declared, self._file.end)
+            if declared and layout[1] == CONTIGUOUS and _unpack(ADDRESS, layout, 2)[0] == UNDEFINED_ADDRESS:
+                # Never allocated: h5py would read all those bytes as fill values.
+                self._file.refuse(untrusted.size_mismatch(self.path, shape, dtype, declared, 0))
             self._opened = (shape, dtype)
         return self._opened
 
@@ -291,7 +313,8 @@ class Dataset(_Object):
     def data_span(self) -> tuple[Buffer, int, int]:
         """Where the dataset's bytes lie, as h5py reads them: ``(buffer, start, size)``
         (the file's own buffer for contiguous storage, the layout message for compact).
-        Storage never allocated (h5py would read the fill value) is unsupported."""
+        Storage never allocated (of an empty dataset: a non-empty one is refused when
+        opened) is unsupported."""
         self._open()
         (layout,) = self._messages[LAYOUT]
         if layout[1] == COMPACT:
@@ -315,18 +338,18 @@ class Dataset(_Object):
 class HDF5Tree:
     """One HDF5 file's groups and datasets, walked as ``h5py.h5o.visit`` walks them:
     the ``size`` bytes at ``base`` of ``buffer`` (a file mapped into memory, an archive's
-    member inside it, bytes from stdin).
+    member inside it, bytes from stdin). ``label`` names the file in refusals.
 
     >>> tree = HDF5Tree(open("sample_models/tiny_cnn.h5", "rb").read())
     >>> next(path for path, item in tree.walk() if item.kind == "dataset")
     'model_weights/conv1/sequential/conv1/bias'
     """
 
-    def __init__(self, buffer: Buffer, base: int = 0, size: int | None = None) -> None:
+    def __init__(self, buffer: Buffer, base: int = 0, size: int | None = None, label: str = "the HDF5 file") -> None:
         size = len(buffer) - base if size is None else size
         if base < 0 or size < 0 or base + size > len(buffer):
             raise UnsupportedHDF5("the file lies outside the buffer")
-        self._file = _File(buffer, base, size)
+        self._file = _File(buffer, base, size, label)
         (signature, version, free_space, root_version, _, shared_version, offsets, lengths, _,
          self._leaf_k, self._internal_k, flags, base_address, extension, end, driver) = self._file.unpack(SUPERBLOCK, 0)
         if signature != HDF5_SIGNATURE:
@@ -343,7 +366,7 @@ class HDF5Tree:
             raise UnsupportedHDF5(f"the file is truncated: {size} of its {end} bytes")
         self._file.end = end  # libhdf5 reads nothing past the end of the address space
         _, header, cache, btree, heap = self._file.unpack(SYMBOL_ENTRY, SUPERBLOCK.size)
-        root = self._object(header, _cached_table(cache, btree, heap))
+        root = self._object(header, _cached_table(cache, btree, heap), "")
         if not isinstance(root, Group):
             raise UnsupportedHDF5("the root object is not a group")
         assert isinstance(root, Group)
@@ -366,7 +389,7 @@ class HDF5Tree:
                 member = next((m for m in item.members if m[0] == name), None)
                 if member is None:
                     raise UnsupportedHDF5(f"no object {walked}: h5py words the error")
-                found = self._found[walked] = self._object(member[1], member[2])
+                found = self._found[walked] = self._object(member[1], member[2], walked)
             item = found
         return item
 
@@ -387,7 +410,7 @@ class HDF5Tree:
             except UnicodeDecodeError:
                 raise UnsupportedHDF5(f"a link name that is not UTF-8: {name!r}") from None
             path = f"{prefixes[-1]}/{text}" if prefixes[-1] else text
-            item = self._object(header, cached)
+            item = self._object(header, cached, path)
             yield path, item
             if isinstance(item, Group):
                 prefixes.append(path)
@@ -395,9 +418,9 @@ class HDF5Tree:
 
     # --- objects --------------------------------------------------------------------
 
-    def _object(self, header: int, cached: tuple[int, int] | None) -> Group | Dataset:
-        """The object whose header is at ``header``; ``cached`` is the symbol table its
-        link's entry caches, which must be the one its header holds."""
+    def _object(self, header: int, cached: tuple[int, int] | None, path: str) -> Group | Dataset:
+        """The object at ``path`` whose header is at ``header``; ``cached`` is the symbol
+        table its link's entry caches, which must be the one its header holds."""
         file = self._file
         file.objects += 1
         if file.objects > MAX_OBJECTS:
@@ -417,16 +440,21 @@ class HDF5Tree:
                 if kind not in KNOWN_MESSAGES:
                     raise UnsupportedHDF5(f"an object at {header} with a message of type {kind}")
                 messages.setdefault(kind, []).append(body)
+        if EXTERNAL_FILES in messages:
+            file.refuse(untrusted.stored_elsewhere(path, self._external_file(messages[EXTERNAL_FILES][0])))
+        if any(tuple(body[:2]) == VIRTUAL_LAYOUT for body in messages.get(LAYOUT, [])):
+            file.refuse(untrusted.virtual(path))
         if SYMBOL_TABLE in messages:
             if set(messages) != {SYMBOL_TABLE} or len(messages[SYMBOL_TABLE]) != 1:
                 raise UnsupportedHDF5(f"a group at {header} with messages {sorted(messages)}")
             table = _unpack(TWO_ADDRESSES, messages[SYMBOL_TABLE][0])
             if cached is not None and cached != table:
                 raise UnsupportedHDF5(f"group {header}'s cached symbol table differs")
-            return Group(file, attributes, self._members(*table))
+            btree, heap = table
+            return Group(file, attributes, self._members(btree, heap, path))
         if cached is not None or not {DATASPACE, DATATYPE, LAYOUT} <= set(messages):
             raise UnsupportedHDF5(f"an object at {header} with messages {sorted(messages)}, neither group nor dataset")
-        return Dataset(file, attributes, messages)
+        return Dataset(file, attributes, messages, path)
 
     def _messages(self, header: int) -> list[tuple[int, bytes]]:
         """(type, body) of every message of a version 1 object header, in order."""
@@ -461,15 +489,25 @@ class HDF5Tree:
             raise UnsupportedHDF5(f"object header at {header} lists {count} messages, holds {len(messages)}")
         return messages
 
+    def _external_file(self, body: bytes) -> str:
+        """The first file an external file list message names: where libhdf5 would read
+        the dataset's first bytes from."""
+        version, allocated, used, heap = _unpack(EXTERNAL_FILE_LIST, body)
+        if version != 1 or not 0 < used <= allocated:
+            raise UnsupportedHDF5("an external file list libhdf5 does not read")
+        name_offset, _, _ = _unpack(EXTERNAL_FILE_SLOT, body, EXTERNAL_FILE_LIST.size)
+        return _heap_name(self._local_heap(heap), name_offset).decode("utf-8", "backslashreplace")
+
     # --- groups ---------------------------------------------------------------------
 
-    def _members(self, btree: int, heap: int) -> list[_Member]:
-        """A group's (name, header address, cached symbol table) in B-tree order, which
-        must be name order (libhdf5 looks names up by binary search)."""
+    def _members(self, btree: int, heap: int, path: str) -> list[_Member]:
+        """The (name, header address, cached symbol table) of the members of the group at
+        ``path``, in B-tree order, which must be name order (libhdf5 looks names up by
+        binary search)."""
         names = self._local_heap(heap)
         members: list[_Member] = []
         rows: dict[int, list[tuple[int, int, int]]] = {}
-        self._btree_node(btree, None, names, members, rows)
+        self._btree_node(btree, None, names, members, rows, path)
         for (before, _, _), (after, _, _) in zip(members, members[1:]):
             if not before < after:
                 raise UnsupportedHDF5("a group's members are out of name order")
@@ -502,7 +540,7 @@ class HDF5Tree:
         return data
 
     def _btree_node(self, address: int, level: int | None, names: bytes, members: list[_Member],
-                    rows: dict[int, list[tuple[int, int, int]]]) -> None:
+                    rows: dict[int, list[tuple[int, int, int]]], path: str) -> None:
         """The symbol table nodes below a group B-tree node, in order; each child's
         names must lie between its keys, as libhdf5's lookup by name assumes. Every
         node is added to its level's row, with its sibling links."""
@@ -524,13 +562,13 @@ class HDF5Tree:
             (child,) = ADDRESS.unpack_from(entries, 16 * i + 8)
             first = len(members)
             if node_level:
-                self._btree_node(child, node_level - 1, names, members, rows)
+                self._btree_node(child, node_level - 1, names, members, rows, path)
             else:
-                self._symbol_node(child, names, members)
+                self._symbol_node(child, names, members, path)
             if len(members) == first or not keys[i] < members[first][0] or not members[-1][0] <= keys[i + 1]:
                 raise UnsupportedHDF5(f"the B-tree node at {address} has keys that do not bound its children")
 
-    def _symbol_node(self, address: int, names: bytes, members: list[_Member]) -> None:
+    def _symbol_node(self, address: int, names: bytes, members: list[_Member], path: str) -> None:
         file = self._file
         file.once(address)
         capacity = 2 * self._leaf_k
@@ -544,7 +582,24 @@ class HDF5Tree:
             name = _heap_name(names, name_offset)
             if not name or b"/" in name or name == b".":
                 raise UnsupportedHDF5(f"a link named {name!r}")
+            if cache == SOFT_LINK_ENTRY:  # its scratch pad starts with the offset of its target
+                file.refuse(untrusted.soft_link(_joined(path, name), _soft_link_target(names, btree)))
             members.append((name, header, _cached_table(cache, btree, heap)))
+
+
+def _joined(group: str, name: bytes) -> str:
+    """The path of member ``name`` of the group at ``group``, for a message."""
+    text = name.decode("utf-8", "backslashreplace")
+    return f"{group}/{text}" if group else text
+
+
+def _soft_link_target(names: bytes, scratch: int) -> str | None:
+    """Where a soft link's symbol table entry points, if that can be read: the first 4
+    bytes of its scratch pad are the offset of the path in the group's local heap."""
+    try:
+        return _heap_name(names, scratch & 0xFFFFFFFF).decode("utf-8", "backslashreplace")
+    except UnsupportedHDF5:
+        return None
 
 
 def _cached_table(cache: int, btree: int, heap: int) -> tuple[int, int] | None:

@@ -98,6 +98,21 @@ class ModelFile:
             )
         return cls(label=label, data=data, config=config)
 
+    def size(self) -> int:
+        """How many bytes the model takes: the file, the files in its folder, or a shard
+        map's shards; 0 where that cannot be told. For budgets."""
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        try:
+            if self.path.is_dir():
+                return sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
+            if detect_format(self) == "sharded":
+                return sum((self.path.parent / name).stat().st_size for name in shard_names(self.path, self.label))
+            return self.path.stat().st_size
+        except (OSError, ModelFileError):
+            return 0
+
     @contextmanager
     def open_binary(self) -> Iterator[BinaryIO]:
         if self.data is not None:
@@ -430,7 +445,8 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
     about HDF5 is the same one; where the HDF5 side would need h5py (a legacy `.h5`, a
     compressed archive member, anything :mod:`.hdf5_tree` does not read exactly) it
     raises :class:`~.hdf5_tree.UnsupportedHDF5`, and the caller opens the store with
-    :func:`open_store` instead.
+    :func:`open_store` instead. What neither may read (:mod:`.untrusted`) is refused here
+    already where that reader tells it.
     """
     kind = detect_format(source)
     with ExitStack() as stack:
@@ -438,7 +454,7 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
             files, config, version = _folder_store(source, kind)
             trees = []
             for store_file in files:
-                tree = HDF5Tree(_mapped(stack, _store_file(stack, store_file)))
+                tree = HDF5Tree(_mapped(stack, _store_file(stack, store_file)), label=store_file.label)
                 if tree.root.has_attribute("model_config") or tree.root.has_attribute("layer_names"):
                     raise UnsupportedHDF5("a legacy .h5 in a folder: h5py words the error")
                 trees.append(tree)
@@ -447,7 +463,7 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
         raw = stack.enter_context(source.open_binary())
         buffer = source.data if source.data is not None else _mapped(stack, raw)
         if kind == "h5":
-            tree = HDF5Tree(buffer)
+            tree = HDF5Tree(buffer, label=source.label)
             root = tree.root
             if root.has_attribute("model_config") or root.has_attribute("layer_names"):
                 raise UnsupportedHDF5("the legacy .h5 layout is read through h5py")
@@ -459,7 +475,7 @@ def outline_store(source: ModelFile) -> Iterator[OutlinedStore]:
         _, config, version, member = _archive_store(stack, raw, source.label)
         if not member.stored:
             raise UnsupportedHDF5("a compressed weight store is read through h5py")
-        tree = HDF5Tree(buffer, member.data_offset, member.size)
+        tree = HDF5Tree(buffer, member.data_offset, member.size, source.label)
         yield OutlinedStore("keras", (StoreFile(source.label, source.path, member),), (tree,), config, version)
 
 

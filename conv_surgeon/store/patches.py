@@ -74,7 +74,7 @@ def locate_patches(source: ModelFile, values: dict[str, np.ndarray]) -> StorePat
     the zip's own check, and a corrupt input must not get a fresh, valid CRC. The store
     is untrusted: it is parsed in a bounded worker.
     """
-    return run_bounded(lambda: _locate_patches(source, values), PARSE_TIMEOUT_S, source.label)
+    return run_bounded(lambda: _locate_patches(source, values), PARSE_TIMEOUT_S, source.label, source.size())
 
 
 def _locate_patches(source: ModelFile, values: dict[str, np.ndarray]) -> StorePatches:

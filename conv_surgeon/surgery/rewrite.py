@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..store.archive import locate_member
-from ..store.hdf5 import damaged_store_is_an_error, read_dataset
+from ..store.hdf5 import damaged_store_is_an_error, read_dataset, refuse_untrusted_content
 from ..store.model_file import CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER, ModelFile, open_store
 from ..store.provenance import metadata_with_history, read_metadata_bytes
 
@@ -224,6 +224,7 @@ def rewrite_legacy(source: ModelFile, rewrite: LegacyRewrite, destination: Path)
         destination.write_bytes(source.data)
     derived: dict[str, np.ndarray] = {}
     with damaged_store_is_an_error(source.label), h5py.File(destination, "r+") as h5:
+        refuse_untrusted_content(h5, source.label)  # a copy of the untrusted file
         old_config = h5.attrs["model_config"]
         text = json.dumps(rewrite.config)
         h5.attrs["model_config"] = text.encode() if isinstance(old_config, bytes) else text

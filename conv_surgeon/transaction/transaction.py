@@ -44,7 +44,7 @@ from ..store.model_file import FOLDER_FORMATS, ModelFile
 from ..store.patches import (StorePatches, apply_patches, commit_folder,
                              stage_folder)
 from ..store.provenance import EditRecord, make_record, read_history
-from ..store.worker import PARSE_TIMEOUT_S, Worker
+from ..store.worker import PARSE_TIMEOUT_S, Worker, memory_budget
 from ..surgery.rewrite import ValueDigest
 
 Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
@@ -233,7 +233,8 @@ def write_transaction(
         scratch = tempfile.TemporaryDirectory(prefix="conv-surgeon-")
     with scratch as folder:
         prepared = Path(folder) / "prepared"
-        worker = (Worker(partial(staging.prepare, prepared), PARSE_TIMEOUT_S, source.label)
+        worker = (Worker(partial(staging.prepare, prepared), PARSE_TIMEOUT_S, source.label,
+                         memory_budget(source.size()))
                   if isinstance(staging, Rewriting) else None)
         # A rewrite's original runs beside the write: it compares outputs only. A patch
         # compares the edited layers' own outputs too, which needs the original here.
