@@ -290,3 +290,17 @@ def test_an_input_shape_of_5000_digits(cli, samples: Path, tmp_path: Path) -> No
                  "--input-shape", "9" * 5000, "-o", tmp_path / "out.keras")
     assert_one_error_line(result, 2, "--input-shape", "expected positive sizes without the batch axis")
     assert not (tmp_path / "out.keras").exists()
+
+
+def test_an_archive_member_name_flagged_utf8_that_is_not(cli, samples: Path, tmp_path: Path) -> None:
+    data = bytearray((samples / "tiny_cnn.keras").read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        directory = archive.start_dir  # type: ignore[attr-defined]
+    at = data.index(b"PK\x01\x02", directory)
+    struct.pack_into("<H", data, at + 8, struct.unpack_from("<H", data, at + 8)[0] | 0x800)  # names are UTF-8
+    data[at + 46] = 0xFF  # which the first byte of this name is not
+    model = tmp_path / "m.keras"
+    model.write_bytes(bytes(data))
+    for command in (("inspect",), ("inspect", "--history")):
+        assert_one_error_line(cli(*command[:1], model, *command[1:]), 1, "not a readable .keras archive",
+                              "the file may be truncated or corrupt")

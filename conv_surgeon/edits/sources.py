@@ -26,7 +26,6 @@ import pickle
 import sys
 import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from ..errors import SourceError
-from ..store.archive import ZIP_MAGIC
+from ..store.archive import ZIP_FAULTS, ZIP_MAGIC
 from ..store.documents import parse_json
 from ..store.hdf5 import HDF5_MAGIC, read_dataset
 
@@ -65,11 +64,6 @@ _NUMPY_DTYPE_CODES = frozenset(
 # Keys shown in one error line before the list is cut short.
 _MAX_LISTED_KEYS = 12
 
-# What reading a zip can raise besides BadZipFile: a damaged deflate stream (zlib.error),
-# an encrypted member (RuntimeError), a method zipfile lacks (NotImplementedError), a name
-# flagged UTF-8 that is not (UnicodeDecodeError).
-_ZIP_FAULTS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, RuntimeError,
-               NotImplementedError, UnicodeDecodeError)
 # Deflate never shrinks data more than 1032:1 (zlib's technical notes): a member that
 # declares more is lying about its size.
 _DEFLATE_MAX_RATIO = 1032
@@ -175,7 +169,7 @@ def _format_of(data: bytes, path: str) -> str | None:
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 names = archive.namelist()
-        except _ZIP_FAULTS:
+        except ZIP_FAULTS:
             return "torch" if suffix in TORCH_SUFFIXES else "npz"
         # torch.save writes one top folder holding data.pkl; torch.jit.save adds
         # constants.pkl and code/ beside it.
@@ -293,7 +287,7 @@ def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
                 )
             chosen = _choose_key(spec, path, key, keys, "array")
             member_bytes = _read_member(archive, chosen + ".npy", len(data), what, 0)
-    except _ZIP_FAULTS as exc:
+    except ZIP_FAULTS as exc:
         raise SourceError(
             f"source '{spec}': '{path}' is a truncated or corrupt .npz archive "
             f"({_one_line(exc)}); write it again with np.savez"
@@ -321,7 +315,7 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
                 member_bytes = _read_member(archive, name, len(data), label, read)
                 read += len(member_bytes)
                 arrays[name[: -len(".npy")]] = _load_npy_bytes(member_bytes, f"{label} key '{name[:-4]}'")
-    except _ZIP_FAULTS as exc:
+    except ZIP_FAULTS as exc:
         raise SourceError(
             f"{label}: not a readable .npz archive ({_one_line(exc)}); write it with np.savez"
         ) from exc

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from ..errors import ModelFileError
-from .archive import Member, Window, ZIP_MAGIC, locate_member
+from .archive import ZIP_FAULTS, ZIP_MAGIC, Member, Window, locate_member
 from .documents import DocumentError, described, parse_json
 from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
 from .hdf5_tree import Buffer, Dataset, HDF5Tree, UnsupportedHDF5
@@ -339,7 +339,7 @@ def _archive_store(stack: ExitStack, raw: BinaryIO, label: str) -> tuple[zipfile
     """(archive, config, Keras version, weight store member) of a `.keras` archive."""
     try:
         archive = stack.enter_context(zipfile.ZipFile(raw))
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except ZIP_FAULTS as exc:
         raise ModelFileError(
             f"{label}: not a readable .keras archive ({exc}); the file may be "
             "truncated or corrupt"

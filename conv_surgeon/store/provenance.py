@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
 from ..errors import ModelFileError
+from .archive import ZIP_FAULTS
 from .documents import DocumentError, parse_json
 from .hdf5 import h5_file
 from .model_file import METADATA_MEMBER, ModelFile, detect_format
@@ -193,7 +194,7 @@ def _read_metadata(source: ModelFile) -> dict[str, Any] | None:
         try:
             with zipfile.ZipFile(raw) as archive:
                 data = read_metadata_bytes(archive, source.label)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except ZIP_FAULTS as exc:
             raise ModelFileError(
                 f"{source.label}: not a readable .keras archive ({exc}); the file may be "
                 "truncated or corrupt"
