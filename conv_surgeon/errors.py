@@ -66,18 +66,38 @@ class AssignmentError(ConvSurgeonError):
     """A candidate array does not fit the variable it is meant for."""
 
 
+# Problems an error message (and a JSON error) lists, one a line, before it says how many
+# more there are: a plan of a million bad edits must not print a million lines.
+MAX_LISTED_PROBLEMS = 20
+
+
 class PlanError(ConvSurgeonError):
     """The plan file is unreadable, not JSON or TOML, or lists invalid edits; nothing is changed.
 
     A plan is all or nothing, so this error carries every problem found, each starting
     with its place in the plan (``edits[2].weights.kernel: ...``). The message is the
-    plan's name and the count on the first line, then one problem a line; a plan that
-    cannot be parsed at all has one problem and a one-line message.
+    plan's name and the count on the first line, then one problem a line (the first
+    MAX_LISTED_PROBLEMS, then how many more); a plan that cannot be parsed at all has one
+    problem and a one-line message.
     """
 
     def __init__(self, message: str, problems: Sequence[str]) -> None:
         super().__init__(message)
         self.problems = tuple(problems)
+
+    @classmethod
+    def listing(cls, head: str, problems: Sequence[str]) -> PlanError:
+        """``head``, then the problems one a line, cut short after MAX_LISTED_PROBLEMS."""
+        return cls("\n".join([head, *(f"  {line}" for line in listed_problems(problems))]), problems)
+
+
+def listed_problems(problems: Sequence[str]) -> list[str]:
+    """The problems to show: the first MAX_LISTED_PROBLEMS, then ``... and N more problems``."""
+    shown = list(problems[:MAX_LISTED_PROBLEMS])
+    rest = len(problems) - len(shown)
+    if rest:
+        shown.append(f"... and {rest} more problem{'' if rest == 1 else 's'}")
+    return shown
 
 
 class SmokeTestError(ConvSurgeonError):

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +83,12 @@ def model_outputs(model, inputs) -> list:
 
         out = tf.function(lambda x: model(x, training=False), jit_compile=True)(feed)
     return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+def archive_with(src: Path, out: Path, members: dict[str, bytes]) -> Path:
+    """A copy of the zip archive ``src`` at ``out`` with some members' bytes replaced:
+    the same members in the same order, each stored as in ``src``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, members.get(info.filename, zin.read(info.filename)))
+    return out

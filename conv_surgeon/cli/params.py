@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional, TypeVar
@@ -11,7 +12,7 @@ import click
 import typer
 from click.shell_completion import CompletionItem
 
-from ..edits import LAYOUTS, Layout
+from ..edits import LAYOUTS, Layout, seed_range_error
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -115,3 +116,24 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 LayoutOpt = Annotated[str, typer.Option(
     "--layout", click_type=click.Choice(LAYOUTS),
     help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.")]
+
+
+class SeedParam(click.ParamType[int]):
+    """``--seed``: an integer, read without ``int()``'s limit of 4300 digits. A seed out of
+    the range is the usage error :func:`~..edits.check_seed` words, a long one described
+    by its length rather than echoed."""
+
+    name = "integer"
+    _DIGITS = re.compile(r"[+-]?[0-9]+")
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not self._DIGITS.fullmatch(text):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            self.fail(f"{shown!r} is not a valid integer.", param, ctx)
+        digits = len(text.lstrip("+-"))
+        if digits > 30:
+            raise seed_range_error("--seed", f"(an integer of {digits} digits)")
+        return int(text)

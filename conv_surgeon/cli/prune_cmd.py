@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Optional
 
 import typer
@@ -42,8 +43,12 @@ def prune_command(
     render_report(report, json_output=write.json_output, stream=report_stream(options))
 
 
+# ASCII digits (str.isdigit takes "²", which int() refuses), few enough for any model.
+_INDEX = re.compile(r"[0-9]{1,18}")
+
+
 def _indices(text: str) -> tuple[int, ...]:
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() for part in parts):
+    if not parts or not all(_INDEX.fullmatch(part) for part in parts):
         raise UsageError(f"--filters {text!r}: expected filter indices separated by commas, e.g. 3,7,9")
     return tuple(int(part) for part in parts)

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .app import Command, app
-from .params import LayerOpt, LayoutOpt, OptionalModelArg, layout_of, model_source, stdin
+from .params import LayerOpt, LayoutOpt, OptionalModelArg, SeedParam, layout_of, model_source, stdin
 from .write_options import WriteArgs, report_stream, with_write_options
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def set_command(
     kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
     bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
     weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for initializers, 0 to 2**63-1 (drawn and reported when omitted).", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", click_type=SeedParam(), help="Seed for initializers, 0 to 2**63-1 (drawn and reported when omitted).", show_default=False)] = None,
     donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
     from_npz: Annotated[Optional[Path], typer.Option("--from-npz", help="Set every variable of an .npz bundle (keys <layer path>/<variable>, as `get --all` writes), in one write.", show_default=False)] = None,
     layout: LayoutOpt = "keras",

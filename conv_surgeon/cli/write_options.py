@@ -122,7 +122,8 @@ def report_stream(options: WriteOptions) -> TextIO:
     return sys.stderr if destination is not None and destination.stream is not None else sys.stdout
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*")
+# ASCII digits, at most nine: a size int() can always read (no 5000-digit size reaches it).
+_SIZE = re.compile(r"\s*([0-9]{1,9})\s*")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

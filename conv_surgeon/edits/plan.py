@@ -11,7 +11,6 @@ files exist is for the caller to check against the model, with the same place st
 
 from __future__ import annotations
 
-import datetime
 import difflib
 import json
 import os
@@ -25,6 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlanError
+from ..store.documents import (
+    MAX_NESTING,
+    DocumentError,
+    check_nesting,
+    described,
+    is_long_integer_error,
+    long_integer,
+    parse_json,
+    too_deep,
+)
 from . import LAYOUTS, SEED_LIMIT, Layout
 
 
@@ -41,6 +50,9 @@ _NEITHER_SUFFIX = "the name ends in neither .json nor .toml and the text does no
 _PLAIN_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 _TOML_AT = re.compile(r"(?P<message>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)")
 _TOML_AT_END = re.compile(r"(?P<message>.*) \(at end of document\)")
+# tomllib joins a dotted key one part at a time, in time quadratic in its parts (13 s for
+# 100,000): a key of more parts than a plan may nest is refused before tomllib reads it.
+_LONG_DOTTED_KEY = re.compile(r"""(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')){%d}""" % MAX_NESTING)
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ def plan_from_mapping(document: object, *, base_dir: Path, label: str) -> Plan:
     """
     if not isinstance(document, Mapping):
         problem = (
-            f'{_ROOT}: expected an object with an "edits" array, received {_received(document)}'
+            f'{_ROOT}: expected an object with an "edits" array, received {described(document)}'
         )
         raise _refuse(label, [problem])
     problems: list[str] = []
@@ -108,7 +120,7 @@ def plan_from_mapping(document: object, *, base_dir: Path, label: str) -> Plan:
     if "$schema" in document and not isinstance(document["$schema"], str):
         problems.append(
             f"$schema: expected a string (where editors find the schema), "
-            f"received {_received(document['$schema'])}"
+            f"received {described(document['$schema'])}"
         )
     seed = _read_seed(document, problems)
     edits = _read_edits(document, base_dir, problems)
@@ -160,18 +172,37 @@ def _parse(path: Path, label: str) -> Any:
     suffix = path.suffix.lower()
     if suffix == ".json" or (suffix != ".toml" and text.lstrip().startswith("{")):
         try:
-            return json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
+            return parse_json(text, object_pairs_hook=_JsonObject.from_pairs)
+        except DocumentError as exc:
+            raise _refuse_file(label, _beyond_limits(exc)) from exc
         except json.JSONDecodeError as exc:
             raise _refuse_file(
                 label,
                 f"not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}; fix the syntax",
             ) from exc
     try:
-        return tomllib.loads(text)
+        if _LONG_DOTTED_KEY.search(text):
+            raise too_deep()
+        document = tomllib.loads(text)
+        check_nesting(document)
     except tomllib.TOMLDecodeError as exc:
         why = "" if suffix == ".toml" else f" (read as TOML: {_NEITHER_SUFFIX})"
         problem = f"not valid TOML{why}: {_toml_where(exc)}; fix the syntax"
         raise _refuse_file(label, problem) from exc
+    except RecursionError:
+        raise _refuse_file(label, _beyond_limits(too_deep())) from None
+    except DocumentError as exc:
+        raise _refuse_file(label, _beyond_limits(exc)) from exc
+    except ValueError as exc:  # tomllib converts integers without catching Python's digit limit
+        if not is_long_integer_error(exc):
+            raise
+        raise _refuse_file(label, _beyond_limits(long_integer())) from None
+    return document
+
+
+def _beyond_limits(exc: DocumentError) -> str:
+    return (f"the plan {exc}; a plan is a list of edits a few levels deep, write it as "
+            "`conv-surgeon apply --schema` shows")
 
 
 def _toml_where(exc: tomllib.TOMLDecodeError) -> str:
@@ -194,7 +225,7 @@ def _refuse(label: str, problems: list[str]) -> PlanError:
         f"{label}: {count} problem{'' if count == 1 else 's'}; "
         "the plan is all or nothing, so nothing was applied"
     )
-    return PlanError("\n".join([head, *(f"  {problem}" for problem in problems)]), problems)
+    return PlanError.listing(head, problems)
 
 
 def _check_keys(
@@ -232,7 +263,7 @@ def _read_seed(document: Mapping[str, Any], problems: list[str]) -> int | None:
         value = int(value)  # JSON Schema counts 7.0 as an integer; so does the plan
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
         problems.append(
-            f"seed: expected an integer from 0 to 2**63-1, received {_received(value)}; "
+            f"seed: expected an integer from 0 to 2**63-1, received {described(value)}; "
             "write e.g. 7, or leave the seed out to have one drawn"
         )
         return None
@@ -252,7 +283,7 @@ def _read_edits(
     if not isinstance(entries, list):
         problems.append(
             f"edits: expected an array of edits such as [{_EDIT_EXAMPLE}], "
-            f"received {_received(entries)}"
+            f"received {described(entries)}"
         )
         return ()
     if not entries:
@@ -262,10 +293,15 @@ def _read_edits(
     first_place: dict[str, str] = {}
     for index, entry in enumerate(entries):
         place = f"edits[{index}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{place}: expected an edit such as {_EDIT_EXAMPLE}, received {described(entry)}")
+            continue
         edit = _read_edit(entry, place, base_dir, problems)
-        if edit is not None:
+        if edit is None:
+            layer = entry.get("layer")
+        else:
             edits.append(edit)
-        layer = entry.get("layer") if isinstance(entry, Mapping) else None
+            layer = edit.layer
         if isinstance(layer, str) and layer:
             if layer in first_place:
                 problems.append(
@@ -277,13 +313,8 @@ def _read_edits(
     return tuple(edits)
 
 
-def _read_edit(entry: Any, place: str, base_dir: Path, problems: list[str]) -> PlanEdit | None:
+def _read_edit(entry: Mapping[str, Any], place: str, base_dir: Path, problems: list[str]) -> PlanEdit | None:
     """The edit at ``place``, or None after adding its problems to ``problems``."""
-    if not isinstance(entry, Mapping):
-        problems.append(
-            f"{place}: expected an edit such as {_EDIT_EXAMPLE}, received {_received(entry)}"
-        )
-        return None
     known = len(problems)
     _check_keys(entry, place, _EDIT_KEYS, "an edit", problems)
     layer = _read_layer(entry, place, problems)
@@ -301,7 +332,7 @@ def _read_layer(entry: Mapping[str, Any], place: str, problems: list[str]) -> st
         return None
     layer = entry["layer"]
     if not isinstance(layer, str):
-        problems.append(f"{place}.layer: expected a string, received {_received(layer)}; {advice}")
+        problems.append(f"{place}.layer: expected a string, received {described(layer)}; {advice}")
         return None
     if not layer:
         problems.append(f"{place}.layer: empty; {advice}")
@@ -319,7 +350,7 @@ def _read_layout(entry: Mapping[str, Any], place: str, problems: list[str]) -> L
     suggestion = f"did you mean '{close[0]}'? " if close else ""
     problems.append(
         f"{place}.layout: expected 'keras' (the default) or 'torch', received "
-        f"{_received(layout)}; {suggestion}torch reads PyTorch/ONNX axis order"
+        f"{described(layout)}; {suggestion}torch reads PyTorch/ONNX axis order"
     )
     return LAYOUTS[0]
 
@@ -336,7 +367,7 @@ def _read_weights(
     if not isinstance(weights, Mapping):
         problems.append(
             f"{weights_place}: expected an object from variable names to sources or "
-            f"initializers, e.g. {example}, received {_received(weights)}"
+            f"initializers, e.g. {example}, received {described(weights)}"
         )
         return ()
     if not weights:
@@ -367,7 +398,7 @@ def _read_weight(
     if not isinstance(value, Mapping):
         problems.append(
             f"{place}: expected a source string ({_SOURCES}) or an object "
-            f'{{"source": SRC}} or {{"init": SPEC}}, received {_received(value)}'
+            f'{{"source": SRC}} or {{"init": SPEC}}, received {described(value)}'
         )
         return None
     known = len(problems)
@@ -388,14 +419,14 @@ def _read_weight(
         else:
             problems.append(
                 f"{place}.source: expected a string ({_SOURCES}), "
-                f"received {_received(value['source'])}"
+                f"received {described(value['source'])}"
             )
     if "init" in value:
         init = value["init"]
         if not isinstance(init, str) or not init:
             problems.append(
                 f"{place}.init: expected an initializer spec such as he_normal or "
-                f"random_normal:stddev=0.02, received {_received(init)}"
+                f"random_normal:stddev=0.02, received {described(init)}"
             )
     if len(problems) > known:
         return None
@@ -426,22 +457,3 @@ def _key_place(parent: str, key: str) -> str:
 def _listing(keys: tuple[str, ...]) -> str:
     quoted = [f"'{key}'" for key in keys]
     return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
-
-
-def _received(value: Any) -> str:
-    """A value as JSON names its type, with the value itself when it is short."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, (datetime.date, datetime.time)):
-        return f"a TOML date/time {value.isoformat()}"
-    shown = json.dumps(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    if isinstance(value, str):
-        return f"the string {shown}" if value else "an empty string"
-    return f"the number {shown}"

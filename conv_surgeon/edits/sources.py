@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
-import json
+import math
 import os
 import pickle
 import sys
@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from ..errors import SourceError
-from ..store.archive import ZIP_MAGIC
+from ..store.archive import ZIP_FAULTS, ZIP_MAGIC
+from ..store.documents import parse_json
 from ..store.fileio import read_input, read_stream
 from ..store.hdf5 import HDF5_MAGIC, read_dataset, refuse_untrusted_content
 
@@ -63,6 +64,10 @@ _NUMPY_DTYPE_CODES = frozenset(
 
 # Keys shown in one error line before the list is cut short.
 _MAX_LISTED_KEYS = 12
+
+# Deflate never shrinks data more than 1032:1 (zlib's technical notes): a member that
+# declares more is lying about its size.
+_DEFLATE_MAX_RATIO = 1032
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ def _format_of(data: bytes, path: str) -> str | None:
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 names = archive.namelist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError):
+        except ZIP_FAULTS:
             return "torch" if suffix in TORCH_SUFFIXES else "npz"
         # torch.save writes one top folder holding data.pkl; torch.jit.save adds
         # constants.pkl and code/ beside it.
@@ -217,14 +222,15 @@ def _load_stdin(stdin: BinaryIO) -> LoadedArray:
 
 
 def _load_npy_bytes(data: bytes, what: str) -> np.ndarray:
-    """Load ``.npy`` bytes, refusing object arrays before numpy would unpickle them."""
+    """Load ``.npy`` bytes, refusing object arrays before numpy would unpickle them, and a
+    header that declares more data than the bytes hold before numpy would allocate it."""
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            _, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
         else:
-            _, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
     except (ValueError, EOFError) as exc:
         raise SourceError(f"{what}: not a valid .npy file ({_one_line(exc)})") from exc
     if dtype.hasobject:
@@ -232,6 +238,17 @@ def _load_npy_bytes(data: bytes, what: str) -> np.ndarray:
             f"{what}: holds a pickled object array (dtype {dtype}); conv-surgeon never "
             "unpickles (it can run code): save a numeric array instead, e.g. "
             "np.save(path, np.asarray(a, dtype=np.float32))"
+        )
+    if any(size < 0 for size in shape):
+        raise SourceError(f"{what}: its header declares the shape {shape}, with a negative size; "
+                          "the file is damaged, write it again with np.save")
+    declared = math.prod(shape) * dtype.itemsize
+    held = len(data) - stream.tell()
+    if declared > held:
+        raise SourceError(
+            f"{what}: its header declares {_bytes(declared)} ({_shape_text(shape)} {dtype}), the "
+            f"file holds {_bytes(held)} after it; it is truncated or its header is damaged, "
+            "write it again with np.save"
         )
     try:
         # allow_pickle=False always: a pickled .npy runs code when loaded.
@@ -243,7 +260,25 @@ def _load_npy_bytes(data: bytes, what: str) -> np.ndarray:
         ) from exc
 
 
+def _shape_text(shape: tuple[int, ...]) -> str:
+    text = str(tuple(shape))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bytes(count: int) -> str:
+    """A byte count for a message: ``1,024 bytes``, ``about 4.5 PB``, ``over 2**200 bytes``."""
+    if count < 10**6:
+        return f"{count:,} bytes"
+    if count >= 10**21:
+        return f"over 2**{count.bit_length() - 1} bytes"
+    unit, size = next((u, s) for u, s in (("EB", 10**18), ("PB", 10**15), ("TB", 10**12), ("GB", 10**9),
+                                          ("MB", 10**6)) if count >= s)
+    return f"about {count / size:.3g} {unit}"
+
+
+
 def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
+    what = f"source '{spec}'"
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = [n for n in archive.namelist() if n.endswith(".npy")]
@@ -254,13 +289,13 @@ def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
                     "(a .keras model?); expected a .npz written by np.savez"
                 )
             chosen = _choose_key(spec, path, key, keys, "array")
-            member_bytes = archive.read(chosen + ".npy")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            member_bytes = _read_member(archive, chosen + ".npy", len(data), what, 0)
+    except ZIP_FAULTS as exc:
         raise SourceError(
             f"source '{spec}': '{path}' is a truncated or corrupt .npz archive "
             f"({_one_line(exc)}); write it again with np.savez"
         ) from exc
-    return _load_npy_bytes(member_bytes, f"source '{spec}'")
+    return _load_npy_bytes(member_bytes, what)
 
 
 def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
@@ -276,17 +311,59 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = [n for n in archive.namelist() if n.endswith(".npy")]
-            arrays = {
-                name[: -len(".npy")]: _load_npy_bytes(archive.read(name), f"{label} key '{name[:-4]}'")
-                for name in members
-            }
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            arrays = {}
+            read = 0
+            for name in members:
+                member_bytes = _read_member(archive, name, len(data), label, read)
+                read += len(member_bytes)
+                arrays[name[: -len(".npy")]] = _load_npy_bytes(member_bytes, f"{label} key '{name[:-4]}'")
+    except ZIP_FAULTS as exc:
         raise SourceError(
             f"{label}: not a readable .npz archive ({_one_line(exc)}); write it with np.savez"
         ) from exc
     if not arrays:
         raise SourceError(f"{label}: holds no arrays; write one with `conv-surgeon get MODEL --all -o FILE.npz`")
     return arrays, hashlib.sha256(data).hexdigest()
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, held: int, what: str, already: int) -> bytes:
+    """A member's bytes, once its declared sizes are shown possible: no more compressed
+    bytes than the archive holds, no more than deflate can give from them, and room in
+    memory beside the ``already`` bytes read. A decompression bomb (a few MB that inflate
+    to 4 GiB), or a header that lies about the size, is refused before any is inflated."""
+    info = archive.getinfo(name)
+    compressed, size = info.compress_size, info.file_size
+    member = f"{what}: member '{name}'"
+    if compressed > held:
+        raise SourceError(f"{member} declares {_bytes(compressed)} of data, the archive holds {_bytes(held)}; "
+                          "it is truncated or damaged, write it again with np.savez")
+    if info.compress_type == zipfile.ZIP_STORED and size != compressed:
+        raise SourceError(f"{member} is stored uncompressed yet declares {_bytes(size)} in {_bytes(compressed)}; "
+                          "the archive is damaged, write it again with np.savez")
+    if info.compress_type == zipfile.ZIP_DEFLATED and size > _DEFLATE_MAX_RATIO * compressed:
+        raise SourceError(
+            f"{member} declares {_bytes(size)} inflated from {_bytes(compressed)}, more than deflate "
+            f"can give ({_DEFLATE_MAX_RATIO}:1); the archive is damaged, refusing to inflate it")
+    room = _memory_for_arrays()
+    if room is not None and already + size > room:
+        raise SourceError(
+            f"{member} declares {_bytes(size)} uncompressed, more than the memory conv-surgeon may use "
+            f"for arrays ({_bytes(room)}, half of what is available); refusing to inflate it, "
+            "split the arrays into smaller files")
+    return archive.read(name)
+
+
+def _memory_for_arrays() -> int | None:
+    """Half the memory available now (Linux's MemAvailable), None where it cannot be told:
+    an array read from a file is held twice on its way (the bytes, then the array)."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _load_hdf5(spec: str, path: str, key: str | None) -> np.ndarray:
@@ -353,7 +430,7 @@ def _read_safetensor_bits(data: bytes, name: str, dtype_name: str) -> np.ndarray
     import ml_dtypes
 
     header_length = int.from_bytes(data[:8], "little")
-    entry = json.loads(data[8 : 8 + header_length])[name]
+    entry = parse_json(data[8 : 8 + header_length])[name]  # safe_open has read this header
     start, end = entry["data_offsets"]
     body = data[8 + header_length + start : 8 + header_length + end]
     dtype = np.dtype(getattr(ml_dtypes, dtype_name))
@@ -507,6 +584,12 @@ def _read_dataset(dataset: object, spec: str) -> np.ndarray:
     assert isinstance(dataset, h5py.Dataset)
     if dataset.shape is None:
         raise SourceError(f"source '{spec}': dataset '{dataset.name}' is empty (no data)")
+    room = _memory_for_arrays()
+    if room is not None and dataset.nbytes > room:
+        raise SourceError(
+            f"source '{spec}': dataset '{dataset.name}' declares {_bytes(dataset.nbytes)} ({_shape_text(dataset.shape)} "
+            f"{dataset.dtype}), more than the memory conv-surgeon may use for arrays ({_bytes(room)}); "
+            "refusing to read it")
     value = read_dataset(dataset)  # decodes Keras's bfloat16 records, as for a model
     if value.dtype.hasobject:
         raise SourceError(

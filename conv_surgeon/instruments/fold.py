@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConvSurgeonError, LayerNotFoundError, ModelFileError
-from ..model.graph import keras_order, model_graphs
-from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
-                               read_variables)
+from ..model.graph import ModelGraph, keras_order, model_graphs
+from ..model.structure import Layer, ModelStructure, Variable, read_structure, read_variables
 from ..runtime.checks import FUNCTION_KEPT
 from ..store.model_file import ModelFile
 from ..store.patches import write_h5_history
@@ -141,11 +140,11 @@ def _prepare(source: ModelFile, options: WriteOptions, layers: list[str] | None,
         report = replace(report, notes=("nothing to fold: no convolution is followed by a "
                                         "BatchNormalization it alone feeds; nothing was written",))
         return _Surgery(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
-    new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
     if not keep_layers:
         _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
         if layer_names is not None:
             _check_layer_names(config, layer_names, source.label)
+    new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
     optimizer = slot_changes(
         structure, config, new_config, by_path,
         {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
@@ -247,7 +246,7 @@ def _check_predicted_order(config: dict[str, Any], models: set[str], label: str)
     """The rewritten model's layer order is predicted by replaying Keras's; the replay must
     give the original's order first."""
     for graph in model_graphs(config):
-        if graph.path in models and keras_order(graph) != [layer.name for layer in graph.layers]:
+        if graph.path in models and _keras_order(graph, label) != [layer.name for layer in graph.layers]:
             raise ConvSurgeonError(
                 f"{label}: the layers of model '{graph.path or graph.name}' are not in the order "
                 "Keras lists them, so where Keras would look for the folded model's weights cannot "
@@ -255,9 +254,20 @@ def _check_predicted_order(config: dict[str, Any], models: set[str], label: str)
             )
 
 
+def _keras_order(graph: ModelGraph, label: str) -> list[str]:
+    """:func:`keras_order`, its refusal of a graph Keras could not build (a cycle) worded
+    for the file."""
+    try:
+        return keras_order(graph)
+    except ValueError as exc:
+        raise ModelFileError(f"{label}: the model config is broken: model '{graph.path or graph.name}': "
+                             f"{exc}; re-save the model with Keras") from None
+
+
 def _check_layer_names(config: dict[str, Any], layer_names: list[str], label: str) -> None:
     """A legacy .h5 loads weights by position in `layer_names`: it must be Keras's order."""
-    if list(_in_keras_order(config, layer_names)) != layer_names:
+    listed = set(layer_names)
+    if [name for name in _keras_order(model_graphs(config)[0], label) if name in listed] != layer_names:
         raise ConvSurgeonError(
             f"{label}: the layer_names of the .h5 are not in the order Keras lists its layers, so the "
             "folded model's weights could not be placed; nothing was written; use --keep-layers")

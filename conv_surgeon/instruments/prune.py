@@ -167,6 +167,7 @@ def _prepare(source: ModelFile, request: PruneRequest, options: WriteOptions) ->
     check_store_places(config, by_path, label, "prune")
     groups = find_groups(config)
     chosen, not_pruned = _chosen_groups(groups, request, label)
+    _check_filters(chosen, by_path, label)
     statistics = _statistics(source, chosen, by_path, request.criterion)
     cuts: list[Cut] = []
     notes: list[str] = []
@@ -196,6 +197,25 @@ def _prepare(source: ModelFile, request: PruneRequest, options: WriteOptions) ->
     optimizer = _optimizer(structure, config, new_config, by_path, variables, source)
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None)
     return _Surgery(structure, config, new_config, by_path, cuts, variables, optimizer, report)
+
+
+def _check_filters(groups: list[ChannelGroup], by_path: dict[str, Layer], label: str) -> None:
+    """Each member's kernel holds as many filters as its config says (the group's
+    channels): scores and cuts are counted by the config and taken from the store."""
+    for group in groups:
+        for piece in group.slices:
+            if piece.layer not in group.members or piece.variable == "bias":
+                continue
+            variable = layer_variable(store_layer(by_path, piece.layer, label), piece.variable)
+            if variable is None:
+                continue
+            shape = variable.shape
+            held = shape[piece.axis] if -len(shape) <= piece.axis < len(shape) else None
+            if held != group.channels:
+                raise ModelFileError(
+                    f"{label}: layer '{piece.layer}' has {group.channels} filters by its config, but its "
+                    f"{piece.variable} {shape} holds {held if held is not None else 'none'}; the config does not "
+                    "match the weight store, re-save the model with Keras")
 
 
 def _chosen_groups(groups: list[ChannelGroup], request: PruneRequest,

@@ -245,11 +245,8 @@ def edit_model(
         step(f"checked {_place(edit)}")
     if problems:
         lines = tuple(f"{_place(edit)}: {exc}" for edit, exc in problems)
-        raise PlanError(
-            f"{source.label}: {len(problems)} of {len(edits)} edits are invalid, nothing was "
-            "written:\n" + "\n".join(f"  {line}" for line in lines),
-            lines,
-        )
+        raise PlanError.listing(
+            f"{source.label}: {len(problems)} of {len(edits)} edits are invalid, nothing was written:", lines)
     edited = [
         (one.layer, a, _variable_named(one.layer, a.target.name))
         for one in checked

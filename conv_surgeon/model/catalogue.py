@@ -14,7 +14,9 @@ PyTorch's beside them):
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -257,3 +259,91 @@ WEIGHTLESS_CLASSES = frozenset(
         "TFOpLambda", "SlicingOpLambda",
     }
 )
+
+
+# --- what the configs conv-surgeon computes with must hold --------------------------------
+
+# The largest whole number a config may hold where conv-surgeon computes with it (a size,
+# a count, an axis): far beyond any real layer, and small enough for every sum and product.
+MAX_CONFIG_INT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """What one key of a layer config must hold: ``expected`` says it in a message."""
+
+    expected: str
+    holds: Callable[[Any], bool]
+
+
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_CONFIG_INT
+
+
+def _count(value: Any) -> bool:
+    return _whole(value, 1)
+
+
+def _axis(value: Any) -> bool:
+    return _whole(value, -MAX_CONFIG_INT)
+
+
+def _dimension(value: Any) -> bool:
+    return value is None or _whole(value, 0)
+
+
+def _list_of(test: Callable[[Any], bool], value: Any) -> bool:
+    return isinstance(value, list) and all(test(item) for item in value)
+
+
+_COUNT = "a whole number from 1 to 2**31-1"
+_COUNTS = ValueRule(f"{_COUNT}, or a list of them", lambda v: _count(v) or (_list_of(_count, v) and bool(v)))
+_OPTIONAL_COUNT = ValueRule(f"{_COUNT}, or null", lambda v: v is None or _count(v))
+_TEXT = ValueRule("a string", lambda v: isinstance(v, str))
+_OPTIONAL_TEXT = ValueRule("a string, or null", lambda v: v is None or isinstance(v, str))
+_FLAG = ValueRule("true or false, or null", lambda v: v is None or isinstance(v, bool))
+_ACTIVATION = ValueRule("an activation's name or object, or null", lambda v: v is None or isinstance(v, (str, dict)))
+_AXIS = ValueRule("an axis number", _axis)
+_AXES = ValueRule("an axis number, or a list of them", lambda v: _axis(v) or _list_of(_axis, v))
+_OPTIONAL_AXES = ValueRule("a list of axis numbers, or null", lambda v: v is None or _list_of(_axis, v))
+_EPSILON = ValueRule("a finite number >= 0",
+                     lambda v: (isinstance(v, float) and math.isfinite(v) and v >= 0) or _whole(v, 0))
+_SHAPE = ValueRule("a shape: a list of sizes from 0 to 2**31-1 or null, or null",
+                   lambda v: v is None or _list_of(_dimension, v))
+_TARGET_SHAPE = ValueRule("a list of sizes from 1 to 2**31-1 (or -1 for one of them)",
+                          lambda v: _list_of(lambda d: d == -1 or _count(d), v))
+
+_CONV_RULES = {
+    "filters": _OPTIONAL_COUNT, "kernel_size": _COUNTS, "strides": _COUNTS, "dilation_rate": _COUNTS,
+    "groups": _OPTIONAL_COUNT, "depth_multiplier": _OPTIONAL_COUNT, "padding": _TEXT, "data_format": _OPTIONAL_TEXT,
+    "use_bias": _FLAG, "activation": _ACTIVATION,
+}
+_NORMALIZATION_RULES = {"axis": _AXES, "epsilon": _EPSILON}
+# Per class, the keys conv-surgeon reads to place variables, prune channels, fold and
+# count (the surgery modules); a key a config leaves out is not checked, nor are the
+# keys of classes not listed (custom layers hold whatever their authors chose).
+VALUE_RULES: dict[str, dict[str, ValueRule]] = {
+    "BatchNormalization": _NORMALIZATION_RULES,
+    "SyncBatchNormalization": _NORMALIZATION_RULES,
+    "LayerNormalization": _NORMALIZATION_RULES,
+    "Concatenate": {"axis": _AXIS},
+    "Reshape": {"target_shape": _TARGET_SHAPE},
+    "PReLU": {"shared_axes": _OPTIONAL_AXES},
+    "InputLayer": {"batch_shape": _SHAPE, "batch_input_shape": _SHAPE},
+    **{cls.name: _CONV_RULES for cls in CONV_CLASSES.values()},
+}
+
+
+def config_value_problem(class_name: str, config: dict[str, Any]) -> tuple[str, str, Any] | None:
+    """The first key of a layer config that does not hold what conv-surgeon computes
+    with: (its key, what it should hold, what it holds), e.g. ``("kernel_size", "a whole
+    number ...", "3")``; None when every key it reads is sound."""
+    cls = conv_class(class_name)
+    rules = VALUE_RULES.get(cls.name if cls is not None else class_name, {})
+    for key, rule in rules.items():
+        if key in config and not rule.holds(config[key]):
+            return key, rule.expected, config[key]
+    policy = config.get("dtype")
+    if isinstance(policy, dict) and not isinstance(policy.get("config", {}), dict):
+        return "dtype.config", "an object", policy["config"]
+    return None

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from ..store.documents import described
+from .catalogue import MAX_CONFIG_INT, config_value_problem
 from .naming import to_snake_case
 
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
@@ -258,8 +260,7 @@ def keras_order(graph: ModelGraph) -> list[str]:
     indices: dict[str, int] = {}
     inputs = set(graph.inputs)
 
-    def visit(ref: TensorRef) -> None:
-        # An explicit stack would do the same; configs are far shallower than the limit.
+    def enter(ref: TensorRef, stack: list[tuple[Node, Iterator[Node]]]) -> None:
         node = (ref.layer, ref.node)
         if ref.layer not in by_name:
             raise ValueError(f"the config names a layer '{ref.layer}' it does not define")
@@ -272,11 +273,23 @@ def keras_order(graph: ModelGraph) -> list[str]:
             raise ValueError(f"layer '{ref.layer}' is part of a cycle")
         indices.setdefault(ref.layer, len(indices))
         in_progress.add(node)
-        for parent in parents(node):
-            visit(TensorRef(*parent))
-        finished.add(node)
-        in_progress.remove(node)
-        ordered.append(node)
+        stack.append((node, iter(parents(node))))
+
+    def visit(ref: TensorRef) -> None:
+        # Depth first with a stack of its own: a chain of layers may be longer than
+        # Python's recursion limit (1000 frames).
+        stack: list[tuple[Node, Iterator[Node]]] = []
+        enter(ref, stack)
+        while stack:
+            node, pending = stack[-1]
+            parent = next(pending, None)
+            if parent is not None:
+                enter(TensorRef(*parent), stack)
+                continue
+            stack.pop()
+            finished.add(node)
+            in_progress.remove(node)
+            ordered.append(node)
 
     for output in graph.outputs:
         visit(output)
@@ -326,3 +339,157 @@ def container_keys(graph: ModelGraph, order: list[str]) -> dict[str, str]:
 
 def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
+
+
+# --- what a config must be for the readers above (and structure.py's) ---------------------
+
+
+class _Broken(Exception):
+    """A place in the config and what is wrong there."""
+
+
+def config_problem(config: dict[str, Any]) -> str | None:
+    """Why a model config cannot be read as Keras writes it, as far as conv-surgeon reads
+    it: the place and the fault (``config.layers[2].config.kernel_size (layer 'conv1',
+    Conv2D): expected ..., received the string "3"``); None when it reads.
+
+    It checks what the readers of this module and of :mod:`.structure` take for granted:
+    every layer entry an object with a class name and a config object; a model's layers
+    a list; inbound nodes and tensor references shaped as :func:`_tensors` and
+    :func:`_refs` read them, naming layers of their own model; and the values the
+    catalogue lists (:data:`~.catalogue.VALUE_RULES`). Nesting is bounded where the
+    document was parsed (:mod:`..store.documents`), so this recursion is too.
+    """
+    try:
+        _check_entry(config, "", None)
+    except _Broken as broken:
+        return str(broken)
+    return None
+
+
+def _check_entry(entry: Any, place: str, names: set[str] | None) -> None:
+    """One layer entry at ``place`` (``""`` for the root); ``names``: the layers of the
+    model it belongs to (None for the root and sub-layers), which its references name."""
+    where = place or "the top level"
+    if not isinstance(entry, dict):
+        raise _Broken(f"{where}: expected a layer object with 'class_name' and 'config', received {described(entry)}")
+    class_name = entry.get("class_name")
+    if not isinstance(class_name, str):
+        raise _Broken(f"{_at(place, 'class_name')}: expected the layer's class name, received {described(class_name)}")
+    config = entry.get("config", {})
+    if not isinstance(config, dict):
+        raise _Broken(f"{_at(place, 'config')} ({class_name}): expected an object, received {described(config)}")
+    name = config.get("name", entry.get("name"))
+    for key, value in (("name", entry.get("name")), ("config.name", config.get("name")), ("module", entry.get("module"))):
+        if value is not None and not isinstance(value, str):
+            raise _Broken(f"{_at(place, key)} ({class_name}): expected a string, received {described(value)}")
+    who = f"layer '{name}', {class_name}" if name else class_name
+    fault = config_value_problem(class_name, config)
+    if fault is not None:
+        key, expected, value = fault
+        raise _Broken(f"{_at(place, 'config.' + key)} ({who}): expected {expected}, received {described(value)}")
+    if "inbound_nodes" in entry:
+        _check_nodes(entry["inbound_nodes"], _at(place, "inbound_nodes"), names, who)
+    build = entry.get("build_config")
+    if isinstance(build, dict):
+        for shape in _shape_leaves(build.get("input_shape")):
+            bad = next((d for d in shape if not _is_dimension(d)), None)
+            if bad is not None:
+                raise _Broken(f"{_at(place, 'build_config.input_shape')} ({who}): expected sizes from 0 to "
+                              f"2**31-1 or null, received a size of {described(bad)}")
+    layers = config.get("layers")
+    # The root's layers are read whatever its class (a custom model's too), a model's always.
+    if isinstance(layers, list) or ((not place or class_name in MODEL_CLASSES) and "layers" in config):
+        _check_model(config, place, who)
+    for key in ("layer", "backward_layer", "cell"):
+        sub = config.get(key)
+        if isinstance(sub, dict) and "class_name" in sub:
+            _check_entry(sub, _at(place, f"config.{key}"), None)
+
+
+def _check_model(config: dict[str, Any], place: str, who: str) -> None:
+    layers = config["layers"]
+    if not isinstance(layers, list):
+        raise _Broken(f"{_at(place, 'config.layers')} ({who}): expected a list of layers, received {described(layers)}")
+    names = {str(child.get("config", {}).get("name") or child.get("name") or "")
+             for child in layers if isinstance(child, dict) and isinstance(child.get("config", {}), dict)}
+    for index, child in enumerate(layers):
+        _check_entry(child, _at(place, f"config.layers[{index}]"), names)
+    for key in ("input_layers", "output_layers"):
+        if key in config:
+            _check_refs(config[key], _at(place, f"config.{key}"), names, who)
+
+
+def _check_nodes(nodes: Any, place: str, names: set[str] | None, who: str) -> None:
+    """Inbound nodes as :func:`_tensors` reads them: a list of calls, whose tensors are
+    ``__keras_tensor__`` objects or Keras 2's ``[name, node, tensor, kwargs]``. A fault is
+    placed at its call (``inbound_nodes[0]``): the walk builds no place for every value."""
+    if not isinstance(nodes, list):
+        raise _Broken(f"{place} ({who}): expected a list of calls, received {described(nodes)}")
+
+    def visit(value: Any, at: str) -> None:
+        if isinstance(value, dict):
+            if value.get("class_name") == "__keras_tensor__":
+                _check_keras_tensor(value, at, names, who)
+                return
+            for item in value.values():
+                visit(item, at)
+        elif isinstance(value, list):
+            if _is_legacy_ref(value):
+                _check_ref(value, at, names, who)
+                if len(value) > 3:
+                    visit(value[3], at)
+                return
+            for item in value:
+                visit(item, at)
+
+    for index, node in enumerate(nodes):
+        visit(node, f"{place}[{index}]")
+
+
+def _check_keras_tensor(value: dict[str, Any], at: str, names: set[str] | None, who: str) -> None:
+    config = value.get("config")
+    if not isinstance(config, dict):
+        raise _Broken(f"{at} ({who}): expected a tensor's config object, received {described(config)}")
+    history = config.get("keras_history")
+    if not isinstance(history, list) or len(history) < 3:
+        raise _Broken(f"{at} ({who}): expected a tensor's keras_history [layer name, node index, tensor index], "
+                      f"received {described(history)}")
+    _check_ref(history, at, names, who)
+    shape = config.get("shape")
+    if shape is not None and not (isinstance(shape, list) and all(_is_dimension(d) for d in shape)):
+        raise _Broken(f"{at} ({who}): expected a tensor's shape, a list of sizes from 0 to 2**31-1 or null, "
+                      f"received {described(shape)}")
+
+
+def _check_ref(ref: list[Any], at: str, names: set[str] | None, who: str) -> None:
+    """``[layer name, node index, tensor index, ...]``: as :class:`TensorRef` takes it."""
+    if len(ref) < 3 or not isinstance(ref[0], str) or not all(_is_index(i) for i in ref[1:3]):
+        raise _Broken(f"{at} ({who}): expected [layer name, node index, tensor index] with indices from 0, "
+                      f"received [{', '.join(described(item) for item in ref[:3])}]")
+    if names is not None and ref[0] not in names:
+        raise _Broken(f"{at} ({who}): names a layer '{ref[0]}' its model does not have")
+
+
+def _check_refs(value: Any, at: str, names: set[str], who: str) -> None:
+    """``input_layers``/``output_layers`` as :func:`_refs` reads them."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        _check_ref(value, at, names, who)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_refs(item, f"{at}[{index}]", names, who)
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            _check_refs(value[key], f"{at}.{key}", names, who)
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_CONFIG_INT
+
+
+def _is_dimension(value: Any) -> bool:
+    return value is None or _is_index(value)
+
+
+def _at(place: str, key: str) -> str:
+    return f"{place}.{key}" if place else key

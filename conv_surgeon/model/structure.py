@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..errors import ModelFileError
 from ..store.hdf5 import (
@@ -36,6 +36,7 @@ from ..store.model_file import (ModelFormat, ModelFile, OpenStore, OutlinedStore
                                 outline_store)
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
+from .graph import config_problem
 from .naming import to_snake_case
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 OPTIMIZER_ROOT = "optimizer"
 # Keras 2.13's .keras archives name the layers container this way.
 LAYER_CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
+_Config = TypeVar("_Config", bound="dict[str, Any] | None")
 
 
 @dataclass(frozen=True)
@@ -522,7 +524,7 @@ def _legacy_nested_layers(
 def _parse_structure(source: ModelFile) -> ModelStructure:
     """The structure read through h5py: every kind of save, legacy `.h5` included."""
     with damaged_store_is_an_error(source.label), open_store(source) as store:
-        config = store.config
+        config = checked_config(store.config, source.label)
         config_source = None
         if source.config is not None:
             config = _config_of(source.config)
@@ -544,8 +546,9 @@ def _outline_structure(source: ModelFile) -> ModelStructure:
     if source.config is not None:
         raise UnsupportedHDF5("a weights file read with --config goes through h5py")
     with outline_store(source) as store:
-        layers, stray, optimizer = _object_layers(store, store.config)
-        return _structure(store, store.config, layers, stray, optimizer, None)
+        config = checked_config(store.config, source.label)
+        layers, stray, optimizer = _object_layers(store, config)
+        return _structure(store, config, layers, stray, optimizer, None)
 
 
 def _structure(store: OpenStore | OutlinedStore, config: dict[str, Any] | None, layers: list[Layer],
@@ -564,6 +567,16 @@ def _structure(store: OpenStore | OutlinedStore, config: dict[str, Any] | None, 
     )
 
 
+def checked_config(config: _Config, label: str) -> _Config:
+    """``config`` once :func:`~.graph.config_problem` finds nothing in it that the readers
+    could not take; else a one-line ModelFileError naming the place."""
+    if config is not None:
+        problem = config_problem(config)
+        if problem is not None:
+            raise ModelFileError(f"{label}: the model config is broken at {problem}; re-save the model with Keras")
+    return config
+
+
 def _config_of(path: Path) -> dict[str, Any]:
     """The model config of another save of the model (``--config``)."""
     with open_store(ModelFile.from_path(path)) as store:
@@ -572,7 +585,7 @@ def _config_of(path: Path) -> dict[str, Any]:
                 f"--config {path}: holds weights only, no model config; pass the .keras, "
                 ".h5, saved folder or preset the weights belong to"
             )
-        return store.config
+        return checked_config(store.config, f"--config {path}")
 
 
 def _check_config_matches(structure: ModelStructure, source: ModelFile) -> None:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import write_error
+from ..errors import MAX_LISTED_PROBLEMS, write_error
 
 if TYPE_CHECKING:
     # rich is imported when a console is first made (26 ms): `show -o` and `get` print
@@ -162,7 +162,8 @@ def render_error(message: str, exit_code: int, *, json_stream: TextIO | None = N
         document: dict[str, Any] = {"error": message if label == "Error" else f"{label}: {message}",
                                     "exit_code": int(exit_code)}
         if problems:
-            document["problems"] = list(problems)
+            document["problems"] = list(problems[:MAX_LISTED_PROBLEMS])
+            document["problem_count"] = len(problems)
         print_json(document, json_stream)
 
 

@@ -8,7 +8,6 @@ Running the model is not done here: the search is handed the forward pass
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from ..errors import ConvSurgeonError, SmokeTestError, UsageError
 from ..model.inputs import DeclaredInput, declared_inputs, extra_axes, fits, reconcile
 from ..model.naming import format_shape
+from ..store.documents import parse_json
 from .checks import SmokeTarget
 from .loading import config_text
 from .messages import SKIP_HINT, ForwardFailure, shapes_text
@@ -72,7 +72,7 @@ def declared_shapes(target: SmokeTarget) -> list[DeclaredInput]:
             return []
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
     try:
-        config = json.loads(text) if text else None
+        config = parse_json(text) if text else None
     except ValueError:
         return []
     return declared_inputs(config if isinstance(config, dict) else None)

@@ -8,7 +8,6 @@ cause (:func:`load_written`): if it cannot load that either, :class:`NoKerasLoad
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvSurgeonError, SmokeTestError
+from ..store.documents import parse_json
 from .checks import SmokeTarget
 from .environment import keras_label
 from .messages import SKIP_HINT, keras_traceback, short_error, uncoloured
@@ -61,7 +61,7 @@ def config_text(path: Path) -> str:
 def _is_preset(path: Path) -> bool:
     """A keras-hub preset directory: its metadata.json names the keras-hub version."""
     try:
-        metadata = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+        metadata = parse_json((path / "metadata.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(metadata, dict) and "keras_hub_version" in metadata

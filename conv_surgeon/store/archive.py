@@ -34,6 +34,11 @@ DESCRIPTOR_MAGIC = b"PK\x07\x08"
 END_MAGIC = b"PK\x05\x06"
 ZIP64_END_MAGIC = b"PK\x06\x06"
 ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
+# What opening or reading a damaged zip raises besides BadZipFile: a damaged deflate stream
+# (zlib.error), an encrypted member (RuntimeError), a method zipfile lacks
+# (NotImplementedError), a name flagged UTF-8 that is not (UnicodeDecodeError).
+ZIP_FAULTS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, RuntimeError,
+              NotImplementedError, UnicodeDecodeError)
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 CENTRAL_HEADER = struct.Struct("<4sHHHHHHIIIHHHHHII")
 END_RECORD = struct.Struct("<4sHHHHIIH")

@@ -14,7 +14,6 @@ the config and version beside them. No TensorFlow, and no knowledge of layers.
 from __future__ import annotations
 
 import io
-import json
 import math
 import mmap
 import os
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from ..errors import ModelFileError
-from .archive import ZIP_MAGIC, Member, Window, locate_member
+from .archive import ZIP_FAULTS, ZIP_MAGIC, Member, Window, locate_member
+from .documents import DocumentError, described, parse_json
 from .fileio import read_input, read_stream
 from .hdf5 import HDF5_MAGIC, Visitor, attr_text, h5_file, walk_h5py
 from .hdf5_tree import Buffer, Dataset, HDF5Tree, UnsupportedHDF5
@@ -208,9 +208,13 @@ def _folder_kind(path: Path) -> ModelFormat:
 
 def _json_file(path: Path, label: str) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise ModelFileError(f"{label}: cannot read {path.name} ({exc.strerror})") from None
+    try:
+        return parse_json(data)
+    except DocumentError as exc:
+        raise ModelFileError(f"{label}: {path.name} {exc}; re-save the model with Keras") from None
     except ValueError as exc:
         raise ModelFileError(f"{label}: {path.name} is not valid JSON ({exc}); re-save the model with Keras") from None
 
@@ -373,15 +377,14 @@ def _folder_store(source: ModelFile, kind: ModelFormat) -> tuple[list[StoreFile]
     metadata = (_json_file(source.path / METADATA_MEMBER, source.label)
                 if (source.path / METADATA_MEMBER).is_file() else {})
     files = _store_files(source.path, source.label)
-    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    return files, _checked_config(config, source.label), version
+    return files, _checked_config(config, source.label), _version_of(metadata)
 
 
 def _archive_store(stack: ExitStack, raw: BinaryIO, label: str) -> tuple[zipfile.ZipFile, dict[str, Any], str | None, Member]:
     """(archive, config, Keras version, weight store member) of a `.keras` archive."""
     try:
         archive = stack.enter_context(zipfile.ZipFile(raw))
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except ZIP_FAULTS as exc:
         raise ModelFileError(
             f"{label}: not a readable .keras archive ({exc}); the file may be "
             "truncated or corrupt"
@@ -489,34 +492,59 @@ def _mapped(stack: ExitStack, handle: BinaryIO) -> mmap.mmap:
     return mapped
 
 
-def _checked_config(config: Any, label: str) -> dict[str, Any]:
-    if not isinstance(config, dict) or "class_name" not in config:
+def _checked_config(config: Any, label: str, name: str = CONFIG_MEMBER) -> dict[str, Any]:
+    """The model config's top: an object with a 'class_name' string and a 'config' object.
+    (What lies below, the layers, is checked where it is read: :mod:`..model.structure`.)"""
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        received = described(config.get("class_name")) + " as its class_name" if isinstance(config, dict) \
+            else described(config)
         raise ModelFileError(
-            f"{label}: the model's config.json is broken (expected an object with "
-            "'class_name' and 'config'); re-save the model with Keras"
+            f"{label}: the model's {name} is broken (expected an object with a 'class_name' "
+            f"string and a 'config' object, received {received}); re-save the model with Keras"
+        )
+    if "config" in config and not isinstance(config["config"], dict):
+        raise ModelFileError(
+            f"{label}: the model's {name} is broken (expected a 'config' object, received "
+            f"{described(config['config'])}); re-save the model with Keras"
         )
     return config
 
 
 def _keras_meta(archive: zipfile.ZipFile, label: str) -> tuple[dict[str, Any], str | None]:
     try:
-        config = json.loads(archive.read(CONFIG_MEMBER))
+        data = archive.read(CONFIG_MEMBER)
     except KeyError:
         raise ModelFileError(
             f"{label}: zip archive without {CONFIG_MEMBER}; not a Keras 3 .keras file"
         ) from None
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
         # zipfile raises RuntimeError for an encrypted member.
-        raise ModelFileError(
-            f"{label}: the model's config.json is broken ({exc}); the archive cannot be "
-            "used, re-save the model with Keras"
-        ) from None
+        raise _broken_config(label, exc) from None
+    try:
+        config = parse_json(data)
+    except DocumentError as exc:
+        raise ModelFileError(f"{label}: the model's {CONFIG_MEMBER} {exc}; re-save the model with Keras") from None
+    except ValueError as exc:
+        raise _broken_config(label, exc) from None
     version = None
     try:
-        version = json.loads(archive.read(METADATA_MEMBER)).get("keras_version")
-    except (KeyError, ValueError, AttributeError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
-        pass
+        version = _version_of(parse_json(archive.read(METADATA_MEMBER)))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+        pass  # the version is shown when known; metadata.json is for Keras, not for reading weights
     return _checked_config(config, label), version
+
+
+def _broken_config(label: str, exc: Exception) -> ModelFileError:
+    return ModelFileError(
+        f"{label}: the model's {CONFIG_MEMBER} is broken ({exc}); the archive cannot be "
+        "used, re-save the model with Keras"
+    )
+
+
+def _version_of(metadata: Any) -> str | None:
+    """The Keras version a ``metadata.json`` names, when it names one as a string."""
+    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    return version if isinstance(version, str) else None
 
 
 def _h5_meta(h5: h5py.File, label: str) -> tuple[bool, dict[str, Any] | None, str | None]:
@@ -533,14 +561,16 @@ def _h5_meta(h5: h5py.File, label: str) -> tuple[bool, dict[str, Any] | None, st
             "no layers group); expected a model .h5, a .weights.h5 or a .keras file"
         )
     try:
-        config = json.loads(attr_text(h5.attrs["model_config"]))
+        config = parse_json(attr_text(h5.attrs["model_config"]))
+    except DocumentError as exc:
+        raise ModelFileError(f"{label}: the model config (model_config) {exc}; re-save the model with Keras") from None
     except ValueError as exc:
         raise ModelFileError(
             f"{label}: the model config is broken ({exc}); re-save the model with Keras"
         ) from None
     if not isinstance(config, dict):
         raise ModelFileError(f"{label}: the model config is not a JSON object; re-save the model with Keras")
-    return True, _modern_config(config), version_text
+    return True, _checked_config(_modern_config(config), label, "model_config"), version_text
 
 
 def _modern_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from .archive import Member, member_crcs, replace_member, write_member_crc
+from .documents import parse_json
 from .fileio import replace_files_together
 from .hdf5 import contiguous_offset, encode_for_dataset, read_dataset
 from .model_file import (FOLDER_FORMATS, METADATA_MEMBER, WEIGHTS_MEMBER,
@@ -278,7 +279,7 @@ def _shard_names(map_path: Path, output_name: str, keep_names: bool) -> dict[str
 def _shard_map(map_path: Path, renames: dict[str, str], history: list[dict[str, Any]] | None, label: str) -> bytes:
     import json
 
-    document = json.loads(map_path.read_bytes())
+    document = parse_json(map_path.read_bytes())  # read once already by shard_names
     document["weight_map"] = {
         key: [renames[v] for v in value] if isinstance(value, list) else renames[value]
         for key, value in document["weight_map"].items()

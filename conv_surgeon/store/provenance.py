@@ -25,9 +25,12 @@ A record, as :func:`make_record` builds it::
       ],
     }
 
-The history is read back leniently: anything in the file that is not a list of JSON
-objects is ignored, so a hand-edited or damaged record never stops a model from being
-inspected or edited (the next write stores only the records that were readable).
+The history is read back leniently: anything in the file that is not a list of records
+shaped as :func:`make_record` makes them is ignored, so a hand-edited or damaged record
+never stops a model from being inspected or edited (the next write stores only the
+records that were readable). A `metadata.json` that cannot be parsed at all (not JSON,
+nested too deep) reads as no history too, but a write refuses to replace it: it would
+lose what it could not read.
 
 No TensorFlow here.
 """
@@ -40,6 +43,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
 from ..errors import ModelFileError
+from .archive import ZIP_FAULTS
+from .documents import DocumentError, parse_json
 from .hdf5 import h5_file
 from .model_file import METADATA_MEMBER, ModelFile, detect_format
 from .worker import PARSE_TIMEOUT_S, run_bounded
@@ -124,8 +129,8 @@ def encode_history(history: list[dict[str, Any]]) -> str:
 def read_history(source: ModelFile, timeout: float = PARSE_TIMEOUT_S) -> list[dict[str, Any]]:
     """The records already in the model file, oldest first; [] when there are none.
 
-    Records that are not JSON objects are skipped; a history that is not a list
-    (or not JSON at all) reads as [].
+    Records not shaped as :func:`make_record` makes them are skipped; a history that is
+    not a list (or not JSON at all) reads as [].
     """
     kind = detect_format(source)
     if kind == "h5":
@@ -151,7 +156,12 @@ def metadata_with_history(old: bytes | None, history: list[dict[str, Any]], labe
     metadata: dict[str, Any] = {}
     if old is not None:
         try:
-            loaded = json.loads(old)
+            loaded = parse_json(old)
+        except DocumentError as exc:
+            raise ModelFileError(
+                f"{label}: the archive's {METADATA_MEMBER} {exc}; refusing to replace what "
+                "cannot be read, re-save the model with Keras"
+            ) from None
         except ValueError:
             loaded = None
         if not isinstance(loaded, dict):
@@ -184,7 +194,7 @@ def _read_metadata(source: ModelFile) -> dict[str, Any] | None:
         try:
             with zipfile.ZipFile(raw) as archive:
                 data = read_metadata_bytes(archive, source.label)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except ZIP_FAULTS as exc:
             raise ModelFileError(
                 f"{source.label}: not a readable .keras archive ({exc}); the file may be "
                 "truncated or corrupt"
@@ -194,8 +204,8 @@ def _read_metadata(source: ModelFile) -> dict[str, Any] | None:
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
-        metadata = json.loads(data)
-    except ValueError:
+        metadata = parse_json(data)
+    except ValueError:  # not JSON, or nested too deep: no history can be read from it
         return None
     return metadata if isinstance(metadata, dict) else None
 
@@ -212,7 +222,7 @@ def _parse_history(text: str | None) -> list[dict[str, Any]]:
     if text is None:
         return []
     try:
-        return _records(json.loads(text))
+        return _records(parse_json(text))
     except ValueError:
         return []
 
@@ -220,4 +230,25 @@ def _parse_history(text: str | None) -> list[dict[str, Any]]:
 def _records(history: Any) -> list[dict[str, Any]]:
     if not isinstance(history, list):
         return []
-    return [record for record in history if isinstance(record, dict)]
+    return [record for record in history if _readable(record)]
+
+
+def _readable(record: Any) -> bool:
+    """Whether ``record`` has the shape :func:`make_record` gives it where readers look:
+    an object whose ``edits`` (if any) are objects with an object as ``source`` and a
+    string as its ``sha256``, and whose ``command`` (if any) is a list; and is plain JSON
+    (no NaN), as the next write must store it."""
+    if not isinstance(record, dict):
+        return False
+    try:
+        encode_history([record])
+    except ValueError:
+        return False
+    edits, command = record.get("edits") or [], record.get("command") or []
+    if not isinstance(edits, list) or not isinstance(command, list):
+        return False
+    for edit in edits:
+        source = (edit.get("source") or {}) if isinstance(edit, dict) else None
+        if not isinstance(source, dict) or not isinstance(source.get("sha256") or "", str):
+            return False
+    return True

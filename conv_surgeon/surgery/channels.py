@@ -451,14 +451,15 @@ class _Walk:
         path = graph.layer_path(layer.name)
         inputs = layer.calls[call]
         shapes = [self._shape(graph, ref) for ref in inputs]
-        if any(shape is None for shape in shapes):
+        sizes = [_channel_size(shape, axis) for shape in shapes]
+        if any(size is None for size in sizes):
             self._problem(f"the config does not record the input shapes of '{path}' (Concatenate)")
             return
         rank = len(shapes[0] or [])
         if _norm(int(layer.config.get("axis", -1)), rank) != _norm(axis, rank):
             self._problem(f"'{path}' concatenates along axis {layer.config.get('axis')}, not the channels")
             return
-        offset = sum(int((shapes[i] or [])[axis]) for i in range(position))
+        offset = sum(size or 0 for size in sizes[:position])
         self._visit(graph, TensorRef(layer.name, call, 0), axis,
                     Span(span.offset + offset, span.width, span.flat))
 
@@ -469,7 +470,10 @@ class _Walk:
             self._problem(f"'{path}' (Flatten): the config does not record the full shape it flattens")
             return
         rank = len(shape)
-        channels = int(shape[axis])
+        channels = _channel_size(shape, axis)
+        if not channels:
+            self._problem(f"'{path}' (Flatten): the config records no channels on the axis it flattens")
+            return
         positions = math.prod(int(d) for d in shape[1:]) // channels
         # Keras's Flatten moves the channels last first when its data_format is channels_first.
         last = _norm(axis, rank) == rank - 1 or (layer.config.get("data_format") == "channels_first" and rank > 2)
@@ -541,7 +545,7 @@ class _Walk:
         start = 0
         for tensor in inputs:
             shape = self._shape(graph, tensor)
-            size = int(shape[axis]) if shape is not None else 0
+            size = _channel_size(shape, axis) or 0
             if start <= span.offset and span.offset + self.channels * span.width <= start + size:
                 self._visit(graph, tensor, axis, Span(span.offset - start, span.width, span.flat), back=True)
                 return
@@ -552,3 +556,12 @@ class _Walk:
 def _widened(span: Span, multiplier: int) -> Span:
     """A depthwise conv's outputs of the channels of ``span``: ``multiplier`` each, in-major."""
     return Span(span.offset * multiplier, span.width * multiplier, span.flat)
+
+
+def _channel_size(shape: list[Any] | None, axis: int) -> int | None:
+    """The size a recorded shape gives the channel axis; None when it gives none (no
+    shape, too few axes, or null there)."""
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    size = shape[axis]
+    return size if isinstance(size, int) else None

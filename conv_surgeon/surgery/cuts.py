@@ -129,14 +129,15 @@ def pruned_config(config: dict[str, Any], cuts: list[Cut]) -> dict[str, Any]:
             if isinstance(built, list) and built and not isinstance(built[0], list):
                 lists[id(built)] = built
         for shape in lists.values():
-            shape[axis] = int(shape[axis]) - count
+            if -len(shape) <= axis < len(shape) and isinstance(shape[axis], int):  # null: still unknown
+                shape[axis] -= count
     return new
 
 
 def spatial_positions(shape: list[Any] | None, axis: int) -> int | None:
     """How many positions a tensor of ``shape`` has besides its batch and channel axes
     (None when the config leaves a size unknown)."""
-    if shape is None:
+    if not shape:
         return None
     channel = axis % len(shape)
     rest = [d for i, d in enumerate(shape) if i not in (0, channel)]
@@ -148,7 +149,7 @@ def spatial_positions(shape: list[Any] | None, axis: int) -> int | None:
 def conv_output_shape(input_shape: list[Any] | None, config: dict[str, Any]) -> list[Any] | None:
     """A (non-transposed) conv's output shape from its input's, as Keras computes it, for
     a conv whose output the config does not record (a Sequential's, a model output)."""
-    if input_shape is None:
+    if not input_shape:
         return None
     first = config.get("data_format") == "channels_first"
     spatial = input_shape[2:] if first else input_shape[1:-1]

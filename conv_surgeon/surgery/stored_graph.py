@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import ModelFileError
 from ..model.graph import container_keys, model_graphs
-from ..model.structure import Layer, ModelStructure, Variable
+from ..model.structure import Layer, ModelStructure, Variable, checked_config
 from ..store.hdf5 import attr_list, damaged_store_is_an_error
 from ..store.model_file import ModelFile, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
@@ -30,7 +30,7 @@ def read_config(source: ModelFile, command: str) -> tuple[dict[str, Any], list[s
     config, names = run_bounded(work, PARSE_TIMEOUT_S, source.label)
     if config is None:
         raise ModelFileError(f"{source.label}: holds no model config; {command} needs the model's graph")
-    return config, names
+    return checked_config(config, source.label), names
 
 
 def check_store_places(config: dict[str, Any], by_path: dict[str, Layer], label: str, command: str) -> None:
