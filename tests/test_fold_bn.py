@@ -108,16 +108,19 @@ def _fold(model_path: Path, out: Path, *args: str, own_process: bool = False) ->
 
 
 def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, atol: float = 1e-4,
-                original=None) -> float:
+                original=None, reference=None) -> float:
     """The folded model computes what the original did; every unfolded layer is as it was.
-    ``original``: the model that was saved at ``original_path``, if at hand (not loaded again)."""
+    ``original``: the model that was saved at ``original_path``, if at hand (not loaded again);
+    ``reference``: (inputs, its outputs on them), if known already (not run again)."""
     original = original if original is not None else keras.saving.load_model(original_path)
     folded = keras.saving.load_model(folded_path)
     expected = _foldable(keras, original)
     assert {pair["batch_norm"] for pair in report["folded"]} == expected
-    inputs = _inputs(original)
+    inputs, outputs = reference if reference is not None else (_inputs(original), None)
+    if outputs is None:
+        outputs = _outputs(original, inputs)
     worst = 0.0
-    for a, b in zip(_outputs(original, inputs), _outputs(folded, inputs)):
+    for a, b in zip(outputs, _outputs(folded, inputs)):
         np.testing.assert_allclose(b, a, atol=atol, rtol=1e-3)
         worst = max(worst, float(np.abs(a - b).max()))
     before, after = _weights_by_layer(keras, original), _weights_by_layer(keras, folded)
@@ -133,14 +136,11 @@ def _check_fold(keras, original_path: Path, folded_path: Path, report: dict, ato
     return worst
 
 
-APPLICATIONS = ["ResNet50", "MobileNetV2", "Xception", "EfficientNetB0", "DenseNet121"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", APPLICATIONS)
-def test_fold_real_architectures(keras, cli, architectures, tmp_path, name):
-    # Built once per session (tests/architectures.py), random BN statistics, no softmax.
-    path, model = architectures.built(name, "bn-random", linear_head=True, prepare=_randomize_batchnorms)
+def check_fold_end_to_end(keras, cli, tmp_path: Path, name: str, path: Path, model, inputs, expected) -> None:
+    """fold-bn on a real architecture saved at ``path`` (``model``: that model, in memory;
+    its outputs on ``inputs`` are ``expected``). Run by test_real_architectures.py on
+    ResNet50, MobileNetV2, Xception, EfficientNetB0 and DenseNet121, with prune after it
+    on the same model."""
     if name == "ResNet50":  # the CLI's own check, in a process of its own, once
         report = _fold(path, tmp_path / "folded.keras", own_process=True)
         assert report["smoke"]["passed"] and report["smoke"]["comparison"][0]["max_abs"] < 1e-3
@@ -158,7 +158,7 @@ def test_fold_real_architectures(keras, cli, architectures, tmp_path, name):
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
     assert report["folded"]
-    _check_fold(keras, path, tmp_path / "folded.keras", report, original=model)
+    _check_fold(keras, path, tmp_path / "folded.keras", report, original=model, reference=(inputs, expected))
     if name == "DenseNet121":  # BN -> ReLU -> Conv: the pre-activation BNs stay, with a reason
         assert any("not a convolution" in r["reason"] for r in report["not_folded"])
 
