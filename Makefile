@@ -32,15 +32,20 @@ demo: install
 	$(CLI) show $(DEMO_OUT)/tiny_cnn_sobel.keras --layer conv1 --against $(SAMPLE) -o $(DEMO_OUT)/conv1_sobel.png
 
 # Types and the import contracts (pyproject.toml) first: both take seconds, pytest minutes.
+# The suite starts the console script hundreds of times: the package is compiled once
+# first, or each fresh interpreter compiles it again where PYTHONDONTWRITEBYTECODE is set
+# (it is here: 0.15-0.3 CPU-s a process).
 test: install-test
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m compileall -q conv_surgeon
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
 
 # The inner loop: the same checks, without the slow end-to-end runs on real architectures.
 test-fast: install-test
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m compileall -q conv_surgeon
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=10 -m "not slow"
 
 bench: install
