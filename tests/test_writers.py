@@ -281,3 +281,31 @@ def test_a_folder_copy_keeps_symlinks_as_links(tmp_path, zoo_models):
     assert copied.is_symlink() and os.readlink(copied) == str(secret)
     assert not any("not for the output" in p.read_text(errors="replace")
                    for p in out.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# --- replacing an existing output (issue 20, item 5) --------------------------------------
+
+def test_a_report_says_when_it_replaced_an_existing_file(cli, tmp_path):
+    out = tmp_path / "out.keras"
+    first = cli("set", TINY, "--layer", "conv1", "--kernel", SOBEL, "-o", out, "--no-smoke", "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["replaced"] is False
+    other = copy_into(tmp_path, ROOT / "sample_models" / "all_convs.keras", "out.keras")  # unrelated
+    again = cli("set", TINY, "--layer", "conv1", "--kernel", SOBEL, "-o", other, "--no-smoke")
+    assert again.exit_code == 0, again.output
+    assert again.stdout.splitlines()[0].endswith(f"wrote {out} (replaced existing {out})")
+    in_place = cli("set", out, "--layer", "conv1", "--kernel", SOBEL, "--in-place", "--no-smoke", "--json")
+    assert json.loads(in_place.stdout)["replaced"] is False  # its own input, not another file
+
+
+def test_no_clobber_keeps_an_existing_file(cli, tmp_path):
+    from helpers import assert_one_error_line
+
+    out = copy_into(tmp_path, ROOT / "sample_models" / "all_convs.keras", "out.keras")
+    before = sha256(out)
+    result = cli("set", TINY, "--layer", "conv1", "--kernel", SOBEL, "-o", out, "--no-smoke", "--no-clobber")
+    assert_one_error_line(result, 1, f"-o {out}: exists, and --no-clobber keeps it; nothing was written")
+    assert sha256(out) == before
+    fresh = tmp_path / "fresh.keras"
+    assert cli("set", TINY, "--layer", "conv1", "--kernel", SOBEL, "-o", fresh, "--no-smoke", "-n").exit_code == 0
+    assert fresh.is_file()

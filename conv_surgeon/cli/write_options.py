@@ -41,6 +41,8 @@ class WriteArgs:
         "--output", "-o", help="Where the edited model goes (- for stdout). Replaced atomically.",
         show_default=False)] = None
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL itself (atomically).")] = False
+    no_clobber: Annotated[bool, typer.Option(
+        "--no-clobber", "-n", help="Refuse to replace an existing -o file (as cp -n).")] = False
     no_smoke: Annotated[bool, typer.Option("--no-smoke", help="Skip the Keras load and forward-pass check.")] = False
     input_shape: Annotated[list[str], typer.Option(
         "--input-shape",
@@ -89,7 +91,8 @@ class WriteArgs:
             rtol=self.rtol, load_inputs=self.load_inputs, save_inputs=self.save_inputs,
             imports=tuple(self.imports),
         )
-        return WriteRequest(model, self.output, self.in_place, self.dry_run, checks, command_line())
+        return WriteRequest(model, self.output, self.in_place, self.dry_run, checks, command_line(),
+                            no_clobber=self.no_clobber)
 
     def options_for(self, model: str | None, defaults: CheckDefaults) -> WriteOptions:
         """The transaction's options for a write of ``model`` by an instrument whose

@@ -215,7 +215,8 @@ def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Ca
     result = write_transaction(source, surgery.structure, Rewriting(prepare, stage, written, derived), records,
                                options, step)
     return replace(surgery.report, destination=result.destination, smoke=result.smoke,
-                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes)
+                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes,
+                   replaced=result.replaced)
 
 
 def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[str] | None,

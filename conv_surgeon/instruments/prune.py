@@ -520,4 +520,5 @@ def _write(source: ModelFile, surgery: _Surgery, request: PruneRequest, options:
     staging = Rewriting(partial(rewrite_weights, source, rewrite), stage, derived=derived)
     result = write_transaction(source, surgery.structure, staging, records, options, step)
     return replace(surgery.report, destination=result.destination, smoke=result.smoke,
-                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes)
+                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes,
+                   replaced=result.replaced)

@@ -265,7 +265,7 @@ def edit_model(
     written = write_transaction(source, structure, staging, records, options, step)
     return SetReport(source=source.label, destination=written.destination, dry_run=False, layers=layers,
                      changes=changes, seed=base_seed, seed_drawn=seed_drawn, smoke=written.smoke,
-                     smoke_skipped=written.smoke_skipped, notes=written.notes)
+                     smoke_skipped=written.smoke_skipped, notes=written.notes, replaced=written.replaced)
 
 
 def apply_plan(

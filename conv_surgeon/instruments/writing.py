@@ -18,8 +18,7 @@ from typing import BinaryIO
 from ..errors import ConvSurgeonError, UsageError
 from ..runtime.checks import SmokeOptions, SmokeReport, Tolerance
 from ..store.fileio import check_output_dir, refuse_overwriting
-from ..transaction.transaction import (Destination, WriteOptions,
-                                       choose_destination)
+from ..transaction.transaction import Destination, WriteOptions, choose_destination, refuse_clobbering
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,7 @@ class WriteRequest:
     dry_run: bool = False
     checks: CheckRequest = CheckRequest()
     command: tuple[str, ...] = ()  # what the user typed, for the provenance record
+    no_clobber: bool = False  # refuse to replace an existing output file
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ def write_options(request: WriteRequest, defaults: CheckDefaults, stdout: Binary
     destination: Destination | None = None
     if not request.dry_run:
         destination = choose_destination(request.model, request.output, request.in_place, stdout)
-    return WriteOptions(destination, smoke, request.command)
+    if destination is not None and destination.path is not None and request.no_clobber and not request.in_place:
+        refuse_clobbering(destination.path)
+    return WriteOptions(destination, smoke, request.command, clobber=not request.no_clobber)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +118,7 @@ class WriteReport:
     destination: str | None
     dry_run: bool
     optimizer: str | None = None  # what happened to the optimizer state, when anything did
+    replaced: bool = False  # the destination was an existing file (or folder), now replaced
     notes: tuple[str, ...] = ()
     smoke: SmokeReport | None = None  # None when skipped, for a dry run, or with nothing written
     smoke_skipped: str | None = None  # why no smoke test ran though it was not turned off

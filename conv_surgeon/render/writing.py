@@ -32,6 +32,7 @@ def written_document(report: WriteReport, body: dict[str, Any]) -> dict[str, Any
     return {
         "model": report.source,
         "output": report.destination,
+        "replaced": report.replaced,
         "dry_run": report.dry_run,
         **body,
         **_smoke_document(report.smoke, report.smoke_skipped, report.dry_run or not report.changed),
@@ -257,7 +258,9 @@ def _print_written_end(out: Console, report: WriteReport) -> None:
 def _where(report: WriteReport) -> str:
     if report.dry_run:
         return "would write (dry run)"
-    return f"wrote {report.destination}" if report.destination else "nothing written"
+    if not report.destination:
+        return "nothing written"
+    return f"wrote {report.destination}" + (f" (replaced existing {report.destination})" if report.replaced else "")
 
 
 def _group_name(members: Sequence[str]) -> str:

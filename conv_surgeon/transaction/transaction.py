@@ -106,6 +106,7 @@ class WriteOptions:
     destination: Destination | None = None  # None: a dry run, nothing is written
     smoke: SmokeOptions = field(default_factory=SmokeOptions)
     command: tuple[str, ...] = ()  # what the user typed, for the provenance record
+    clobber: bool = True  # False (--no-clobber): an existing output file is never replaced
 
     @property
     def dry_run(self) -> bool:
@@ -133,6 +134,7 @@ class Written:
     smoke: SmokeReport | None
     smoke_skipped: str | None  # why no smoke test ran though it was not turned off
     notes: tuple[str, ...] = ()  # what the delivery could not keep (an owner, a hard link)
+    replaced: bool = False  # the destination held a file (or folder) before, now replaced
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ def write_transaction(
                                     imports=list(checks.imports))]
     smoke_target = _smoke_kind(structure, source, checks)
     notes: list[str] = []
+    replaced = False
     with _file_errors(Path(tempfile.gettempdir())):
         scratch = tempfile.TemporaryDirectory(prefix="conv-surgeon-")
     with scratch as folder:
@@ -267,6 +270,9 @@ def write_transaction(
                         step("smoke test passed")
                 if destination.path is not None:
                     check_unchanged(destination.path)
+                    replaced = _replaces(destination.path, source)
+                    if replaced and not options.clobber:
+                        refuse_clobbering(destination.path)
                 if source.path is not None:
                     check_unchanged(source.path)
                 commit()
@@ -278,7 +284,22 @@ def write_transaction(
                 # (not when the user stopped the command: the error line has its own
                 # descriptor, and the user is not kept waiting for an import).
                 warm_up.join()
-    return Written(destination.label, report, _smoke_skipped(checks, smoke_target is not None), tuple(notes))
+    return Written(destination.label, report, _smoke_skipped(checks, smoke_target is not None), tuple(notes),
+                   replaced)
+
+
+def refuse_clobbering(path: Path) -> None:
+    """--no-clobber: an existing output is refused, as `cp -n` and `mv -n` leave it."""
+    if os.path.lexists(path) and not output_stream(path):
+        raise ConvSurgeonError(f"-o {path}: exists, and --no-clobber keeps it; nothing was written, "
+                               "choose another name or drop --no-clobber")
+
+
+def _replaces(target: Path, source: ModelFile) -> bool:
+    """Whether delivering to ``target`` replaces another model (not the input edited in place)."""
+    if not os.path.lexists(target) or output_stream(target):
+        return False
+    return not (source.path is not None and same_file(target, source.path))
 
 
 def _rewritten_values(staging: Rewriting, digests: dict[str, ValueDigest]) -> list[WrittenValue]:
