@@ -361,7 +361,7 @@ def test_set_of_one_layer_reports_progress(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(render, "progress_on_terminal", recording)
     result = run("set", TINY, "--layer", "conv1", "--bias-init", "zeros", "--no-smoke", "-o", tmp_path / "o.keras")
     assert result.exit_code == 0, result.stderr
-    assert steps == [(1, 2, "checked layer 'conv1'"), (2, 2, "written")]
+    assert steps == [(1, 2, "checked layer 'conv1'"), (2, 2, "staged and read back")]
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**63)])

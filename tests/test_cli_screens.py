@@ -245,13 +245,13 @@ def test_the_progress_line_says_what_runs_during_the_smoke_test() -> None:
     line = ProgressLine(stream)
     line.start("reading the model and checking the edits")
     line(1, 3, "checked layer 'conv1'")
-    line(2, 3, "written")
+    line(2, 3, "staged and read back")
     line(3, 3, "smoke test passed")
     line.close()  # the last step ended the line: nothing to clear
     assert stream.getvalue() == (
         "\r\x1b[Kreading the model and checking the edits..."
         "\r\x1b[K[1/3] checked layer 'conv1'"
-        "\r\x1b[K[2/3] written; smoke test: Keras loads the model and runs it..."
+        "\r\x1b[K[2/3] staged and read back; smoke test: Keras loads the model and runs it..."
         "\r\x1b[K[3/3] smoke test passed\n"
     )
 
@@ -279,7 +279,7 @@ def test_progress_reaches_the_terminal_while_fd_2_is_silenced() -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, slave)  # what quiet_stderr does to fd 2
             os.close(devnull)
-            progress(2, 3, "written")
+            progress(2, 3, "staged and read back")
         # The line is written in pieces (the start, then each step): read all that came.
         seen = b""
         while b"smoke test" not in seen and select.select([master], [], [], 5)[0]:
@@ -287,4 +287,4 @@ def test_progress_reaches_the_terminal_while_fd_2_is_silenced() -> None:
     finally:
         stream.close()
         os.close(master)
-    assert b"[2/3] written; smoke test" in seen
+    assert b"[2/3] staged and read back; smoke test" in seen

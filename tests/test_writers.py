@@ -233,7 +233,7 @@ def test_a_model_saved_over_during_the_edit_is_not_overwritten(tmp_path):
     theirs = (ROOT / "sample_models" / "all_convs.keras").read_bytes()
 
     def progress(done: int, total: int, what: str) -> None:
-        if what == "written":  # staged and read back, not yet in place
+        if what == "staged and read back":  # not yet in place
             model.write_bytes(theirs)
 
     options = WriteOptions(Destination(model), NO_SMOKE)

@@ -172,7 +172,7 @@ def render_traceback(text: str) -> None:
 
 
 # What runs after a step, for the steps that are followed by a long wait.
-_NEXT_STEP = {"written": "smoke test: Keras loads the model and runs it"}
+_NEXT_STEP = {"staged and read back": "smoke test: Keras loads the model and runs it"}
 
 
 class ProgressLine:

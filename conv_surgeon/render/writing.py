@@ -257,7 +257,7 @@ def _print_written_end(out: Console, report: WriteReport) -> None:
 
 def _where(report: WriteReport) -> str:
     if report.dry_run:
-        return "would write (dry run)"
+        return "would write (dry run)" if report.changed else "nothing to write (dry run)"
     if not report.destination:
         return "nothing written"
     return f"wrote {report.destination}" + (f" (replaced existing {report.destination})" if report.replaced else "")

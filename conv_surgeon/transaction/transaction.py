@@ -47,7 +47,7 @@ from ..store.provenance import EditRecord, make_record, read_history
 from ..store.worker import PARSE_TIMEOUT_S, Worker, memory_budget
 from ..surgery.rewrite import ValueDigest
 
-Step = Callable[[str], None]  # hears of each step done: "written", "smoke test passed"
+Step = Callable[[str], None]  # hears of each step done: "staged and read back", "smoke test passed"
 # Writes the whole edited model at the path given, with the provenance history given.
 MakeModel = Callable[[Path, list[dict[str, Any]]], None]
 
@@ -256,7 +256,7 @@ def write_transaction(
             with _staged(source, structure, make, destination, history, notes) as (staged, load_path, commit):
                 _verify_written(staged, values)
                 if step is not None:
-                    step("written")
+                    step("staged and read back")  # beside the destination, not in place yet
                 if warm_up is not None and smoke_target is not None:
                     warm_up.wait()
                     expected = [_expected(structure, item) for item in values]
