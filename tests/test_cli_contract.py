@@ -319,7 +319,7 @@ def long_options(name: str) -> set[str]:
 def test_set_and_apply_share_every_write_option() -> None:
     shared = {opt for f in fields(WriteArgs) for p in command("set").params if p.name == f.name for opt in p.opts
               if opt.startswith("--")}
-    assert shared == {"--output", "--in-place", "--no-smoke", "--input-shape", "--unsafe", "--dry-run", "--json",
+    assert shared == {"--output", "--in-place", "--no-clobber", "--no-smoke", "--input-shape", "--unsafe", "--dry-run", "--json",
                       "--compare", "--expect-same", "--atol", "--rtol", "--save-inputs", "--load-inputs",
                       "--import", "--config"}
     assert shared <= long_options("set") and shared <= long_options("apply")
