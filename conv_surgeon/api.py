@@ -16,12 +16,15 @@ Heavy modules are imported inside the functions, so ``import conv_surgeon`` stay
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 from .edits import Layout
+from .errors import ConvSurgeonError, PlanError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +41,49 @@ if TYPE_CHECKING:
     from .instruments.writing import CheckDefaults, CheckRequest
     from .transaction.transaction import WriteOptions
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# The library's messages name the command line's options; from Python they name the
+# keyword arguments that do the same. Longest first, so that a whole option is replaced.
+_IN_PYTHON = [
+    ("--layout torch", 'layout="torch"'),
+    ("--input-shape SHAPE", "input_shapes=[(...)]"),
+    ("--input-shape", "input_shapes="),
+    ("--import MODULE", 'imports=["module"]'),
+    ("--config MODEL", "config=PATH"),
+    ("--no-smoke", "smoke=False"),
+    ("--unsafe", "unsafe=True"),
+    ("--keep-layers", "keep_layers=True"),
+    ("--in-place", "in_place=True"),
+    ("--seed", "seed"),
+]
+_OPTION = re.compile("|".join(re.escape(option) for option, _ in _IN_PYTHON) + r"(?![\w-])")
+
+
+def _in_python(text: str) -> str:
+    """A message as a Python caller reads it: `pass layout="torch"`, not `pass --layout torch`."""
+    words = dict(_IN_PYTHON)
+    return _OPTION.sub(lambda match: words[match.group(0)], text)
+
+
+def _speaks_python(function: Callable[P, T]) -> Callable[P, T]:
+    """A public function whose errors name its keyword arguments, not the CLI's options."""
+
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except ConvSurgeonError as exc:
+            if exc.args and isinstance(exc.args[0], str):
+                exc.args = (_in_python(exc.args[0]), *exc.args[1:])
+            if isinstance(exc, PlanError):
+                exc.problems = tuple(_in_python(problem) for problem in exc.problems)
+            raise
+
+    return call
+
+
 PathLike = Union[str, "os.PathLike[str]"]
 # A new value: an array, or a source spec as the CLI takes it ("k.npy", "bank.npz:dw", ...).
 Value = Union["np.ndarray", str]
@@ -53,6 +99,7 @@ def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelFil
     return ModelFile.from_path(model, config=config)
 
 
+@_speaks_python
 def inspect(
     model: PathLike | bytes, *, all_layers: bool = False, stats: bool = False,
     config: PathLike | None = None,
@@ -69,6 +116,7 @@ def inspect(
     return inspect_model(_source(model, config), all_layers=all_layers, stats=stats)
 
 
+@_speaks_python
 def get_weights(
     model: PathLike | bytes, layer: str, *, layout: Layout = "keras", config: PathLike | None = None,
 ) -> dict[str, np.ndarray]:
@@ -81,6 +129,7 @@ def get_weights(
     return export(_source(model, config), layer, every=True, layout=layout).arrays
 
 
+@_speaks_python
 def set_weights(
     model: PathLike,
     layer: str,
@@ -122,6 +171,7 @@ def set_weights(
     return set_layer(_source(model, config), layer, requests, options, seed=seed, layout=layout)
 
 
+@_speaks_python
 def apply(
     model: PathLike, plan: PathLike, *, out: PathLike | None = None, in_place: bool = False,
     smoke: bool = True, dry_run: bool = False, config: PathLike | None = None,
@@ -137,6 +187,7 @@ def apply(
     return apply_plan(_source(model, config), load_plan(plan), options)
 
 
+@_speaks_python
 def fold_bn(
     model: PathLike,
     *,
@@ -173,6 +224,7 @@ def fold_bn(
     return fold(_source(model), request, options)
 
 
+@_speaks_python
 def prune(
     model: PathLike,
     *,
@@ -225,6 +277,7 @@ def prune(
     return prune_model(_source(model), request, options)
 
 
+@_speaks_python
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution weights of two models (every layer's with ``all_layers``)."""
     from .instruments.diff import diff_models
@@ -232,6 +285,7 @@ def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) 
     return diff_models(_source(a), _source(b), all_layers=all_layers)
 
 
+@_speaks_python
 def show(
     model: PathLike | bytes,
     layer: str | None = None,
@@ -276,6 +330,7 @@ def show(
     return picture
 
 
+@_speaks_python
 def assign(
     layer: Any, *, kernel: np.ndarray | None = None, bias: np.ndarray | None = None,
     layout: Layout = "keras", **weights: np.ndarray,

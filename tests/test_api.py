@@ -81,6 +81,20 @@ def test_api_errors_are_conv_surgeon_errors_and_nothing_is_written(samples: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_api_errors_name_keyword_arguments_not_cli_options(samples: Path, tmp_path: Path) -> None:
+    """From Python a hint says layout="torch", as the command line says --layout torch."""
+    torch_kernel = np.zeros((4, 1, 3, 3), np.float32)  # conv1's (3, 3, 1, 4) in PyTorch's order
+    with pytest.raises(cs.AssignmentError) as caught:
+        cs.set_weights(samples / "tiny_cnn.keras", "conv1", out=tmp_path / "o.keras", kernel=torch_kernel)
+    message = str(caught.value)
+    assert 'pass layout="torch"' in message and "--layout" not in message, message
+    with pytest.raises(cs.UsageError) as seed:
+        cs.set_weights(samples / "tiny_cnn.keras", "conv1", out=tmp_path / "o.keras", inits={"kernel": "ones"},
+                       seed=-1)
+    assert "--seed" not in str(seed.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dry_run_reports_and_writes_nothing(samples: Path, tmp_path: Path) -> None:
     report = cs.set_weights(samples / "tiny_cnn.keras", "conv1", kernel=np.zeros((3, 3, 1, 4), np.float32),
                             dry_run=True)
