@@ -25,14 +25,22 @@ def cookbook_blocks() -> list[str]:
 def test_the_cookbook_ports_a_torch_conv_exactly() -> None:
     pytest.importorskip("torch")
     (block,) = cookbook_blocks()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # As a newcomer runs it: no log level of ours. A warning or an error from TensorFlow or
+    # Keras (cuInit's error without a GPU, Keras's about the inputs' structure) reads as if
+    # the port broke: the block prints none. (TensorFlow's note that it found no GPU comes
+    # before its logging starts, whatever the level; the README says what it means.)
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(["bash", "-e", "-c", block], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     difference = float(re.search(r"max abs difference: (\S+)", result.stdout).group(1))
     assert difference < 1e-4
     assert (ROOT / "build/port/conv1_weight.npy").exists()
-    assert "Error" not in result.stderr
+    noise = [line for line in result.stderr.splitlines()
+             if not line.startswith("wrote build/port/")  # get's own report of its file
+             and "All log messages before absl::InitializeLog()" not in line
+             and "Could not find cuda drivers on your machine, GPU will not be used" not in line]
+    assert noise == [], "\n".join(noise)
 
 
 def test_the_readme_picture_is_remade_pixel_for_pixel(tmp_path: Path) -> None:
