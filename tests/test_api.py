@@ -202,8 +202,9 @@ def test_assign_refuses_a_kernel_that_fits_no_layout_before_building_the_layer(k
     with pytest.raises(cs.AssignmentError, match=r"expected PyTorch/ONNX layout \(4, 2, 3, 3\)"):
         cs.assign(conv, kernel=np.zeros((4, 2, 5, 5), np.float32), layout="torch")
     assert not conv.built
-    cs.assign(conv, kernel=np.ones((3, 3, 2, 4), np.float32))
+    assigned = cs.assign(conv, kernel=np.ones((3, 3, 2, 4), np.float32))
     assert conv.built and np.array_equal(np.asarray(conv.kernel.numpy()), np.ones((3, 3, 2, 4)))
+    assert repr(assigned) == f"[<Assignment layer '{conv.name}' kernel (3, 3, 2, 4) float32 from kernel array>]"
 
 
 def test_the_readme_python_example_runs(tmp_path: Path) -> None:
