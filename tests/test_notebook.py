@@ -91,7 +91,7 @@ def test_a_write_report_is_one_line_and_its_html_lists_the_edits_in_python_words
     assert "smoke test skipped (smoke=False)" in page.paragraphs  # the API's words, not --no-smoke
     again = cs.set_weights(TINY, "conv1", out=out, kernel=kernel, smoke=False)
     assert one_short_line(again, out).endswith("; smoke test skipped; replaced=True>")
-    dry = cs.set_weights(TINY, "conv2", dry_run=True, inits={"bias": "zeros"}, smoke=False)
+    dry = cs.set_weights(TINY, "conv2", dry_run=True, bias=np.zeros(8, np.float32), smoke=False)
     assert one_short_line(dry) == "<SetReport dry run: conv2 bias (8,); replaced=False>"
 
 
@@ -111,7 +111,7 @@ def test_graph_surgery_reports_are_one_line_with_their_tables(tmp_path: Path) ->
 
 def test_diff_report_names_the_layers_that_differ(tmp_path: Path) -> None:
     out = tmp_path / "out.keras"
-    cs.set_weights(TINY, "conv2", out=out, inits={"kernel": "zeros"}, smoke=False)
+    cs.set_weights(TINY, "conv2", out=out, kernel=np.zeros((3, 3, 4, 8), np.float32), smoke=False)
     report = cs.diff(TINY, out)
     assert one_short_line(report, out) == f"<DiffReport {TINY} vs {out}: 1 of 3 layers differs (conv2)>"
     assert "conv2" in Page(report._repr_html_()).cells
