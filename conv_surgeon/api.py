@@ -84,6 +84,43 @@ def _speaks_python(function: Callable[P, T]) -> Callable[P, T]:
     return call
 
 
+def _reads_well(*, tables: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A public function whose result (or each item of it) reads well in Python: one short
+    line as its repr and, with ``tables``, in a notebook the tables the command line prints
+    (``_repr_html_``); a picture shows itself already (``_repr_png_``)."""
+
+    def decorate(function: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(function)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            result = function(*args, **kwargs)
+            values: list[object] = list(result) if isinstance(result, list) else [result]
+            for value in values:
+                _give_reprs(type(value), tables)
+            return result
+
+        return call
+
+    return decorate
+
+
+def _give_reprs(kind: type, tables: bool) -> None:
+    """The methods of :mod:`.render.notebook`, given to ``kind`` (again: it costs nothing):
+    its class sits below render/ (an instrument's report, show's picture, assign's
+    assignment) and cannot use it."""
+    from .render.notebook import short_repr
+
+    setattr(kind, "__repr__", short_repr)
+    if tables:
+        setattr(kind, "_repr_html_", _report_html)
+
+
+def _report_html(report: Any) -> str:
+    """The report's tables, as HTML, in the API's words (``smoke=False``, not ``--no-smoke``)."""
+    from .render.notebook import report_html
+
+    return _in_python(report_html(report))
+
+
 PathLike = Union[str, "os.PathLike[str]"]
 # A new value: an array, or a source spec as the CLI takes it ("k.npy", "bank.npz:dw", ...).
 Value = Union["np.ndarray", str]
@@ -100,6 +137,7 @@ def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelFil
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def inspect(
     model: PathLike | bytes, *, all_layers: bool = False, stats: bool = False,
     config: PathLike | None = None,
@@ -130,6 +168,7 @@ def get_weights(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def set_weights(
     model: PathLike,
     layer: str,
@@ -172,6 +211,7 @@ def set_weights(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def apply(
     model: PathLike, plan: PathLike, *, out: PathLike | None = None, in_place: bool = False,
     smoke: bool = True, dry_run: bool = False, config: PathLike | None = None,
@@ -188,6 +228,7 @@ def apply(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def fold_bn(
     model: PathLike,
     *,
@@ -225,6 +266,7 @@ def fold_bn(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def prune(
     model: PathLike,
     *,
@@ -278,6 +320,7 @@ def prune(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution weights of two models (every layer's with ``all_layers``)."""
     from .instruments.diff import diff_models
@@ -286,6 +329,7 @@ def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) 
 
 
 @_speaks_python
+@_reads_well(tables=False)
 def show(
     model: PathLike | bytes,
     layer: str | None = None,
@@ -331,6 +375,7 @@ def show(
 
 
 @_speaks_python
+@_reads_well(tables=False)
 def assign(
     layer: Any, *, kernel: np.ndarray | None = None, bias: np.ndarray | None = None,
     layout: Layout = "keras", **weights: np.ndarray,

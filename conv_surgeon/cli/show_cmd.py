@@ -49,7 +49,17 @@ def show(
         "--json", help="With -o: print what was drawn as one JSON object (stats, colour range, tile boxes).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Draw a convolution's filters as a grid (PNG, or on the terminal), or weight histograms."""
+    """Draw a conv's filters (PNG or terminal), or weight histograms.
+
+    One tile per output filter, on one colour scale (or each filter its own with --scale
+    each); --hist draws the histograms of the variables instead.
+
+    Examples:
+      conv-surgeon show model.keras -l conv1
+      conv-surgeon show model.keras -l conv1 -o conv1.png
+      conv-surgeon show after.keras -l conv1 --against before.keras -o diff.png
+      conv-surgeon show model.keras --all --hist -o histograms.png
+    """
     from ..instruments.show import read_shown
     from ..pictures.picture import check_picture_path, draw_picture, write_png
     from ..pictures.options import GridOptions
