@@ -57,6 +57,7 @@ _IN_PYTHON = [
     ("--keep-layers", "keep_layers=True"),
     ("--in-place", "in_place=True"),
     ("--seed", "seed"),
+    ("pass one of these to --weight", "use one of these names as a key of weights= or inits="),
 ]
 _OPTION = re.compile("|".join(re.escape(option) for option, _ in _IN_PYTHON) + r"(?![\w-])")
 

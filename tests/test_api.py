@@ -92,6 +92,11 @@ def test_api_errors_name_keyword_arguments_not_cli_options(samples: Path, tmp_pa
         cs.set_weights(samples / "tiny_cnn.keras", "conv1", out=tmp_path / "o.keras", inits={"kernel": "ones"},
                        seed=-1)
     assert "--seed" not in str(seed.value)
+    with pytest.raises(cs.ConvSurgeonError) as unknown:
+        cs.set_weights(samples / "tiny_cnn.keras", "conv1", out=tmp_path / "o.keras",
+                       weights={"kernal": np.zeros((3, 3, 1, 4), np.float32)})
+    assert "has no variable 'kernal'" in str(unknown.value) and "--weight" not in str(unknown.value), unknown.value
+    assert "a key of weights= or inits=" in str(unknown.value)
     assert list(tmp_path.iterdir()) == []
 
 
