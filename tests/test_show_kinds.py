@@ -138,6 +138,9 @@ def test_a_tall_1d_kernel_is_taps_by_filters(models: dict[str, Path], tmp_path: 
     assert tuple(colours[7, 100]) == RED and tuple(colours[63, 400]) == BLUE and tuple(colours[0, 0]) == ZERO
     kernel = np.load(get_kernel(models["crepe"], "conv1", tmp_path))
     assert np.array_equal(colours, expected_colours(kernel[:, 0, 0, :].T, 1.0))  # row = filter, column = tap
+    drawn = show_json(models["crepe"], "--layer", "conv1", "--against", models["crepe"], "-o", out)["variables"][0]
+    assert max(read_png(out).shape[:2]) < LARGEST_SIDE  # three panels of 512 taps, stacked
+    assert drawn["cell_size"]["height"] > drawn["cell_size"]["width"]
 
 
 def test_a_1d_kernel_over_many_channels_is_reduced_as_tiles_are(models: dict[str, Path], tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ A kernel's picture is drawn without numpy, which only its statistics (``statisti
 and histograms need: most of a small grid's time would be numpy's import.
 
 Every weight of a heat map (matrix, taps) is a block of at least one pixel, blown up by
-a whole factor (at most :data:`MAX_BLOCK`) while its longer side stays within
-:data:`MAP_PIXELS`; weights are never merged, so a matrix of more than that many
-channels is as many pixels across.
+a whole factor (at most :data:`MAX_BLOCK`) while its sides stay within :data:`MAP_PIXELS`
+(the panels of --against share its height); weights are never merged, so a matrix of more
+than that many channels is as many pixels across.
 """
 
 from __future__ import annotations
@@ -345,11 +345,12 @@ def heat_rows(sets: KernelSets, index: int) -> list[bytes]:
 
 def heat_blocks(sets: KernelSets) -> tuple[int, int]:
     """(width, height) of a weight's block in a heat map: the largest whole factors that
-    keep each side within MAP_PIXELS (at least 1, at most MAX_BLOCK). A matrix's blocks
-    are square; a row of taps may be taller than a tap is wide, so that each filter reads."""
+    keep each side within MAP_PIXELS (at least 1, at most MAX_BLOCK); with --against the
+    panels' heights share it, as wide panels are stacked. A matrix's blocks are square; a
+    row of taps may be taller than a tap is wide, so that each filter reads."""
     rows, columns = sets.cells
     width = max(1, min(MAX_BLOCK, MAP_PIXELS // columns))
-    height = max(1, min(MAX_BLOCK, MAP_PIXELS // rows))
+    height = max(1, min(MAX_BLOCK, MAP_PIXELS // len(sets.sets) // rows))
     if sets.kind == "matrix":
         width = height = min(width, height)
     return width, height
