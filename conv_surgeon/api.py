@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .instruments.prune import PruneReport
     from .instruments.reading import InspectReport
     from .instruments.set_weights import SetReport, WeightRequest
-    from .pictures.options import Reduce, Scale
+    from .pictures.options import Kind, Reduce, Scale
     from .pictures.picture import Picture
     from .store.model_file import ModelFile
     from .instruments.writing import CheckDefaults, CheckRequest
@@ -343,17 +343,21 @@ def show(
     input_channel: int | None = None,
     reduce: Reduce | None = None,
     scale: Scale | None = None,
+    kind: Kind | None = None,
     config: PathLike | None = None,
 ) -> Picture:
-    """A picture of ``layer``'s filters (one tile per output filter), or with ``hist`` the
-    histograms of its variables (``layer=None``: of every convolution layer, a row each).
+    """A picture of ``layer``'s kernel, or with ``hist`` the histograms of its variables
+    (``layer=None``: of every convolution layer, a row each). The kernel is drawn as
+    ``kind``: "tiles" (one per output filter), "matrix" (a 1x1 kernel: input channels x
+    filters) or "taps" (a row of taps per filter); by default the one its shape calls for.
 
     Returns a :class:`~conv_surgeon.pictures.picture.Picture`: ``.image`` is the RGB
     array, ``.variables`` the numbers it shows (scale, statistics with the counts of zeros
     and non-finite values); a notebook displays it. ``out`` also writes it as PNG,
     atomically. ``against`` draws the model, the other model and their difference side
     by side on one scale. ``input_channel``, ``reduce`` ("mean" or "l2") and ``scale``
-    ("layer" or "each") choose what a tile shows, as ``conv-surgeon show`` does.
+    ("layer", "each" or, with ``against``, "panel") choose what a tile shows, as
+    ``conv-surgeon show`` does.
 
     >>> import conv_surgeon as cs
     >>> cs.show("sample_models/tiny_cnn.keras", "conv1").variables[0].tiles
@@ -363,8 +367,8 @@ def show(
     from .pictures.options import GridOptions
     from .pictures.picture import check_picture_path, draw_picture, write_png
 
-    options = GridOptions(columns, input_channel, reduce, scale)
-    options.check(hist)
+    options = GridOptions(columns, input_channel, reduce, scale, kind)
+    options.check(hist, against is not None)
     if out is not None:
         check_picture_path(out, [None if isinstance(m, bytes) or m is None else os.fspath(m) for m in (model, against)])
     data = read_shown(_source(model, config), layer, weight=weight, histograms=hist,

@@ -121,7 +121,7 @@ def test_diff_report_names_the_layers_that_differ(tmp_path: Path) -> None:
 def test_a_picture_is_one_line_and_shows_itself_as_png() -> None:
     picture = cs.show(TINY, "conv1")
     assert one_short_line(picture) == (
-        f"<Picture grid {picture.width}x{picture.height} of {TINY}: conv1 kernel (3, 3, 1, 4), 4 tiles>")
+        f"<Picture tiles {picture.width}x{picture.height} of {TINY}: conv1 kernel (3, 3, 1, 4), 4 tiles>")
     assert picture._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
     histograms = cs.show(CONVS, hist=True)
     assert one_short_line(histograms).endswith(f": {len(histograms.variables)} variables in 16 layers>")

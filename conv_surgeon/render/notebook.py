@@ -168,10 +168,10 @@ def _prune_line(report: PruneReport) -> str:
 
 def _picture_line(picture: Picture) -> str:
     size = f"{picture.width}x{picture.height} of {picture.source}"
-    if picture.kind == "grid":
+    if picture.kind != "histograms":
         drawn = picture.variables[0]
-        return (f"grid {size}: {drawn.layer} {drawn.variable} {format_shape(drawn.shape)}, "
-                f"{plural(drawn.tiles or 0, 'tile')}")
+        what = plural(drawn.tiles or 0, "tile") if picture.kind == "tiles" else picture.kind
+        return f"{picture.kind} {size}: {drawn.layer} {drawn.variable} {format_shape(drawn.shape)}, {what}"
     layers = {drawn.layer for drawn in picture.variables}
     return f"histograms {size}: {plural(len(picture.variables), 'variable')} in {plural(len(layers), 'layer')}"
 
