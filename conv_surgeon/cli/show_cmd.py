@@ -66,7 +66,7 @@ def show(
     Examples:
       conv-surgeon show model.keras -l conv1
       conv-surgeon show model.keras -l conv1 -o conv1.png
-      conv-surgeon show new.keras -l conv1 --against old.keras --scale panel -o d.png
+      conv-surgeon show b.keras -l conv1 --against a.keras --scale panel -o ab.png
       conv-surgeon show model.keras --all --hist -o histograms.png
     """
     from ..instruments.show import read_shown
