@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 from .edits import Layout
 from .errors import ConvSurgeonError, PlanError
+from .surgery import OptimizerPolicy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +49,7 @@ T = TypeVar("T")
 # keyword arguments that do the same. Longest first, so that a whole option is replaced.
 _IN_PYTHON = [
     ("--layout torch", 'layout="torch"'),
+    ("--optimizer keep", 'optimizer="keep"'),
     ("--input-shape SHAPE", "input_shapes=[(...)]"),
     ("--input-shape", "input_shapes="),
     ("--import MODULE", 'imports=["module"]'),
@@ -188,6 +190,7 @@ def set_weights(
     unsafe: bool = False,
     dry_run: bool = False,
     config: PathLike | None = None,
+    optimizer: OptimizerPolicy = "reset",
 ) -> SetReport:
     """Set variables of one convolution layer and write the model to ``out`` (or over
     ``model`` with ``in_place``); ``dry_run`` checks and reports without writing.
@@ -196,6 +199,8 @@ def set_weights(
     ``{"depthwise_kernel": dw}``) take arrays or source specs; ``inits`` takes
     initializer specs by variable name (``{"kernel": "he_normal", "bias": "zeros"}``),
     drawn with ``seed``. Arrays are in Keras layout unless ``layout="torch"``.
+    ``optimizer="reset"`` starts the optimizer slots of every replaced variable at zero;
+    ``"keep"`` leaves them (``report.optimizer_slots`` says what was done).
 
     >>> import conv_surgeon as cs, numpy as np
     >>> report = cs.set_weights("sample_models/tiny_cnn.keras", "conv1", out="build/api.keras",
@@ -208,7 +213,8 @@ def set_weights(
     checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe, imports=tuple(imports))
     options = _write_options(model, out, in_place, dry_run, checks, SetRequest.checks,
                              ("conv_surgeon.set_weights", os.fspath(model), layer))
-    return set_layer(_source(model, config), layer, requests, options, seed=seed, layout=layout)
+    return set_layer(_source(model, config), layer, requests, options, seed=seed, layout=layout,
+                     optimizer=optimizer)
 
 
 @_speaks_python
@@ -216,16 +222,17 @@ def set_weights(
 def apply(
     model: PathLike, plan: PathLike, *, out: PathLike | None = None, in_place: bool = False,
     smoke: bool = True, dry_run: bool = False, config: PathLike | None = None,
+    optimizer: OptimizerPolicy = "reset",
 ) -> SetReport:
     """Every edit of a JSON or TOML plan (see ``conv-surgeon apply --schema``), all or
-    nothing, with one write and one smoke test."""
+    nothing, with one write and one smoke test; ``optimizer`` as for :func:`set_weights`."""
     from .edits.plan import load_plan
     from .instruments.set_weights import SetRequest, apply_plan
     from .instruments.writing import CheckRequest
 
     options = _write_options(model, out, in_place, dry_run, CheckRequest(smoke=smoke), SetRequest.checks,
                              ("conv_surgeon.apply", os.fspath(model), os.fspath(plan)))
-    return apply_plan(_source(model, config), load_plan(plan), options)
+    return apply_plan(_source(model, config), load_plan(plan), options, optimizer=optimizer)
 
 
 @_speaks_python

@@ -325,6 +325,15 @@ def test_set_and_apply_share_every_write_option() -> None:
     assert shared <= long_options("set") and shared <= long_options("apply")
 
 
+def test_set_and_apply_take_an_optimizer_policy_and_graph_surgery_does_not() -> None:
+    # fold-bn resets the folded variables' slots and prune slices them: no choice to offer.
+    for name in ("set", "apply"):
+        (option,) = [p for p in command(name).params if "--optimizer" in p.opts]
+        assert isinstance(option.type, click.Choice) and list(option.type.choices) == ["reset", "keep"]
+        assert option.default == "reset"
+    assert "--optimizer" not in long_options("fold-bn") | long_options("prune")
+
+
 def test_write_args_become_the_library_write_options(tmp_path: Path) -> None:
     args = WriteArgs(output=str(tmp_path / "o.keras"), input_shape=["28,28,1"], compare=True, expect_same=True,
                      atol=1e-3, imports=["my_layers"])

@@ -246,7 +246,8 @@ def check_layer_set(cli, model: Path, layer: str, shapes: dict, folder: Path, *e
                     store_path: str | None = None) -> Path:
     args, arrays = weight_args(folder, shapes, seed=len(layer))
     out = folder / f"out{model.suffix}"
-    result = cli("set", model, "--layer", layer, *args, "-o", out, *extra)
+    # --optimizer keep: nothing but the layer's own datasets may change (reset: tests/test_optimizer_state.py).
+    result = cli("set", model, "--layer", layer, *args, "-o", out, "--optimizer", "keep", *extra)
     assert result.exit_code == 0, result.stderr
     assert f"layer '{layer}'" in result.stdout
     got = weights(out, layer)
@@ -533,7 +534,9 @@ def test_in_place_updates_the_file_and_leaves_no_temp_files(cli, samples: Path, 
     assert result.exit_code == 0, result.stderr
     assert sorted(listing(tmp_path)) == names
     np.testing.assert_array_equal(weights(model, "conv1")["kernel"], kernel)
-    assert list(changed_datasets(samples / "tiny_cnn.keras", model)) == ["layers/conv2d/vars/0"]
+    # The kernel, and its Adam moments reset (the default --optimizer reset).
+    assert list(changed_datasets(samples / "tiny_cnn.keras", model)) == [
+        "layers/conv2d/vars/0", "optimizer/vars/2", "optimizer/vars/3"]
     assert stat.S_IMODE(model.stat().st_mode) == 0o640
 
 
@@ -738,7 +741,10 @@ def test_model_from_stdin_to_an_output_file(cli, samples: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.stderr
     assert "<stdin>" in result.stdout and "smoke test passed" in result.stdout
     assert h5py.is_hdf5(out)
-    assert list(changed_datasets(samples / "tiny_cnn.h5", out)) == ["model_weights/conv1/tiny_cnn/conv1/kernel"]
+    # The kernel, and its Adam moments reset (--optimizer reset, the default; a model on stdin too).
+    assert list(changed_datasets(samples / "tiny_cnn.h5", out)) == [
+        "model_weights/conv1/tiny_cnn/conv1/kernel", "optimizer_weights/adam/tiny_cnn_conv1_kernel_momentum",
+        "optimizer_weights/adam/tiny_cnn_conv1_kernel_velocity"]
 
 
 def test_failure_leaves_an_existing_output_file_as_it_was(cli, samples: Path, tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_keras_edit_keeps_every_other_byte_and_the_optimizer_state(keras, sample
     out = tmp_path / "out.keras"
     report = set_weights(
         ModelFile.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-        WriteOptions(Destination(path=out), NO_SMOKE),
+        WriteOptions(Destination(path=out), NO_SMOKE), optimizer="keep",
     )
     assert report.destination == str(out) and not report.dry_run
 
@@ -123,7 +123,7 @@ def test_h5_edit_keeps_every_other_dataset_and_every_attribute(keras, samples: P
     out = tmp_path / "out.h5"
     set_weights(
         ModelFile.from_path(original), "conv1", [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
-        WriteOptions(Destination(path=out), NO_SMOKE),
+        WriteOptions(Destination(path=out), NO_SMOKE), optimizer="keep",
     )
     with h5py.File(original, "r") as before, h5py.File(out, "r") as after:
         old_sets, old_groups = h5_contents(before)

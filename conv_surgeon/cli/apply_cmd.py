@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .app import Command, app
-from .params import OptionalModelArg, model_source
+from .params import OptimizerOpt, OptionalModelArg, model_source, optimizer_policy_of
 from .write_options import WriteArgs, report_stream, with_write_options
 
 
@@ -19,6 +19,7 @@ def apply_command(
     model: OptionalModelArg = None,
     plan: Annotated[Optional[Path], typer.Argument(help="A JSON or TOML plan of edits (see --schema).", show_default=False)] = None,
     schema: Annotated[bool, typer.Option("--schema", help="Print the plan's JSON Schema and exit.")] = False,
+    optimizer: OptimizerOpt = "reset",
     *,
     write: WriteArgs,
 ) -> None:
@@ -50,5 +51,6 @@ def apply_command(
         raise UsageError("apply needs MODEL and PLAN: conv-surgeon apply model.keras plan.toml -o out.keras")
     options = write.options_for(model, SetRequest.checks)
     with progress_on_terminal() as progress:
-        report = apply_plan(model_source(model, write.config), load_plan(plan), options, progress=progress)
+        report = apply_plan(model_source(model, write.config), load_plan(plan), options,
+                            optimizer=optimizer_policy_of(optimizer), progress=progress)
     render_report(report, json_output=write.json_output, stream=report_stream(options))

@@ -14,6 +14,7 @@ from click.shell_completion import CompletionItem
 
 from ..edits import LAYOUTS, Layout, seed_range_error
 from ..errors import UsageError
+from ..surgery import OPTIMIZER_POLICIES, OptimizerPolicy
 
 if TYPE_CHECKING:
     from ..store.model_file import ModelFile
@@ -54,6 +55,10 @@ def choice_of(value: str, choices: tuple[Chosen, ...], option: str) -> Chosen:
 
 def layout_of(value: str) -> Layout:
     return choice_of(value, LAYOUTS, "--layout")
+
+
+def optimizer_policy_of(value: str) -> OptimizerPolicy:
+    return choice_of(value, OPTIMIZER_POLICIES, "--optimizer")
 
 
 def complete_layer(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
@@ -132,6 +137,11 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 LayoutOpt = Annotated[str, typer.Option(
     "--layout", click_type=click.Choice(LAYOUTS),
     help="Array layout: keras (default), or torch for PyTorch/ONNX (out, in/groups, *k). Never guessed.")]
+
+OptimizerOpt = Annotated[str, typer.Option(
+    "--optimizer", click_type=click.Choice(OPTIMIZER_POLICIES),
+    help="The optimizer slots (Adam's m and v, ...) of every variable replaced: reset to zero (default), "
+    "or keep as they are. The iteration count is kept either way.")]
 
 
 class SeedParam(click.ParamType[int]):

@@ -9,8 +9,8 @@ import typer
 
 from ..errors import UsageError
 from .app import Command, app
-from .params import (LayerOpt, LayoutOpt, OptionalModelArg, SeedParam, complete_initializer, layout_of,
-                     model_source, stdin)
+from .params import (LayerOpt, LayoutOpt, OptimizerOpt, OptionalModelArg, SeedParam, complete_initializer,
+                     layout_of, model_source, optimizer_policy_of, stdin)
 from .write_options import WriteArgs, report_stream, with_write_options
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def set_command(
     donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
     from_npz: Annotated[Optional[Path], typer.Option("--from-npz", help="Set every variable of an .npz bundle (keys <layer path>/<variable>, as `get --all` writes), in one write.", show_default=False)] = None,
     layout: LayoutOpt = "keras",
+    optimizer: OptimizerOpt = "reset",
     *,
     write: WriteArgs,
 ) -> None:
@@ -97,5 +98,6 @@ def set_command(
         assert layer is not None
         edits = [LayerEdit(layer, tuple(requests), layout_of(layout), donor_spec)]
     with progress_on_terminal() as progress:
-        report = edit_model(source, SetRequest(tuple(edits), seed), options, stdin=stdin(), progress=progress)
+        report = edit_model(source, SetRequest(tuple(edits), seed, optimizer_policy_of(optimizer)), options,
+                            stdin=stdin(), progress=progress)
     render_report(report, json_output=write.json_output, stream=report_stream(options))

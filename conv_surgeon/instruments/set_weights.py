@@ -35,6 +35,8 @@ from ..store.model_file import ModelFile
 from ..store.patches import locate_patches
 from ..store.provenance import EditRecord, EditSource
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
+from ..surgery import OPTIMIZER_POLICIES, OptimizerPolicy
+from ..surgery.optimizer import StoredSlot, read_optimizer_state, variable_slots
 from ..transaction.transaction import (Patching, WriteOptions, WrittenValue,
                                        check_destination, one_writer,
                                        write_transaction)
@@ -82,17 +84,24 @@ class LayerEdit:
 @dataclass(frozen=True)
 class SetRequest:
     """What `set` and `apply` write: new values for variables of one or more layers, in one
-    write, with initializers drawn from ``seed`` (drawn and reported when None)."""
+    write, with initializers drawn from ``seed`` (drawn and reported when None).
+
+    ``optimizer`` says what becomes of the optimizer slots of every variable replaced:
+    ``reset`` starts them at zero (Adam's m and v, any gradient accumulator; a moving
+    average of the weights, ``use_ema``, starts at the new value), as if the variable had
+    just been created; ``keep`` leaves them as they are. The optimizer's own scalars
+    (iteration, learning rate) are the model's, not a variable's: both keep them."""
 
     edits: tuple[LayerEdit, ...]
     seed: int | None = None
+    optimizer: OptimizerPolicy = "reset"
     # The written model must load and run; its outputs are compared with the original's
     # only when the user asks (--compare), and held to a tolerance only with --expect-same.
     checks: ClassVar[CheckDefaults] = PLAIN_CHECKS
 
     @classmethod
-    def from_plan(cls, plan: Plan) -> SetRequest:
-        """The request of an `apply` plan file."""
+    def from_plan(cls, plan: Plan, optimizer: OptimizerPolicy = "reset") -> SetRequest:
+        """The request of an `apply` plan file (the optimizer policy is the run's, not the plan's)."""
         return cls(tuple(
             LayerEdit(
                 edit.layer,
@@ -103,7 +112,7 @@ class SetRequest:
                 from_plan=True,
             )
             for edit in plan.edits
-        ), plan.seed)
+        ), plan.seed, optimizer)
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,20 @@ class VariableChange:
     max_abs_change: float
 
 
+@dataclass(frozen=True)
+class SlotOutcome:
+    """What a write did (a dry run: would do) to the optimizer slots of the variables it
+    replaced. With ``keep`` the slots are not looked up: ``variables`` are all those replaced."""
+
+    policy: OptimizerPolicy
+    state: bool  # whether the file holds optimizer state at all
+    optimizer: str | None = None  # the optimizer's class, when the file records it ("Adam")
+    variables: tuple[str, ...] = ()  # the replaced variables whose slots follow the policy ("conv1/kernel")
+    slots_reset: int = 0  # slots set to zero
+    averages_set: int = 0  # moving averages of the weights (use_ema) set to the new values
+    without_slots: tuple[str, ...] = ()  # replaced variables with no slots (not trainable)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SetReport(WriteReport):
     """What `set` and `apply` changed: each variable's old and new values, and the write."""
@@ -128,6 +151,7 @@ class SetReport(WriteReport):
     changes: tuple[VariableChange, ...]
     seed: int | None  # the base seed initializers used (drawn when not given)
     seed_drawn: bool
+    optimizer_slots: SlotOutcome  # what became of the replaced variables' optimizer slots
 
     @property
     def layer(self) -> Layer:
@@ -162,6 +186,7 @@ def set_weights(
     stdin: BinaryIO | None = None,
     layout: Layout = "keras",
     donor: Donor | None = None,
+    optimizer: OptimizerPolicy = "reset",
     progress: Progress | None = None,
 ) -> SetReport:
     """Set variables of one convolution layer (``options.destination`` None: a dry run).
@@ -174,7 +199,7 @@ def set_weights(
     """
     require_requests(requests, donor)
     edit = LayerEdit(layer_query, tuple(requests), layout, donor)
-    return edit_model(source, SetRequest((edit,), seed), options, stdin=stdin, progress=progress)
+    return edit_model(source, SetRequest((edit,), seed, optimizer), options, stdin=stdin, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -202,6 +227,8 @@ def edit_model(
     source) in its history, after the records already there.
     """
     edits, seed = list(request.edits), request.seed
+    if request.optimizer not in OPTIMIZER_POLICIES:
+        raise UsageError(f"optimizer policy {request.optimizer!r}: expected one of {', '.join(OPTIMIZER_POLICIES)}")
     step = counted(progress, len(edits) + 1 + (1 if options.smoke.enabled else 0))
 
     structure = read_structure(source)
@@ -262,19 +289,23 @@ def edit_model(
         for a in one.assignments
     ]
     layers = tuple(p.layer for p in checked)
+    slots, outcome = _optimizer_slots(source, structure, request.optimizer, edited)
     # Where every value goes, and the values there now, in one bounded read of the store
     # (a dry run too: it shows the file can be patched).
-    patches = locate_patches(source, {v.dataset: a.value for _, a, v in edited})
+    patches = locate_patches(source, {v.dataset: a.value for _, a, v in edited} | {
+        slot.dataset: value for slot, value in slots})
     changes = tuple(_change(a, patches.old_values[v.dataset]) for _, a, v in edited)
     base_seed = seed if seeded else None
     if options.destination is None:
         return SetReport(source=source.label, destination=None, dry_run=True, layers=layers, changes=changes,
-                         seed=base_seed, seed_drawn=seed_drawn)
-    staging = Patching(patches, [WrittenValue(layer, v, a.value) for layer, a, v in edited])
+                         seed=base_seed, seed_drawn=seed_drawn, optimizer_slots=outcome)
+    staging = Patching(patches, [WrittenValue(layer, v, a.value) for layer, a, v in edited],
+                       [(_slot_variable(slot), value) for slot, value in slots])
     written = write_transaction(source, structure, staging, records, options, step)
     return SetReport(source=source.label, destination=written.destination, dry_run=False, layers=layers,
-                     changes=changes, seed=base_seed, seed_drawn=seed_drawn, smoke=written.smoke,
-                     smoke_skipped=written.smoke_skipped, notes=written.notes, replaced=written.replaced)
+                     changes=changes, seed=base_seed, seed_drawn=seed_drawn, optimizer_slots=outcome,
+                     smoke=written.smoke, smoke_skipped=written.smoke_skipped, notes=written.notes,
+                     replaced=written.replaced)
 
 
 def apply_plan(
@@ -282,10 +313,58 @@ def apply_plan(
     plan: Plan,
     options: WriteOptions,
     *,
+    optimizer: OptimizerPolicy = "reset",
     progress: Progress | None = None,
 ) -> SetReport:
     """Every edit of a plan, all or nothing, with one write and one smoke test."""
-    return edit_model(source, SetRequest.from_plan(plan), options, progress=progress)
+    return edit_model(source, SetRequest.from_plan(plan, optimizer), options, progress=progress)
+
+
+def _optimizer_slots(
+    source: ModelFile, structure: ModelStructure, policy: OptimizerPolicy,
+    edited: list[tuple[Layer, Assignment, Variable]],
+) -> tuple[list[tuple[StoredSlot, np.ndarray]], SlotOutcome]:
+    """The optimizer slots to write as ``policy`` says, each with its new value, and what
+    the report says of them. ``reset`` refuses a state whose slots it cannot place."""
+    replaced = tuple(f"{layer.path}/{v.name}" for layer, _, v in edited)
+    if not structure.optimizer_variables:
+        return [], SlotOutcome(policy, state=False)
+    if policy == "keep":
+        return [], SlotOutcome(policy, state=True, variables=replaced)
+    state = read_optimizer_state(source)
+    try:
+        found = variable_slots(state, {layer.path: layer for layer in structure.layers},
+                               [(layer.path, v.name) for layer, _, v in edited])
+    except ConvSurgeonError as exc:
+        raise ConvSurgeonError(f"{source.label}: {exc}; pass --optimizer keep to leave the optimizer "
+                               "state as it is (the replaced variables then keep their old slots)") from None
+    slots: list[tuple[StoredSlot, np.ndarray]] = []
+    with_slots: list[str] = []
+    for (layer, assignment, variable), name in zip(edited, replaced):
+        own = found[(layer.path, variable.name)]
+        slots += [(slot, np.zeros(slot.shape, _numpy_dtype(slot.dtype))) for slot in own.moments]
+        slots += [(slot, assignment.value.astype(_numpy_dtype(slot.dtype))) for slot in own.averages]
+        if own.moments or own.averages:
+            with_slots.append(name)
+    return slots, SlotOutcome(
+        policy, state=True, optimizer=state.class_name, variables=tuple(with_slots),
+        slots_reset=sum(len(found[(layer.path, v.name)].moments) for layer, _, v in edited),
+        averages_set=sum(len(found[(layer.path, v.name)].averages) for layer, _, v in edited),
+        without_slots=tuple(name for name in replaced if name not in with_slots))
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)  # ml_dtypes types it as np.generic
+        return bfloat16
+    return np.dtype(name)
+
+
+def _slot_variable(slot: StoredSlot) -> Variable:
+    """An optimizer slot as a variable of the store, to be read back like one."""
+    return Variable(slot.dataset, slot.dataset, slot.shape, slot.dtype, index=-1, file=slot.file)
 
 
 def _place(edit: LayerEdit) -> str:

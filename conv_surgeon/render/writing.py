@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from ..instruments.fold import FoldReport
     from ..instruments.prune import PruneReport
-    from ..instruments.set_weights import SetReport
+    from ..instruments.set_weights import SetReport, SlotOutcome
     from ..instruments.writing import WriteReport
     from ..runtime.checks import OutputComparison, SmokeReport
 
@@ -61,8 +61,39 @@ def set_document(report: SetReport) -> dict[str, Any]:
         ],
         "seed": report.seed,
         "seed_drawn": report.seed_drawn,
+        "optimizer": _slots_document(report.optimizer_slots),
         **({"notes": list(report.notes)} if report.notes else {}),
     })
+
+
+def _slots_document(slots: SlotOutcome) -> dict[str, Any]:
+    return {"policy": slots.policy, "state": slots.state, "class": slots.optimizer,
+            "variables": list(slots.variables), "slots_reset": slots.slots_reset,
+            "averages_set": slots.averages_set, "without_slots": list(slots.without_slots)}
+
+
+def _slots_line(slots: SlotOutcome, dry_run: bool) -> str:
+    """What became of the optimizer slots of the replaced variables, in one line."""
+    if not slots.state:
+        return "optimizer: no optimizer state in the file"
+    name = f"optimizer ({slots.optimizer})" if slots.optimizer else "optimizer"
+    if slots.policy == "keep":
+        return (f"{name}: kept as it was (--optimizer keep); the slots of "
+                f"{plural(len(slots.variables), 'replaced variable')} hold their old values")
+    parts = []
+    if slots.slots_reset:
+        verb = "would reset" if dry_run else "reset"
+        each = slots.slots_reset // len(slots.variables)  # every trainable variable has as many
+        parts.append(f"{verb} {plural(slots.slots_reset, 'slot')} ({each} per variable) of "
+                     f"{plural(len(slots.variables), 'replaced variable')} to zero")
+    if slots.averages_set:
+        parts.append(f"{plural(slots.averages_set, 'weight average')} (use_ema) "
+                     f"{'would be ' if dry_run else ''}set to the new values")
+    if slots.without_slots:
+        parts.append(f"no slots for {plural(len(slots.without_slots), 'replaced variable')} (not trainable)")
+    if slots.variables:
+        parts.append("its iteration count kept")
+    return f"{name}: {'; '.join(parts)}"
 
 
 def _smoke_document(smoke: SmokeReport | None, skipped: str | None, dry_run: bool) -> dict[str, Any]:
@@ -129,6 +160,7 @@ def print_set(report: SetReport, stream: TextIO | None = None) -> None:
             out.print(f"note: {label}: {note}")
     if report.seed_drawn:
         out.print(f"seed: {report.seed} (drawn; pass --seed {report.seed} to repeat)")
+    out.print(_slots_line(report.optimizer_slots, report.dry_run))
     _print_written_end(out, report)
 
 

@@ -15,18 +15,21 @@ in exactly one way, or the state is refused rather than guessed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
-from ..errors import ConvSurgeonError
+from ..errors import ConvSurgeonError, ModelFileError
 from ..model.catalogue import layer_variables
 from ..model.graph import model_graphs
-from ..model.structure import Layer, ModelStructure
-from ..store.hdf5 import damaged_store_is_an_error
-from ..store.model_file import ModelFile, open_store
+from ..model.structure import Layer, ModelStructure, checked_config
+from ..store.documents import parse_json
+from ..store.hdf5 import damaged_store_is_an_error, dataset_dtype
+from ..store.model_file import ModelFile, OpenStore, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from .rewrite import Derived, VarOrigin, legacy_optimizer_names
 
@@ -44,6 +47,64 @@ class SlotChanges:
     note: str
 
 
+@dataclass(frozen=True)
+class StoredSlot:
+    """One variable of the optimizer state, where the weight store holds it."""
+
+    dataset: str  # its path in its file: optimizer/vars/3, optimizer_weights/adam/conv1_kernel_momentum
+    file: int  # which file of the store (a shard) holds it
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """A weight store's optimizer state: its variables in the optimizer's order, the model
+    config whose trainable variables they follow, and the optimizer as the model's compile
+    config records it (``{"class_name": "Adam", "config": {...}}``), when it does."""
+
+    slots: tuple[StoredSlot, ...]
+    model_config: dict[str, Any] | None
+    optimizer: dict[str, Any] | None
+
+    @property
+    def class_name(self) -> str | None:
+        name = (self.optimizer or {}).get("class_name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def averages_weights(self) -> bool:
+        """``use_ema``: the optimizer's first block of slots is a moving average of each
+        trainable variable's values, not a moment that starts at zero."""
+        config = (self.optimizer or {}).get("config")
+        return isinstance(config, dict) and config.get("use_ema") is True
+
+
+def _stored_slots(store: OpenStore, label: str) -> list[StoredSlot]:
+    """The optimizer's variables in its order: ``optimizer/vars/<i>`` of any file of the
+    store (a sharded save may spread them), or a legacy .h5's ``optimizer_weights``."""
+    if store.legacy:
+        legacy = store.h5s[0].get("optimizer_weights")
+        return [] if legacy is None else [
+            _slot(legacy[name], f"optimizer_weights/{name}", 0) for name in legacy_optimizer_names(store.h5s[0])]
+    found: dict[int, StoredSlot] = {}
+    for file, h5 in enumerate(store.h5s):
+        group = h5.get(OPTIMIZER_VARS)
+        if not isinstance(group, h5py.Group):
+            continue
+        for key, item in group.items():
+            if key.isdigit() and isinstance(item, h5py.Dataset):
+                found[int(key)] = _slot(item, f"{OPTIMIZER_VARS}/{key}", file)
+    if sorted(found) != list(range(len(found))):
+        raise ModelFileError(f"{label}: the optimizer's variables in {OPTIMIZER_VARS} are not numbered 0 to "
+                             f"{len(found) - 1}; the optimizer state is damaged, re-save the model with Keras")
+    return [found[i] for i in range(len(found))]
+
+
+def _slot(dataset: h5py.Dataset, path: str, file: int) -> StoredSlot:
+    return StoredSlot(path, file, tuple(int(d) for d in dataset.shape), dataset_dtype(dataset))
+
+
 def read_optimizer_shapes(source: ModelFile) -> list[Slot]:
     """Shape and dtype of each ``optimizer/vars/<i>``, in order (bounded read)."""
     def work() -> list[Slot]:
@@ -59,6 +120,42 @@ def read_optimizer_shapes(source: ModelFile) -> list[Slot]:
                     for i in range(len(group))]
 
     return run_bounded(work, PARSE_TIMEOUT_S, source.label)
+
+
+def read_optimizer_state(source: ModelFile) -> OptimizerState:
+    """The optimizer state of ``source``, with the model and optimizer configs that place
+    its slots (a weights-only save's from ``--config``), in one bounded read."""
+    def work() -> OptimizerState:
+        with damaged_store_is_an_error(source.label), open_store(source) as store:
+            slots = _stored_slots(store, source.label)
+            config, optimizer = store.config, _compiled_optimizer(store)
+        if config is None and source.config is not None:
+            config, optimizer = _configs_of(source.config)
+        return OptimizerState(tuple(slots), checked_config(config, source.label), optimizer)
+
+    return run_bounded(work, PARSE_TIMEOUT_S, source.label)
+
+
+def _configs_of(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The model config and the optimizer of another save of the model (``--config``)."""
+    with damaged_store_is_an_error(str(path)), open_store(ModelFile.from_path(path)) as store:
+        return store.config, _compiled_optimizer(store)
+
+
+def _compiled_optimizer(store: OpenStore) -> dict[str, Any] | None:
+    """The optimizer the model was compiled with: ``compile_config.optimizer`` of a Keras 3
+    config, ``training_config.optimizer_config`` of a legacy .h5."""
+    found: Any = None
+    if store.legacy:
+        text = store.h5s[0].attrs.get("training_config")
+        if isinstance(text, (bytes, str)):
+            try:
+                found = parse_json(text).get("optimizer_config")
+            except (ValueError, AttributeError):
+                found = None
+    elif isinstance(store.config, dict) and isinstance(store.config.get("compile_config"), dict):
+        found = store.config["compile_config"].get("optimizer")
+    return found if isinstance(found, dict) else None
 
 
 def trainable_variables(config: dict[str, Any],
@@ -194,3 +291,59 @@ def slot_changes(structure: ModelStructure, config: dict[str, Any], new_config: 
         else "reset to zero (the folded layers)"
     note = f"optimizer state: the slots of {kept} variables kept, of {altered} {what}, of {removed} removed"
     return SlotChanges(OPTIMIZER_VARS, origins, note)
+
+
+@dataclass(frozen=True)
+class VariableSlots:
+    """The optimizer variables that belong to one model variable."""
+
+    moments: tuple[StoredSlot, ...]  # moments, accumulators: zero for a variable that starts over
+    averages: tuple[StoredSlot, ...] = ()  # its values' moving average (use_ema): its new value
+
+
+def variable_slots(state: OptimizerState, by_path: dict[str, Layer],
+                   variables: Sequence[TrainableKey]) -> dict[TrainableKey, VariableSlots]:
+    """The slots of each of ``variables`` (layer path, variable name, as the structure names
+    them); a variable that is not trainable (a frozen layer's, BatchNormalization's moving
+    statistics) has none. Raises a ConvSurgeonError that says why when the state cannot
+    be placed: the layout is recovered, never guessed."""
+    if state.model_config is None:
+        raise ConvSurgeonError("holds optimizer state but no model config to place its slots by "
+                               "(--config MODEL gives a weights-only save one)")
+    trainable = trainable_variables(state.model_config, structure_variables(by_path))
+    layout = slot_layout([(slot.shape, slot.dtype) for slot in state.slots], [shape for _, shape in trainable])
+    if layout is None or (state.averages_weights and layout[1][:1] != [1]):
+        raise ConvSurgeonError(
+            f"the optimizer state ({len(state.slots)} variables) does not split into slots of the model's "
+            f"{len(trainable)} trainable variables in one way, so the slots of the replaced variables "
+            "cannot be found")
+    prefix, blocks = layout
+    index = {key: i for i, (key, _) in enumerate(trainable)}
+    found: dict[TrainableKey, VariableSlots] = {}
+    for wanted in variables:
+        key = _trainable_key(wanted, index)
+        if key is None:
+            found[wanted] = VariableSlots(())
+            continue
+        moments: list[StoredSlot] = []
+        averages: list[StoredSlot] = []
+        position = prefix
+        for block, k in enumerate(blocks):
+            own = state.slots[position + index[key] * k:position + (index[key] + 1) * k]
+            (averages if block == 0 and state.averages_weights else moments).extend(own)
+            position += k * len(trainable)
+        found[wanted] = VariableSlots(tuple(moments), tuple(averages))
+    return found
+
+
+def _trainable_key(variable: TrainableKey, index: Mapping[TrainableKey, int]) -> TrainableKey | None:
+    """The key :func:`trainable_variables` gives ``variable``: its layer's own, or a wrapper's
+    that owns the layer (``("td", "layer/kernel")`` for ``("td/layer", "kernel")``)."""
+    path, name = variable
+    parts = path.split("/")
+    for cut in range(len(parts), 0, -1):
+        rest = "/".join(parts[cut:])
+        key = ("/".join(parts[:cut]), f"{rest}/{name}" if rest else name)
+        if key in index:
+            return key
+    return None

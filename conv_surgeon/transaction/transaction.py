@@ -144,6 +144,9 @@ class Patching:
 
     patches: StorePatches
     values: Sequence[WrittenValue]
+    # What the patches write beside the layers' variables (the optimizer slots of the
+    # variables replaced), each with its exact value: read back like ``values``.
+    optimizer: Sequence[tuple[Variable, np.ndarray]] = ()
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,8 @@ def write_transaction(
                 values, make = list(staging.values), staging.patches
             report = None
             with _staged(source, structure, make, destination, history, notes) as (staged, load_path, commit):
-                _verify_written(staged, values)
+                _verify_written(staged, [(item.variable, item.value) for item in values]
+                                + list(staging.optimizer if isinstance(staging, Patching) else ()))
                 if step is not None:
                     step("staged and read back")  # beside the destination, not in place yet
                 if warm_up is not None and smoke_target is not None:
@@ -457,10 +461,10 @@ def _staging_file(destination: Destination, fmt: str, notes: list[str]) -> Itera
         yield Path(folder) / f"model{suffix}"
 
 
-def _verify_written(staged: ModelFile, values: Sequence[WrittenValue]) -> None:
+def _verify_written(staged: ModelFile, values: Sequence[tuple[Variable, np.ndarray | ValueDigest]]) -> None:
     """Read the written datasets back: the bytes on disk are the intended values. (A value
     known by its digest was read back where it was made, in the rewrite's worker.)"""
-    arrays = [(item.variable, item.value) for item in values if isinstance(item.value, np.ndarray)]
+    arrays = [(variable, value) for variable, value in values if isinstance(value, np.ndarray)]
     read = read_own_variables(staged, [variable for variable, _ in arrays])
     for variable, value in arrays:
         got = read[variable.dataset]
