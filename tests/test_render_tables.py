@@ -13,7 +13,16 @@ import string
 
 import pytest
 
-from conv_surgeon.render.text import Column, console, fit_table, longest_piece, print_table, stacked_lines, wrap
+from conv_surgeon.render.text import (
+    Column,
+    TableFit,
+    console,
+    fit_table,
+    longest_piece,
+    print_table,
+    stacked_lines,
+    wrap,
+)
 
 
 # --- where a cell breaks -------------------------------------------------------------------
@@ -72,6 +81,15 @@ def test_no_column_shrinks_below_its_longest_piece_nor_a_kept_one_at_all() -> No
     # layer: "block/" and "conv_a" (6); class kept (6); config "kernel=3x3" (10).
     assert fit_table(COLUMNS, ROWS, 26).widths == (6, 6, 10)
     assert fit_table(COLUMNS, ROWS, 25).layout == "stacked"
+
+
+def test_a_cell_of_several_lines_is_a_list_and_keeps_each_line_whole() -> None:
+    columns = [Column("layer", keep=False), Column("shapes", keep=False)]
+    rows = [("bn", "gamma (32,) -> (31,)\nmoving_variance (32,) -> (31,)"),  # 30 characters
+            ("conv", "kernel (3, 3, 3, 32) -> (3, 3, 3, 31)")]  # one line: it may wrap
+    assert fit_table(columns, rows, 37) == TableFit("compact", (5, 30))  # "layer": 5
+    assert fit_table(columns, rows, 36).layout == "stacked"
+    assert wrap(rows[1][1], 30) == ["kernel (3, 3, 3, 32) ->", "(3, 3, 3, 31)"]
 
 
 # --- one record per block ------------------------------------------------------------------

@@ -166,17 +166,22 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: i
     """Choose the layout of a table in ``width`` columns.
 
     A kept column needs its widest line; a folding column can shrink to its longest
-    unbreakable piece (header included). The compact table takes two characters between
-    columns; when it is too wide, the widest folding column gives a character at a time.
+    unbreakable piece (header included), but a cell of several lines is a list (one
+    variable, one change a line) and keeps each line whole. The compact table takes two
+    characters between columns; when it is too wide, the widest folding column gives a
+    character at a time.
     """
-    natural = [max(_cell_len(line) for text in (column.header, *(row[i] for row in rows))
-                   for line in text.split("\n"))
+    def widest(text: str) -> int:
+        return max(_cell_len(line) for line in text.split("\n"))
+
+    natural = [max(widest(text) for text in (column.header, *(row[i] for row in rows)))
                for i, column in enumerate(columns)]
     # The boxed table: a border and two spaces of padding around each cell.
     if sum(natural) + 3 * len(columns) + 1 <= width:
         return TableFit("boxed", tuple(natural))
-    least = [natural[i] if column.keep else max(longest_piece(text) for text in (column.header, *(row[i] for row in rows)))
-             for i, column in enumerate(columns)]
+    least = [natural[i] if column.keep else max(
+        longest_piece(column.header), *(widest(row[i]) if "\n" in row[i] else longest_piece(row[i]) for row in rows))
+        for i, column in enumerate(columns)]
     room = width - 2 * (len(columns) - 1)
     if sum(least) > room:
         return TableFit("stacked", tuple(natural))
