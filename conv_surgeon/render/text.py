@@ -187,8 +187,8 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: i
         return TableFit("stacked", tuple(natural))
     widths = list(natural)
     for _ in range(sum(widths) - room):
-        widest = max((i for i in range(len(widths)) if widths[i] > least[i]), key=lambda i: widths[i])
-        widths[widest] -= 1
+        shrinking = max((i for i in range(len(widths)) if widths[i] > least[i]), key=lambda i: widths[i])
+        widths[shrinking] -= 1
     return TableFit("compact", tuple(widths))
 
 
