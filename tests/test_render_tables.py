@@ -155,13 +155,13 @@ def synthetic_table(seed: int) -> tuple[list[Column], list[tuple[str, ...]]]:
     return columns, rows
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_every_width_keeps_every_piece_whole_and_runs_past_only_for_wider_pieces(
         seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     columns, rows = synthetic_table(seed)
     pieces = {piece for row in rows for cell in row for line in cell.split("\n") for piece in wrap(line, 1)}
     layouts = set()
-    for width in range(20, 301, 7):
+    for width in range(20, 301, 11):
         monkeypatch.setenv("COLUMNS", str(width))
         stream = io.StringIO()
         print_table(console(stream), columns, rows)
