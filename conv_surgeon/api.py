@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .instruments.prune import PruneReport
     from .instruments.reading import InspectReport
     from .instruments.set_weights import SetReport, WeightRequest
-    from .pictures.options import Reduce, Scale
+    from .pictures.options import Kind, Reduce, Scale
     from .pictures.picture import Picture
     from .store.model_file import ModelFile
     from .instruments.writing import CheckDefaults, CheckRequest
@@ -57,6 +57,7 @@ _IN_PYTHON = [
     ("--keep-layers", "keep_layers=True"),
     ("--in-place", "in_place=True"),
     ("--seed", "seed"),
+    ("pass one of these to --weight", "use one of these names as a key of weights= or inits="),
 ]
 _OPTION = re.compile("|".join(re.escape(option) for option, _ in _IN_PYTHON) + r"(?![\w-])")
 
@@ -84,6 +85,43 @@ def _speaks_python(function: Callable[P, T]) -> Callable[P, T]:
     return call
 
 
+def _reads_well(*, tables: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A public function whose result (or each item of it) reads well in Python: one short
+    line as its repr and, with ``tables``, in a notebook the tables the command line prints
+    (``_repr_html_``); a picture shows itself already (``_repr_png_``)."""
+
+    def decorate(function: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(function)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            result = function(*args, **kwargs)
+            values: list[object] = list(result) if isinstance(result, list) else [result]
+            for value in values:
+                _give_reprs(type(value), tables)
+            return result
+
+        return call
+
+    return decorate
+
+
+def _give_reprs(kind: type, tables: bool) -> None:
+    """The methods of :mod:`.render.notebook`, given to ``kind`` (again: it costs nothing):
+    its class sits below render/ (an instrument's report, show's picture, assign's
+    assignment) and cannot use it."""
+    from .render.notebook import short_repr
+
+    setattr(kind, "__repr__", short_repr)
+    if tables:
+        setattr(kind, "_repr_html_", _report_html)
+
+
+def _report_html(report: Any) -> str:
+    """The report's tables, as HTML, in the API's words (``smoke=False``, not ``--no-smoke``)."""
+    from .render.notebook import report_html
+
+    return _in_python(report_html(report))
+
+
 PathLike = Union[str, "os.PathLike[str]"]
 # A new value: an array, or a source spec as the CLI takes it ("k.npy", "bank.npz:dw", ...).
 Value = Union["np.ndarray", str]
@@ -100,6 +138,7 @@ def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelFil
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def inspect(
     model: PathLike | bytes, *, all_layers: bool = False, stats: bool = False,
     config: PathLike | None = None,
@@ -130,6 +169,7 @@ def get_weights(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def set_weights(
     model: PathLike,
     layer: str,
@@ -172,6 +212,7 @@ def set_weights(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def apply(
     model: PathLike, plan: PathLike, *, out: PathLike | None = None, in_place: bool = False,
     smoke: bool = True, dry_run: bool = False, config: PathLike | None = None,
@@ -188,6 +229,7 @@ def apply(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def fold_bn(
     model: PathLike,
     *,
@@ -225,6 +267,7 @@ def fold_bn(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def prune(
     model: PathLike,
     *,
@@ -278,6 +321,7 @@ def prune(
 
 
 @_speaks_python
+@_reads_well(tables=True)
 def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution weights of two models (every layer's with ``all_layers``)."""
     from .instruments.diff import diff_models
@@ -286,6 +330,7 @@ def diff(a: PathLike | bytes, b: PathLike | bytes, *, all_layers: bool = False) 
 
 
 @_speaks_python
+@_reads_well(tables=False)
 def show(
     model: PathLike | bytes,
     layer: str | None = None,
@@ -298,17 +343,21 @@ def show(
     input_channel: int | None = None,
     reduce: Reduce | None = None,
     scale: Scale | None = None,
+    kind: Kind | None = None,
     config: PathLike | None = None,
 ) -> Picture:
-    """A picture of ``layer``'s filters (one tile per output filter), or with ``hist`` the
-    histograms of its variables (``layer=None``: of every convolution layer, a row each).
+    """A picture of ``layer``'s kernel, or with ``hist`` the histograms of its variables
+    (``layer=None``: of every convolution layer, a row each). The kernel is drawn as
+    ``kind``: "tiles" (one per output filter), "matrix" (a 1x1 kernel: input channels x
+    filters) or "taps" (a row of taps per filter); by default the one its shape calls for.
 
     Returns a :class:`~conv_surgeon.pictures.picture.Picture`: ``.image`` is the RGB
     array, ``.variables`` the numbers it shows (scale, statistics with the counts of zeros
     and non-finite values); a notebook displays it. ``out`` also writes it as PNG,
     atomically. ``against`` draws the model, the other model and their difference side
     by side on one scale. ``input_channel``, ``reduce`` ("mean" or "l2") and ``scale``
-    ("layer" or "each") choose what a tile shows, as ``conv-surgeon show`` does.
+    ("layer", "each" or, with ``against``, "panel") choose what a tile shows, as
+    ``conv-surgeon show`` does.
 
     >>> import conv_surgeon as cs
     >>> cs.show("sample_models/tiny_cnn.keras", "conv1").variables[0].tiles
@@ -318,8 +367,8 @@ def show(
     from .pictures.options import GridOptions
     from .pictures.picture import check_picture_path, draw_picture, write_png
 
-    options = GridOptions(columns, input_channel, reduce, scale)
-    options.check(hist)
+    options = GridOptions(columns, input_channel, reduce, scale, kind)
+    options.check(hist, against is not None)
     if out is not None:
         check_picture_path(out, [None if isinstance(m, bytes) or m is None else os.fspath(m) for m in (model, against)])
     data = read_shown(_source(model, config), layer, weight=weight, histograms=hist,
@@ -331,6 +380,7 @@ def show(
 
 
 @_speaks_python
+@_reads_well(tables=False)
 def assign(
     layer: Any, *, kernel: np.ndarray | None = None, bias: np.ndarray | None = None,
     layout: Layout = "keras", **weights: np.ndarray,

@@ -92,6 +92,11 @@ def test_api_errors_name_keyword_arguments_not_cli_options(samples: Path, tmp_pa
         cs.set_weights(samples / "tiny_cnn.keras", "conv1", out=tmp_path / "o.keras", inits={"kernel": "ones"},
                        seed=-1)
     assert "--seed" not in str(seed.value)
+    with pytest.raises(cs.ConvSurgeonError) as unknown:
+        cs.set_weights(samples / "tiny_cnn.keras", "conv1", out=tmp_path / "o.keras",
+                       weights={"kernal": np.zeros((3, 3, 1, 4), np.float32)})
+    assert "has no variable 'kernal'" in str(unknown.value) and "--weight" not in str(unknown.value), unknown.value
+    assert "a key of weights= or inits=" in str(unknown.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -165,6 +170,46 @@ def test_assign_explains_a_mismatch_like_set_and_leaves_the_layer_unchanged(kera
         cs.assign(keras.layers.Dense(3), kernel=np.zeros((2, 3), np.float32))
     with pytest.raises(cs.UsageError, match="depthwise_kernel= and pointwise_kernel="):
         cs.assign(keras.layers.SeparableConv2D(2, 3), kernel=np.zeros((3, 3, 1, 1), np.float32))
+
+
+# An unbuilt layer of each kind, the kernel it holds once built (Keras layout) and the same
+# kernel in PyTorch layout.
+UNBUILT = {
+    "conv": (lambda keras: keras.layers.Conv2D(4, 3), "kernel", (3, 3, 1, 4), (4, 1, 3, 3)),
+    "grouped": (lambda keras: keras.layers.Conv2D(4, 3, groups=2), "kernel", (3, 3, 3, 4), (4, 3, 3, 3)),
+    "depthwise": (lambda keras: keras.layers.DepthwiseConv2D(3, depth_multiplier=2), "kernel", (3, 3, 4, 2),
+                  (8, 1, 3, 3)),
+    "transpose": (lambda keras: keras.layers.Conv2DTranspose(6, 3), "kernel", (3, 3, 6, 4), (4, 6, 3, 3)),
+    "separable": (lambda keras: keras.layers.SeparableConv2D(6, 3), "depthwise_kernel", (3, 3, 4, 1),
+                  (4, 1, 3, 3)),
+    "conv1d": (lambda keras: keras.layers.Conv1D(4, 3), "kernel", (3, 2, 4), (4, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("kind", UNBUILT)
+def test_assign_on_an_unbuilt_layer_says_a_torch_kernel_is_in_torch_layout_and_builds_nothing(keras, kind) -> None:
+    make, name, keras_shape, torch_shape = UNBUILT[kind]
+    layer = make(keras)
+    with pytest.raises(cs.AssignmentError) as info:
+        cs.assign(layer, **{name: np.zeros(torch_shape, np.float32)})
+    message = str(info.value)
+    assert f"expected {keras_shape}" in message and f"received {torch_shape}" in message, message
+    assert 'this is the PyTorch/ONNX layout' in message and 'pass layout="torch"' in message
+    assert not layer.built  # nothing to undo: the user passes layout="torch" next
+    cs.assign(layer, **{name: np.zeros(torch_shape, np.float32)}, layout="torch")
+    assert tuple(getattr(layer, name).shape) == keras_shape
+
+
+def test_assign_refuses_a_kernel_that_fits_no_layout_before_building_the_layer(keras) -> None:
+    conv = keras.layers.Conv2D(4, 3)
+    with pytest.raises(cs.AssignmentError, match=r"expected \(3, 3, 2, 4\) .*received \(5, 5, 2, 4\)"):
+        cs.assign(conv, kernel=np.zeros((5, 5, 2, 4), np.float32))
+    with pytest.raises(cs.AssignmentError, match=r"expected PyTorch/ONNX layout \(4, 2, 3, 3\)"):
+        cs.assign(conv, kernel=np.zeros((4, 2, 5, 5), np.float32), layout="torch")
+    assert not conv.built
+    assigned = cs.assign(conv, kernel=np.ones((3, 3, 2, 4), np.float32))
+    assert conv.built and np.array_equal(np.asarray(conv.kernel.numpy()), np.ones((3, 3, 2, 4)))
+    assert repr(assigned) == f"[<Assignment layer '{conv.name}' kernel (3, 3, 2, 4) float32 from kernel array>]"
 
 
 def test_the_readme_python_example_runs(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from helpers import copy_into, listing
 
+from conv_surgeon.errors import MAX_LISTED_PROBLEMS
 from conv_surgeon.store.model_file import ModelFile
 from conv_surgeon.instruments.reading import get_weights
 from conv_surgeon.render import progress_callback
@@ -71,6 +73,50 @@ def test_one_bad_edit_refuses_the_whole_plan_and_lists_every_problem(cli, sample
     assert "(3, 3, 2, 4)" in result.stderr and "use_bias=False" in result.stderr
     assert "edits[0]" not in result.stderr and "Traceback" not in result.stderr
     assert listing(tmp_path) == before
+
+
+def test_a_plan_lists_every_problem_of_every_edit_in_the_plan_s_own_words(cli, samples: Path,
+                                                                          tmp_path: Path) -> None:
+    np.save(tmp_path / "wrong.npy", np.ones((3, 3, 3, 4), np.float32))  # c2d holds (3, 3, 4, 4)
+    np.save(tmp_path / "torch.npy", np.ones((4, 2, 3, 3), np.float32))  # c2d_grouped's (3, 3, 2, 4), from PyTorch
+    (tmp_path / "plan.json").write_text(json.dumps({"edits": [
+        {"layer": "c2d", "weights": {"kernel": "wrong.npy", "bias": {"init": "he_normall"}, "gamma": {"init": "zeros"}}},
+        {"layer": "c2d_grouped", "weights": {"kernel": "torch.npy", "bias": {"init": "random_normal:seed=3"}}},
+        {"layer": "conv", "weights": {"kernel": {"init": "zeros"}}},
+        {"layer": "sep2d", "weights": {"kernel": {"init": "zeros"}}},
+    ]}))
+    before = listing(tmp_path)
+    result = cli("apply", samples / "all_convs.keras", tmp_path / "plan.json", "-o", tmp_path / "out.keras")
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    head, *problems = result.stderr.splitlines()
+    assert head.endswith("4 of 4 edits are invalid, nothing was written; 7 problems:")
+    assert [line.split(":", 1)[0].strip() for line in problems] == ["edits[0]"] * 3 + ["edits[1]"] * 2 + [
+        "edits[2]", "edits[3]"]
+    text = "\n".join(problems)
+    # Every problem of the first edit, not only the first one found.
+    assert "unknown initializer 'he_normall'" in text and "(3, 3, 4, 4)" in text and "no variable 'gamma'" in text
+    # Said as a plan says it: the edit's keys and the plan's seed, never a command-line option.
+    assert "use one of these names as a key of edits[0].weights" in text
+    assert 'set edits[1].layout to "torch"' in text
+    assert '"seed" at the top of the plan' in text
+    assert "write one of these paths as edits[2].layer" in text
+    assert "edits[3].weights.depthwise_kernel or edits[3].weights.pointwise_kernel" in text
+    assert re.search(r"(?<![\w-])--[a-z]", text) is None, text
+    assert listing(tmp_path) == before
+
+
+def test_a_plan_of_many_problems_lists_the_first_ones_and_counts_them_all(cli, samples: Path, tmp_path: Path) -> None:
+    names = [f"gamma{i}" for i in range(MAX_LISTED_PROBLEMS + 5)]
+    (tmp_path / "plan.json").write_text(json.dumps({"edits": [
+        {"layer": "conv1", "weights": {name: {"init": "zeros"} for name in names}}]}))
+    result = cli("apply", samples / "tiny_cnn.keras", tmp_path / "plan.json", "--dry-run", "--json")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith(f"1 of 1 edit is invalid, nothing was written; {len(names)} problems:")
+    assert len(lines) == 1 + MAX_LISTED_PROBLEMS + 1 and lines[-1] == "  ... and 5 more problems"
+    document = json.loads(result.stdout)
+    assert document["problem_count"] == len(names) and len(document["problems"]) == MAX_LISTED_PROBLEMS
+    assert all(f"no variable '{name}'" in line for name, line in zip(names, document["problems"]))
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,13 @@ from conv_surgeon.pictures.colours import _ANCHORS, _COLOURS, NONFINITE, RGB_ZER
 from conv_surgeon.pictures.histogram import BINS, histogram, value_range
 from conv_surgeon.pictures.options import GridOptions
 from conv_surgeon.pictures.terminal import half_blocks, xterm256
-from conv_surgeon.pictures.tiles import FilterTiles, count_nonfinite, filter_tiles, tile_scales
+from conv_surgeon.pictures.canvas import tick_step
+from conv_surgeon.pictures.terminal import wrapped
+from conv_surgeon.pictures.tiles import FilterTiles, count_nonfinite, filter_tiles, kernel_kind, matrix_rows, tile_scales
 
 
 def layer(class_name: str, shape: tuple[int, ...], name: str = "kernel") -> tuple[Layer, Variable]:
-    variable = Variable(name, f"layers/x/vars/0", shape, "float32", 0)
+    variable = Variable(name, "layers/x/vars/0", shape, "float32", 0)
     return Layer("x", "x", class_name, {}, (variable,)), variable
 
 
@@ -35,9 +37,10 @@ def values(kernel: np.ndarray) -> Values:
     return Values(memoryview(data.tobytes()).cast(code), data.shape, code)  # type: ignore[arg-type]
 
 
-def tiles(class_name: str, kernel: np.ndarray, name: str = "kernel", **options: object) -> FilterTiles:
+def tiles(class_name: str, kernel: np.ndarray, name: str = "kernel", taps: bool = False,
+          **options: object) -> FilterTiles:
     found, variable = layer(class_name, kernel.shape, name)
-    return filter_tiles(found, variable, values(kernel), GridOptions(**options))  # type: ignore[arg-type]
+    return filter_tiles(found, variable, values(kernel), GridOptions(**options), taps=taps)  # type: ignore[arg-type]
 
 
 def tiles_of(class_name: str, kernel: np.ndarray, name: str = "kernel", **options: object) -> np.ndarray:
@@ -133,8 +136,9 @@ def test_a_pointwise_kernel_is_one_weight_per_tile_per_input() -> None:
 def test_scales_are_shared_by_the_sets_side_by_side() -> None:
     a = tiles("Conv2D", np.array([[[[1.0, -4.0, 0.0]]]]))
     b = tiles("Conv2D", np.array([[[[2.0, np.nan, 0.0]]]]))
-    assert tile_scales([a, b], per_filter=False) == [4.0, 4.0, 4.0]
-    assert tile_scales([a, b], per_filter=True) == [2.0, 4.0, 0.0]
+    assert tile_scales([a, b], None) == tile_scales([a, b], "layer") == ([4.0, 4.0, 4.0], [4.0, 4.0, 4.0])
+    assert tile_scales([a, b], "each") == ([2.0, 4.0, 0.0], [2.0, 4.0, 0.0])  # a filter's, over A and B
+    assert tile_scales([a, b], "panel") == ([4.0, 4.0, 4.0], [2.0, 2.0, 2.0])  # each set its own
     assert (count_nonfinite(a), count_nonfinite(b)) == (0, 1)
 
 
@@ -156,6 +160,86 @@ def test_tiles_are_the_kernels_numbers_as_numpy_cut_them() -> None:
                           np.moveaxis(depthwise.reshape(3, 3, 6), -1, 0))
     cube = rng.standard_normal((5, 3, 2, 4, 3))  # (kd, kh, kw, in, filters)
     assert np.allclose(tiles_of("Conv3D", cube), np.moveaxis(cube[2], -1, 0).mean(axis=-1), rtol=1e-15, atol=1e-15)
+
+
+# --- the kind of picture, and heat maps' rows ----------------------------------------------------
+
+
+@pytest.mark.parametrize("class_name, shape, kind", [
+    ("Conv2D", (3, 3, 4, 8), "tiles"),
+    ("Conv2D", (1, 1, 96, 320), "matrix"),
+    ("Conv1D", (1, 64, 16), "matrix"),
+    ("Conv3D", (1, 1, 1, 5, 7), "matrix"),
+    ("DepthwiseConv2D", (1, 1, 4, 2), "matrix"),
+    ("Conv2D", (512, 1, 1, 64), "taps"),
+    ("Conv2D", (1, 9, 2, 4), "taps"),
+    ("Conv1D", (512, 1, 64), "taps"),
+    ("Conv3D", (3, 1, 1, 2, 2), "taps"),
+    ("Conv3D", (3, 3, 1, 2, 2), "tiles"),
+])
+def test_the_kind_of_picture_follows_the_spatial_axes_longer_than_1(class_name: str, shape: tuple[int, ...],
+                                                                    kind: str) -> None:
+    found, variable = layer(class_name, shape)
+    assert kernel_kind(found, variable, shape, None) == kind
+    assert kernel_kind(found, variable, shape, "tiles") == "tiles"  # any kernel can be tiles
+
+
+def test_a_kind_the_kernel_cannot_be_drawn_as_names_the_one_it_can() -> None:
+    found, variable = layer("Conv2D", (3, 3, 4, 8))
+    with pytest.raises(ConvSurgeonError, match=r"--kind matrix draws a kernel of size 1 \(a 1x1 conv\), and this "
+                                               r"kernel's size is 3x3; use --kind tiles or tiles"):
+        kernel_kind(found, variable, (3, 3, 4, 8), "matrix")
+    found, variable = layer("Conv2D", (1, 1, 4, 8))
+    assert kernel_kind(found, variable, (1, 1, 4, 8), "taps") == "taps"  # one tap a filter
+    found, variable = layer("Conv1D", (5, 4, 8))
+    with pytest.raises(ConvSurgeonError, match="use --kind taps or tiles"):
+        kernel_kind(found, variable, (5, 4, 8), "matrix")
+
+
+def rows_of(found: FilterTiles) -> np.ndarray:
+    return np.array([list(row) for row in found.values], dtype=np.float64)
+
+
+def test_a_matrix_has_a_row_per_filter_of_every_input_channel() -> None:
+    rng = np.random.default_rng(4)
+    kernel = rng.standard_normal((1, 1, 5, 7))
+    found, variable = layer("Conv2D", kernel.shape)
+    rows = matrix_rows(found, variable, values(kernel), GridOptions())
+    assert (rows.count, rows.width, rows.cells, rows.filters) == (7, 5, "input channels", "output filters")
+    assert np.array_equal(rows_of(rows), kernel[0, 0].T)
+    transposed = rng.standard_normal((1, 7, 5))  # Conv1DTranspose (k, filters, in)
+    found, variable = layer("Conv1DTranspose", transposed.shape)
+    assert np.array_equal(rows_of(matrix_rows(found, variable, values(transposed), GridOptions())), transposed[0])
+    depthwise = rng.standard_normal((1, 1, 4, 3))  # (in, multiplier): a row per multiplier slot
+    found, variable = layer("DepthwiseConv2D", depthwise.shape)
+    rows = matrix_rows(found, variable, values(depthwise), GridOptions())
+    assert rows.filters == "multiplier slots" and np.array_equal(rows_of(rows), depthwise[0, 0].T)
+    with pytest.raises(ConvSurgeonError, match="drop --input-channel"):
+        matrix_rows(*layer("Conv2D", kernel.shape), values(kernel), GridOptions(input_channel=0))
+
+
+def test_taps_are_every_spatial_position_a_3d_kernels_depth_too() -> None:
+    rng = np.random.default_rng(5)
+    cube = rng.standard_normal((5, 1, 1, 4, 2))  # Conv3D (kd, kh, kw, in, filters): 5 taps along depth
+    found = tiles("Conv3D", cube, taps=True)
+    assert (found.count, found.height, found.width, found.notes, found.cells) == (2, 1, 5, (), "taps")
+    assert np.allclose(rows_of(found), cube[:, 0, 0].mean(axis=1).T, rtol=1e-15, atol=1e-15)
+    column = rng.standard_normal((9, 1, 4, 6))  # Conv2D (kh, 1): its taps run down
+    assert np.array_equal(rows_of(tiles("Conv2D", column, taps=True, input_channel=2)), column[:, 0, 2].T)
+    depthwise = rng.standard_normal((7, 3, 2))  # DepthwiseConv1D (k, in, multiplier): a row per output channel
+    found = tiles("DepthwiseConv1D", depthwise, taps=True)
+    assert found.filters == "output channels" and np.array_equal(rows_of(found), depthwise.reshape(7, 6).T)
+
+
+def test_tick_steps_leave_room_for_their_labels() -> None:
+    assert [tick_step(pitch, 18) for pitch in (1, 2, 3, 9, 18, 40)] == [20, 10, 10, 2, 1, 1]
+
+
+def test_terminal_text_is_wrapped_to_the_width_long_paths_too() -> None:
+    path = "/very/long/" + "x" * 50 + ".keras: layer 'conv1'"
+    lines = wrapped([path, "", "a short line"], 20)
+    assert all(len(line) <= 20 for line in lines) and "".join(lines[:4]).startswith("/very/long/xxx")
+    assert lines[-2:] == ["", "a short line"]
 
 
 @pytest.mark.parametrize("options, histograms, message", [

@@ -230,34 +230,47 @@ def test_against_needs_the_same_layer_and_shape(known: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("layer, weight, tiles, shows, size", [
-    ("c1d", None, 4, "the 3 input channels as R, G, B", (1, 3)),  # 1-D: one row per filter
-    ("t1d", None, 3, "the mean over 4 input channels", (1, 3)),
     ("c3d", None, 2, "the mean over 2 input channels", (3, 3)),  # its centre slice
     ("t3d", None, 2, "the mean over 2 input channels", (2, 2)),
     ("t2d", None, 2, "the mean over 4 input channels", (3, 3)),
     ("c2d_grouped", None, 4, "the mean over 2 input channels", (3, 3)),
     ("dw2d", None, 8, "input channel c's filter m (tile c*2+m)", (3, 3)),
-    ("dw1d", None, 3, "input channel i's filter (tile i)", (1, 3)),
     ("sep2d", "depthwise_kernel", 8, "input channel i's filter (tile i)", (3, 3)),
-    ("sep2d", "pointwise_kernel", 4, "the mean over 8 input channels", (1, 1)),
-    ("sep1d", "pointwise_kernel", 4, "the 3 input channels as R, G, B", (1, 1)),
 ])
 def test_every_kind_of_convolution_has_its_grid(tmp_path: Path, layer: str, weight: str | None, tiles: int,
                                                shows: str, size: tuple[int, int]) -> None:
     out = tmp_path / "x.png"
     drawn = show_json(ALL_CONVS, "--layer", layer, *(["--weight", weight] if weight else []), "-o", out)["variables"][0]
-    assert (drawn["tiles"], drawn["shows"]) == (tiles, shows)
+    assert (drawn["kind"], drawn["tiles"], drawn["shows"]) == ("tiles", tiles, shows)
     boxes = drawn["tile_boxes"]["model"]
     assert len(boxes) == tiles
     width, height = boxes[0][2:]
     assert width % size[1] == 0 and height % size[0] == 0
-    if size == (1, 3):
-        assert width > height  # a 1-D kernel: a strip
-    else:
-        assert width // size[1] == height // size[0] >= 16  # square blocks, one per weight
+    assert width // size[1] == height // size[0] >= 16  # square blocks, one per weight
     notes = {"c3d": ["3-D kernel: the centre slice kd=1 of 3 (kd = 0..2)"],
              "t3d": ["3-D kernel: the centre slice kd=1 of 2 (kd = 0..1)"]}
     assert drawn["notes"] == notes.get(layer, [])
+
+
+@pytest.mark.parametrize("layer, weight, kind, shows, cells", [
+    ("c1d", None, "taps", "the 3 input channels as R, G, B", (4, 3)),  # a row of 3 taps per filter
+    ("t1d", None, "taps", "the mean over 4 input channels", (3, 3)),
+    ("dw1d", None, "taps", "one weight", (3, 3)),
+    ("sep1d", "depthwise_kernel", "taps", "one weight", (3, 3)),
+    ("c2d_nobias", None, "matrix", "one weight", (4, 4)),  # input channels x filters
+    ("sep2d", "pointwise_kernel", "matrix", "one weight", (4, 8)),  # the longer side across: 8 input channels
+    ("sep1d", "pointwise_kernel", "matrix", "one weight", (3, 4)),
+    ("func_block/deep_block/deep_conv", None, "matrix", "one weight", (2, 4)),
+])
+def test_every_1x1_and_1d_kernel_is_a_heat_map(tmp_path: Path, layer: str, weight: str | None, kind: str, shows: str,
+                                              cells: tuple[int, int]) -> None:
+    out = tmp_path / "x.png"
+    drawn = show_json(ALL_CONVS, "--layer", layer, *(["--weight", weight] if weight else []), "-o", out)["variables"][0]
+    assert (drawn["kind"], drawn["shows"], drawn["cells"]) == (kind, shows, {"rows": cells[0], "columns": cells[1]})
+    assert "tiles" not in drawn and "tile_boxes" not in drawn
+    x, y, width, height = drawn["boxes"]["model"]
+    block = drawn["cell_size"]
+    assert (width, height) == (cells[1] * block["width"], cells[0] * block["height"]) and block["width"] >= 16
 
 
 def test_transposed_tiles_are_output_filters(tmp_path: Path) -> None:
@@ -285,22 +298,27 @@ def test_depthwise_tiles_follow_the_output_channels(tmp_path: Path) -> None:
         assert is_blue(cell(image, box, 1, 1)) == (index == 5)
 
 
-def test_a_1d_kernel_is_one_row_per_filter(tmp_path: Path) -> None:
+def test_a_1d_kernel_is_a_row_of_taps_per_filter(tmp_path: Path) -> None:
     kernel = np.zeros((3, 3, 4), dtype=np.float32)  # Conv1D (k, in, filters)
     kernel[2, :, 3] = 1.0
     kernel[0, :, 2] = -1.0
     model = set_kernel(ALL_CONVS, "c1d", kernel, tmp_path / "c1d.keras")
     out = tmp_path / "c1d.png"
-    boxes = show_json(model, "--layer", "c1d", "--reduce", "mean", "-o", out)["variables"][0]["tile_boxes"]["model"]
+    drawn = show_json(model, "--layer", "c1d", "--reduce", "mean", "-o", out)["variables"][0]
+    assert drawn["axes"] == {"rows": "output filters", "columns": "taps"}
+    box, image = drawn["boxes"]["model"], read_png(out)
+    assert is_red(cell(image, box, 3, 2, size=(4, 3))) and cell(image, box, 3, 0, size=(4, 3)) == ZERO
+    assert is_blue(cell(image, box, 2, 0, size=(4, 3))) and cell(image, box, 2, 2, size=(4, 3)) == ZERO
+    # Over its 3 input channels, as colour: +1 in every channel is white.
+    box = show_json(model, "--layer", "c1d", "-o", out)["variables"][0]["boxes"]["model"]
+    image = read_png(out)
+    assert cell(image, box, 3, 2, size=(4, 3)) == (255, 255, 255)
+    assert cell(image, box, 2, 0, size=(4, 3)) == (0, 0, 0)
+    # As tiles (--kind tiles): one strip per filter.
+    boxes = show_json(model, "--layer", "c1d", "--kind", "tiles", "-o", out)["variables"][0]["tile_boxes"]["model"]
     image = read_png(out)
     assert boxes[0][2] > boxes[0][3]  # a strip
-    assert is_red(cell(image, boxes[3], 0, 2, size=(1, 3))) and cell(image, boxes[3], 0, 0, size=(1, 3)) == ZERO
-    assert is_blue(cell(image, boxes[2], 0, 0, size=(1, 3))) and cell(image, boxes[2], 0, 2, size=(1, 3)) == ZERO
-    # Over its 3 input channels, as colour: +1 in every channel is white.
-    boxes = show_json(model, "--layer", "c1d", "-o", out)["variables"][0]["tile_boxes"]["model"]
-    image = read_png(out)
     assert cell(image, boxes[3], 0, 2, size=(1, 3)) == (255, 255, 255)
-    assert cell(image, boxes[2], 0, 0, size=(1, 3)) == (0, 0, 0)
 
 
 def test_a_separable_conv_needs_weight_to_name_its_kernel(tmp_path: Path) -> None:
@@ -455,7 +473,11 @@ def test_the_grid_on_a_truecolor_terminal_is_the_pictures_pixels(known: Path) ->
     code, out, err = run_on_terminal(["show", str(known), "--layer", "conv1"], columns=60, COLORTERM="truecolor")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0] == f"{known}: layer 'conv1' (Conv2D) kernel (3, 3, 1, 4) float32"
+    labels = next(i for i, line in enumerate(lines) if re.sub(r"\x1b\[[\d;]*m", "", line).split() == ["0", "1", "2", "3"])
+    assert " ".join(lines[:labels]) == (f"{known}: layer 'conv1' (Conv2D) kernel (3, 3, 1, 4) float32 4 tiles, one "
+                                        "per output filter; each shows its one input channel")  # wrapped at 60
+    assert all(len(line) <= 60 for line in lines[:labels])
+    lines = lines[labels - 2:]
     assert re.sub(r"\x1b\[[\d;]*m", "", lines[2]).split() == ["0", "1", "2", "3"]
     assert all(len(re.sub(r"\x1b\[[\d;]*m", "", line)) <= 60 for line in lines if "\u2580" in line or "\u2584" in line)
     rows = pixel_rows("\n".join(lines[3:]))
@@ -475,7 +497,7 @@ def test_the_grid_on_a_truecolor_terminal_is_the_pictures_pixels(known: Path) ->
             for c in range(3):
                 assert weight(tile, r, c) == cell(image, list(boxes[0][tile]), r, c)
     assert weight(0, 1, 1) == ZERO and is_red(weight(0, 1, 2)) and is_blue(weight(0, 1, 0))  # type: ignore[arg-type]
-    assert "±2 (scale of the layer)" in out
+    assert "±2 (scale of the layer)" in " ".join(out.splitlines())  # the legend, wrapped at 60
 
 
 def test_the_grid_on_a_256_colour_terminal(known: Path) -> None:

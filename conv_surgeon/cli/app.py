@@ -7,6 +7,7 @@ exit 70, with the traceback only under ``--debug``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
@@ -35,12 +36,48 @@ _DEBUG_HELP = "Show the traceback of an internal error, and Keras's own when it 
 
 
 class Command(TyperCommand):
-    """A command that also takes ``--debug`` after its name (``inspect m.keras --debug``)."""
+    """A command that also takes ``--debug`` after its name (``inspect m.keras --debug``).
+
+    Its help (the docstring) starts with a one-line summary, a paragraph of its own:
+    ``conv-surgeon --help`` lists it whole (click would cut a summary it makes itself at
+    about 45 characters, mid-sentence). It ends with ``Examples:``, one command line a
+    line, shown as a section of their own after the options, each line kept whole.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
                                         callback=_set_debug, help=_DEBUG_HELP))
+        description, _, examples = inspect.cleandoc(self.help or "").partition("\nExamples:\n")
+        self.help = description
+        self.examples = [line.strip() for line in examples.splitlines() if line.strip()]
+        if description and not self.short_help:
+            self.short_help = description.split("\n\n", 1)[0]
+        self._keep_argument_help()
+
+    def _keep_argument_help(self) -> None:
+        """Give each argument its help text back: typer (0.25) sets it before click's
+        Argument.__init__, which since click 8.5 resets it to None."""
+        from typer.models import ArgumentInfo
+        from typer.utils import get_params_from_function
+
+        if self.callback is None:
+            return
+        declared = get_params_from_function(self.callback)
+        for param in self.params:
+            info = declared[param.name].default if param.name in declared else None
+            if isinstance(param, click.Argument) and isinstance(info, ArgumentInfo) and not param.help:
+                param.help = info.help
+
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Nothing: typer lists the arguments with the options; click 8.5 would list them twice."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        if self.examples:
+            with formatter.section("Examples"):
+                for line in self.examples:  # never rewrapped: each is a command to copy
+                    formatter.write(" " * formatter.current_indent + line + "\n")
 
 
 class _ErrorBoundary(TyperGroup):
@@ -119,7 +156,6 @@ def _render_error(message: str, exit_code: int, json_stream: TextIO | None, *,
 
 app = typer.Typer(
     cls=_ErrorBoundary,
-    help="Convolution weight surgery on saved Keras models (.keras and legacy .h5).",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -140,7 +176,16 @@ def _root(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", callback=_set_debug, help=_DEBUG_HELP)] = False,
 ) -> None:
-    """Convolution weight surgery on saved Keras models (.keras and legacy .h5)."""
+    """Convolution weight surgery on saved Keras models: look inside, read and set a
+    convolution's weights, fold BatchNormalization, prune filters, draw them.
+
+    MODEL is any Keras save: a .keras archive, a legacy .h5 model, a .weights.h5 or a
+    sharded .weights.json weights-only save (--config MODEL gives its classes), a folder
+    written by model.save(DIR, zipped=False), a keras-hub preset folder, or - for a .keras
+    or .h5 read from stdin.
+
+    Run conv-surgeon COMMAND --help for a command's options and examples.
+    """
 
 
 def command_line() -> tuple[str, ...]:

@@ -22,7 +22,23 @@ def apply_command(
     *,
     write: WriteArgs,
 ) -> None:
-    """Apply every edit of a plan, all or nothing: one write and one smoke test."""
+    """Apply every edit of a JSON or TOML plan, all or nothing.
+
+    Every edit is checked before anything is written; then one write and one smoke test.
+    A plan in TOML (--schema prints its JSON Schema):
+
+    \b
+      seed = 7
+      [[edits]]
+      layer = "conv1"
+      weights.kernel = "k.npy"
+      weights.bias = { init = "zeros" }
+
+    Examples:
+      conv-surgeon apply model.keras plan.toml -o out.keras
+      conv-surgeon apply model.keras plan.json --dry-run
+      conv-surgeon apply --schema > plan.schema.json
+    """
     from ..edits.plan import load_plan, plan_schema
     from ..instruments.set_weights import SetRequest, apply_plan
     from ..render import print_json_schema, progress_on_terminal, render_report

@@ -22,7 +22,17 @@ def fold_bn_command(
     *,
     write: WriteArgs,
 ) -> None:
-    """Fold each BatchNormalization into the conv it follows; check the outputs are unchanged."""
+    """Fold BatchNormalization into the conv before it, verified.
+
+    Fold each BatchNormalization into the convolution it follows; Keras runs both models
+    on the same inputs, and nothing is written unless the outputs agree within float32
+    rounding.
+
+    Examples:
+      conv-surgeon fold-bn model.keras -o folded.keras
+      conv-surgeon fold-bn model.keras -l conv1 --keep-layers -o folded.keras
+      conv-surgeon fold-bn model.keras --dry-run --json
+    """
     from ..instruments.fold import FoldRequest, fold_bn
     from ..render import render_report
 

@@ -28,7 +28,18 @@ def get(
     layout: LayoutOpt = "keras",
     config: ConfigOpt = None,
 ) -> None:
-    """Write a layer's kernel (or --weight) as .npy; .npz, .safetensors and .h5 hold every variable."""
+    """Write a layer's weights as .npy, .npz, .safetensors or .h5.
+
+    A .npy holds the kernel (or the variable --weight names); .npz, .safetensors and .h5
+    hold every variable of the layer. Without -o, .npy bytes go to stdout.
+
+    Examples:
+      conv-surgeon get model.keras -l conv1 -o conv1_kernel.npy
+      conv-surgeon get model.keras -l conv1 -o conv1.npz
+      conv-surgeon get model.keras -l conv1 -w bias -o conv1_bias.npy
+      conv-surgeon get model.keras -l conv1 --layout torch -o weight.npy
+      conv-surgeon get model.keras --all -o bundle.npz
+    """
     from ..instruments.reading import export_bundle, get_weights
     from ..render import render_export
     from ..store.fileio import refuse_overwriting, write_atomically

@@ -19,7 +19,18 @@ def inspect(
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """List the convolution layers of MODEL with kernel and bias shapes."""
+    """List a model's convolution layers, with their shapes.
+
+    Every convolution layer of MODEL with its class, the shapes and dtypes of its
+    variables and its main config; --all lists every layer with weights.
+
+    Examples:
+      conv-surgeon inspect model.keras
+      conv-surgeon inspect model.h5 --all --stats
+      conv-surgeon inspect model.keras --json | jq -r '.layers[].path'
+      conv-surgeon inspect model.weights.h5 --config model.keras
+      conv-surgeon inspect edited.keras --history
+    """
     from ..instruments.reading import inspect_model
     from ..render import render_report
 

@@ -81,6 +81,21 @@ def complete_layer(ctx: click.Context, _param: click.Parameter, incomplete: str)
     return [CompletionItem(layer.path, help=layer.class_name) for layer in matches]
 
 
+def complete_initializer(_ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of an initializer SPEC: the names of Keras's built-in initializers.
+    For ``--weight-init NAME=SPEC`` the SPEC after ``NAME=`` is completed."""
+    from ..edits.initializers import initializer_names
+
+    prefix = ""
+    if "--weight-init" in getattr(param, "opts", ()):
+        name, equals, incomplete = incomplete.partition("=")
+        if not equals:
+            return []  # the variable's name comes first
+        prefix = name + equals
+    typed = incomplete.lower()
+    return [CompletionItem(prefix + name) for name in initializer_names() if name.startswith(typed)]
+
+
 def _first_argument(ctx: click.Context) -> str | None:
     """The first argument among the words click left unparsed.
 
@@ -104,7 +119,8 @@ ModelArg = Annotated[str, typer.Argument(
     help="A .keras or .h5 model, a .weights.h5 or .weights.json weights save, a saved folder or "
     "keras-hub preset, or - for stdin.", show_default=False)]
 OptionalModelArg = Annotated[Optional[str], typer.Argument(
-    help="A .keras or .h5 model (or any save `inspect` reads); omitted or - reads it from stdin.",
+    help="The model to edit: a .keras or .h5 model, a .weights.h5 or .weights.json weights save, "
+    "a saved folder or keras-hub preset; omitted or -: read from stdin.",
     show_default=False)]
 LayerOpt = Annotated[Optional[str], typer.Option(
     "--layer", "-l", help="Layer name, or a path outer/inner/conv1 where names repeat.",

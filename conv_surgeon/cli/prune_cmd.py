@@ -30,7 +30,17 @@ def prune_command(
     *,
     write: WriteArgs,
 ) -> None:
-    """Remove conv filters and fix up every layer downstream; compare the outputs."""
+    """Remove conv filters and fix up every layer downstream.
+
+    Remove filters of the convs named (with every conv whose channels meet theirs in an
+    Add or Multiply) and cut the layers that read them; Keras runs both models on the same
+    inputs and the report shows how the outputs differ.
+
+    Examples:
+      conv-surgeon prune model.keras -l conv1 --filters 3,7 -o pruned.keras
+      conv-surgeon prune model.keras --all --smallest-l1 25% -o pruned.keras
+      conv-surgeon prune model.keras --zeros -o pruned.keras
+    """
     from ..instruments.prune import PruneRequest, prune
     from ..render import render_report
 

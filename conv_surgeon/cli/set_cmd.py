@@ -9,7 +9,8 @@ import typer
 
 from ..errors import UsageError
 from .app import Command, app
-from .params import LayerOpt, LayoutOpt, OptionalModelArg, SeedParam, layout_of, model_source, stdin
+from .params import (LayerOpt, LayoutOpt, OptionalModelArg, SeedParam, complete_initializer, layout_of,
+                     model_source, stdin)
 from .write_options import WriteArgs, report_stream, with_write_options
 
 if TYPE_CHECKING:
@@ -53,9 +54,9 @@ def set_command(
     kernel: Annotated[Optional[str], typer.Option("--kernel", help="SRC for the kernel: file.npy, file.npz:KEY, file.h5:PATH, file.safetensors:KEY, file.pt:KEY or - (stdin).", show_default=False)] = None,
     bias: Annotated[Optional[str], typer.Option("--bias", help="SRC for the bias.", show_default=False)] = None,
     weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy (repeatable).")] = [],
-    kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
-    bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
-    weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
+    kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False, shell_complete=complete_initializer)] = None,
+    bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False, shell_complete=complete_initializer)] = None,
+    weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).", shell_complete=complete_initializer)] = [],
     seed: Annotated[Optional[int], typer.Option("--seed", click_type=SeedParam(), help="Seed for initializers, 0 to 2**63-1 (drawn and reported when omitted).", show_default=False)] = None,
     donor: Annotated[Optional[str], typer.Option("--from", help="Copy every variable of a layer from another model: A.keras or A.keras:LAYER (default: the same name).", show_default=False)] = None,
     from_npz: Annotated[Optional[Path], typer.Option("--from-npz", help="Set every variable of an .npz bundle (keys <layer path>/<variable>, as `get --all` writes), in one write.", show_default=False)] = None,
@@ -63,7 +64,19 @@ def set_command(
     *,
     write: WriteArgs,
 ) -> None:
-    """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
+    """Set a conv's weights from arrays, initializers or a model.
+
+    Set variables of a convolution layer from array files, Keras initializers or another
+    model's layer, then smoke-test: Keras loads the written model and runs it.
+
+    Examples:
+      conv-surgeon set in.keras -l conv1 --kernel k.npy -o out.keras
+      conv-surgeon set in.keras -l conv1 --kernel w.npy --layout torch -o out.keras
+      conv-surgeon set in.keras -l conv1 --kernel-init he_normal --seed 7 --in-place
+      conv-surgeon set in.keras -l conv1 --from donor.keras:conv1 -o out.keras
+      conv-surgeon set in.keras --from-npz bundle.npz -o out.keras
+      conv-surgeon set -l conv1 --bias-init zeros < in.keras > out.keras
+    """
     from ..instruments.set_weights import LayerEdit, SetRequest, bundle_edits, edit_model, parse_donor, require_requests
     from ..render import progress_on_terminal, render_report
 

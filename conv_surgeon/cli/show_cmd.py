@@ -1,4 +1,4 @@
-"""`conv-surgeon show`: a layer's filters as a picture (PNG or terminal), or weight histograms."""
+"""`conv-surgeon show`: a layer's kernel as a picture (PNG or terminal), or weight histograms."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 import typer
 
 from ..errors import UsageError
-from ..pictures.options import DEFAULT_COLUMNS, REDUCTIONS, SCALES
+from ..pictures.options import DEFAULT_COLUMNS, KINDS, REDUCTIONS, SCALES
 from .app import REPORTS_TO_STDERR, Command, app
 from .params import ConfigOpt, LayerOpt, ModelArg, choice_of, model_source, refuse_terminal, stdout
 
@@ -26,38 +26,58 @@ def show(
         "Default: the kernel; with --hist every variable of the layer.", show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="FILE.png (written atomically), or - for PNG bytes on stdout. Without it the "
-        "grid is drawn on the terminal.", show_default=False)] = None,
+        "picture is drawn on the terminal.", show_default=False)] = None,
     against: Annotated[Optional[str], typer.Option(
         "--against", help="Another save of the same architecture (before.keras): draw A, B and A - B side "
-        "by side on one scale.", show_default=False)] = None,
+        "by side, on one scale unless --scale says otherwise.", show_default=False)] = None,
     hist: Annotated[bool, typer.Option(
         "--hist", help="Histograms of the variables, with their counts of zeros and non-finite values.")] = False,
     every_layer: Annotated[bool, typer.Option(
         "--all", help="With --hist: one row of histograms per convolution layer.")] = False,
+    kind: Annotated[Optional[str], typer.Option(
+        "--kind", click_type=click.Choice(KINDS),
+        help="Draw the kernel as tiles (one per filter), a matrix (1x1: input channels x filters) or taps (a row "
+        "of taps per filter). Default: the one that fits its shape.", show_default=False)] = None,
     columns: Annotated[Optional[int], typer.Option(
         "--columns", min=1, help=f"Tiles per row (default {DEFAULT_COLUMNS}).", show_default=False)] = None,
     input_channel: Annotated[Optional[int], typer.Option(
-        "--input-channel", min=0, help="Each tile shows this input channel (default: RGB over 3 channels, "
-        "else their mean).", show_default=False)] = None,
+        "--input-channel", min=0, help="Each tile or tap shows this input channel (default: RGB over 3 "
+        "channels, else their mean).", show_default=False)] = None,
     reduce: Annotated[Optional[str], typer.Option(
         "--reduce", click_type=click.Choice(REDUCTIONS),
-        help="Each tile shows the mean or the L2 norm over the input channels.", show_default=False)] = None,
+        help="Each tile or tap shows the mean or the L2 norm over the input channels.", show_default=False)] = None,
     scale: Annotated[Optional[str], typer.Option(
         "--scale", click_type=click.Choice(SCALES),
-        help="Colour scale: one for the layer (default), or each filter its own.", show_default=False)] = None,
+        help="Colour scale: one for the layer (default), each filter its own, or with --against each panel "
+        "(A, B, A - B) its own.", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option(
-        "--json", help="With -o: print what was drawn as one JSON object (stats, colour range, tile boxes).")] = False,
+        "--json", help="With -o: print what was drawn as one JSON object (kind, axes, stats, colour range, "
+        "boxes).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Draw a convolution's filters as a grid (PNG, or on the terminal), or weight histograms."""
+    """Draw a conv's kernel (PNG or terminal), or weight histograms.
+
+    The picture fits the kernel's shape: one tile per output filter for a spatial kernel,
+    a matrix (input channels x filters) for a 1x1 kernel, a heat map of taps x filters
+    for a 1-D kernel (--kind to choose). One colour scale for the layer, each filter its
+    own (--scale each), or each panel of --against its own (--scale panel); --hist draws
+    the histograms of the variables instead.
+
+    Examples:
+      conv-surgeon show model.keras -l conv1
+      conv-surgeon show model.keras -l conv1 -o conv1.png
+      conv-surgeon show after.keras -l conv1 --against before.keras --scale panel -o diff.png
+      conv-surgeon show model.keras --all --hist -o histograms.png
+    """
     from ..instruments.show import read_shown
     from ..pictures.picture import check_picture_path, draw_picture, write_png
     from ..pictures.options import GridOptions
     from ..render import print_terminal_picture, render_picture
 
     options = GridOptions(columns, input_channel, None if reduce is None else choice_of(reduce, REDUCTIONS, "--reduce"),
-                          None if scale is None else choice_of(scale, SCALES, "--scale"))
-    options.check(hist)
+                          None if scale is None else choice_of(scale, SCALES, "--scale"),
+                          None if kind is None else choice_of(kind, KINDS, "--kind"))
+    options.check(hist, against is not None)
     if every_layer == (layer is not None):
         raise UsageError("give --layer L for one layer, or --all --hist for every convolution layer (not both)")
     if model == against == "-":

@@ -45,20 +45,44 @@ def check_assignments(
     """Check each ``(variable name, array, origin)`` against one layer's variables.
 
     ``targets`` are all variables of the layer; the result follows their store order.
+    The first refusal is raised.
     """
+    assignments, refusals = check_every_assignment(targets, candidates)
+    if refusals:
+        raise refusals[0]
+    return assignments
+
+
+def check_every_assignment(
+    targets: Sequence[TargetVariable],
+    candidates: Sequence[tuple[str, np.ndarray, str]],
+) -> tuple[list[Assignment], list[AssignmentError]]:
+    """As :func:`check_assignments`, but every candidate is checked: the values that
+    pass, and the refusal of each one that does not (a plan lists them all)."""
+    refusals: list[AssignmentError] = []
     chosen: dict[int, tuple[np.ndarray, str]] = {}
     for wanted, array, origin in candidates:
-        index = _find_target(targets, wanted)
+        try:
+            index = _find_target(targets, wanted)
+        except AssignmentError as exc:
+            refusals.append(exc)
+            continue
         if index in chosen:
             first_origin = chosen[index][1]
-            raise AssignmentError(
+            refusals.append(AssignmentError(
                 f"{targets[index].label} is given twice ({first_origin} and {origin}); "
                 "give one source per variable"
-            )
+            ))
+            continue
         chosen[index] = (array, origin)
-    return [
-        check_assignment(targets[i], *chosen[i]) for i in range(len(targets)) if i in chosen
-    ]
+    assignments: list[Assignment] = []
+    for i in range(len(targets)):
+        if i in chosen:
+            try:
+                assignments.append(check_assignment(targets[i], *chosen[i]))
+            except AssignmentError as exc:
+                refusals.append(exc)
+    return assignments, refusals
 
 
 def check_assignment(target: TargetVariable, array: np.ndarray, origin: str) -> Assignment:

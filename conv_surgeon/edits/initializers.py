@@ -249,11 +249,16 @@ def check_drawn(spec: InitializerSpec, shape: tuple[int, ...], array: np.ndarray
     return array
 
 
+def initializer_names() -> list[str]:
+    """The names of the built-in initializers as users type them (``he_normal``), sorted."""
+    return sorted(e.snake_name for e in INITIALIZERS.values())
+
+
 def _resolve_name(text: str, name: str) -> InitializerEntry:
     entry = _BY_KEY.get(_lookup_key(name))
     if entry is not None:
         return entry
-    known = sorted(e.snake_name for e in INITIALIZERS.values())
+    known = initializer_names()
     typed = to_snake_case(name) if name else name
     close = difflib.get_close_matches(typed.lower(), known, n=3, cutoff=0.6)
     advice = (

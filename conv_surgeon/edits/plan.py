@@ -129,6 +129,27 @@ def plan_from_mapping(document: object, *, base_dir: Path, label: str) -> Plan:
     return Plan(path=label, seed=seed, edits=edits)
 
 
+# The library's messages say what to type on the command line; inside a plan, the same
+# thing is a key of the edit (or the plan's seed). Each pattern, and what it is there.
+_OPTION_IN_PLAN = (
+    (re.compile(r"pass one of these to --weight(?![\w-])"), "use one of these names as a key of {place}.weights"),
+    (re.compile(r"pass one of these paths to --layer(?![\w-])"), "write one of these paths as {place}.layer"),
+    (re.compile(r"--weight (?:NAME|(?P<name>[A-Za-z_]\w*))(?:=(?:SRC|\.\.\.))?(?![\w-])"),
+     "{place}.weights.{name}"),
+    (re.compile(r"pass --layout torch(?![\w-])"), 'set {place}.layout to "torch"'),
+    (re.compile(r"--seed N(?![\w-])"), '"seed" at the top of the plan'),
+)
+
+
+def in_plan(message: str, place: str) -> str:
+    """A message about the edit at ``place`` (``edits[2]``) as a plan's author reads it:
+    ``set edits[2].layout to "torch"``, not ``pass --layout torch``."""
+    for pattern, words in _OPTION_IN_PLAN:
+        message = pattern.sub(lambda match: words.format(place=place, name=match.groupdict().get("name") or "NAME"),
+                              message)
+    return message
+
+
 def plan_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a plan, as shipped in the package."""
     resource = resources.files("conv_surgeon.edits").joinpath(SCHEMA_RESOURCE)

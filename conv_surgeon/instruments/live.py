@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..edits import Layout
-from ..edits.assign import Assignment, check_assignments
-from ..edits.layout import from_torch
+from ..edits.assign import Assignment, check_assignment, check_assignments
+from ..edits.layout import from_torch, torch_shape
 from ..edits.targets import TargetVariable
 from ..errors import ConvSurgeonError, UsageError
 from ..model.catalogue import ConvClass, conv_class
@@ -74,7 +74,12 @@ def _dtype(variable: Any) -> str:
 
 def _input_shape(layer: Any, cls: ConvClass, arrays: dict[str, np.ndarray], layout: Layout,
                  label: str) -> tuple[int | None, ...]:
-    """The input shape that builds ``layer`` for these arrays: its channels from the kernel."""
+    """The input shape that builds ``layer`` for these arrays: its channels from the kernel.
+
+    A kernel that would not fit the layer so built is refused first, with the messages of
+    ``set`` (a PyTorch-layout kernel given as Keras gets its hint), and the layer stays
+    unbuilt: a build cannot be undone.
+    """
     main = "depthwise_kernel" if cls.kind == "separable" else "kernel"
     kernel = arrays.get(main)
     if kernel is None or kernel.ndim != cls.rank + 2:
@@ -82,17 +87,42 @@ def _input_shape(layer: Any, cls: ConvClass, arrays: dict[str, np.ndarray], layo
             f"{label} is not built yet, and building it needs its {main} (a {cls.rank + 2}-D "
             f"array) to tell its input channels; pass {main}=, or build the layer first"
         )
+    channels = _channels(layer, cls, kernel, layout)
+    target = _unbuilt_kernel(layer, cls, main, channels)
+    if layout == "torch":
+        from_torch(target, kernel)  # raises if the kernel is not this layer's, in PyTorch layout
+    elif kernel.shape != target.shape:
+        in_torch = _unbuilt_kernel(layer, cls, main, _channels(layer, cls, kernel, "torch"))
+        check_assignment(in_torch if kernel.shape == torch_shape(in_torch) else target, kernel, f"{main} array")
+    spatial: tuple[None, ...] = (None,) * cls.rank
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return (None, int(channels)) + spatial
+    return (None,) + spatial + (int(channels),)
+
+
+def _channels(layer: Any, cls: ConvClass, kernel: np.ndarray, layout: Layout) -> int:
+    """The input channels ``kernel`` says the layer has, read in ``layout``."""
     groups = int(getattr(layer, "groups", 1) or 1)
     multiplier = int(getattr(layer, "depth_multiplier", 1) or 1)
     if layout == "torch":
         # PyTorch: Conv (out, in/groups, *k), ConvTranspose (in, out/groups, *k),
         # depthwise (in*multiplier, 1, *k).
-        channels = {"conv": kernel.shape[1] * groups, "transpose": kernel.shape[0]}.get(
-            cls.kind, kernel.shape[0] // multiplier)
-    else:
-        channels = {"conv": kernel.shape[-2] * groups, "transpose": kernel.shape[-1]}.get(
-            cls.kind, kernel.shape[-2])
-    spatial: tuple[None, ...] = (None,) * cls.rank
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return (None, int(channels)) + spatial
-    return (None,) + spatial + (int(channels),)
+        if cls.kind == "conv":
+            return int(kernel.shape[1]) * groups
+        return int(kernel.shape[0]) if cls.kind == "transpose" else int(kernel.shape[0]) // multiplier
+    if cls.kind == "conv":
+        return int(kernel.shape[-2]) * groups
+    return int(kernel.shape[-1]) if cls.kind == "transpose" else int(kernel.shape[-2])
+
+
+def _unbuilt_kernel(layer: Any, cls: ConvClass, main: str, channels: int) -> TargetVariable:
+    """The kernel ``layer`` would hold once built for ``channels`` input channels."""
+    size = tuple(int(k) for k in layer.kernel_size)
+    if cls.kind == "conv":
+        shape = size + (channels // int(getattr(layer, "groups", 1) or 1), int(layer.filters))
+    elif cls.kind == "transpose":
+        shape = size + (int(layer.filters), channels)
+    else:  # a depthwise kernel: DepthwiseConv's, or SeparableConv's first
+        shape = size + (channels, int(getattr(layer, "depth_multiplier", 1) or 1))
+    dtype = str(getattr(layer, "variable_dtype", None) or "float32")
+    return TargetVariable(getattr(layer, "name", type(layer).__name__), main, shape, dtype, cls)

@@ -17,12 +17,12 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from ..edits import LAYOUTS, Layout, check_seed
-from ..edits.assign import Assignment, check_assignments
-from ..edits.initializers import (InitializerSpec, draw_seed,
+from ..edits.assign import Assignment, check_every_assignment
+from ..edits.initializers import (draw_seed,
                                   parse_initializer_spec, variable_seed)
 from ..edits.layout import (from_torch, torch_axis_names, torch_shape,
                             variable_role)
-from ..edits.plan import Plan
+from ..edits.plan import Plan, in_plan
 from ..edits.targets import TargetVariable, layer_targets
 from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from ..model.catalogue import conv_class, stored_name_matches
@@ -68,13 +68,15 @@ class Donor:
 
 @dataclass(frozen=True)
 class LayerEdit:
-    """Everything to set in one layer; ``place`` says where a plan asked for it."""
+    """Everything to set in one layer; ``place`` says where a plan or bundle asked for it,
+    ``from_plan`` that its messages name the plan's keys, not the command line's options."""
 
     layer: str
     requests: tuple[WeightRequest, ...] = ()
     layout: Layout = "keras"
     donor: Donor | None = None
     place: str | None = None
+    from_plan: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class SetRequest:
                       for w in edit.weights),
                 edit.layout,
                 place=edit.place,
+                from_plan=True,
             )
             for edit in plan.edits
         ), plan.seed)
@@ -191,8 +194,9 @@ def edit_model(
 ) -> SetReport:
     """Apply the request's edits (one per layer) with one read, one write and one smoke test.
 
-    Every edit is checked before anything is written. With one edit its error is
-    raised as it is; with several, one :class:`PlanError` lists every problem.
+    Every edit is checked before anything is written. With one edit (`set`) its first
+    error is raised as it is; a plan, or several edits, raise one :class:`PlanError` that
+    lists every problem of every edit, a plan's worded with its keys (``edits[2].layout``).
     ``progress(done, total, step)`` hears of each edit checked, the write and the smoke test.
     The written model records what was done (``options.command`` and every edit's
     source) in its history, after the records already there.
@@ -210,9 +214,12 @@ def edit_model(
         seed = draw_seed()
     checked: list[_CheckedLayer] = []
     records: list[EditRecord] = []
-    problems: list[tuple[LayerEdit, ConvSurgeonError]] = []
+    problems: list[str] = []
+    invalid = 0
     seen: dict[str, LayerEdit] = {}
     for edit in edits:
+        every = len(edits) > 1 or edit.from_plan  # list every problem, not only the first
+        refusals: list[ConvSurgeonError] = []
         try:
             layer = _resolve_conv_layer(structure, edit.layer, source.label)
             if layer.path in seen:
@@ -221,13 +228,11 @@ def edit_model(
                     f"{_place(edit)}); merge the two edits"
                 )
             seen[layer.path] = edit
-            candidates, notes, sources = _load_candidates(source, layer, edit, seed, stdin)
-            try:
-                assignments = check_assignments(layer_targets(layer), candidates)
-            except AssignmentError as exc:
-                if edit.donor is None:
-                    raise
-                raise AssignmentError(f"{source.label} <- {edit.donor.source.label}: {exc}") from None
+            candidates, notes, sources = _load_candidates(source, layer, edit, seed, stdin,
+                                                          refusals if every else None)
+            assignments, refused = check_every_assignment(layer_targets(layer), candidates)
+            refusals += refused if edit.donor is None else [
+                AssignmentError(f"{source.label} <- {edit.donor.source.label}: {exc}") for exc in refused]
             assignments = [
                 replace(a, notes=a.notes + (notes[a.target.name],)) if a.target.name in notes else a
                 for a in assignments
@@ -239,14 +244,18 @@ def edit_model(
                 for a in assignments
             ]
         except ConvSurgeonError as exc:
-            if len(edits) == 1:
-                raise
-            problems.append((edit, exc))
+            refusals.append(exc)
+        if refusals:
+            if not every:
+                raise refusals[0]  # `set`: one error line
+            invalid += 1
+            problems += [f"{_place(edit)}: {_worded(edit, str(exc))}" for exc in refusals]
         step(f"checked {_place(edit)}")
     if problems:
-        lines = tuple(f"{_place(edit)}: {exc}" for edit, exc in problems)
         raise PlanError.listing(
-            f"{source.label}: {len(problems)} of {len(edits)} edits are invalid, nothing was written:", lines)
+            f"{source.label}: {invalid} of {len(edits)} edit{'' if len(edits) == 1 else 's'} "
+            f"{'is' if invalid == 1 else 'are'} invalid, nothing was written; {len(problems)} "
+            f"problem{'' if len(problems) == 1 else 's'}:", problems)
     edited = [
         (one.layer, a, _variable_named(one.layer, a.target.name))
         for one in checked
@@ -283,6 +292,12 @@ def _place(edit: LayerEdit) -> str:
     return edit.place or f"layer '{edit.layer}'"
 
 
+def _worded(edit: LayerEdit, message: str) -> str:
+    """A message about ``edit`` in the words of where it was asked for: a plan's keys, or
+    the command line's options."""
+    return in_plan(message, edit.place) if edit.from_plan and edit.place else message
+
+
 def _needs_seed(edits: list[LayerEdit]) -> bool:
     """Whether any initializer takes a seed; bad specs are reported later, with their place."""
 
@@ -311,13 +326,16 @@ def _variable_named(layer: Layer, name: str) -> Variable:
 
 
 def _load_candidates(
-    source: ModelFile, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None
+    source: ModelFile, layer: Layer, edit: LayerEdit, seed: int | None, stdin: BinaryIO | None,
+    refusals: list[ConvSurgeonError] | None,
 ) -> tuple[list[tuple[str, np.ndarray, str]], dict[str, str], dict[str, EditSource]]:
     """Every value the edit names, as (variable name, array, origin), in Keras layout.
 
     Also returns, by variable name, notes (a file array in Keras layout whose shape
     would fit the PyTorch layout too is taken as Keras, and the report says so) and
-    where each value came from, for the provenance record.
+    where each value came from, for the provenance record. A value that cannot be had
+    (an unknown variable, a missing file, a bad initializer) raises its error, or with
+    ``refusals`` adds it there and the others are still loaded: a plan lists every problem.
     """
     from ..runtime.initializers import draw_initializer
 
@@ -337,36 +355,48 @@ def _load_candidates(
         candidates += donated
         donor_digest = _file_sha256(edit.donor.source)
         sources.update({name: {"from": origin, "sha256": donor_digest} for name, _, origin in donated})
-    initializers: list[tuple[WeightRequest, InitializerSpec]] = [
-        (r, parse_initializer_spec(r.init)) for r in requests if r.init is not None
-    ]
     for request in requests:
         if request.source is None and request.array is None:
             continue  # an initializer: drawn below
-        variable = _variable_for(layer, request, source.label)
-        name = variable.name if variable is not None else request.label
-        array, origin, file_digest = _requested_array(request, stdin)
-        sources[name] = {"file": origin, "sha256": file_digest}
-        target = targets.get(name)
-        if edit.layout == "torch" and target is not None:
-            array = from_torch(target, array)
-            origin += " (torch layout)"
-        elif target is not None and _fits_both_layouts(target, array):
-            notes[name] = (
-                f"{format_shape(array.shape)} also fits the PyTorch layout "
-                f"({', '.join(torch_axis_names(target))}); it was taken as Keras layout, "
-                "pass --layout torch if it comes from PyTorch"
-            )
-        candidates.append((name, array, origin))
-    for request, initializer in initializers:
-        variable = _variable_for(layer, request, source.label)
-        if variable is None:
-            candidates.append((request.label, np.zeros(0, np.float32), f"init {initializer.text}"))
+        try:
+            variable = _variable_for(layer, request, source.label)
+            name = variable.name if variable is not None else request.label
+            array, origin, file_digest = _requested_array(request, stdin)
+            target = targets.get(name)
+            if edit.layout == "torch" and target is not None:
+                array = from_torch(target, array)
+                origin += " (torch layout)"
+            elif target is not None and _fits_both_layouts(target, array):
+                notes[name] = _worded(edit, (
+                    f"{format_shape(array.shape)} also fits the PyTorch layout "
+                    f"({', '.join(torch_axis_names(target))}); it was taken as Keras layout, "
+                    "pass --layout torch if it comes from PyTorch"
+                ))
+        except ConvSurgeonError as exc:
+            if refusals is None:
+                raise
+            refusals.append(exc)
             continue
-        # Each variable draws from its own seed (the base seed + its position in the
-        # layer), so a kernel and a bias are independent and still reproducible.
-        seed_of_variable = None if seed is None else variable_seed(seed, variable.index)
-        drawn = draw_initializer(initializer, variable.shape, seed_of_variable)
+        sources[name] = {"file": origin, "sha256": file_digest}
+        candidates.append((name, array, origin))
+    for request in requests:
+        if request.init is None:
+            continue
+        try:
+            initializer = parse_initializer_spec(request.init)
+            variable = _variable_for(layer, request, source.label)
+            if variable is None:
+                candidates.append((request.label, np.zeros(0, np.float32), f"init {initializer.text}"))
+                continue
+            # Each variable draws from its own seed (the base seed + its position in the
+            # layer), so a kernel and a bias are independent and still reproducible.
+            seed_of_variable = None if seed is None else variable_seed(seed, variable.index)
+            drawn = draw_initializer(initializer, variable.shape, seed_of_variable)
+        except ConvSurgeonError as exc:
+            if refusals is None:
+                raise
+            refusals.append(exc)
+            continue
         origin = f"init {initializer.text}" + (f" (seed {seed_of_variable})" if initializer.takes_seed else "")
         candidates.append((variable.name, drawn, origin))
         sources[variable.name] = {

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .colours import BACKGROUND, TEXT, Colour
+from .colours import BACKGROUND, DIM, TEXT, Colour
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,6 +24,7 @@ Box = tuple[int, int, int, int]  # x, y, width, height
 CHAR_WIDTH = 6  # the bitmap font is monospaced
 LINE_HEIGHT = 11
 MARGIN = 8  # around the whole picture
+TILE_GAP = 6  # between the tiles of a grid
 
 
 def text_width(text: str) -> int:
@@ -142,7 +143,7 @@ class TileGrid(Block):
     labels: Sequence[str]
     captions: Sequence[str] = ()
     columns: int = 8
-    gap: int = 6
+    gap: int = TILE_GAP
     _pitch: tuple[int, int] = field(default=(0, 0), init=False)
     _placed: tuple[int, int] | None = field(default=None, init=False)  # where it was painted
 
@@ -184,6 +185,72 @@ class TileGrid(Block):
             painter.text(x + left, y + top - LINE_HEIGHT - 1, label)
             if self.captions:
                 painter.text(x + left, y + top + tile_height + 1, self.captions[index])
+
+
+TICK = 3  # a tick mark's length, pixels
+
+
+def tick_step(pitch: int, room: int) -> int:
+    """The first of 1, 2, 5, 10, 20, 50, ... whose span (``step * pitch`` pixels) holds
+    ``room`` pixels: every ``step``-th index is labelled, and labels never overlap."""
+    scale = 1
+    while True:
+        for step in (scale, 2 * scale, 5 * scale):
+            if step * pitch >= room:
+                return step
+        scale *= 10
+
+
+@dataclass
+class HeatMap(Block):
+    """A heat map: ``rows`` x ``columns`` cells, each a block of ``cell_width`` x
+    ``cell_height`` pixels, with the index of every few columns above it and of every
+    few rows to its left, each at a tick mark on the cell's centre."""
+
+    data: bytes  # RGB, row by row: columns * cell_width wide, rows * cell_height high
+    rows: int
+    columns: int
+    cell_width: int
+    cell_height: int
+    _placed: tuple[int, int] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.map_width, self.map_height = self.columns * self.cell_width, self.rows * self.cell_height
+        assert len(self.data) == 3 * self.map_width * self.map_height, "pixels of another size"
+        self.column_step = tick_step(self.cell_width, text_width(str(self.columns - 1)) + CHAR_WIDTH)
+        self.row_step = tick_step(self.cell_height, LINE_HEIGHT + 1)
+        self.left = text_width(str(self.rows - 1)) + 2 + TICK + 1  # labels, a gap, the marks, a gap
+        self.top = LINE_HEIGHT + 1 + TICK + 1
+        ends = [x + text_width(label) for x, label in self._column_labels()]
+        self.width = max([self.left + self.map_width, *ends])
+        self.height = self.top + self.map_height + LINE_HEIGHT // 2  # the last row's label may reach below
+
+    def _column_labels(self) -> list[tuple[int, str]]:
+        """(x, label) of each labelled column, the label centred on its tick."""
+        return [(self._column_centre(c) - text_width(str(c)) // 2, str(c))
+                for c in range(0, self.columns, self.column_step)]
+
+    def _column_centre(self, column: int) -> int:
+        return self.left + column * self.cell_width + self.cell_width // 2
+
+    def box(self) -> Box:
+        """The cells' ``(x, y, width, height)`` in the painted picture."""
+        assert self._placed is not None, "box() of a heat map not painted yet"
+        x, y = self._placed
+        return x + self.left, y + self.top, self.map_width, self.map_height
+
+    def paint(self, painter: Painter, x: int, y: int) -> None:
+        self._placed = (x, y)
+        painter.pixels(x + self.left, y + self.top, self.map_width, self.map_height, self.data)
+        mark_across, mark_down = bytes(DIM) * TICK, bytes(DIM) * TICK
+        for (left, label), column in zip(self._column_labels(), range(0, self.columns, self.column_step)):
+            painter.text(x + left, y, label)
+            painter.pixels(x + self._column_centre(column), y + LINE_HEIGHT + 1, 1, TICK, mark_down)
+        for row in range(0, self.rows, self.row_step):
+            centre = self.top + row * self.cell_height + self.cell_height // 2
+            label = str(row)
+            painter.pixels(x + self.left - 1 - TICK, y + centre, TICK, 1, mark_across)
+            painter.text(x + self.left - 1 - TICK - 2 - text_width(label), y + centre - LINE_HEIGHT // 2, label)
 
 
 def paint(root: Block) -> Image.Image:

@@ -1,12 +1,18 @@
-"""What `show` draws: a kernel's filter grid, or variables' histograms, as one RGB image.
+"""What `show` draws: a kernel's picture (its filters as tiles, a 1x1 kernel as a matrix,
+a 1-D kernel as taps), or variables' histograms, as one RGB image.
 
 :func:`draw_picture` turns what :func:`conv_surgeon.instruments.show.read_shown` read into a
 :class:`Picture`: the pixels, and for every variable drawn the numbers the picture
 shows (its statistics, the scale of its colours), so that a program can check what a
 person sees.
 
-A filter grid is drawn without numpy, which only its statistics (``statistics=True``)
+A kernel's picture is drawn without numpy, which only its statistics (``statistics=True``)
 and histograms need: most of a small grid's time would be numpy's import.
+
+Every weight of a heat map (matrix, taps) is a block of at least one pixel, blown up by
+a whole factor (at most :data:`MAX_BLOCK`) while its sides stay within :data:`MAP_PIXELS`
+(the panels of --against share its height); weights are never merged, so a matrix of more
+than that many channels is as many pixels across.
 """
 
 from __future__ import annotations
@@ -21,22 +27,26 @@ from typing import TYPE_CHECKING, Literal
 
 from ..errors import UsageError
 from ..instruments.reading import VariableStats, variable_stats
-from ..instruments.show import ShowData, ShownVariable
+from ..instruments.show import ShowData, ShownVariable, Values
 from ..model.naming import format_shape
 from ..store.fileio import refuse_overwriting, write_atomically
-from .canvas import LINE_HEIGHT, Block, Box, Labelled, Pixels, Stack, Text, TileGrid, paint, text_width
+from .canvas import (LINE_HEIGHT, TILE_GAP, Block, Box, HeatMap, Labelled, Pixels, Stack, Text, TileGrid, paint,
+                     text_width)
 from .colours import DIM, NONFINITE, TEXT, diverging, linspace, rgb
 from .histogram import BINS, bar_pixels, column_of, histogram, value_range
-from .options import GridOptions
-from .tiles import FilterTiles, count_nonfinite, filter_tiles, tile_scales
+from .options import DEFAULT_COLUMNS, GridOptions, Kind
+from .tiles import FilterTiles, count_nonfinite, filter_tiles, kernel_kind, matrix_rows, tile_scales
 
 if TYPE_CHECKING:
     import numpy as np
 
-PictureKind = Literal["grid", "histograms"]
+PictureKind = Literal["tiles", "matrix", "taps", "histograms"]
 
 TILE_PIXELS = 48  # a tile's longer side, at least: a 3x3 kernel is drawn 48x48
 STRIP_HEIGHT = 12  # a 1-D kernel's row is at least this tall
+MAP_PIXELS = 1024  # a heat map's side, at most, when its weights are blown up
+MAX_BLOCK = 16  # a heat map's weight is at most this many pixels a side
+MAX_WIDTH = 2000  # panels wider than this side by side are stacked; default tiles per row fit it
 COLOUR_BAR = (144, 10)  # width, height
 PLOT = (BINS * 4, 64)  # a histogram's bars: width, height
 SECTION_GAP = 10  # between the parts of a picture
@@ -55,13 +65,19 @@ class DrawnVariable:
     stats: VariableStats | None  # of the model's values: range, zeros, non-finite (None: not asked for)
     against_stats: VariableStats | None = None  # of the --against model's values
     difference_stats: VariableStats | None = None  # of model - against
-    tiles: int | None = None  # filter grid: one tile per output filter
-    shows: str | None = None  # filter grid: what a tile is
-    scale: float | None = None  # filter grid: the |value| drawn at full colour (per filter: the largest)
-    tile_scales: tuple[float, ...] | None = None  # with scale="each": each tile's
-    # Filter grid: each tile's (x, y, width, height) in the image, for the model's tiles
+    kind: Kind | None = None  # a kernel's picture: tiles, matrix or taps (None: histograms)
+    axes: tuple[tuple[str, str], ...] = ()  # a kernel's picture: ("rows", "input channels"), ...
+    tiles: int | None = None  # tiles: one per output filter
+    shows: str | None = None  # a kernel's picture: what a tile, or a heat map's cell, is
+    scale: float | None = None  # a kernel's picture: the |value| drawn at full colour (the largest drawn)
+    tile_scales: tuple[float, ...] | None = None  # with scale="each": each tile's (heat map: each filter's)
+    panel_scales: tuple[float, ...] | None = None  # with scale="panel": A's, B's, A - B's
+    # Tiles: each tile's (x, y, width, height) in the image, for the model's tiles
     # and with --against for the other model's and the difference's (crop with them).
     tile_boxes: tuple[tuple[Box, ...], ...] | None = None
+    cells: tuple[int, int] | None = None  # heat map: (rows, columns) of weights
+    cell_size: tuple[int, int] | None = None  # heat map: a weight's block, (width, height) pixels
+    map_boxes: tuple[Box, ...] | None = None  # heat map: the cells' box, per panel (model, against, difference)
     notes: tuple[str, ...] = ()
 
 
@@ -128,20 +144,24 @@ def write_png(picture: Picture, output: str | os.PathLike[str]) -> None:
 
 
 def draw_picture(data: ShowData, options: GridOptions | None = None, *, statistics: bool = True) -> Picture:
-    """The picture of ``data``: a filter grid of its one kernel, or its histograms.
-    ``statistics=False`` leaves a grid's variable statistics out (``stats`` None):
-    they are the only part of a grid that needs numpy."""
+    """The picture of ``data``: its one kernel as tiles, a matrix or taps, or its
+    histograms. ``statistics=False`` leaves a kernel's variable statistics out (``stats``
+    None): they are the only part of a kernel's picture that needs numpy."""
     options = options or GridOptions()
-    options.check(data.histograms)
+    options.check(data.histograms, data.against is not None)
     if data.histograms:
         root, drawn = _histograms(data)
         image = paint(root)
+        kind: PictureKind = "histograms"
     else:
-        root, grids, one = _grid(data, options, statistics)
+        root, panels, one = _kernel_picture(data, options, statistics)
         image = paint(root)
-        drawn = (replace(one, tile_boxes=tuple(grid.boxes() for grid in grids)),)
-    return Picture(image.tobytes(), image.width, image.height, "histograms" if data.histograms else "grid",
-                   data.source, data.against, drawn)
+        kind = one.kind or "tiles"
+        if kind == "tiles":
+            drawn = (replace(one, tile_boxes=tuple(p.boxes() for p in panels if isinstance(p, TileGrid))),)
+        else:
+            drawn = (replace(one, map_boxes=tuple(p.box() for p in panels if isinstance(p, HeatMap))),)
+    return Picture(image.tobytes(), image.width, image.height, kind, data.source, data.against, drawn)
 
 
 def number(x: float) -> str:
@@ -165,7 +185,7 @@ def _described(shown: ShownVariable, sides: list[tuple[str, np.ndarray, Variable
                          shown.variable.dtype, stats[0], against, difference)
 
 
-# --- the filter grid -------------------------------------------------------------------------
+# --- a kernel's picture -----------------------------------------------------------------------
 
 
 def upscaled(tiles: list[bytes], width: int, height: int, factor: int, rows: int) -> list[bytes]:
@@ -198,90 +218,192 @@ def tile_colours(tiles: FilterTiles, scales: list[float]) -> list[bytes]:
 
 
 @dataclass(frozen=True)
-class GridSets:
-    """The tiles a filter grid draws: the model's, and with ``against`` the other model's
-    and their difference (A - B), all on one scale."""
+class KernelSets:
+    """What a kernel's picture draws: the model's tiles (or heat-map rows, one per
+    filter), and with ``against`` the other model's and their difference (A - B)."""
 
+    kind: Kind
     sets: tuple[FilterTiles, ...]
     titles: tuple[str, ...]  # one per set; empty for a single set
-    scales: list[float]  # the |value| drawn at full colour, per tile
+    scales: tuple[list[float], ...]  # per set, per tile: the |value| drawn at full colour
+    across: bool  # a heat map whose filters run across (its columns); else a row per filter
 
     @property
     def scale(self) -> float:
-        return max(self.scales, default=0.0)
+        return max((m for per_set in self.scales for m in per_set), default=0.0)
+
+    @property
+    def panel_scales(self) -> list[float]:
+        return [max(per_set, default=0.0) for per_set in self.scales]
 
     @property
     def nonfinite(self) -> int:
         return sum(count_nonfinite(tiles) for tiles in self.sets)
 
+    @property
+    def cells(self) -> tuple[int, int]:
+        """A heat map's (rows, columns) as drawn."""
+        first = self.sets[0]
+        return (first.width, first.count) if self.across else (first.count, first.width)
 
-def grid_sets(data: ShowData, options: GridOptions) -> GridSets:
+    @property
+    def axes(self) -> tuple[tuple[str, str], ...]:
+        """What the picture's axes are, for people and --json."""
+        first = self.sets[0]
+        if self.kind != "tiles":
+            names = (first.cells, first.filters) if self.across else (first.filters, first.cells)
+            return tuple(zip(("rows", "columns"), names))
+        return (("tiles", first.filters),) + (
+            (("columns", "k"),) if first.strip else (("rows", "kh"), ("columns", "kw")))
+
+
+def kernel_sets(data: ShowData, options: GridOptions) -> KernelSets:
     shown = data.shown[0]
     layer, variable = shown.layer, shown.variable
-    sets = [filter_tiles(layer, variable, shown.value, options)]
+    kind = kernel_kind(layer, variable, shown.value.shape, options.kind)
+    if kind != "tiles" and options.columns is not None:
+        raise UsageError(f"--columns {options.columns} sets tiles per row, and layer '{layer.path}' "
+                         f"{variable.name} {format_shape(variable.shape)} is drawn as {_kind_name(kind)}: drop "
+                         "--columns, or add --kind tiles")
+
+    def cut(values: Values) -> FilterTiles:
+        if kind == "matrix":
+            return matrix_rows(layer, variable, values, options)
+        return filter_tiles(layer, variable, values, options, taps=kind == "taps")
+
+    sets = [cut(shown.value)]
     titles: tuple[str, ...] = ()
     if shown.against is not None and shown.difference is not None:
-        sets += [filter_tiles(layer, variable, shown.against, options),
-                 filter_tiles(layer, variable, shown.difference, options)]
+        sets += [cut(shown.against), cut(shown.difference)]
         titles = (f"A: {data.source}", f"B: {data.against}", "A - B")
-    return GridSets(tuple(sets), titles, tile_scales(sets, options.per_filter))
+    first = sets[0]
+    across = kind == "matrix" and first.count >= first.width  # the longer axis across, filters on a tie
+    return KernelSets(kind, tuple(sets), titles, tile_scales(sets, options.scale), across)
 
 
-def grid_header(data: ShowData, grid: GridSets) -> list[str]:
-    """The lines above a filter grid: what is drawn, and what each tile shows."""
+def _kind_name(kind: Kind) -> str:
+    return {"tiles": "tiles", "matrix": "a matrix", "taps": "taps"}[kind]
+
+
+def kernel_header(data: ShowData, sets: KernelSets) -> list[str]:
+    """The lines above a kernel's picture: what is drawn, and what each tile or cell shows."""
     layer, variable = data.shown[0].layer, data.shown[0].variable
-    first = grid.sets[0]
+    first = sets.sets[0]
+    if sets.kind == "tiles":
+        what = f"{first.count} tiles, one per output filter; each shows {first.shows}"
+    else:
+        (_, row_axis), (_, column_axis) = sets.axes
+        rows, columns = sets.cells
+        what = (f"{_kind_name(sets.kind)}: {rows} rows ({row_axis}) by {columns} columns ({column_axis}); "
+                f"each cell shows {first.shows}")
     return [f"{data.source}: layer '{layer.path}' ({layer.class_name}) {variable.name} "
-            f"{format_shape(variable.shape)} {variable.dtype}",
-            f"{first.count} tiles, one per output filter; each shows {first.shows}", *first.notes]
+            f"{format_shape(variable.shape)} {variable.dtype}", what, *first.notes]
 
 
-def legend_lines(grid: GridSets, per_filter: bool, tile_scales_where: str) -> list[str]:
-    """What the colours of a filter grid mean, and the range they span."""
-    reach = f"each tile's own largest |value| ({tile_scales_where})" if per_filter else f"±{number(grid.scale)}"
-    of_layer = "" if per_filter else " (scale of the layer)"
-    if grid.sets[0].colour:
+def panel_titles(sets: KernelSets, options: GridOptions) -> list[str]:
+    """A, B and A - B, each with its own scale when each panel has one."""
+    if not options.per_panel:
+        return list(sets.titles)
+    return [f"{title} (±{number(scale)})" for title, scale in zip(sets.titles, sets.panel_scales)]
+
+
+def legend_lines(sets: KernelSets, options: GridOptions, own_scales_where: str) -> list[str]:
+    """What the colours of a kernel's picture mean, and the range they span."""
+    one = "tile" if sets.kind == "tiles" else "filter"
+    if options.per_filter:
+        reach = f"each {one}'s own largest |value| ({own_scales_where})"
+    elif options.per_panel:
+        reach = "each panel's own largest |value| (written by its title)"
+    else:
+        reach = f"±{number(sets.scale)}"
+    of_layer = "" if options.per_filter or options.per_panel else " (scale of the layer)"
+    if sets.sets[0].colour:
         lines = [f"colour: input channels 0, 1, 2 as R, G, B; grey is 0, full colour is {reach}{of_layer}"]
     else:
         lines = [f"blue < 0 < red, 0 is white; full colour is {reach}{of_layer}"]
-    if grid.scale == 0:
+    if sets.scale == 0:
         lines.append("every value drawn is 0")
-    if grid.nonfinite:
-        lines.append(f"{grid.nonfinite} non-finite pixels (NaN or inf), drawn magenta")
+    if sets.nonfinite:
+        lines.append(f"{sets.nonfinite} non-finite pixels (NaN or inf), drawn magenta")
     return lines
 
 
-def colour_bar_labels(grid: GridSets, per_filter: bool) -> tuple[str, str]:
-    return ("-max", "+max") if per_filter else (f"-{number(grid.scale)}", f"+{number(grid.scale)}")
+def colour_bar_labels(sets: KernelSets, options: GridOptions) -> tuple[str, str]:
+    if options.per_filter or options.per_panel:
+        return "-max", "+max"
+    return f"-{number(sets.scale)}", f"+{number(sets.scale)}"
 
 
-def _grid(data: ShowData, options: GridOptions, statistics: bool) -> tuple[Block, list[TileGrid], DrawnVariable]:
-    """The picture's blocks, its tile grids (model; with against: against, difference)
-    and what it draws; the tiles' boxes are known once it is painted."""
-    grid = grid_sets(data, options)
-    captions = [f"±{number(m)}" for m in grid.scales] if options.per_filter else []
-    factor, rows = upscaling(grid.sets[0])
-    grids = [TileGrid(upscaled(tile_colours(tiles, grid.scales), tiles.width, tiles.height, factor, rows),
-                      tiles.width * factor, tiles.height * rows, [str(i) for i in range(tiles.count)],
-                      captions, columns=options.tiles_per_row) for tiles in grid.sets]
-    blocks: list[Block] = [Stack([Text([title]), tiles], gap=2) for title, tiles in zip(grid.titles, grids)] \
-        if grid.titles else list(grids)
-    first = grid.sets[0]
+def heat_rows(sets: KernelSets, index: int) -> list[bytes]:
+    """Set ``index`` as rows of RGB cells, as drawn: a row per filter, or with
+    ``across`` a row per cell (a column per filter)."""
+    coloured = tile_colours(sets.sets[index], sets.scales[index])
+    if not sets.across:
+        return coloured
+    return [b"".join(filter_row[at:at + 3] for filter_row in coloured) for at in range(0, len(coloured[0]), 3)]
+
+
+def heat_blocks(sets: KernelSets) -> tuple[int, int]:
+    """(width, height) of a weight's block in a heat map: the largest whole factors that
+    keep each side within MAP_PIXELS (at least 1, at most MAX_BLOCK); with --against the
+    panels' heights share it, as wide panels are stacked. A matrix's blocks are square; a
+    row of taps may be taller than a tap is wide, so that each filter reads."""
+    rows, columns = sets.cells
+    width = max(1, min(MAX_BLOCK, MAP_PIXELS // columns))
+    height = max(1, min(MAX_BLOCK, MAP_PIXELS // len(sets.sets) // rows))
+    if sets.kind == "matrix":
+        width = height = min(width, height)
+    return width, height
+
+
+def _panels(sets: KernelSets, options: GridOptions) -> list[TileGrid] | list[HeatMap]:
+    """The model's panel, and with against the other model's and the difference's."""
+    if sets.kind != "tiles":
+        (rows, columns), (width, height) = sets.cells, heat_blocks(sets)
+        return [HeatMap(upscaled([b"".join(heat_rows(sets, index))], columns, rows, width, height)[0], rows, columns,
+                        width, height) for index in range(len(sets.sets))]
+    first = sets.sets[0]
+    factor, rows = upscaling(first)
+    fitting = max(1, (MAX_WIDTH + TILE_GAP) // (first.width * factor + TILE_GAP))  # tiles a row of MAX_WIDTH holds
+    columns = options.columns or min(DEFAULT_COLUMNS, fitting)
+    captions = [[f"±{number(m)}" for m in scales] if options.per_filter else [] for scales in sets.scales]
+    return [TileGrid(upscaled(tile_colours(tiles, scales), tiles.width, tiles.height, factor, rows),
+                     tiles.width * factor, tiles.height * rows, [str(i) for i in range(tiles.count)],
+                     caption, columns=columns) for tiles, scales, caption in zip(sets.sets, sets.scales, captions)]
+
+
+def _kernel_picture(data: ShowData, options: GridOptions,
+                    statistics: bool) -> tuple[Block, list[TileGrid] | list[HeatMap], DrawnVariable]:
+    """The picture's blocks, its panels (model; with against: against, difference) and
+    what it draws; the panels' boxes are known once it is painted."""
+    sets = kernel_sets(data, options)
+    panels = _panels(sets, options)
+    blocks: list[Block] = [Stack([Text([title]), panel], gap=2)
+                           for title, panel in zip(panel_titles(sets, options), panels)] \
+        if sets.titles else list(panels)
+    side_by_side = sum(block.width for block in blocks) + PANEL_GAP * (len(blocks) - 1) <= MAX_WIDTH
+    first = sets.sets[0]
     legend: list[Block] = []
     if not first.colour:
         width, height = COLOUR_BAR
-        low, high = colour_bar_labels(grid, options.per_filter)
+        low, high = colour_bar_labels(sets, options)
         bar = bytes(channel for x in linspace(-1.0, 1.0, width) for channel in diverging(x)) * height
         labels = [(0, height + 1, low, TEXT), (width // 2 - 3, height + 1, "0", TEXT),
                   (width - text_width(high), height + 1, high, TEXT)]
         legend.append(Labelled(Pixels(bar, width, height), labels, extra_height=LINE_HEIGHT + 1))
-    legend.append(Text(legend_lines(grid, options.per_filter, "written under it")))
-    root = Stack([Text(grid_header(data, grid)), Stack(blocks, across=True, gap=PANEL_GAP),
+    where = "written under it" if sets.kind == "tiles" else "filter_ranges in --json"
+    legend.append(Text(legend_lines(sets, options, where)))
+    root = Stack([Text(kernel_header(data, sets)), Stack(blocks, across=side_by_side, gap=PANEL_GAP),
                   Stack(legend, gap=4)], gap=SECTION_GAP)
     described = _described(data.shown[0], _sides(data.shown[0]) if statistics else None)
-    drawn = replace(described, tiles=first.count, shows=first.shows, scale=grid.scale,
-                    tile_scales=tuple(grid.scales) if options.per_filter else None, notes=first.notes)
-    return root, grids, drawn
+    drawn = replace(described, kind=sets.kind, axes=sets.axes, shows=first.shows, scale=sets.scale,
+                    tile_scales=tuple(sets.scales[0]) if options.per_filter else None,
+                    panel_scales=tuple(sets.panel_scales) if options.per_panel else None, notes=first.notes)
+    if sets.kind == "tiles":
+        drawn = replace(drawn, tiles=first.count)
+    else:
+        drawn = replace(drawn, cells=sets.cells, cell_size=heat_blocks(sets))
+    return root, panels, drawn
 
 
 # --- histograms ------------------------------------------------------------------------------

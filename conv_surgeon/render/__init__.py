@@ -3,7 +3,8 @@ prints. :func:`render_report` is the one entry for every instrument's report.
 
 - :mod:`.text`: the console, tables, JSON, errors and the progress line;
 - :mod:`.reading`: `inspect`, `diff`, what `get` wrote, `show`'s pictures;
-- :mod:`.writing`: `set`, `apply`, `fold-bn`, `prune`, ending in the part they share.
+- :mod:`.writing`: `set`, `apply`, `fold-bn`, `prune`, ending in the part they share;
+- :mod:`.notebook`: what the Python API returns, as a short repr and as HTML.
 """
 
 from __future__ import annotations

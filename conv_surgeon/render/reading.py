@@ -217,14 +217,24 @@ def _drawn_document(drawn: DrawnVariable) -> dict[str, Any]:
     if drawn.against_stats is not None and drawn.difference_stats is not None:
         document["against_stats"] = stats_document(drawn.against_stats)
         document["difference_stats"] = stats_document(drawn.difference_stats)
-    if drawn.tiles is not None:
-        document.update({"tiles": drawn.tiles, "shows": drawn.shows, "range": [-(drawn.scale or 0.0), drawn.scale],
-                         "scale": "layer" if drawn.tile_scales is None else "each"})
+    if drawn.kind is not None:
+        scale = "each" if drawn.tile_scales is not None else "panel" if drawn.panel_scales is not None else "layer"
+        document.update({"kind": drawn.kind, "axes": dict(drawn.axes), "shows": drawn.shows,
+                         "range": [-(drawn.scale or 0.0), drawn.scale], "scale": scale})
+        panels = ("model", "against", "difference")
+        if drawn.panel_scales is not None:
+            document["panel_ranges"] = {panel: [-m, m] for panel, m in zip(panels, drawn.panel_scales)}
+        if drawn.tiles is not None:
+            document["tiles"] = drawn.tiles
         if drawn.tile_scales is not None:
-            document["tile_ranges"] = [[-m, m] for m in drawn.tile_scales]
+            document["tile_ranges" if drawn.kind == "tiles" else "filter_ranges"] = [[-m, m] for m in drawn.tile_scales]
         if drawn.tile_boxes is not None:
-            document["tile_boxes"] = dict(zip(("model", "against", "difference"),
-                                              ([list(box) for box in boxes] for boxes in drawn.tile_boxes)))
+            document["tile_boxes"] = dict(zip(panels, ([list(box) for box in boxes] for boxes in drawn.tile_boxes)))
+        if drawn.cells is not None and drawn.cell_size is not None:
+            document["cells"] = {"rows": drawn.cells[0], "columns": drawn.cells[1]}
+            document["cell_size"] = {"width": drawn.cell_size[0], "height": drawn.cell_size[1]}
+        if drawn.map_boxes is not None:
+            document["boxes"] = dict(zip(panels, (list(box) for box in drawn.map_boxes)))
         document["notes"] = list(drawn.notes)
     return document
 
@@ -235,7 +245,9 @@ def picture_document(picture: Picture, output: str) -> dict[str, Any]:
         "model": picture.source,
         "against": picture.against,
         "output": output,
-        "kind": picture.kind,
+        # "grid" for any kernel picture, as before the pictures had kinds: each variable's
+        # own "kind" says tiles, matrix or taps.
+        "kind": "histograms" if picture.kind == "histograms" else "grid",
         "width": int(width),
         "height": int(height),
         "variables": [_drawn_document(drawn) for drawn in picture.variables],
@@ -251,10 +263,18 @@ def render_picture(picture: Picture, output: str, json_output: bool) -> None:
     if output == "-":
         return
     height, width = picture.height, picture.width
-    if picture.kind == "grid":
+    if picture.kind != "histograms":
         drawn = picture.variables[0]
-        what = (f"{drawn.layer} {drawn.variable} {format_shape(drawn.shape)}, {plural(drawn.tiles or 0, 'tile')}, "
-                + ("each tile its own scale" if drawn.tile_scales is not None else f"scale ±{drawn.scale:.3g}"))
+        one = "tile" if picture.kind == "tiles" else "filter"
+        if picture.kind == "tiles":
+            drawing = plural(drawn.tiles or 0, "tile")
+        else:
+            rows, columns = drawn.cells or (0, 0)
+            (_, row_axis), (_, column_axis) = drawn.axes
+            drawing = f"{'a matrix' if picture.kind == 'matrix' else 'taps'} {rows}x{columns} ({row_axis} x {column_axis})"
+        scale = (f"each {one} its own scale" if drawn.tile_scales is not None else "each panel its own scale"
+                 if drawn.panel_scales is not None else f"scale ±{drawn.scale:.3g}")
+        what = f"{drawn.layer} {drawn.variable} {format_shape(drawn.shape)}, {drawing}, {scale}"
     else:
         layers = len({drawn.layer for drawn in picture.variables})
         what = f"histograms of {plural(len(picture.variables), 'variable')} in {plural(layers, 'layer')}"

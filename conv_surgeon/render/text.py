@@ -61,8 +61,10 @@ def console(stream: TextIO | None = None) -> Console:
     columns = os.environ.get("COLUMNS", "")
     width = int(columns) if columns.isdigit() and int(columns) > 0 else (None if is_tty else 100_000)
     plain = not is_tty or os.environ.get("NO_COLOR", "") != ""
+    # In a notebook rich would display what it prints itself, past ``stream``: a report's
+    # HTML page (.notebook) would stay empty.
     return _console_class()(file=stream, width=width, highlight=False, markup=False, emoji=False,
-                    soft_wrap=False, color_system=None if plain else "auto")
+                    soft_wrap=False, color_system=None if plain else "auto", force_jupyter=False)
 
 
 def print_line(text: str, stream: TextIO | None = None) -> None:
@@ -231,6 +233,10 @@ def print_table(out: Console, columns: Sequence[Column], rows: Sequence[Sequence
     columns (paths, sources, config) wrap at spaces and after '/' (:func:`fit_table`); else,
     when even that cannot fit, one record per block (:func:`stacked_lines`).
     """
+    add_table = getattr(out.file, "add_table", None)
+    if add_table is not None:  # a notebook's HTML page (.notebook) takes the table as it is
+        add_table(columns, rows)
+        return
     from rich import box
     from rich.table import Table
     from rich.text import Text
