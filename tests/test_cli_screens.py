@@ -82,19 +82,30 @@ def test_inspect_table_in_80_columns(run) -> None:
     assert (result.exit_code, result.stdout, result.stderr) == (0, INSPECT_TINY_80, "")
 
 
-@pytest.mark.parametrize("columns, fits", [(80, True), (60, False)])
-def test_narrow_tables_keep_every_shape_and_class_whole(run, columns: int, fits: bool) -> None:
-    """The config and the paths fold; a shape like (3, 3, 3, 2, 2) is never cut. Where even
-    the shapes and classes do not fit (60 columns for all_convs), the lines run longer."""
+@pytest.mark.parametrize("columns, layout", [(100, "layer  "), (80, "layer: "), (60, "layer: ")])
+def test_narrow_tables_keep_every_shape_and_class_whole(run, columns: int, layout: str) -> None:
+    """The config and the paths fold (at 100 columns for all_convs); where even the shapes
+    and classes do not fit beside the narrowest config (82 columns), each layer is a record
+    of its own. Nothing runs past the width, and a shape like (3, 3, 3, 2, 2) is never cut.
+    (Until issue 20 the table ran past 60 columns, and folded paths and words anywhere.)"""
     doc = json.loads(run("inspect", "sample_models/all_convs.keras", "--json").stdout)
     result = run("inspect", "sample_models/all_convs.keras", env={"COLUMNS": str(columns)})
     assert result.exit_code == 0 and result.stderr == ""
-    assert (max(len(line) for line in result.stdout.splitlines()) <= columns) == fits
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    start = next(i for i, line in enumerate(lines) if line.startswith("layer"))  # the title may wrap
+    assert lines[start].startswith(layout)
     assert "…" not in result.stdout
     for layer in doc["layers"]:
         assert layer["class"] in result.stdout
         for name, weight in layer["weights"].items():
             assert f"{name} {tuple(weight['shape'])} {weight['dtype']}" in result.stdout
+    paths = [layer["path"] for layer in doc["layers"]]
+    if layout == "layer: ":
+        assert [line.split(":", 1)[1].strip() for line in lines if line.startswith("layer:")] == paths
+    else:  # folded after a '/' only: each line of the first column ends with '/' but the last
+        first = [line.split(" ", 1)[0] for line in lines[start + 2:-1] if not line.startswith(" ")]
+        assert "".join(first) == "".join(paths)
 
 
 def expected_inspect_document() -> dict:

@@ -8,6 +8,7 @@ in the tests with numpy from values read with h5py, not through conv_surgeon.
 from __future__ import annotations
 
 import io
+import json
 import math
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 import conv_surgeon.instruments.diff as diff_module
 from conv_surgeon.cli import app
 from conv_surgeon.instruments.diff import (
+    AxisChange,
     DiffReport,
     LayerDiff,
     VariableDiff,
@@ -376,7 +378,7 @@ def model_pair(keras, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return build_pair(keras, tmp_path_factory.mktemp("pair"))
 
 
-def test_layers_whose_shapes_or_class_differ_are_incompatible_and_not_compared(
+def test_layers_whose_shapes_or_class_differ_are_resized_or_incompatible_and_not_compared(
     model_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path_a, path_b = model_pair
@@ -394,7 +396,7 @@ def test_layers_whose_shapes_or_class_differ_are_incompatible_and_not_compared(
     report = diff_module._diff_models(source(path_a), source(path_b), all_layers=True)
 
     assert [(item.path, item.status) for item in report.layers] == [
-        ("conv1", "incompatible"),
+        ("conv1", "resized"),
         ("proj", "incompatible"),
         ("extra", "only_b"),
         ("conv2", "changed"),
@@ -406,10 +408,13 @@ def test_layers_whose_shapes_or_class_differ_are_incompatible_and_not_compared(
         VariableDiff("kernel", (3, 3, 3, 4), (3, 3, 3, 6), "float32", "float32", None, None, None),
         VariableDiff("bias", (4,), (6,), "float32", "float32", None, None, None),
     )
-    assert conv1.reason == "kernel shape (3, 3, 3, 4) != (3, 3, 3, 6); bias shape (4,) != (6,)"
+    # Only the filter count differs: told once for the kernel and the bias, not "incompatible".
+    assert conv1.resized == (AxisChange("filters", 4, 6),)
+    assert (conv1.summary, conv1.reason) == ("2 filters added (4 -> 6)", None)
     proj = layer(report, "proj")
     assert (proj.class_a, proj.class_b) == ("Conv2D", "Conv2DTranspose")
     assert proj.reason == "class Conv2D != Conv2DTranspose"
+    assert (proj.resized, proj.summary) == ((), None)
     assert all(v.identical is None for v in proj.variables)
     assert layer(report, "conv2").reason is None
 
@@ -417,6 +422,56 @@ def test_layers_whose_shapes_or_class_differ_are_incompatible_and_not_compared(
     compared = {v.dataset for s in structures for item in s.layers
                 if item.path in ("conv2", "head") for v in item.variables}
     assert set(read) == compared  # nothing of conv1, proj or extra was read
+
+
+@pytest.fixture(scope="module")
+def resized_pair(keras, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same layers twice, with other channel counts and kernel sizes in the second."""
+    layers = keras.layers
+    folder = tmp_path_factory.mktemp("resized")
+
+    def save(name: str, filters: int, separable: int, kernel: int, units: int) -> Path:
+        model = keras.Sequential([
+            keras.Input((8, 8, 4)),
+            layers.Conv2D(filters, 3, padding="same", name="conv"),
+            layers.BatchNormalization(name="bn"),
+            layers.DepthwiseConv2D(3, padding="same", name="dw"),
+            layers.SeparableConv2D(separable, 3, padding="same", name="sep"),
+            layers.Conv2D(4, 3, groups=2, padding="same", name="grouped"),
+            layers.Conv2DTranspose(4, kernel, name="tr"),
+            layers.GlobalAveragePooling2D(name="gap"),
+            layers.Dense(units, name="head"),
+        ], name=name)
+        path = folder / f"{name}.keras"
+        model.save(path)
+        return path
+
+    return save("a", 8, 8, 3, 3), save("b", 6, 10, 5, 5)
+
+
+def test_a_layer_whose_axes_changed_length_says_which_in_words(resized_pair: tuple[Path, Path]) -> None:
+    report = diff_models(*(source(path) for path in resized_pair), all_layers=True)
+    assert {item.path: (item.status, item.summary) for item in report.layers} == {
+        "conv": ("resized", "2 of 8 filters removed"),
+        "bn": ("resized", "2 of 8 channels removed"),
+        "dw": ("resized", "2 of 8 channels removed"),
+        "sep": ("resized", "2 of 8 input channels removed, 2 filters added (8 -> 10)"),
+        "grouped": ("resized", "1 input channel per group added (4 -> 5)"),
+        "tr": ("resized", "kernel height: 3 -> 5, kernel width: 3 -> 5"),
+        "head": ("resized", "2 units added (3 -> 5)"),
+    }
+    assert layer(report, "dw").resized == (AxisChange("channels", 8, 6),)  # not the bias's too
+    assert all(v.identical is None for item in report.layers for v in item.variables)
+
+
+def test_diff_json_lists_the_axes_of_a_resized_layer(resized_pair: tuple[Path, Path]) -> None:
+    result = CliRunner().invoke(app, ["diff", *map(str, resized_pair), "--json"], catch_exceptions=False)
+    assert result.exit_code == 1
+    layers = {item["path"]: item for item in json.loads(result.stdout)["layers"]}
+    assert layers["sep"]["status"] == "resized" and layers["sep"]["reason"] is None
+    assert layers["sep"]["resized"] == [{"axis": "input channels", "before": 8, "after": 6},
+                                        {"axis": "filters", "before": 8, "after": 10}]
+    assert [v["shape_b"] for v in layers["sep"]["variables"]] == [[3, 3, 6, 1], [1, 1, 6, 10], [10]]
 
 
 def test_variables_that_differ_in_names_make_a_layer_incompatible(

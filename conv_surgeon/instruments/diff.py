@@ -3,7 +3,8 @@
 Layers are matched by path (``outer/inner/conv1``), variables by name. Only layers that
 line up (same class, same variable names, same shapes) have their values compared; the
 others are reported, never compared, so two different architectures give a report,
-not a crash.
+not a crash. A layer whose variables differ only in the length of some axes (a pruned
+conv) is ``resized``, and says which: ``3 of 64 filters removed``.
 
 Numbers, per compared variable (``a`` is the first model, ``b`` the second):
 
@@ -36,7 +37,7 @@ from ..store.locking import reading_models
 from ..store.model_file import ModelFile, OpenStore, open_store
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 
-LayerStatus = Literal["same", "changed", "only_a", "only_b", "incompatible"]
+LayerStatus = Literal["same", "changed", "resized", "only_a", "only_b", "incompatible"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,33 @@ class VariableDiff:
     rel_l2: float | None
 
 
+# What an axis holds, in words, and its singular; the others are lengths, not counts
+# ("kernel height: 3 -> 5").
+_COUNTED = {
+    "filters": "filter", "input channels": "input channel", "input channels per group": "input channel per group",
+    "channels": "channel", "units": "unit", "input features": "input feature",
+}
+
+
+@dataclass(frozen=True)
+class AxisChange:
+    """An axis whose length differs between the two models: what it holds, in words
+    (``filters``, ``input channels``, ``kernel height``), and its length in A and in B."""
+
+    axis: str
+    before: int
+    after: int
+
+    def __str__(self) -> str:
+        """``3 of 64 filters removed``, ``1 filter added (64 -> 65)``, ``kernel height: 3 -> 5``."""
+        if self.axis not in _COUNTED:
+            return f"{self.axis}: {self.before} -> {self.after}"
+        if self.after < self.before:
+            return f"{self.before - self.after} of {self.before} {self.axis} removed"
+        added = self.after - self.before
+        return f"{added} {self.axis if added > 1 else _COUNTED[self.axis]} added ({self.before} -> {self.after})"
+
+
 @dataclass(frozen=True)
 class LayerDiff:
     path: str
@@ -60,6 +88,12 @@ class LayerDiff:
     class_b: str | None  # None when the layer is only in A
     status: LayerStatus
     variables: tuple[VariableDiff, ...]
+    resized: tuple[AxisChange, ...] = ()  # a ``resized`` layer's axes whose length changed
+
+    @property
+    def summary(self) -> str | None:
+        """What changed in a ``resized`` layer, in one line: ``3 of 64 filters removed``."""
+        return ", ".join(str(change) for change in self.resized) if self.status == "resized" else None
 
     @property
     def reason(self) -> str | None:
@@ -275,20 +309,62 @@ def _diff_layer(
             ),
         )
     pairs = _pair_variables(layer_a, layer_b)
-    lined_up = _class_key(layer_a) == _class_key(layer_b) and all(
-        va is not None and vb is not None and va.shape == vb.shape for _, va, vb in pairs
+    paired = _class_key(layer_a) == _class_key(layer_b) and all(
+        va is not None and vb is not None and len(va.shape) == len(vb.shape) for _, va, vb in pairs
     )
-    if not lined_up:
-        return LayerDiff(
-            layer_a.path, layer_a.class_name, layer_b.class_name, "incompatible",
-            tuple(_unpaired(name, va, vb) for name, va, vb in pairs),
-        )
+    if not paired or any(va.shape != vb.shape for _, va, vb in pairs if va is not None and vb is not None):
+        unpaired = tuple(_unpaired(name, va, vb) for name, va, vb in pairs)
+        if not paired:
+            return LayerDiff(layer_a.path, layer_a.class_name, layer_b.class_name, "incompatible", unpaired)
+        return LayerDiff(layer_a.path, layer_a.class_name, layer_b.class_name, "resized", unpaired,
+                         _axis_changes(layer_a, unpaired))
     variables = []
     for name, va, vb in pairs:
         assert va is not None and vb is not None
         variables.append(_compare_variable(name, va, vb, store_a, store_b))
     status: LayerStatus = "same" if all(v.identical for v in variables) else "changed"
     return LayerDiff(layer_a.path, layer_a.class_name, layer_b.class_name, status, tuple(variables))
+
+
+def _axis_changes(layer: Layer, variables: tuple[VariableDiff, ...]) -> tuple[AxisChange, ...]:
+    """The axes whose length changed, each told once (a conv's kernel and bias both lose
+    the filters); the lengths that follow from others (a depthwise conv's outputs) only
+    when nothing else changed."""
+    changes: list[AxisChange] = []
+    following: list[AxisChange] = []
+    for variable in variables:
+        assert variable.shape_a is not None and variable.shape_b is not None
+        words = _axis_words(layer, variable.name, len(variable.shape_a))
+        for (word, follows), before, after in zip(words, variable.shape_a, variable.shape_b):
+            if before != after:
+                (following if follows else changes).append(AxisChange(word, before, after))
+    return tuple(dict.fromkeys(changes or following))
+
+
+_SPATIAL_WORDS = {"k": "kernel size", "kd": "kernel depth", "kh": "kernel height", "kw": "kernel width"}
+
+
+def _axis_words(layer: Layer, variable: str, rank: int) -> list[tuple[str, bool]]:
+    """What each axis of ``variable`` holds, in words, and whether its length follows
+    from the others'."""
+    conv = layer.conv
+    names = conv.axis_names(variable) if conv is not None else ()
+    if len(names) == rank and conv is not None:
+        grouped = layer.config.get("groups", 1) not in (1, None)
+        words = {
+            "filters": ("filters", False),
+            "in_channels/groups": ("input channels per group" if grouped else "input channels", False),
+            "in_channels": ("channels" if conv.kind == "depthwise" else "input channels", False),
+            "depth_multiplier": ("depth multiplier", False),
+            "in_channels*depth_multiplier": ("channels", True),
+            "1": ("1", True),
+        }
+        return [words.get(name) or (_SPATIAL_WORDS.get(name, name), False) for name in names]
+    if layer.class_name == "Dense" and rank in (1, 2):
+        return [("input features", False), ("units", False)][2 - rank:]
+    if rank == 1 and all(len(v.shape) == 1 for v in layer.variables):
+        return [("channels", False)]  # BatchNormalization, LayerNormalization, ...
+    return [(f"{variable} axis {axis}", False) for axis in range(rank)]
 
 
 def _compare_variable(

@@ -299,6 +299,7 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
                 "class_b": layer.class_b,
                 "status": layer.status,
                 "reason": layer.reason,
+                "resized": [{"axis": c.axis, "before": c.before, "after": c.after} for c in layer.resized],
                 "variables": [
                     {
                         "name": v.name,
@@ -324,7 +325,8 @@ def render_diff(report: DiffReport, stream: TextIO | None = None) -> None:
     differing = [layer for layer in report.layers if layer.status != "same"]
     rows = []
     for layer in differing:
-        status = layer.status.replace("_", " ") + (f": {layer.reason}" if layer.reason else "")
+        status = "\n".join(str(change) for change in layer.resized) if layer.status == "resized" else (
+            layer.status.replace("_", " ") + (f": {layer.reason}" if layer.reason else ""))
         if not layer.variables:
             rows.append((layer.path, status, "", "", "", "", ""))
         for i, v in enumerate(layer.variables):
@@ -336,12 +338,15 @@ def render_diff(report: DiffReport, stream: TextIO | None = None) -> None:
                 "" if v.max_abs is None else f"{v.max_abs:.4g}",
                 "" if v.rel_l2 is None else f"{v.rel_l2:.4g}",
             ))
+    columns = [Column("layer", keep=False), Column("status", keep=False), Column("variable"),
+               Column("shape", keep=False), Column("dtype"), Column("max |a-b|", right=True),
+               Column("rel L2", right=True)]
+    # Layers whose values were not compared (resized, in one model only) have no numbers:
+    # when no layer has any, the two empty columns are left out.
+    shown = len(columns) if any(row[5] for row in rows) else len(columns) - 2
     if differing:
-        print_table(out, [Column("layer", keep=False), Column("status", keep=False), Column("variable"),
-                           Column("shape"), Column("dtype"), Column("max |a-b|", right=True),
-                           Column("rel L2", right=True)], rows)
+        print_table(out, columns[:shown], [row[:shown] for row in rows])
     same = len(report.layers) - len(differing)
     verdict = "identical" if report.identical else (
         f"{plural(len(differing), 'layer')} {'differs' if len(differing) == 1 else 'differ'}")
     out.print(f"{verdict}; {same} of {plural(len(report.layers), 'layer')} the same")
-

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from ..errors import MAX_LISTED_PROBLEMS, write_error
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     # rich is imported when a console is first made (26 ms): `show -o` and `get` print
     # one plain line and never need it.
     from rich.console import Console
-    from rich.table import Table
 
 
 SCHEMA_VERSION = 1
@@ -29,6 +28,15 @@ def _console_class() -> type[Console]:
     from rich.console import Console
 
     class _Console(Console):
+        def print(self, *objects: Any, **options: Any) -> None:
+            # A line of text wraps where a table cell would (:func:`wrap`): rich would cut
+            # a word wider than the console, a long path, into pieces.
+            if len(objects) == 1 and isinstance(objects[0], str) and not options:
+                text = "\n".join(wrap(objects[0], self.width))
+                options = {"no_wrap": True, "overflow": "ignore", "crop": False}
+                objects = (text,)
+            super().print(*objects, **options)
+
         def on_broken_pipe(self) -> None:
             # The reader went away (`| head`): stop quietly with the pipe's status, as
             # other filters do, instead of rich's generic exit 1.
@@ -76,62 +84,181 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
 @dataclass(frozen=True)
 class Column:
     header: str
-    keep: bool = True  # shapes, numbers, classes: never wrapped, never cut
+    keep: bool = True  # shapes, numbers, classes: a table never wraps their lines
     right: bool = False
 
 
-# A column that may fold (paths, sources, config) keeps at least this many characters
-# before the table is allowed to run past the console's width.
-_FOLDED_MIN = 4
+# Where a cell may break: at a space, after a '/' (a path folds after each '/') and after
+# the ':' before a key (bundle.npz:conv1/kernel); never inside brackets, so a shape like
+# (3, 3, 32, 64) stays whole, nor before an arrow ("(32,) ->" ends a line, "-> (31,)" never
+# starts one). Names, numbers (3,538,984, 12:30) and shapes are never cut.
+_OPENING, _CLOSING = "([{", ")]}"
 
 
-def _table(columns: Sequence[Column], rows: Sequence[Sequence[str]], compact: bool) -> Table:
-    from rich import box
-    from rich.table import Table
+def _pieces(line: str) -> list[tuple[str, str]]:
+    """One line as its unbreakable pieces, each with the spaces that follow it."""
+    pieces: list[tuple[str, str]] = []
+    token, depth, i = "", 0, 0
+    while i < len(line):
+        char = line[i]
+        if char == " " and depth == 0 and not line.startswith("->", i + 1):
+            end = i
+            while end < len(line) and line[end] == " ":
+                end += 1
+            pieces.append((token, line[i:end]))
+            token, i = "", end
+            continue
+        token += char
+        if char in _OPENING:
+            depth += 1
+        elif char in _CLOSING:
+            depth = max(0, depth - 1)
+        elif depth == 0 and i + 1 < len(line) and (char == "/" and line[i + 1] != " " or char == ":" and (
+                line[i + 1] not in " 0123456789")):
+            pieces.append((token, ""))
+            token = ""
+        i += 1
+    if token:
+        pieces.append((token, ""))
+    return pieces
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True) if compact else Table()
-    for column in columns:
-        table.add_column(column.header, no_wrap=column.keep, overflow="ellipsis" if column.keep else "fold",
-                         justify="right" if column.right else "left")
+
+def _cell_len(text: str) -> int:
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+def longest_piece(text: str) -> int:
+    """The width of the longest part of ``text`` that may not be broken."""
+    return max((_cell_len(token) for line in text.split("\n") for token, _ in _pieces(line)), default=0)
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``, broken only where :func:`_pieces` allows;
+    a piece wider than ``width`` has a line of its own, whole."""
+    lines = []
+    for line in text.split("\n"):
+        current, spaces = "", ""
+        for token, after in _pieces(line):
+            if current and _cell_len(current + spaces + token) > width:
+                lines.append(current)
+                current = token
+            else:
+                current += spaces + token
+            spaces = after
+        lines.append(current)
+    return lines
+
+
+Layout = Literal["boxed", "compact", "stacked"]
+
+
+@dataclass(frozen=True)
+class TableFit:
+    """How a table is printed in a width: ``boxed`` (the full box, nothing wraps),
+    ``compact`` (no outer box; folding columns wrap to ``widths``) or ``stacked`` (one
+    record per block: even the narrowest table would not fit)."""
+
+    layout: Layout
+    widths: tuple[int, ...]  # each column's width, without padding
+
+
+def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -> TableFit:
+    """Choose the layout of a table in ``width`` columns.
+
+    A kept column needs its widest line; a folding column can shrink to its longest
+    unbreakable piece (header included), but a cell of several lines is a list (one
+    variable, one change a line) and keeps each line whole. The compact table takes two
+    characters between columns; when it is too wide, the widest folding column gives a
+    character at a time.
+    """
+    def widest(text: str) -> int:
+        return max(_cell_len(line) for line in text.split("\n"))
+
+    natural = [max(widest(text) for text in (column.header, *(row[i] for row in rows)))
+               for i, column in enumerate(columns)]
+    # The boxed table: a border and two spaces of padding around each cell.
+    if sum(natural) + 3 * len(columns) + 1 <= width:
+        return TableFit("boxed", tuple(natural))
+    least = [natural[i] if column.keep else max(
+        longest_piece(column.header), *(widest(row[i]) if "\n" in row[i] else longest_piece(row[i]) for row in rows))
+        for i, column in enumerate(columns)]
+    room = width - 2 * (len(columns) - 1)
+    if sum(least) > room:
+        return TableFit("stacked", tuple(natural))
+    widths = list(natural)
+    for _ in range(sum(widths) - room):
+        shrinking = max((i for i in range(len(widths)) if widths[i] > least[i]), key=lambda i: widths[i])
+        widths[shrinking] -= 1
+    return TableFit("compact", tuple(widths))
+
+
+def stacked_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -> list[tuple[str, str]]:
+    """The table as records, one per row, as ``(label, value)`` lines.
+
+    ``layer: conv1`` opens a record and the other cells follow, indented, their values
+    aligned (``  class:   Conv2D``); a blank line ends each record. Empty cells are left
+    out; a row whose first cell is empty continues the record above it. A value wraps
+    where a table cell would; one with a piece too wide to sit beside its label starts on
+    the next line, and only a piece wider than ``width`` runs past it.
+    """
+    labels = [f"{columns[0].header}: "] + [f"  {column.header}: " for column in columns[1:]]
+    indent = max(_cell_len(label) for label in labels)
+    lines: list[tuple[str, str]] = []
     for row in rows:
-        table.add_row(*row)
-    return table
+        if row[0] and lines:
+            lines.append(("", ""))
+        for label, cell in zip(labels, row):
+            if not cell:
+                continue
+            longest = longest_piece(cell)
+            if longest <= width - indent:
+                values = wrap(cell, width - indent)
+                lines.append((label.ljust(indent), values[0]))
+                lines.extend((" " * indent, value) for value in values[1:])
+            else:
+                below = max(0, min(indent, width - longest))
+                lines.append((label.rstrip(), ""))
+                lines.extend((" " * below, value) for value in wrap(cell, width - below))
+    if lines:
+        lines.append(("", ""))
+    return lines
 
 
 def print_table(out: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
-    """A table whose kept columns are never cut.
+    """A table in the console's width that never cuts a name, a number or a shape.
 
-    When the boxed table is wider than the console, a compact one without the outer box
-    is printed instead, and the other columns fold to make room; when even that is not
-    enough, the table runs past the width (the terminal wraps it) rather than lose a
-    digit of a shape.
+    The boxed table when it fits; else a compact one without the outer box, whose folding
+    columns (paths, sources, config) wrap at spaces and after '/' (:func:`fit_table`); else,
+    when even that cannot fit, one record per block (:func:`stacked_lines`).
     """
-
     add_table = getattr(out.file, "add_table", None)
     if add_table is not None:  # a notebook's HTML page (.notebook) takes the table as it is
         add_table(columns, rows)
         return
-    from rich.cells import cell_len
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
 
-    def widest(index: int) -> int:
-        texts = [columns[index].header] + [row[index] for row in rows]
-        return max(cell_len(line) for text in texts for line in text.split("\n"))
-
-    widths = [widest(i) for i in range(len(columns))]
-    width = out.width
-    # The boxed table: a border and two spaces of padding around each cell.
-    compact = sum(widths) + 3 * len(columns) + 1 > width
-    # The compact one: two characters between columns, nothing at the edges.
-    needed = 2 * (len(columns) - 1) + sum(
-        w if column.keep else min(w, _FOLDED_MIN) for w, column in zip(widths, columns)
-    )
-    table = _table(columns, rows, compact)
-    if compact and needed > width:
-        out.width = needed
-    try:
-        out.print(table)
-    finally:
-        out.width = width
+    fit = fit_table(columns, rows, out.width)
+    if fit.layout == "stacked":
+        for label, value in stacked_lines(columns, rows, out.width):
+            out.print(Text.assemble((label, "bold"), value), no_wrap=True, overflow="ignore", crop=False)
+        return
+    if fit.layout == "boxed":
+        table = Table()
+        for column in columns:
+            table.add_column(column.header, no_wrap=True, justify="right" if column.right else "left")
+    else:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        for column, width in zip(columns, fit.widths):
+            table.add_column(column.header if column.keep else "\n".join(wrap(column.header, width)), width=width,
+                             no_wrap=True, justify="right" if column.right else "left")
+    for row in rows:
+        table.add_row(*(cell if column.keep or fit.layout == "boxed" else "\n".join(wrap(cell, width))
+                        for cell, column, width in zip(row, columns, fit.widths)))
+    out.print(table)
 
 
 def print_json(document: dict[str, Any], stream: TextIO | None = None) -> None:

@@ -257,12 +257,14 @@ def print_prune(report: PruneReport, stream: TextIO | None = None) -> None:
                      [(_group_name(g.members), f"{g.channels} -> {g.channels - len(g.removed)}",
                        _indices(g.removed)) for g in report.groups])
         out.print(f"layers changed: {len(report.layers)}")
-        print_table(out, [Column("layer", keep=False), Column("class"), Column("variable"),
-                           Column("before"), Column("after")],
-                     [(layer.path, layer.class_name, v.name, format_shape(v.before), format_shape(v.after))
-                      for layer in report.layers for v in layer.variables]
-                     + [(layer.path, layer.class_name, "target_shape", format_shape(layer.target_shape[0]),
-                         format_shape(layer.target_shape[1])) for layer in report.layers if layer.target_shape])
+        # One row per layer, a line per variable: a narrow terminal then shows one block
+        # per layer, not one per variable.
+        print_table(out, [Column("layer", keep=False), Column("class"), Column("shapes", keep=False)],
+                     [(layer.path, layer.class_name, "\n".join(
+                         [f"{v.name} {format_shape(v.before)} -> {format_shape(v.after)}" for v in layer.variables]
+                         + ([f"target_shape {format_shape(layer.target_shape[0])} -> "
+                             f"{format_shape(layer.target_shape[1])}"] if layer.target_shape else [])))
+                      for layer in report.layers])
     if report.not_pruned:
         out.print(f"not pruned: {plural(len(report.not_pruned), 'group')}")
         print_table(out, [Column("group (convs)", keep=False), Column("why", keep=False)],
@@ -300,5 +302,5 @@ def _group_name(members: Sequence[str]) -> str:
 
 
 def _indices(indices: Sequence[int], shown: int = 12) -> str:
-    text = ",".join(str(i) for i in indices[:shown])
-    return text + (f",... ({len(indices)})" if len(indices) > shown else "")
+    text = ", ".join(str(i) for i in indices[:shown])
+    return text + (f", ... ({len(indices)})" if len(indices) > shown else "")
