@@ -162,7 +162,7 @@ variable  shape         dtype    source             old L2  new L2  max |change|
 kernel    (3, 3, 1, 4)  float32  init he_normal      1.163   2.576         1.421
                                  (seed 7)                                       
 bias      (4,)          float32  init zeros       0.003967       0      0.002001
-optimizer (Adam): reset 4 slots (2 per variable) of 2 replaced variables to 
+optimizer (Adam): reset 4 slots (2 per variable) of 2 replaced variables to
 zero; its iteration count kept
 smoke test skipped (--no-smoke)
 """

@@ -129,6 +129,23 @@ def test_a_value_wraps_beside_its_label_and_a_wide_piece_starts_below_it() -> No
         "layer:    conv1", "  source:", "      a_name_that_is_thirty_four_letters", ""]
 
 
+def test_a_row_of_statistics_flows_side_by_side_and_a_repeated_first_cell_continues_its_record() -> None:
+    columns = [Column("layer", keep=False), Column("variable", keep=False)] + [
+        Column(name, right=True) for name in ("min", "max", "mean", "std", "zeros")]
+    rows = [("bn", "gamma", "1", "1", "1", "0", "0"), ("bn", "beta", "-0.25", "0.5", "0.125", "0.3125", "32"),
+            ("conv", "kernel", "-1", "1", "0", "1", "0")]
+    assert ["".join(line) for line in stacked_lines(columns, rows, 44)] == [
+        "layer:      bn", "  variable: gamma", "  min: 1  max: 1  mean: 1  std: 0  zeros: 0",
+        "  variable: beta", "  min: -0.25  max: 0.5  mean: 0.125", "  std: 0.3125  zeros: 32",
+        "",
+        "layer:      conv", "  variable: kernel", "  min: -1  max: 1  mean: 0  std: 1  zeros: 0",
+        "",
+    ]
+    # Three short cells are not a row of statistics: each keeps a line of its own.
+    assert ["".join(line) for line in stacked_lines(columns[:5], [row[:5] for row in rows[:1]], 40)] == [
+        "layer:      bn", "  variable: gamma", "  min:      1", "  max:      1", "  mean:     1", ""]
+
+
 # --- every width, every piece whole ----------------------------------------------------------
 
 

@@ -143,29 +143,38 @@ layer:     bn_Conv1
 layer:     expanded_conv_depthwise
 """
 
-STATS_RECORDS = """\
-weight statistics
-layer:        Conv1
-  variable:   kernel
-  min:        {min}
-  max:        {max}
-  mean:       {mean}
-  std:        {std}
-  L2:         {l2}
-  zeros:      0
+# One record per layer, a line per variable, its statistics side by side as many to a line
+# as fit (bn_Conv1's numbers are the same at every width: gamma 1, moving_variance 1).
+STATS_RECORDS = {
+    80: """\
+layer:      bn_Conv1
+  variable: gamma
+  min: 1  max: 1  mean: 1  std: 0  L2: 5.657  zeros: 0  non-finite: 0
+  variable: beta
+  min: 0  max: 0  mean: 0  std: 0  L2: 0  zeros: 32  non-finite: 0
+  variable: moving_mean
+  min: 0  max: 0  mean: 0  std: 0  L2: 0  zeros: 32  non-finite: 0
+  variable: moving_variance
+  min: 1  max: 1  mean: 1  std: 0  L2: 5.657  zeros: 0  non-finite: 0
+
+""",
+    60: """\
+layer:      bn_Conv1
+  variable: gamma
+  min: 1  max: 1  mean: 1  std: 0  L2: 5.657  zeros: 0
+  non-finite: 0
+  variable: beta
+  min: 0  max: 0  mean: 0  std: 0  L2: 0  zeros: 32
+  non-finite: 0
+  variable: moving_mean
+  min: 0  max: 0  mean: 0  std: 0  L2: 0  zeros: 32
+  non-finite: 0
+  variable: moving_variance
+  min: 1  max: 1  mean: 1  std: 0  L2: 5.657  zeros: 0
   non-finite: 0
 
-layer:        bn_Conv1
-  variable:   gamma
-  min:        1
-  max:        1
-  mean:       1
-  std:        0
-  L2:         5.657
-  zeros:      0
-  non-finite: 0
-
-"""
+""",
+}
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -192,7 +201,12 @@ def test_inspect_all_stats(folder: Path, width: int) -> None:
     else:  # one record per layer, per variable
         records = text.split("\n", 1 if width == 80 else 2)[-1]  # after the title: one line, or two
         assert records.startswith(INSPECT_RECORDS)
-        assert STATS_RECORDS.format(**numbers) in text
+        assert STATS_RECORDS[width] in text
+        conv1 = text.split("weight statistics\nlayer:      Conv1\n  variable: kernel\n", 1)[1].split("\n\n", 1)[0]
+        assert all(line.startswith("  ") and len(line) <= width for line in conv1.split("\n")), conv1
+        assert "  ".join(line.strip() for line in conv1.split("\n")) == "  ".join(
+            f"{label}: {numbers[key]}" for label, key in (("min", "min"), ("max", "max"), ("mean", "mean"),
+                                                          ("std", "std"), ("L2", "l2"))) + "  zeros: 0  non-finite: 0"
     assert text.endswith("105 layers with weights, 3,538,984 parameters\n"
                          + ("262 variables in 105 layers; 0 optimizer variables; 0 not placed on a layer\n"
                             if width > 60 else "262 variables in 105 layers; 0 optimizer variables; 0 not\n"
@@ -437,6 +451,9 @@ APPLY_PLAN = {"edits": [
 ]}
 
 
+NO_OPTIMIZER = "optimizer: no optimizer state in the file\n"  # MobileNetV2 as built, never compiled
+
+
 def changes(folder: Path) -> list[tuple[str, str, str, str, str, str]]:
     """Each edit of APPLY_PLAN as the report should show it, computed from the file."""
     rows = []
@@ -460,12 +477,12 @@ def test_apply(folder: Path, width: int) -> None:
             "layer                    variable  shape              dtype    source                   old L2  new L2"
             "  max |change|\n" + "─" * 116 + "\n") + "".join(
             f"{layer:<23}  kernel    {dims:<17}  float32  {source:<23}  {old:>6}  {new:>6}  {change:>12}\n"
-            for layer, dims, source, old, new, change in rows)
+            for layer, dims, source, old, new, change in rows) + NO_OPTIMIZER
     else:  # one record per layer
         assert text == title + "\n".join(
             f"layer:          {layer}\n  variable:     kernel\n  shape:        {dims}\n  dtype:        float32\n"
             f"  source:       {source}\n  old L2:       {old}\n  new L2:       {new}\n  max |change|: {change}\n"
-            for layer, dims, source, old, new, change in rows) + "\n"
+            for layer, dims, source, old, new, change in rows) + "\n" + NO_OPTIMIZER
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -506,4 +523,4 @@ def test_set(folder: Path, width: int) -> None:
         + f"variable:       kernel\n  shape:        {dims}\n  dtype:        float32\n  source:       {source}\n"
           f"  old L2:       {old}\n  new L2:       {new}\n  max |change|: {change}\n\n",
     }[width]
-    assert text == expected
+    assert text == expected + NO_OPTIMIZER

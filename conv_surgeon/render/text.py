@@ -199,32 +199,81 @@ def stacked_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], widt
 
     ``layer: conv1`` opens a record and the other cells follow, indented, their values
     aligned (``  class:   Conv2D``); a blank line ends each record. Empty cells are left
-    out; a row whose first cell is empty continues the record above it. A value wraps
+    out; a row whose first cell is empty, or the same as the row's above, continues the
+    record above it. A value wraps
     where a table cell would; one with a piece too wide to sit beside its label starts on
-    the next line, and only a piece wider than ``width`` runs past it.
+    the next line, and only a piece wider than ``width`` runs past it. A run of four or
+    more short kept cells (a row of statistics) is written as ``min: -0.2  max: 0.2 ...``
+    pairs side by side, as many to a line as fit.
     """
     labels = [f"{columns[0].header}: "] + [f"  {column.header}: " for column in columns[1:]]
-    indent = max(_cell_len(label) for label in labels)
-    lines: list[tuple[str, str]] = []
+    records: list[tuple[bool, list[tuple[list[tuple[str, str, bool]], bool]]]] = []
+    previous = None
     for row in rows:
-        if row[0] and lines:
+        opens = bool(row[0]) and row[0] != previous  # the same first cell again continues the record
+        previous = row[0] or previous
+        cells = [(label, cell, i > 0 and columns[i].keep and "\n" not in cell)
+                 for i, (label, cell) in enumerate(zip(labels, row)) if cell and (i > 0 or opens)]
+        records.append((opens, list(_runs(cells))))
+    indent = max([_cell_len(labels[0])] + [_cell_len(label) for _, runs in records for run, together in runs
+                                            if not together for label, _, _ in run])
+    lines: list[tuple[str, str]] = []
+    for opens, runs in records:
+        if opens and lines:
             lines.append(("", ""))
-        for label, cell in zip(labels, row):
-            if not cell:
+        for run, together in runs:
+            if together:
+                lines.extend(("  ", line) for line in _flow([f"{label.strip()} {cell}" for label, cell, _ in run],
+                                                             width - 2))
                 continue
-            longest = longest_piece(cell)
-            if longest <= width - indent:
-                values = wrap(cell, width - indent)
-                lines.append((label.ljust(indent), values[0]))
-                lines.extend((" " * indent, value) for value in values[1:])
-            else:
-                below = max(0, min(indent, width - longest))
-                lines.append((label.rstrip(), ""))
-                lines.extend((" " * below, value) for value in wrap(cell, width - below))
+            for label, cell, _ in run:
+                _field(lines, label, cell, indent, width)
     if lines:
         lines.append(("", ""))
     return lines
 
+
+# A record's run of at least this many short kept cells (a row of statistics) is written
+# as `label: value` pairs side by side, not one line each.
+_FLOWING_CELLS = 4
+
+
+def _runs(cells: list[tuple[str, str, bool]]) -> Iterator[tuple[list[tuple[str, str, bool]], bool]]:
+    """The cells in runs: whether each run is long enough, and short enough, to flow."""
+    start = 0
+    while start < len(cells):
+        end = start + 1
+        while end < len(cells) and cells[end][2] == cells[start][2]:
+            end += 1
+        run = cells[start:end]
+        yield run, run[0][2] and len(run) >= _FLOWING_CELLS
+        start = end
+
+
+def _flow(pairs: list[str], width: int) -> list[str]:
+    """Pairs side by side, two spaces apart, as many to a line as fit (a pair wider than
+    the width has a line of its own)."""
+    lines: list[str] = []
+    for pair in pairs:
+        if lines and _cell_len(lines[-1]) + 2 + _cell_len(pair) <= width:
+            lines[-1] += "  " + pair
+        else:
+            lines.append(pair)
+    return lines
+
+
+def _field(lines: list[tuple[str, str]], label: str, cell: str, indent: int, width: int) -> None:
+    """One cell of a record, its value aligned at ``indent`` and wrapped where a table
+    cell would."""
+    longest = longest_piece(cell)
+    if longest <= width - indent:
+        values = wrap(cell, width - indent)
+        lines.append((label.ljust(indent), values[0]))
+        lines.extend((" " * indent, value) for value in values[1:])
+    else:
+        below = max(0, min(indent, width - longest))
+        lines.append((label.rstrip(), ""))
+        lines.extend((" " * below, value) for value in wrap(cell, width - below))
 
 def print_table(out: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
     """A table in the console's width that never cuts a name, a number or a shape.
