@@ -1,4 +1,4 @@
-"""`conv-surgeon set`: new values for a convolution's variables, checked and smoke-tested."""
+"""`conv-surgeon set`: new values for a layer's variables, checked and smoke-tested."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def set_command(
     layer: LayerOpt = None,
     kernel: Annotated[Optional[str], typer.Option("--kernel", help="SRC for the kernel: file.npy, file.npz:KEY, file.h5:PATH, file.safetensors:KEY, file.pt:KEY or - (stdin).", show_default=False)] = None,
     bias: Annotated[Optional[str], typer.Option("--bias", help="SRC for the bias.", show_default=False)] = None,
-    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy (repeatable).")] = [],
+    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy or moving_variance=v.npy (repeatable).")] = [],
     kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False)] = None,
     bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False)] = None,
     weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).")] = [],
@@ -63,7 +63,7 @@ def set_command(
     *,
     write: WriteArgs,
 ) -> None:
-    """Set variables of a convolution layer from arrays, initializers or another model, then smoke-test."""
+    """Set variables of a layer (conv, Dense, BatchNormalization, ...) from arrays, initializers or another model, then smoke-test."""
     from ..instruments.set_weights import LayerEdit, SetRequest, bundle_edits, edit_model, parse_donor, require_requests
     from ..render import progress_on_terminal, render_report
 
