@@ -163,7 +163,8 @@ def get_weights(
 ) -> dict[str, np.ndarray]:
     """Every variable of ``layer``, by name: ``{"kernel": ..., "bias": ...}``.
 
-    ``layout="torch"`` gives convolution variables in PyTorch / ONNX layout.
+    ``layout="torch"`` gives them in PyTorch / ONNX layout (convolutions, Dense as Linear,
+    normalizations and embeddings as they are).
     """
     from .instruments.reading import get_weights as export
 
@@ -192,7 +193,7 @@ def set_weights(
     config: PathLike | None = None,
     optimizer: OptimizerPolicy = "reset",
 ) -> SetReport:
-    """Set variables of one convolution layer and write the model to ``out`` (or over
+    """Set variables of one layer (any layer with weights) and write the model to ``out`` (or over
     ``model`` with ``in_place``); ``dry_run`` checks and reports without writing.
 
     ``kernel``, ``bias`` and ``weights`` (other variables by name, e.g.

@@ -629,7 +629,7 @@ BAD_INPUTS = {
     "npz-missing-key": (["tiny.keras", "-l", "conv1", "--kernel", "two.npz:third"], 1, ["two.npz", "'third'", "first, second"]),
     "unknown-layer": (["tiny.keras", "-l", "cnv1", "--kernel", "k.npy"], 1, ["'cnv1'", "did you mean 'conv1'"]),
     "ambiguous-layer": (["convs.keras", "-l", "conv", "--bias", "b4.npy"], 1, ["'conv'", "ambiguous", "seq_block/conv", "func_block/conv"]),
-    "non-conv-layer": (["tiny.keras", "-l", "head", "--kernel", "k.npy"], 1, ["'head'", "Dense", "not a convolution"]),
+    "dense-layer-shape": (["tiny.keras", "-l", "head", "--kernel", "k.npy"], 1, ["'head' kernel", "(8, 10) (in_features, units)", "rank 4 != 2"]),
     "bias-without-bias": (["convs.keras", "-l", "c2d_nobias", "--bias", "b4.npy"], 1, ["'c2d_nobias'", "no bias"]),
     "unknown-initializer": (["tiny.keras", "-l", "conv1", "--kernel-init", "he_normall"], 1, ["'he_normall'", "did you mean 'he_normal'"]),
     "bad-initializer-argument": (["tiny.keras", "-l", "conv1", "--kernel-init", "random_normal:stddev=abc"], 1, ["stddev", "'abc'", "number"]),

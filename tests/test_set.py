@@ -263,11 +263,12 @@ def test_nested_layer_by_path_and_by_unique_name(samples: Path, tmp_path: Path) 
         np.testing.assert_array_equal(value_of(tmp_path / name, "func_block/deep_block/deep_conv"), value)
 
 
-def test_set_weights_refuses_a_non_convolution(samples: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConvSurgeonError, match=r"'head' is a Dense, not a convolution"):
+def test_set_weights_on_a_dense_layer_checks_it_by_its_axis_names(samples: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConvSurgeonError, match=r"'head' kernel: expected \(8, 10\) \(in_features, units\)"):
         set_weights(ModelFile.from_path(samples / "tiny_cnn.keras"), "head",
-                    [WeightRequest(None, init="zeros")], WriteOptions(Destination(path=tmp_path / "o.keras"), NO_SMOKE))
-    assert list(tmp_path.iterdir()) == []
+                    [WeightRequest(None, source=save_npy(tmp_path / "k.npy", SOBEL))],
+                    WriteOptions(Destination(path=tmp_path / "o.keras"), NO_SMOKE))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npy"]
 
 
 def test_in_place_destination_updates_the_file_and_leaves_no_temp(samples: Path, tmp_path: Path) -> None:

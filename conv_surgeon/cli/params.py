@@ -79,10 +79,8 @@ def complete_layer(ctx: click.Context, _param: click.Parameter, incomplete: str)
             os.path.expanduser(model), config=os.path.expanduser(config) if isinstance(config, (str, Path)) else None))
     except Exception:  # noqa: BLE001 - completion must never fail into the user's shell
         return []
-    # `set` edits convolutions only; `get` reads any layer with weights.
-    layers = structure.conv_layers if ctx.command.name == "set" else structure.layers
     # A name typed without its path (`deep_conv`) completes to the path that ends in it.
-    matches = [layer for layer in layers if layer.path.startswith(incomplete) or layer.name.startswith(incomplete)]
+    matches = [layer for layer in structure.layers if layer.path.startswith(incomplete) or layer.name.startswith(incomplete)]
     return [CompletionItem(layer.path, help=layer.class_name) for layer in matches]
 
 

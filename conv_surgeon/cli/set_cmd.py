@@ -1,4 +1,4 @@
-"""`conv-surgeon set`: new values for a convolution's variables, checked and smoke-tested."""
+"""`conv-surgeon set`: new values for a layer's variables, checked and smoke-tested."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def set_command(
     layer: LayerOpt = None,
     kernel: Annotated[Optional[str], typer.Option("--kernel", help="SRC for the kernel: file.npy, file.npz:KEY, file.h5:PATH, file.safetensors:KEY, file.pt:KEY or - (stdin).", show_default=False)] = None,
     bias: Annotated[Optional[str], typer.Option("--bias", help="SRC for the bias.", show_default=False)] = None,
-    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy (repeatable).")] = [],
+    weight: Annotated[list[str], typer.Option("--weight", help="NAME=SRC for any variable, e.g. depthwise_kernel=dw.npy or moving_variance=v.npy (repeatable).")] = [],
     kernel_init: Annotated[Optional[str], typer.Option("--kernel-init", help="Initializer SPEC for the kernel: NAME[:key=value,...], e.g. he_normal.", show_default=False, shell_complete=complete_initializer)] = None,
     bias_init: Annotated[Optional[str], typer.Option("--bias-init", help="Initializer SPEC for the bias, e.g. zeros.", show_default=False, shell_complete=complete_initializer)] = None,
     weight_init: Annotated[list[str], typer.Option("--weight-init", help="NAME=SPEC for any variable (repeatable).", shell_complete=complete_initializer)] = [],
@@ -65,10 +65,11 @@ def set_command(
     *,
     write: WriteArgs,
 ) -> None:
-    """Set a conv's weights from arrays, initializers or a model.
+    """Set a layer's weights from arrays, initializers or a model.
 
-    Set variables of a convolution layer from array files, Keras initializers or another
-    model's layer, then smoke-test: Keras loads the written model and runs it.
+    Set variables of a layer with weights (a conv, Dense, BatchNormalization, ...) from
+    array files, Keras initializers or another model's layer, then smoke-test: Keras loads
+    the written model and runs it.
 
     Examples:
       conv-surgeon set in.keras -l conv1 --kernel k.npy -o out.keras

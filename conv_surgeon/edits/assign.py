@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import AssignmentError
-from ..model.catalogue import stored_name_matches
+from ..model.catalogue import quantization_mode, stored_name_matches
 from ..model.naming import format_shape
 from .layout import from_torch_code, torch_axis_names, torch_shape
 from .targets import TargetVariable
@@ -110,16 +110,20 @@ def check_assignment(target: TargetVariable, array: np.ndarray, origin: str) -> 
 
 def _find_target(targets: Sequence[TargetVariable], wanted: str) -> int:
     for index, target in enumerate(targets):
-        if stored_name_matches(target.conv, target.name, wanted):
+        if stored_name_matches(target.kind, target.name, wanted):
             return index
     layer = targets[0].layer if targets else "?"
     names = [t.name for t in targets]
+    kind = targets[0].kind if targets else None
+    if kind is not None:
+        setting = kind.why_absent(wanted, targets[0].config)
+        if setting is not None:
+            name = kind.keras_name(wanted)
+            raise AssignmentError(
+                f"layer '{layer}' has no {name}: it was built with {setting}; "
+                f"drop the {name} source"
+            )
     conv = targets[0].conv if targets else None
-    if wanted == "bias":
-        raise AssignmentError(
-            f"layer '{layer}' has no bias: it was built with use_bias=False; "
-            "drop the bias source"
-        )
     if wanted == "kernel" and conv is not None and conv.kind == "separable":
         raise AssignmentError(
             f"layer '{layer}' is a {conv.name} with two kernels "
@@ -136,9 +140,12 @@ def _find_target(targets: Sequence[TargetVariable], wanted: str) -> int:
 
 def _target_dtype(target: TargetVariable) -> np.dtype:
     if target.dtype not in TARGET_DTYPES:
+        mode = quantization_mode(target.config)
+        quantized = (f" (the layer is quantized, {mode}: set the float model's weights and quantize "
+                     "it again)") if mode is not None else ""
         raise AssignmentError(
             f"{target.label} is stored as {target.dtype}; conv-surgeon writes "
-            f"{', '.join(TARGET_DTYPES)} variables only"
+            f"{', '.join(TARGET_DTYPES)} variables only{quantized}"
         )
     if target.dtype == "bfloat16":
         import ml_dtypes
@@ -176,32 +183,36 @@ def _check_shape(target: TargetVariable, array: np.ndarray, origin: str) -> None
     expected, received = target.shape, array.shape
     if received == expected:
         return
+    # A variable the catalogue cannot name has its axes numbered.
+    axis_names = target.axis_names
+    named = f" ({', '.join(axis_names)})" if axis_names is not None else ""
     message = (
-        f"{target.label}: expected {format_shape(expected)} "
-        f"({', '.join(target.axis_names)}), received {format_shape(received)} from {origin}"
+        f"{target.label}: expected {format_shape(expected)}{named}, "
+        f"received {format_shape(received)} from {origin}"
     )
     if len(received) != len(expected):
         message += f": rank {len(received)} != {len(expected)}"
     else:
         message += ": " + ", ".join(
             _axis_difference(i, name, got, want)
-            for i, (name, got, want) in enumerate(zip(target.axis_names, received, expected))
+            for i, (name, got, want) in enumerate(zip(axis_names or (None,) * len(expected), received, expected))
             if got != want
         )
     hint = _shape_hint(target, received)
     raise AssignmentError(message + (f" — hint: {hint}" if hint else ""))
 
 
-def _axis_difference(index: int, name: str, received: int, expected: int) -> str:
-    # A pointwise kernel's leading axes are named "1": say which axis instead.
-    label = f"axis {index}" if name == "1" else name
+def _axis_difference(index: int, name: str | None, received: int, expected: int) -> str:
+    # A pointwise kernel's leading axes are named "1", an unnamed variable's not at all:
+    # say which axis instead.
+    label = f"axis {index}" if name is None or name == "1" else name
     return f"{label} {received} != {expected}"
 
 
 def _shape_hint(target: TargetVariable, received: tuple[int, ...]) -> str | None:
     """What the received shape most likely is, when that can be told."""
     expected = target.shape
-    if received == torch_shape(target):
+    if received == torch_shape(target) and received != expected:
         layout = ", ".join(torch_axis_names(target))
         return (
             f"this is the PyTorch/ONNX layout ({layout}); pass --layout torch, or convert "

@@ -1,4 +1,4 @@
-"""PyTorch / ONNX layouts of convolution variables and the conversions to Keras.
+"""PyTorch / ONNX layouts of layer variables and the conversions to Keras.
 
 | Keras variable                          | PyTorch / ONNX weight          |
 |-----------------------------------------|--------------------------------|
@@ -7,10 +7,14 @@
 | depthwise kernel k + (in, multiplier)   | (in*multiplier, 1, *k)         |
 | pointwise kernel (1,)*r + (in, out)     | (out, in, 1, ...)              |
 | bias (n,)                               | (n,)                           |
+| Dense kernel (in_features, units)       | Linear weight (out, in)        |
+| BatchNormalization, LayerNormalization, | the same shapes (PyTorch names |
+| GroupNormalization, Embedding variables | them weight, bias, running_*)  |
 
 A depthwise conv's output channel ``i*multiplier + m`` comes from input channel ``i`` in
 both frameworks, so the conversion is a reshape plus a transpose. Frameworks compute
-cross-correlation: no filter is flipped.
+cross-correlation: no filter is flipped. Other classes (EinsumDense, PReLU, the recurrent
+cells, whose PyTorch biases and gate orders differ) have no PyTorch layout here.
 """
 
 from __future__ import annotations
@@ -20,31 +24,53 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ..errors import AssignmentError
-from ..model.catalogue import canonical_variable_name
+from ..model.catalogue import ConvClass, canonical_variable_name
 from ..model.naming import format_shape
 
 if TYPE_CHECKING:
     from .targets import TargetVariable
 
-VariableRole = Literal["dense", "depthwise", "bias"]
+# How a variable maps to PyTorch: a full conv kernel, a depthwise one, a Linear weight
+# (transposed), or a variable PyTorch holds in the same layout (biases, normalizations,
+# embeddings).
+VariableRole = Literal["conv", "depthwise", "linear", "same"]
 
 
-def variable_role(target: TargetVariable) -> VariableRole:
-    """How a variable maps to PyTorch: a full kernel, a depthwise kernel, or a vector."""
+def variable_role(target: TargetVariable) -> VariableRole | None:
+    """How a variable maps to PyTorch; None when conv-surgeon knows no PyTorch layout for it."""
+    kind = target.kind
     name = canonical_variable_name(target.name)
-    if name == "bias":
-        return "bias"
-    if target.conv.kind == "depthwise" or name == "depthwise_kernel":
-        return "depthwise"
-    return "dense"
+    if kind is None:
+        return None
+    family = kind.family
+    if family == "conv":
+        if name == "bias":
+            return "same"
+        if _conv(target).kind == "depthwise" or name == "depthwise_kernel":
+            return "depthwise"
+        return "conv"
+    if family == "dense" and name in ("kernel", "bias"):
+        return "linear" if name == "kernel" else "same"
+    if family in ("batch_norm", "normalization", "embedding") and target.axis_names is not None:
+        return "same"
+    return None
 
 
-def torch_shape(target: TargetVariable) -> tuple[int, ...]:
-    """The shape PyTorch / ONNX would give the variable."""
-    shape, rank = target.shape, target.conv.rank
+def _conv(target: TargetVariable) -> ConvClass:
+    conv = target.conv
+    assert conv is not None, "a conv role on a layer that is no convolution"
+    return conv
+
+
+def torch_shape(target: TargetVariable) -> tuple[int, ...] | None:
+    """The shape PyTorch / ONNX would give the variable; None when no layout is known."""
+    shape = target.shape
     role = variable_role(target)
-    if role == "bias":
-        return shape
+    if role is None or role == "same":
+        return None if role is None else shape
+    if role == "linear":
+        return shape[::-1]
+    rank = _conv(target).rank
     if role == "depthwise":
         return (shape[rank] * shape[rank + 1], 1) + shape[:rank]
     return (shape[rank + 1], shape[rank]) + shape[:rank]
@@ -53,16 +79,29 @@ def torch_shape(target: TargetVariable) -> tuple[int, ...]:
 def torch_axis_names(target: TargetVariable) -> tuple[str, ...]:
     """What each axis of the PyTorch / ONNX weight means."""
     role = variable_role(target)
-    if role == "bias":
-        return ("out",)
-    spatial = target.conv.axis_names(target.name)[: target.conv.rank]
+    if role == "same":
+        return ("out",) if target.conv is not None else target.axis_names or ()
+    if role == "linear":
+        return ("out_features", "in_features")
+    if role is None:
+        return ()
+    conv = _conv(target)
+    spatial = conv.axis_names(target.name)[: conv.rank]
     if role == "depthwise":
         return ("in*multiplier", "1") + spatial
     if canonical_variable_name(target.name) == "pointwise_kernel":
         return ("out", "in") + spatial
-    if target.conv.kind == "transpose":
+    if conv.kind == "transpose":
         return ("in", "out") + spatial
     return ("out", "in/groups") + spatial
+
+
+def _no_torch_layout(target: TargetVariable) -> AssignmentError:
+    what = target.kind.name if target.kind is not None else "a class the catalogue cannot name"
+    return AssignmentError(
+        f"{target.label} ({what}): conv-surgeon knows no PyTorch layout for it; "
+        "give it in Keras layout (without --layout torch)"
+    )
 
 
 def to_torch(target: TargetVariable, array: np.ndarray) -> np.ndarray:
@@ -72,30 +111,38 @@ def to_torch(target: TargetVariable, array: np.ndarray) -> np.ndarray:
             f"layer '{target.layer}' {target.name}: expected Keras layout "
             f"{format_shape(target.shape)}, received {format_shape(array.shape)}"
         )
-    rank = target.conv.rank
     role = variable_role(target)
-    if role == "bias":
+    if role is None:
+        raise _no_torch_layout(target)
+    if role == "same":
         return np.array(array)
+    if role == "linear":
+        return np.ascontiguousarray(array.T)
+    rank = _conv(target).rank
     if role == "depthwise":
         flat = array.reshape(target.shape[:rank] + (-1,))
         moved = np.transpose(flat, (rank,) + tuple(range(rank)))
-        return np.ascontiguousarray(moved.reshape(torch_shape(target)))
+        return np.ascontiguousarray(moved.reshape((-1, 1) + target.shape[:rank]))
     return np.ascontiguousarray(np.transpose(array, _keras_to_torch_axes(rank)))
 
 
 def from_torch(target: TargetVariable, array: np.ndarray) -> np.ndarray:
     """A PyTorch / ONNX-layout value as the Keras layout of ``target``."""
     expected = torch_shape(target)
+    if expected is None:
+        raise _no_torch_layout(target)
     if array.shape != expected:
         raise AssignmentError(
             f"layer '{target.layer}' {target.name}: expected PyTorch/ONNX layout "
             f"{format_shape(expected)} ({', '.join(torch_axis_names(target))}), "
             f"received {format_shape(array.shape)}"
         )
-    rank = target.conv.rank
     role = variable_role(target)
-    if role == "bias":
+    if role == "same":
         return np.array(array)
+    if role == "linear":
+        return np.ascontiguousarray(array.T)
+    rank = _conv(target).rank
     if role == "depthwise":
         split = array.reshape(target.shape[rank : rank + 2] + target.shape[:rank])
         return np.ascontiguousarray(np.transpose(split, _depthwise_torch_to_keras_axes(rank)))
@@ -104,10 +151,12 @@ def from_torch(target: TargetVariable, array: np.ndarray) -> np.ndarray:
 
 def from_torch_code(target: TargetVariable) -> str | None:
     """The numpy expression turning a PyTorch-layout ``a`` into the Keras layout."""
-    rank = target.conv.rank
     role = variable_role(target)
-    if role == "bias":
+    if role is None or role == "same":
         return None
+    if role == "linear":
+        return "np.transpose(a)"
+    rank = _conv(target).rank
     if role == "depthwise":
         axes = _depthwise_torch_to_keras_axes(rank)
         if target.shape[rank + 1] == 1:

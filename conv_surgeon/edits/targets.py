@@ -1,28 +1,40 @@
-"""The variables an edit targets: a convolution layer's variables with the meaning of each axis."""
+"""The variables an edit targets: a layer's variables with the meaning of each axis."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..errors import ConvSurgeonError
-from ..model.catalogue import ConvClass
+from ..model.catalogue import ConvClass, LayerClass
 from ..model.structure import Layer
 
 
 @dataclass(frozen=True)
 class TargetVariable:
-    """One variable of a convolution layer, as stored in the model file."""
+    """One variable of a layer, as stored in the model file.
+
+    ``kind`` is the catalogue's entry for the layer's class (None when the catalogue
+    cannot name its variables: they are then taken by their stored names, without axis
+    names); ``config`` the layer's config, which some classes' axes depend on (an
+    EinsumDense's equation, a PReLU's shared axes).
+    """
 
     layer: str
     name: str
     shape: tuple[int, ...]
     dtype: str
-    conv: ConvClass
+    kind: LayerClass | None
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
-    def axis_names(self) -> tuple[str, ...]:
-        """What each axis of the variable means, from the catalogue."""
-        return self.conv.axis_names(self.name)
+    def conv(self) -> ConvClass | None:
+        return self.kind if isinstance(self.kind, ConvClass) else None
+
+    @property
+    def axis_names(self) -> tuple[str, ...] | None:
+        """What each axis of the variable means, from the catalogue; None where it cannot tell."""
+        return None if self.kind is None else self.kind.axis_names(self.name, self.config, self.shape)
 
     @property
     def label(self) -> str:
@@ -30,10 +42,6 @@ class TargetVariable:
         return f"layer '{self.layer}' {self.name}"
 
 
-
 def layer_targets(layer: Layer) -> list[TargetVariable]:
-    """The assignment engine's view of a convolution layer's variables."""
-    conv = layer.conv
-    if conv is None:
-        raise ConvSurgeonError(f"layer '{layer.path}' is a {layer.class_name}, not a convolution")
-    return [TargetVariable(layer.path, v.name, v.shape, v.dtype, conv) for v in layer.variables]
+    """The assignment engine's view of a layer's variables."""
+    return [TargetVariable(layer.path, v.name, v.shape, v.dtype, layer.kind, layer.config) for v in layer.variables]

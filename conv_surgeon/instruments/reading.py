@@ -136,7 +136,7 @@ def get_weights(
 ) -> WeightsExport:
     """One variable of a layer (the kernel by default), or all of them with ``every``.
 
-    ``layout="torch"`` exports convolution variables in PyTorch / ONNX layout.
+    ``layout="torch"`` exports them in PyTorch / ONNX layout (:mod:`conv_surgeon.edits.layout`).
     """
     structure = read_structure(source)
     layer = resolve_layer(structure, layer_query, source.label)

@@ -25,10 +25,10 @@ from ..edits.layout import (from_torch, torch_axis_names, torch_shape,
 from ..edits.plan import Plan, in_plan
 from ..edits.targets import TargetVariable, layer_targets
 from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
-from ..model.catalogue import conv_class, stored_name_matches
+from ..model.catalogue import stored_name_matches
 from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
-from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
+from ..model.structure import (Layer, Variable, read_structure,
                                read_variables)
 from ..store.hdf5 import HDF5_MAGIC
 from ..store.model_file import ModelFile
@@ -171,8 +171,10 @@ def require_requests(requests: list[WeightRequest], donor: Donor | None = None) 
 def _variable_for(layer: Layer, request: WeightRequest, label: str) -> Variable | None:
     if request.variable is None:
         return main_kernel(layer, label)
-    if request.variable == "bias" and not any(v.name == "bias" for v in layer.variables):
-        return None  # the engine explains a bias for a layer built without one
+    kind = layer.kind
+    if (kind is not None and kind.why_absent(request.variable, layer.config) is not None
+            and not any(stored_name_matches(kind, v.name, request.variable) for v in layer.variables)):
+        return None  # the engine explains a bias (gamma, beta) for a layer built without one
     return resolve_variable(layer, request.variable, label)
 
 
@@ -189,7 +191,7 @@ def set_weights(
     optimizer: OptimizerPolicy = "reset",
     progress: Progress | None = None,
 ) -> SetReport:
-    """Set variables of one convolution layer (``options.destination`` None: a dry run).
+    """Set variables of one layer (``options.destination`` None: a dry run).
 
     >>> from conv_surgeon.runtime.checks import NO_SMOKE
     >>> from conv_surgeon.transaction.transaction import Destination
@@ -248,7 +250,7 @@ def edit_model(
         every = len(edits) > 1 or edit.from_plan  # list every problem, not only the first
         refusals: list[ConvSurgeonError] = []
         try:
-            layer = _resolve_conv_layer(structure, edit.layer, source.label)
+            layer = resolve_layer(structure, edit.layer, source.label)
             if layer.path in seen:
                 raise ConvSurgeonError(
                     f"layer '{layer.path}' is edited twice ({_place(seen[layer.path])} and "
@@ -389,17 +391,6 @@ def _needs_seed(edits: list[LayerEdit]) -> bool:
     return any(takes_seed(r.init) for edit in edits for r in edit.requests if r.init is not None)
 
 
-def _resolve_conv_layer(structure: ModelStructure, query: str, label: str) -> Layer:
-    layer = resolve_layer(structure, query, label)
-    if layer.conv is None:
-        raise ConvSurgeonError(
-            f"{label}: layer '{layer.path}' is a {layer.class_name}, not a convolution; "
-            "conv-surgeon sets the weights of Conv, ConvTranspose, DepthwiseConv and "
-            "SeparableConv layers"
-        )
-    return layer
-
-
 def _variable_named(layer: Layer, name: str) -> Variable:
     return next(v for v in layer.variables if v.name == name)
 
@@ -519,7 +510,7 @@ def _names_hdf5(spec: str) -> bool:
 
 def _fits_both_layouts(target: TargetVariable, array: np.ndarray) -> bool:
     return (
-        variable_role(target) != "bias"
+        variable_role(target) not in (None, "same")
         and array.shape == target.shape
         and torch_shape(target) == target.shape
     )
@@ -576,7 +567,7 @@ def _donor_candidates(source: ModelFile, layer: Layer, donor: Donor) -> list[tup
         donor_layer = resolve_layer(structure, query, donor_label)
     except ConvSurgeonError as exc:
         raise ConvSurgeonError(f"donor model {exc}") from None
-    if conv_class(donor_layer.class_name) != layer.conv:
+    if _class_key(donor_layer) != _class_key(layer):
         raise ConvSurgeonError(
             f"donor layer '{donor_layer.path}' in {donor_label} is a {donor_layer.class_name}, "
             f"but '{layer.path}' in {source.label} is a {layer.class_name}; choose a donor "
@@ -584,7 +575,7 @@ def _donor_candidates(source: ModelFile, layer: Layer, donor: Donor) -> list[tup
         )
     pairs = [
         (target, next((d for d in donor_layer.variables
-                       if stored_name_matches(layer.conv, target.name, d.name)), None))
+                       if stored_name_matches(layer.kind, target.name, d.name)), None))
         for target in layer.variables
     ]
     if any(d is None for _, d in pairs) or len(donor_layer.variables) != len(layer.variables):
@@ -600,6 +591,11 @@ def _donor_candidates(source: ModelFile, layer: Layer, donor: Donor) -> list[tup
         for target, d in pairs
         if d is not None
     ]
+
+
+def _class_key(layer: Layer) -> str:
+    """The layer's class as the catalogue names it (Keras 2 aliases too: Convolution2D)."""
+    return layer.kind.name if layer.kind is not None else layer.class_name
 
 
 def _change(assignment: Assignment, old: np.ndarray) -> VariableChange:

@@ -1,4 +1,4 @@
-"""What each convolution class stores, and what every axis of every variable means.
+"""What each class of layer with weights stores, and what every axis of every variable means.
 
 Keras 3 layouts (channels_last and channels_first alike; the README's *Layouts* lists
 PyTorch's beside them):
@@ -10,29 +10,107 @@ PyTorch's beside them):
 | depthwise  | kernel = k + (in_channels, depth_multiplier); bias (in_channels*multiplier,) |
 | separable  | depthwise_kernel = k + (in_channels, depth_multiplier);                      |
 |            | pointwise_kernel = (1,)*rank + (in_channels*multiplier, filters); bias       |
+
+The other layers with weights (:class:`LayerClass`), as Keras 3.15 builds and saves them:
+
+| family        | classes                          | variables in store order                       |
+|---------------|----------------------------------|------------------------------------------------|
+| dense         | Dense                            | kernel (in_features, units); bias (units,)     |
+| einsum_dense  | EinsumDense                      | kernel, bias: axes named by the equation       |
+| batch_norm    | BatchNormalization               | gamma (if scale), beta (if center),            |
+|               |                                  | moving_mean, moving_variance: (features,)      |
+| normalization | LayerNormalization,              | gamma (if scale or rms_scaling), beta (if      |
+|               | GroupNormalization               | center and not rms_scaling): the normalized    |
+|               |                                  | axes (features,) / (channels,)                 |
+| prelu         | PReLU                            | alpha: the input's axes, 1 where shared        |
+| embedding     | Embedding                        | embeddings (input_dim, output_dim)             |
+| recurrent     | LSTMCell, GRUCell, SimpleRNNCell | kernel (input_dim, G*units); recurrent_kernel  |
+|               | (and Keras 2's LSTM, GRU, ...)   | (units, G*units); bias (G*units,), GRU with    |
+|               |                                  | reset_after (2, 3*units); G = 4, 3, 1          |
+
+A quantized layer (int8, int4, float8, GPTQ, ... dtype policies) stores other variables
+in other layouts: the catalogue does not name its axes, and its variables go by their
+stored names.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 ConvKind = Literal["conv", "transpose", "depthwise", "separable"]
+LayerFamily = Literal["conv", "dense", "einsum_dense", "batch_norm", "normalization", "prelu", "embedding",
+                      "recurrent"]
 
 
 _SPATIAL_AXES = {1: ("k",), 2: ("kh", "kw"), 3: ("kd", "kh", "kw")}
 
 
 @dataclass(frozen=True)
-class ConvClass:
-    """One convolution class: its kind and its number of spatial dimensions."""
+class LayerClass:
+    """A class of layer with weights that the catalogue knows: what each axis of each of its
+    variables means, PyTorch's names for them, and which config setting leaves one out."""
 
     name: str
+
+    @property
+    def family(self) -> LayerFamily:
+        return _FAMILIES[self.name]
+
+    @property
+    def torch_names(self) -> Mapping[str, str]:
+        """PyTorch's names of the variables, each to the Keras name (``running_var`` ->
+        ``moving_variance``); `--weight` takes either."""
+        return _TORCH_NAMES.get(self.family, {})
+
+    def keras_name(self, wanted: str) -> str:
+        """The Keras name of a variable the user named, by its Keras or PyTorch name."""
+        return self.torch_names.get(wanted, wanted)
+
+    def why_absent(self, variable: str, config: Mapping[str, Any] | None = None) -> str | None:
+        """The config setting that builds the layer without ``variable`` (``use_bias=False``),
+        or None when the class never holds a variable of that name."""
+        config = config or {}
+        name = self.keras_name(variable)
+        if name == "bias" and self.family in ("conv", "dense", "einsum_dense", "recurrent"):
+            return "bias_axes=None" if self.family == "einsum_dense" else "use_bias=False"
+        if self.family == "normalization" and config.get("rms_scaling") and name == "beta":
+            return "rms_scaling=True"
+        if self.family in ("batch_norm", "normalization") and name in ("gamma", "beta"):
+            return "scale=False" if name == "gamma" else "center=False"
+        return None
+
+    def axis_names(self, variable: str, config: Mapping[str, Any] | None = None,
+                   shape: tuple[int, ...] | None = None) -> tuple[str, ...] | None:
+        """The meaning of each axis of ``variable`` in a layer of this ``config`` holding it
+        with ``shape``; None where the catalogue cannot tell (a quantized layer, a variable
+        the class does not hold)."""
+        config = config or {}
+        if quantization_mode(config) is not None:
+            return None
+        names = _axis_names(self, canonical_variable_name(variable), config, shape)
+        if names is None or (shape is not None and len(names) != len(shape)):
+            return None
+        return names
+
+
+@dataclass(frozen=True)
+class ConvClass(LayerClass):
+    """One convolution class: its kind and its number of spatial dimensions."""
+
     kind: ConvKind
     rank: int
+
+    @property
+    def family(self) -> LayerFamily:
+        return "conv"
+
+    @property
+    def torch_names(self) -> Mapping[str, str]:
+        return {} if self.kind == "separable" else {"weight": "kernel"}
 
     @property
     def kernel_names(self) -> tuple[str, ...]:
@@ -45,7 +123,8 @@ class ConvClass:
         """Keras 3 variable names in store order."""
         return self.kernel_names + (("bias",) if use_bias else ())
 
-    def axis_names(self, variable: str) -> tuple[str, ...]:
+    def axis_names(self, variable: str, config: Mapping[str, Any] | None = None,
+                   shape: tuple[int, ...] | None = None) -> tuple[str, ...]:
         """The meaning of each axis of ``variable`` (Keras 3 name or Keras 2 alias)."""
         spatial = _SPATIAL_AXES[self.rank]
         variable = canonical_variable_name(variable)
@@ -96,6 +175,101 @@ def conv_class(class_name: str) -> ConvClass | None:
     return CONV_CLASSES.get(_CLASS_ALIASES.get(class_name, class_name))
 
 
+# The classes with weights beyond the convolutions, by family. Keras 2 saved an RNN's
+# variables on the RNN layer itself (``lstm_1/kernel:0``); Keras 3 on its cell.
+_FAMILIES: dict[str, LayerFamily] = {
+    "Dense": "dense",
+    "EinsumDense": "einsum_dense",
+    "BatchNormalization": "batch_norm",
+    "SyncBatchNormalization": "batch_norm",
+    "LayerNormalization": "normalization",
+    "GroupNormalization": "normalization",
+    "PReLU": "prelu",
+    "Embedding": "embedding",
+    **{name: "recurrent" for name in ("LSTMCell", "GRUCell", "SimpleRNNCell", "LSTM", "GRU", "SimpleRNN")},
+}
+LAYER_CLASSES: dict[str, LayerClass] = {
+    **CONV_CLASSES, **{name: LayerClass(name) for name in _FAMILIES},
+}
+
+# PyTorch's names for the variables of each family (its Linear, BatchNorm*d, LayerNorm,
+# GroupNorm, Embedding and PReLU modules), to the Keras names.
+_TORCH_NAMES: dict[LayerFamily, dict[str, str]] = {
+    "dense": {"weight": "kernel"},
+    "batch_norm": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                   "running_var": "moving_variance"},
+    "normalization": {"weight": "gamma", "bias": "beta"},
+    "embedding": {"weight": "embeddings"},
+    "prelu": {"weight": "alpha"},
+}
+
+# The gates an RNN cell stacks along its kernels' last axis (LSTM: i, f, c, o; GRU: z, r, h).
+_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def layer_class(class_name: str) -> LayerClass | None:
+    """The catalogue entry of any layer class with weights it knows (convolutions
+    included), or None: then the layer's variables go by their stored names only."""
+    return LAYER_CLASSES.get(_CLASS_ALIASES.get(class_name, class_name))
+
+
+def _axis_names(cls: LayerClass, variable: str, config: Mapping[str, Any],
+                shape: tuple[int, ...] | None) -> tuple[str, ...] | None:
+    """The axis names of a variable of a non-convolution class (see the module's table)."""
+    family = cls.family
+    if family == "dense":
+        return {"kernel": ("in_features", "units"), "bias": ("units",)}.get(variable)
+    if family == "embedding":
+        return ("input_dim", "output_dim") if variable == "embeddings" else None
+    if family == "batch_norm":
+        return ("features",) if variable in ("gamma", "beta", "moving_mean", "moving_variance") else None
+    if family == "normalization":
+        if variable not in ("gamma", "beta"):
+            return None
+        axis = config.get("axis", -1)
+        if cls.name == "GroupNormalization":
+            return ("channels",)
+        if isinstance(axis, list) and len(axis) > 1:
+            return tuple(f"input axis {a}" for a in sorted(axis))
+        return ("features",)
+    if family == "prelu":
+        if variable != "alpha" or shape is None:
+            return None
+        shared = set(config.get("shared_axes") or ())
+        return tuple("1" if i in shared else f"input axis {i}" for i in range(1, len(shape) + 1))
+    if family == "einsum_dense":
+        return _einsum_axis_names(variable, config, shape)
+    if family == "recurrent":
+        gates = _GATES[cls.name.removesuffix("Cell")]
+        units = f"{gates}*units" if gates > 1 else "units"
+        if variable == "bias" and shape is not None and len(shape) == 2:
+            return ("input|recurrent", units)  # GRU with reset_after: two biases
+        return {"kernel": ("input_dim", units), "recurrent_kernel": ("units", units), "bias": (units,)}.get(variable)
+    return None
+
+
+def _einsum_axis_names(variable: str, config: Mapping[str, Any],
+                       shape: tuple[int, ...] | None) -> tuple[str, ...] | None:
+    """An EinsumDense's axes by the letters of its equation: ``abc,cd->abd`` gives the
+    kernel ``(c, d)``; the bias spans the output's letters from the first one in
+    ``bias_axes``, 1 on the others (``_analyze_split_string`` in Keras's einsum_dense.py)."""
+    match = re.fullmatch(r"([a-zA-Z.]+),([a-zA-Z]+)->([a-zA-Z.]+)", str(config.get("equation", "")))
+    if match is None:
+        return None
+    if variable == "kernel":
+        return tuple(match.group(2))
+    bias_axes = config.get("bias_axes")
+    if variable != "bias" or not isinstance(bias_axes, str) or not bias_axes:
+        return None
+    output = match.group(3).replace(".", "")
+    if any(letter not in output for letter in bias_axes):
+        return None
+    spanned = output[min(output.find(letter) for letter in bias_axes):]
+    names = tuple(letter if letter in bias_axes else "1" for letter in spanned)
+    # Axes an ellipsis left of the output's end adds are 1 too.
+    return names + ("1",) * max(0, len(shape or ()) - len(names))
+
+
 def canonical_variable_name(stored: str) -> str:
     """A stored variable name as the Keras 3 name the user types.
 
@@ -107,14 +281,15 @@ def canonical_variable_name(stored: str) -> str:
     return base.split(":", 1)[0]
 
 
-def stored_name_matches(cls: ConvClass | None, stored: str, wanted: str) -> bool:
-    """Whether the user's variable name ``wanted`` designates the stored variable."""
+def stored_name_matches(cls: LayerClass | None, stored: str, wanted: str) -> bool:
+    """Whether the user's variable name ``wanted`` (its Keras name, or PyTorch's:
+    ``running_var``) designates the stored variable."""
     name = canonical_variable_name(stored)
-    if name == wanted:
+    if name == wanted or (cls is not None and cls.keras_name(wanted) == name):
         return True
     # Keras 2 calls a depthwise conv's only kernel `depthwise_kernel`.
     return (
-        cls is not None
+        isinstance(cls, ConvClass)
         and cls.kind == "depthwise"
         and {name, wanted} == {"kernel", "depthwise_kernel"}
     )
@@ -139,7 +314,7 @@ def main_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in CONFIG_KEYS if k in config}
 
 
-def _quantization_mode(config: dict[str, Any]) -> str | None:
+def quantization_mode(config: Mapping[str, Any]) -> str | None:
     """The mode of a quantized layer's dtype policy (``int8``, ``int4``, ``float8``), if any."""
     policy = config.get("dtype")
     if isinstance(policy, dict) and "Quantized" in str(policy.get("class_name")):
@@ -167,7 +342,7 @@ def layer_variables(
     if class_name in ("Dense", "EinsumDense"):
         if use_bias is None:
             use_bias = count in (2, 3)
-        mode = _quantization_mode(config)
+        mode = quantization_mode(config)
         if mode in ("int8", "int4") or (mode is None and count == 3 and not config):
             return [("kernel", True)] + ([("bias", True)] if use_bias else []) + [("kernel_scale", False)]
         return [("kernel", True)] + ([("bias", True)] if use_bias else [])
@@ -179,10 +354,12 @@ def layer_variables(
             out.append(("beta", True))
         return out + [("moving_mean", False), ("moving_variance", False)]
     if class_name in ("LayerNormalization", "GroupNormalization"):
+        # LayerNormalization's rms_scaling keeps gamma and drops beta.
+        rms = bool(config.get("rms_scaling", False))
         out = []
-        if config.get("scale", True):
+        if config.get("scale", True) or rms:
             out.append(("gamma", True))
-        if config.get("center", True):
+        if config.get("center", True) and not rms:
             out.append(("beta", True))
         return out
     if class_name == "Embedding":

@@ -24,6 +24,9 @@ def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> L
             and (any(p is not None and p.endswith("/" + wanted) for p in (layer.path, layer.alias))
                  or layer.name == wanted)
         ]
+    if not matches:
+        # An RNN layer holds no variable itself: its name (`lstm`) stands for its cell.
+        matches = [layer for layer in structure.layers if _is_cell_of(layer, wanted, anchored)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -46,6 +49,14 @@ def resolve_layer(structure: ModelStructure, query: str, source_label: str) -> L
     )
 
 
+def _is_cell_of(layer: Layer, wanted: str, anchored: bool) -> bool:
+    """Whether ``layer`` is the cell of the RNN layer ``wanted`` names (``lstm/lstm_cell``)."""
+    if layer.kind is None or layer.kind.family != "recurrent" or "/" not in layer.path:
+        return False
+    owner = layer.path.rpartition("/")[0]
+    return owner == wanted or (not anchored and (owner.endswith("/" + wanted)))
+
+
 def _unambiguous_path(structure: ModelStructure, layer: Layer) -> str:
     """The path that names ``layer`` alone: anchored with a leading ``/`` where its
     plain path also ends another layer's path or is another layer's name."""
@@ -55,9 +66,10 @@ def _unambiguous_path(structure: ModelStructure, layer: Layer) -> str:
 
 
 def resolve_variable(layer: Layer, name: str, source_label: str) -> Variable:
-    """The layer's variable called ``name`` (Keras 2 and 3 names both work)."""
+    """The layer's variable called ``name`` (Keras 2 and 3 names, and PyTorch's names of
+    the catalogue's classes: ``running_var`` for a BatchNormalization's ``moving_variance``)."""
     for variable in layer.variables:
-        if stored_name_matches(layer.conv, variable.name, name):
+        if stored_name_matches(layer.kind, variable.name, name):
             return variable
     names = ", ".join(v.name for v in layer.variables)
     raise ConvSurgeonError(
@@ -84,5 +96,5 @@ def main_kernel(layer: Layer, source_label: str, option: str = "--weight NAME=..
             return variable
     raise ConvSurgeonError(
         f"{source_label}: layer '{layer.path}' ({layer.class_name}) has no kernel "
-        f"(variables: {', '.join(v.name for v in layer.variables)}); use --weight NAME"
+        f"(variables: {', '.join(v.name for v in layer.variables)}); name one with {option}"
     )

@@ -35,7 +35,8 @@ from ..store.hdf5_tree import UnsupportedHDF5
 from ..store.model_file import (ModelFormat, ModelFile, OpenStore, OutlinedStore, RawValue, StoreFile, open_store,
                                 outline_store)
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
-from .catalogue import canonical_variable_name, class_for_snake_name, conv_class, infer_class, layer_variables, ConvClass
+from .catalogue import (ConvClass, LayerClass, canonical_variable_name, class_for_snake_name, conv_class, infer_class,
+                        layer_class, layer_variables, quantization_mode)
 from .graph import config_problem
 from .naming import to_snake_case
 
@@ -86,6 +87,12 @@ class Layer:
     @property
     def conv(self) -> ConvClass | None:
         return conv_class(self.class_name)
+
+    @property
+    def kind(self) -> LayerClass | None:
+        """The catalogue's entry for the layer's variables; None when it cannot name them
+        (a class it does not know, a quantized layer): they go by their stored names."""
+        return None if quantization_mode(self.config) is not None else layer_class(self.class_name)
 
     @property
     def parameters(self) -> int:
@@ -423,7 +430,8 @@ def _legacy_layer(group: h5py.Group, name: str, entry: dict[str, Any] | None,
         if not owner:
             layers.append(_legacy_leaf(group, name, name, class_name, config, slots))
             continue
-        inner = subs.get("layer") if len(by_owner) == 1 else None
+        # A wrapper's inner layer, or an RNN's cell (`lstm/lstm_cell/kernel`).
+        inner = (subs.get("layer") or subs.get("cell")) if len(by_owner) == 1 else None
         leaf_name = owner.rpartition("/")[2]
         if inner is not None:
             layers.append(_legacy_leaf(group, leaf_name, f"{name}/{owner}", str(inner.get("class_name")),
