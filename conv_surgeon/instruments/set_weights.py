@@ -28,7 +28,7 @@ from ..errors import AssignmentError, ConvSurgeonError, PlanError, UsageError
 from ..model.catalogue import stored_name_matches
 from ..model.naming import format_shape
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
-from ..model.structure import (Layer, Variable, read_structure,
+from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
                                read_variables)
 from ..store.hdf5 import HDF5_MAGIC
 from ..store.model_file import ModelFile
