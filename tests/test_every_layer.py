@@ -9,6 +9,7 @@ back with h5py, zipfile and Keras itself. No mocks.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -111,7 +112,7 @@ def save(folder: Path, name: str, array: np.ndarray) -> str:
 def refused(cli, tmp_path: Path, *args: str, parts: tuple[str, ...]) -> None:
     """`set ARGS -o out` fails with one error line naming ``parts``, and writes nothing."""
     before = listing(tmp_path)
-    result = cli("set", *args, "-o", tmp_path / "out.keras", "--no-smoke")
+    result = cli("set", "--optimizer", "keep", *args, "-o", tmp_path / "out.keras", "--no-smoke")
     assert_one_error_line(result, 1, *parts)
     assert listing(tmp_path) == before
 
@@ -188,7 +189,7 @@ def test_a_torch_linear_weight_into_a_dense_is_its_transpose_and_every_other_byt
     linear = np.random.default_rng(1).standard_normal((10, 64)).astype(np.float32)  # torch's (out, in)
     source = models["keras"]
     out = tmp_path / "out.keras"
-    result = cli("set", source, "--layer", "fc", "--kernel", save(tmp_path, "fc.npy", linear), "--layout", "torch",
+    result = cli("set", "--optimizer", "keep", source, "--layer", "fc", "--kernel", save(tmp_path, "fc.npy", linear), "--layout", "torch",
                  "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -236,7 +237,7 @@ def test_batchnorm_takes_pytorch_names_and_each_lands_on_its_keras_variable(
     np.savez(tmp_path / "bn.npz", **state)
     out = tmp_path / "out.keras"
     options = [option for name in state for option in ("--weight", f"{name}={tmp_path / 'bn.npz'}:{name}")]
-    result = cli("set", models["keras"], "--layer", "bn", *options, "--layout", "torch", "-o", out, "--json")
+    result = cli("set", "--optimizer", "keep", models["keras"], "--layer", "bn", *options, "--layout", "torch", "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["smoke"]["passed"]
     keras_names = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -258,7 +259,7 @@ def test_a_batchnorm_without_scale_has_no_gamma_and_takes_its_beta(cli, models, 
     refused(cli, tmp_path, model, "-l", "bn_noscale", "--kernel-init", "zeros",
             parts=("'bn_noscale' (BatchNormalization) has no kernel", "beta, moving_mean, moving_variance", "--weight"))
     out = tmp_path / "out.keras"
-    result = cli("set", model, "-l", "bn_noscale", "--weight-init", "beta=constant:value=0.25", "-o", out,
+    result = cli("set", "--optimizer", "keep", model, "-l", "bn_noscale", "--weight-init", "beta=constant:value=0.25", "-o", out,
                  "--no-smoke")
     assert result.exit_code == 0, result.stderr
     np.testing.assert_array_equal(weights_of(out, "bn_noscale")["beta"], np.full(8, 0.25, np.float32))
@@ -282,7 +283,7 @@ def test_layernorm_and_embedding_go_through_get_and_set_unchanged(cli, models, t
         expected[layer] = doubled
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     out = tmp_path / f"out.{fmt}"
-    result = cli("apply", source, tmp_path / "plan.json", "-o", out, "--no-smoke")
+    result = cli("apply", "--optimizer", "keep", source, tmp_path / "plan.json", "-o", out, "--no-smoke")
     assert result.exit_code == 0, result.stderr
     for layer, doubled in expected.items():
         written = weights_of(out, layer)
@@ -314,7 +315,7 @@ def test_layernorm_and_embedding_mismatches_name_their_axes(cli, models, tmp_pat
 def test_an_lstm_is_set_by_its_own_name_through_its_cell(cli, keras, models, tmp_path: Path) -> None:
     kernel = np.random.default_rng(2).standard_normal((6, 20)).astype(np.float32)
     out = tmp_path / "out.h5"
-    result = cli("set", models["h5"], "--layer", "lstm", "--kernel", save(tmp_path, "k.npy", kernel),
+    result = cli("set", "--optimizer", "keep", models["h5"], "--layer", "lstm", "--kernel", save(tmp_path, "k.npy", kernel),
                  "--weight-init", "recurrent_kernel=orthogonal", "--seed", "5", "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -341,7 +342,7 @@ def test_prelu_groupnorm_and_einsumdense_take_their_variables_by_name(cli, model
         f'[[edits]]\nlayer = "prelu"\nweights.alpha = "{alpha}"\n'
         f'[[edits]]\nlayer = "gn"\nweights.gamma = "{gamma}"\nweights.beta = {{ init = "zeros" }}\n'
         f'[[edits]]\nlayer = "ed"\nweights.kernel = "{einsum}"\nweights.bias = {{ init = "ones" }}\n')
-    result = cli("apply", model, tmp_path / "plan.toml", "-o", out, "--json")
+    result = cli("apply", "--optimizer", "keep", model, tmp_path / "plan.toml", "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["smoke"]["passed"]
     np.testing.assert_array_equal(weights_of(out, "prelu")["alpha"], np.load(alpha))
@@ -366,7 +367,7 @@ def test_a_class_the_catalogue_cannot_name_takes_its_variables_by_stored_name(cl
         shown = json.loads(cli("inspect", models[fmt], "--all", "--json").stdout)
         assert list(next(layer for layer in shown["layers"] if layer["path"] == "rms")["weights"]) == [name]
         out = tmp_path / f"out.{fmt}"
-        result = cli("set", models[fmt], "-l", "rms", "--weight", f"{name}={src}", "-o", out, "--no-smoke")
+        result = cli("set", "--optimizer", "keep", models[fmt], "-l", "rms", "--weight", f"{name}={src}", "-o", out, "--no-smoke")
         assert result.exit_code == 0, result.stderr
         np.testing.assert_array_equal(weights_of(out, "rms")[name], scale)
         assert len(changed_datasets(models[fmt], out)) == 1
@@ -380,7 +381,7 @@ def test_a_quantized_kernel_is_refused_and_its_float_scale_goes_by_name(cli, ker
     model.save(tmp_path / "q.keras")
     refused(cli, tmp_path, str(tmp_path / "q.keras"), "-l", "fc", "--kernel", save(tmp_path, "k.npy", np.ones((4, 3))),
             parts=("layer 'fc' kernel is stored as int8", "quantized, int8", "quantize it again"))
-    result = cli("set", tmp_path / "q.keras", "-l", "fc", "--weight", f"kernel_scale={save(tmp_path, 's.npy', np.ones(3))}",
+    result = cli("set", "--optimizer", "keep", tmp_path / "q.keras", "-l", "fc", "--weight", f"kernel_scale={save(tmp_path, 's.npy', np.ones(3))}",
                  "-o", tmp_path / "out.keras", "--no-smoke")
     assert result.exit_code == 0, result.stderr
     np.testing.assert_array_equal(weights_of(tmp_path / "out.keras", "fc")["kernel_scale"], np.ones(3, np.float32))
@@ -395,7 +396,7 @@ def test_keras2_dense_and_nested_batchnorm_are_set_at_their_datasets(cli, tmp_pa
     Keras 3, so no smoke test)."""
     variance = np.linspace(0.5, 2.0, 4).astype(np.float32)
     out = tmp_path / "convs.h5"
-    result = cli("set", DATA / "keras2_convs.h5", "-l", "inner_block/inner_bn",
+    result = cli("set", "--optimizer", "keep", DATA / "keras2_convs.h5", "-l", "inner_block/inner_bn",
                  "--weight", f"running_var={save(tmp_path, 'v.npy', variance)}", "-o", out, "--no-smoke")
     assert result.exit_code == 0, result.stderr
     changed = changed_datasets(DATA / "keras2_convs.h5", out)
@@ -405,7 +406,7 @@ def test_keras2_dense_and_nested_batchnorm_are_set_at_their_datasets(cli, tmp_pa
 
     linear = np.arange(288, dtype=np.float32).reshape(2, 144)  # torch's (out, in)
     out = tmp_path / "tiny.h5"
-    result = cli("set", DATA / "keras2_tiny.h5", "-l", "dense", "--weight", f"weight={save(tmp_path, 'w.npy', linear)}",
+    result = cli("set", "--optimizer", "keep", DATA / "keras2_tiny.h5", "-l", "dense", "--weight", f"weight={save(tmp_path, 'w.npy', linear)}",
                  "--layout", "torch", "-o", out, "--no-smoke")
     assert result.exit_code == 0, result.stderr
     assert [name.rpartition("/")[2] for name in changed_datasets(DATA / "keras2_tiny.h5", out)] == ["kernel:0"]
@@ -421,9 +422,9 @@ def test_diff_all_reports_exactly_the_edited_layers_with_their_numbers(cli, mode
     new = old.copy()
     new[3] += 0.5
     out = tmp_path / "out.keras"
-    assert cli("set", source, "-l", "emb", "--weight", f"embeddings={save(tmp_path, 'e.npy', new)}", "-o", out,
+    assert cli("set", "--optimizer", "keep", source, "-l", "emb", "--weight", f"embeddings={save(tmp_path, 'e.npy', new)}", "-o", out,
                "--no-smoke").exit_code == 0
-    assert cli("set", out, "-l", "bn", "--weight-init", "running_mean=zeros", "--in-place", "--no-smoke").exit_code == 0
+    assert cli("set", "--optimizer", "keep", out, "-l", "bn", "--weight-init", "running_mean=zeros", "--in-place", "--no-smoke").exit_code == 0
     result = cli("diff", source, out, "--all", "--json")
     assert result.exit_code == 1
     layers = {layer["path"]: layer for layer in json.loads(result.stdout)["layers"]}
@@ -446,3 +447,26 @@ def test_show_hist_draws_any_layer_and_the_grid_stays_for_convs(cli, models, tmp
     assert lstm.exit_code == 0, lstm.stderr
     grid = cli("show", models["keras"], "--layer", "fc", "-o", tmp_path / "fc.png")
     assert_one_error_line(grid, 1, "'fc' is a Dense layer, not a convolution", "--hist")
+
+
+def test_the_default_resets_the_slots_of_exactly_the_replaced_variables_a_custom_layers_too(
+        cli, keras, models, tmp_path: Path) -> None:
+    """`set` without --optimizer zeroes Adam's moments of what it replaced, a Dense kernel's
+    and the scale of a class the catalogue does not know (taken for trainable, as Keras's
+    add_weight makes it; the state's layout confirms it), and nothing else."""
+    out = tmp_path / "out.keras"
+    plan = {"edits": [{"layer": "fc", "weights": {"kernel": {"init": "ones"}}},
+                      {"layer": "rms", "weights": {"0": {"init": "ones"}}}]}  # its stored name
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    result = cli("apply", models["keras"], tmp_path / "plan.json", "-o", out, "--no-smoke", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["optimizer"]["slots_reset"] == 4
+    names = [v.path for v in keras.saving.load_model(models["keras"]).optimizer.variables]
+    changed = changed_datasets(models["keras"], out)
+    reset = {f"optimizer/vars/{i}" for i, name in enumerate(names)
+             if name.split("/", 1)[1] in ("fc_kernel_momentum", "fc_kernel_velocity", "rms_scale_momentum",
+                                          "rms_scale_velocity")}
+    assert len(reset) == 4
+    assert changed == reset | {"layers/dense/vars/0", "layers/rms_normalization/vars/0"}
+    with zipfile.ZipFile(out) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as h5:
+        assert all(not h5[name][()].any() for name in reset)

@@ -31,9 +31,10 @@ from conv_surgeon.store.worker import run_bounded
 WEIGHTS_ONLY = {"weights_only", "sharded", "keras2_weights_only"}
 # Kinds Keras 3.15 itself cannot load: edited with --no-smoke only.
 NOT_LOADABLE = {"keras2_convs"}
-# A custom layer's own variable (ConvPairBlock's `scale`) is trainable or not as its code
-# says, not its file: `set` cannot place the optimizer's slots, and its default
-# `--optimizer reset` refuses (tests/test_optimizer_state.py). Edited with --optimizer keep.
+# A custom layer's own variable (ConvPairBlock's `scale`) is taken for trainable, but its
+# place among its sub-layers' in Keras's order is its code's: the optimizer state does not
+# split in that order, so the default `--optimizer reset` refuses rather than guess.
+# Edited with --optimizer keep.
 SLOTS_NOT_PLACED = {"custom_block", "custom_block_h5"}
 
 

@@ -187,9 +187,15 @@ def trainable_variables(config: dict[str, Any],
     return found
 
 
-def structure_variables(by_path: dict[str, Layer]) -> Callable[[str], list[tuple[str, tuple[int, ...], bool]] | None]:
+def structure_variables(by_path: dict[str, Layer], assume_trainable: bool = False
+                        ) -> Callable[[str], list[tuple[str, tuple[int, ...], bool]] | None]:
     """``variables_of`` for :func:`trainable_variables` over a read structure: a layer's own
-    variables and its sub-layers' (wrappers), each flagged by the catalogue."""
+    variables and its sub-layers' (wrappers), each flagged by the catalogue.
+
+    A class the catalogue does not know (a custom layer) has no flags: None, unless
+    ``assume_trainable`` takes every variable it stores for trainable, as Keras's
+    ``add_weight`` makes them by default. Only a caller that checks the guess may ask for
+    it: the state must then split into slots of these variables in exactly one way."""
     def variables_of(path: str) -> list[tuple[str, tuple[int, ...], bool]] | None:
         owned = [layer for p, layer in by_path.items() if p == path or p.startswith(path + "/")]
         out: list[tuple[str, tuple[int, ...], bool]] = []
@@ -197,6 +203,8 @@ def structure_variables(by_path: dict[str, Layer]) -> Callable[[str], list[tuple
             if not layer.variables:
                 continue
             flags = layer_variables(layer.class_name, layer.config, len(layer.variables))
+            if flags is None and assume_trainable:
+                flags = [(v.name, True) for v in layer.variables]
             if flags is None or len(flags) != len(layer.variables):
                 return None
             prefix = layer.path[len(path) + 1:] + "/" if layer.path != path else ""
@@ -310,7 +318,9 @@ def variable_slots(state: OptimizerState, by_path: dict[str, Layer],
     if state.model_config is None:
         raise ConvSurgeonError("holds optimizer state but no model config to place its slots by "
                                "(--config MODEL gives a weights-only save one)")
-    trainable = trainable_variables(state.model_config, structure_variables(by_path))
+    # A custom layer's variables are taken for trainable: a wrong guess (one of them is
+    # not) leaves slots over, and the layout below refuses it.
+    trainable = trainable_variables(state.model_config, structure_variables(by_path, assume_trainable=True))
     layout = slot_layout([(slot.shape, slot.dtype) for slot in state.slots], [shape for _, shape in trainable])
     if layout is None or (state.averages_weights and layout[1][:1] != [1]):
         raise ConvSurgeonError(
