@@ -236,7 +236,9 @@ def test_all_layers_compares_dense_and_batchnorm(samples: Path, tmp_path: Path) 
         dense[...] = -old_dense
 
     convs = diff_models(source(samples / "all_convs.h5"), source(edited))
-    assert convs.identical  # only convolutions compared: the edits are not in view
+    # Only convolutions listed, but the edits are not passed over: the models differ.
+    assert all(layer.status == "same" for layer in convs.layers) and layer(convs, "bn2d") is None
+    assert not convs.identical and convs.others_differing == ("bn2d", "out")
 
     report = diff_models(source(samples / "all_convs.h5"), source(edited), all_layers=True)
     assert not report.identical

@@ -435,6 +435,14 @@ def test_diff_all_reports_exactly_the_edited_layers_with_their_numbers(cli, mode
     bn = {v["name"]: v for v in layers["bn"]["variables"]}
     assert [name for name, v in bn.items() if not v["identical"]] == ["moving_mean"]
     assert bn["moving_mean"]["max_abs"] == pytest.approx(float(np.abs(weights_of(source, "bn")["moving_mean"]).max()))
+    # Without --all only the conv is listed, and the edited layers still make the models differ.
+    plain = cli("diff", source, out)
+    assert plain.exit_code == 1
+    assert plain.stdout.splitlines()[-2:] == [
+        "1 of 1 layer the same", "2 other layers with weights differ: emb, bn; --all compares every layer"]
+    document = json.loads(cli("diff", source, out, "--json").stdout)
+    assert (document["identical"], document["others_differing"]) == (False, ["emb", "bn"])
+    assert [layer["path"] for layer in document["layers"]] == ["conv"]
 
 
 def test_show_hist_draws_any_layer_and_the_grid_stays_for_convs(cli, models, tmp_path: Path) -> None:

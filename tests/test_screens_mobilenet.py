@@ -285,6 +285,16 @@ def test_diff_of_a_pruned_model(folder: Path, width: int) -> None:
             assert_whole(text, f"{removed} of {change['before']} {change['axis']} removed")
         for variable in layer["variables"]:
             assert_whole(text, f"{shape(variable['shape_a'])} -> {shape(variable['shape_b'])}")
+    # The BatchNormalizations and the classifier lost channels too: not listed without --all,
+    # but named last.
+    others = document["others_differing"]
+    assert len(others) == 53 and others[-1] == "predictions"  # the Dense after the last conv
+    assert all(name.endswith(("_BN", "_bn")) or name == "bn_Conv1" for name in others[:-1])
+    text, last = text.split("52 layers differ; 0 of 52 layers the same\n")
+    assert all(len(line) <= width for line in last.splitlines())
+    assert " ".join(last.split()) == (f"53 other layers with weights differ: {', '.join(others[:5])} and 48 more; "
+                                      "--all compares every layer")
+    text += "52 layers differ; 0 of 52 layers the same\n"
     if width == 120:  # the two columns without numbers are left out: the table fits
         assert text.startswith(DIFF_120_HEAD) and text.endswith(DIFF_120_TAIL)
     else:  # a change a line: it cannot fit beside the shapes in 80 columns

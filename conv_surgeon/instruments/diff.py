@@ -119,11 +119,14 @@ class DiffReport:
     a: str  # the models' labels (paths, or "<stdin>")
     b: str
     layers: tuple[LayerDiff, ...]
+    # Without all_layers: the other layers with weights (Dense, BatchNormalization, ...)
+    # that differ. They are compared too, never shown, and never silently passed over.
+    others_differing: tuple[str, ...] = ()
 
     @property
     def identical(self) -> bool:
         """Every compared layer is the same and none is in only one model."""
-        return all(layer.status == "same" for layer in self.layers)
+        return not self.others_differing and all(layer.status == "same" for layer in self.layers)
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,9 @@ def _open_store(source: ModelFile) -> Iterator[_Store]:
 def diff_models(a: ModelFile, b: ModelFile, *, all_layers: bool = False) -> DiffReport:
     """Compare the convolution layers of two models (every layer with weights if ``all_layers``).
 
+    Without ``all_layers`` the other layers with weights are compared as well, and those
+    that differ are named in ``others_differing``: the models are not identical then.
+
     Weights are read one variable at a time through both weight stores, opened once, so
     memory stays at about one layer's worth whatever the model's size.
 
@@ -203,13 +209,11 @@ def _diff_models(a: ModelFile, b: ModelFile, all_layers: bool) -> DiffReport:
         twins = (layers_a.get(path), layers_b.get(path))
         return all_layers or any(layer is not None and layer.conv is not None for layer in twins)
 
-    paths = [path for path in _merged_paths(list(layers_a), list(layers_b)) if shown(path)]
+    paths = list(_merged_paths(list(layers_a), list(layers_b)))
     with _open_store(a) as store_a, _open_store(b) as store_b:
-        diffs = tuple(
-            _diff_layer(layers_a.get(path), layers_b.get(path), store_a, store_b)
-            for path in paths
-        )
-    return DiffReport(a.label, b.label, diffs)
+        diffs = [_diff_layer(layers_a.get(path), layers_b.get(path), store_a, store_b) for path in paths]
+    others = tuple(diff.path for path, diff in zip(paths, diffs) if not shown(path) and diff.status != "same")
+    return DiffReport(a.label, b.label, tuple(diff for path, diff in zip(paths, diffs) if shown(path)), others)
 
 
 def _merged_paths(paths_a: list[str], paths_b: list[str]) -> Iterator[str]:

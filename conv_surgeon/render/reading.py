@@ -292,6 +292,7 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
         "a": report.a,
         "b": report.b,
         "identical": report.identical,
+        "others_differing": list(report.others_differing),
         "layers": [
             {
                 "path": layer.path,
@@ -347,6 +348,15 @@ def render_diff(report: DiffReport, stream: TextIO | None = None) -> None:
     if differing:
         print_table(out, columns[:shown], [row[:shown] for row in rows])
     same = len(report.layers) - len(differing)
-    verdict = "identical" if report.identical else (
-        f"{plural(len(differing), 'layer')} {'differs' if len(differing) == 1 else 'differ'}")
-    out.print(f"{verdict}; {same} of {plural(len(report.layers), 'layer')} the same")
+    counts = f"{same} of {plural(len(report.layers), 'layer')} the same"
+    if report.identical:
+        out.print(f"identical; {counts}")
+    elif differing:
+        out.print(f"{plural(len(differing), 'layer')} {'differs' if len(differing) == 1 else 'differ'}; {counts}")
+    else:
+        out.print(counts)
+    if report.others_differing:
+        others = report.others_differing
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        out.print(f"{plural(len(others), 'other layer')} with weights "
+                  f"{'differs' if len(others) == 1 else 'differ'}: {listed}; --all compares every layer")
