@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..model.naming import format_shape
+from .reference import print_reference, reference_document
 from .text import Column, console, plural, print_table
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def _smoke_document(smoke: SmokeReport | None, skipped: str | None, dry_run: boo
                  "float32_rounding": c.rounding, "max_abs": c.max_abs, "used": c.used}
                 for c in smoke.tolerance_checks
             ],
+            "reference": None if smoke.reference is None else reference_document(smoke.reference),
         },
         "smoke_skipped": smoke is None and not dry_run,
         **({"smoke_skipped_reason": skipped} if skipped else {}),
@@ -184,6 +186,8 @@ def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, d
         for check in smoke.tolerance_checks:
             out.print(f"{check.name} the same within {check.allowance}: max abs error {check.max_abs:.3g}, "
                       f"{check.used:.1%} of what is allowed")
+        if smoke.reference is not None:
+            print_reference(out, smoke.reference)
         for note in smoke.notes:
             out.print(f"note: {note}")
     elif skipped is not None:

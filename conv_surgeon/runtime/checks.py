@@ -6,6 +6,7 @@ The commands, the transaction and the renderer use these; :mod:`.smoke` fills th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -134,6 +135,104 @@ class SmokeReport:
     checked_by: str = ""  # which Keras loaded and ran the model: "Keras 3.15.1", "tf-keras 2.21.0"
     engine: str = ""  # what computed it: "TensorFlow 2.21.0, oneDNN off"
     input_origins: tuple[str, ...] = ()  # per input, where its shape came from
+    reference: TorchComparison | None = None  # --reference: the written model against PyTorch
+
+
+ReferenceKind = Literal["torchscript", "export", "factory"]
+
+
+@dataclass(frozen=True)
+class TorchReference:
+    """A PyTorch model to check a Keras model against, as ``--reference`` names it.
+
+    ``kind`` is "torchscript" (a ``torch.jit.save`` file), "export" (a ``torch.export.save``
+    archive, ``.pt2``) or "factory" (``module:factory``: a function of the user's code that
+    returns the ``nn.Module``). Only a factory's module takes ``state``, the state dict the
+    port used (loaded strictly); the two files run with the weights they hold.
+    """
+
+    spec: str  # as the user gave it
+    kind: ReferenceKind
+    path: Path | None  # the file; for a factory, its module's .py file (None: a module name)
+    module: str = ""  # a factory's module name, when it is imported by name
+    factory: str = ""  # a factory's name in its module (dots reach attributes)
+    state: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """``TorchScript ref.pt`` for reports."""
+        return {"torchscript": "TorchScript", "export": "torch.export", "factory": "module:factory"}[
+            self.kind] + f" {self.spec}"
+
+
+@dataclass(frozen=True)
+class ReferenceOutput:
+    """How far one output of the Keras model is from the PyTorch reference's (both in the
+    Keras model's layout)."""
+
+    name: str  # "output 0"
+    shape: tuple[int, ...]
+    max_abs: float  # the largest |keras - torch|
+    scale: float  # max |torch|: errors are relative to it
+    cosine: float
+    worst: tuple[int, ...]  # where the largest |keras - torch| is
+    keras_value: float
+    torch_value: float
+
+    @property
+    def max_rel(self) -> float:
+        """The largest |keras - torch| relative to the output's scale (max |torch|)."""
+        if self.max_abs == 0:
+            return 0.0
+        return self.max_abs / self.scale if self.scale > 0 else math.inf
+
+    def allowed(self, tolerance: Tolerance, sums: int) -> float:
+        """The largest |keras - torch| ``tolerance`` allows this output: ``atol + rtol *
+        scale``, and float32 rounding on top with ``float32_sums``."""
+        rounding = float32_rounding(self.scale, sums) if tolerance.float32_sums else 0.0
+        return tolerance.atol + rounding + tolerance.rtol * self.scale
+
+    def allowance(self, tolerance: Tolerance, sums: int) -> str:
+        """``atol=0, rtol=1e-05 of the output scale 12.3 + float32 rounding (...)``."""
+        text = f"atol={tolerance.atol:g}, rtol={tolerance.rtol:g} of the output scale {self.scale:.3g}"
+        if not tolerance.float32_sums:
+            return text
+        return f"{text} + float32 rounding ({float32_rounding(1.0, sums):.1e} of the scale over {sums:,}-term sums)"
+
+    def used(self, tolerance: Tolerance, sums: int) -> float:
+        """The share of what ``tolerance`` allows that the largest error takes: <= 1 passed."""
+        allowed = self.allowed(tolerance, sums)
+        if self.max_abs == 0:
+            return 0.0
+        return self.max_abs / allowed if allowed > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class TorchComparison:
+    """The Keras model and a PyTorch reference on the same inputs: per output, the largest
+    absolute and relative error and the cosine similarity.
+
+    With ``--expect-same`` the run passes when every output keeps ``|keras - torch| <= atol
+    + rtol * scale`` (+ float32 rounding with ``float32_sums``): across frameworks the
+    rounding follows an output's scale, not each value, so ``rtol`` is relative to the scale
+    here, as ``max_rel`` is.
+    """
+
+    reference: TorchReference
+    torch_version: str  # "2.13.0+cpu"
+    threads: int  # torch's CPU threads for the run
+    layout: str  # how the inputs and outputs were moved between the frameworks
+    inputs: tuple[tuple[int, ...], ...]  # as the Keras model takes them
+    input_origins: tuple[str, ...]
+    outputs: tuple[ReferenceOutput, ...]
+    sums: int  # the length of the Keras model's sums (for ``float32_sums``)
+    state_tensors: int = 0  # tensors of the state dict loaded into the reference
+    notes: tuple[str, ...] = ()
+    tolerance: Tolerance | None = None  # the tolerance the outputs kept, when one was asked
+
+    def passed(self, tolerance: Tolerance) -> bool:
+        """Whether every output is within ``tolerance`` of the reference's."""
+        return all(output.used(tolerance, self.sums) <= 1 for output in self.outputs)
 
 
 @dataclass(frozen=True)
@@ -149,6 +248,9 @@ class SmokeOptions:
     save_inputs: Path | None = None
     imports: tuple[str, ...] = ()  # modules that register custom layers, imported before Keras loads
     input_seed: int = 0  # seeds the random inputs; the original's run in its own process draws the same
+    # --reference: the PyTorch model the written model's outputs are compared with, on its
+    # inputs; ``expect_same`` holds for that comparison when there is no --compare.
+    reference: TorchReference | None = None
 
 
 NO_SMOKE = SmokeOptions(enabled=False)

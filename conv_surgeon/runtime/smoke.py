@@ -26,6 +26,7 @@ from .loading import NoKerasLoads, import_modules, legacy_weights_file, load_tar
 from .messages import SKIP_HINT, ForwardFailure, shapes_text
 from .running import (ONEDNN_NOTE, REFERENCE_TIMEOUT_S, Loaded, Original, ReferenceResult, as_list, check_tolerance,
                       comparison_notes, forward, inputs_digest, layer_outputs, output_summaries, sums_length)
+from .torch_reference import check_reference, reference_comparison
 from .variables import check_variables, holds, locate_variables
 
 
@@ -55,6 +56,10 @@ def run_smoke_test(
     original already running in its own process (:func:`.running.start_reference_run`),
     gives the original's outputs in its place when its inputs are the edited model's; it
     compares the outputs only, not the edited layers'.
+
+    ``options.reference`` (``--reference``) runs a PyTorch model on the same inputs and
+    measures the outputs against its (:mod:`.torch_reference`); ``expect_same`` holds for
+    that comparison too.
 
     When Keras cannot load the written model, ``original`` tells whether the edit is the
     cause: if Keras 3 cannot load the original either and the file was ``written_by``
@@ -120,6 +125,11 @@ def run_smoke_test(
         layer_comparisons = tuple(compare_outputs(path, a, b) for path, a, b in original_run.layers)
         notes += original_run.notes + comparison_notes(original_run, comparisons, layer_comparisons,
                                                        expect_same is not None)
+    torch_check = None
+    if options.reference is not None:
+        torch_check = reference_comparison(model, options.reference, inputs, arrays, fed.origins)
+        if expect_same is not None:
+            torch_check = check_reference(torch_check, expect_same)
     notes += sorted(engine_notes)
     save_inputs = options.save_inputs
     if save_inputs is not None:
@@ -139,6 +149,7 @@ def run_smoke_test(
         checked_by=keras_label(keras),
         engine=engine,
         input_origins=tuple(fed.origins),
+        reference=torch_check,
     )
 
 
