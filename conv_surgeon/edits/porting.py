@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import ConvSurgeonError, UsageError
 from ..model.catalogue import ConvClass, canonical_variable_name
 from ..model.graph import GraphLayer, ModelGraph, model_graphs
-from ..model.naming import format_shape
+from ..model.naming import format_epsilon, format_shape
 from ..model.selection import resolve_layer
 from ..model.structure import Layer, ModelStructure
 from .alignment import Alignment, align
@@ -655,9 +655,9 @@ def mismatches(config: dict[str, Any] | None, mapped: Sequence[MappedLayer]) -> 
         epsilon = ported_layer.config.get("epsilon")
         if family == "normalization" and isinstance(epsilon, (int, float)) and epsilon != TORCH_EPSILON:
             torch_name = "GroupNorm" if ported_layer.class_name == "GroupNormalization" else "LayerNorm"
-            found.append(Mismatch(ported_layer.path, f"epsilon {epsilon:g}, PyTorch's {torch_name} uses {TORCH_EPSILON:g} by "
-                                  "default: outputs differ slightly",
-                                  f"build it with epsilon={TORCH_EPSILON:g} (if the source used the default)"))
+            found.append(Mismatch(ported_layer.path, f"epsilon {format_epsilon(epsilon)}, PyTorch's {torch_name} uses "
+                                  f"{format_epsilon(TORCH_EPSILON)} by default: outputs differ slightly",
+                                  f"build it with epsilon={format_epsilon(TORCH_EPSILON)} (if the source used the default)"))
     return found
 
 
