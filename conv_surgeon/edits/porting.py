@@ -230,7 +230,7 @@ def layer_orders(structure: ModelStructure, config: dict[str, Any] | None) -> li
     orders: list[tuple[str, list[Layer]]] = []
     graphs = {graph.path: graph for graph in model_graphs(config)} if config is not None else {}
     if graphs and graphs[""].layers:
-        for name, longest in (("longest branch first", True), ("shortest branch first", False)):
+        for name, longest in (("branches longest first", True), ("branches shortest first", False)):
             paths = list(_walk(graphs, graphs[""], longest, layers))
             order = _in_order(layers, paths)
             if all(order != other for _, other in orders):
@@ -268,7 +268,7 @@ def _walk(graphs: dict[str, ModelGraph], graph: ModelGraph, longest: bool, layer
     weights = [sum(1 for layer in layers if layer.path == graph.layer_path(name)
                    or layer.path.startswith(graph.layer_path(name) + "/")) for name in names]
     below = _descendants(consumers, producers)
-    sign = -1 if longest else 1
+    sign = -1 if longest else 1  # the most weights first, ties in config order; or the reverse
 
     def priority(siblings: list[int]) -> list[int]:
         def own_weights(c: int) -> int:
@@ -280,7 +280,7 @@ def _walk(graphs: dict[str, ModelGraph], graph: ModelGraph, longest: bool, layer
             return sum(weights[i] for i in _bits(mask))
         # Ties: config order when longest first, the reverse when shortest first, so that
         # two branches alike are tried both ways round.
-        return sorted(siblings, key=lambda c: (sign * own_weights(c), sign * c))
+        return sorted(siblings, key=lambda c: (sign * own_weights(c), -sign * c))
 
     waiting = [len(found) for found in producers]
     stack = list(reversed(priority([i for i, found in enumerate(producers) if not found])))
@@ -491,23 +491,27 @@ def _chosen(candidates: list[_Candidate], label: str) -> _Candidate:
     for other in best[1:]:
         differs = _first_difference(first, other)
         if differs is not None:
-            raise ConvSurgeonError(f"{label}: the mapping is ambiguous: {differs}; nothing was written; say which "
-                                   "with --map 'REGEX=>LAYER' (run with --dry-run to see the mapping)")
+            raise ConvSurgeonError(_ambiguous(label, *differs))
     return first
 
 
-def _first_difference(one: _Candidate, other: _Candidate) -> str | None:
+def _ambiguous(label: str, what: str, fix: str) -> str:
+    return (f"{label}: the mapping is ambiguous: {what}; nothing was written; say which with {fix} (repeatable; "
+            "run with --dry-run to see the mapping)")
+
+
+def _first_difference(one: _Candidate, other: _Candidate) -> tuple[str, str] | None:
+    """Where two alignments differ: what to say, and a --map that decides it."""
     mine, theirs = one.pairs(), other.pairs()
     for layer in one.layers:
         a, b = mine.get(layer.path), theirs.get(layer.path)
         if a != b:
-            said = [f"'{m.name}' when PyTorch lists parallel branches {c.order.replace(' first', '')} first"
-                    if m is not None else f"no module when PyTorch lists them {c.order.replace(' first', '')} first"
+            said = [f"'{m.name}' ({c.order})" if m is not None else f"no module ({c.order})"
                     for m, c in ((a, one), (b, other))]
             module = a or b
             assert module is not None
-            return (f"layer '{layer.path}' takes {said[0]}, {said[1]} (the model's graph cannot tell which), "
-                    f"e.g. --map '{re.escape(module.name)}=>{layer.path}'")
+            return (f"layer '{layer.path}' takes {said[0]} or {said[1]}, and the model's graph cannot tell in which "
+                    "order PyTorch lists the parallel branches", f"--map '{re.escape(module.name)}=>{layer.path}'")
     return None
 
 
@@ -532,8 +536,7 @@ def _ambiguity(candidate: _Candidate, label: str) -> str:
             example_layer = next(fits[i].layer for i in options if i is not None)
             what = f"module '{module.name}' ({module.describe()}) fits layers {' and '.join(choices)}{left_out} alike"
             fix = f"--map '{re.escape(module.name)}=>{example_layer.path}'"
-        return (f"{label}: the mapping is ambiguous: {what}; nothing was written; say which with {fix} "
-                "(repeatable; run with --dry-run to see the mapping)")
+        return _ambiguous(label, what, fix)
     raise AssertionError("an alignment that is not unique has an item with two options")
 
 

@@ -303,8 +303,8 @@ def _notes(state: LoadedState, mapping: StateMapping) -> list[str]:
                      "(save the state dict with torch.save to keep the model's order)")
     kept = [left.layer.path for left in mapping.left_layers]
     if kept:
-        notes.append(f"{len(kept)} layer{'' if len(kept) == 1 else 's'} with weights got no tensor and keep "
-                     f"{'its' if len(kept) == 1 else 'their'} values: {_names(kept)}")
+        notes.append(f"{len(kept)} layer{'' if len(kept) == 1 else 's'} with weights got no tensor and "
+                     f"{'keeps its' if len(kept) == 1 else 'keep their'} values: {_names(kept)}")
     return notes
 
 
