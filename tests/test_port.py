@@ -411,6 +411,7 @@ def test_map_decides_the_branches_and_the_outputs_are_torchs(cli, keras, branche
 # --- the mapping as a dry run shows it ---------------------------------------------------------
 
 
+@pytest.mark.slow  # 0.5 s and more here
 def test_dry_run_lists_every_tensor_its_variable_and_transform_and_writes_nothing(cli, vgg: Net,
                                                                                 tmp_path) -> None:
     out = tmp_path / "never.keras"
@@ -439,6 +440,7 @@ def _state_with(tmp_path: Path, tensors: dict[str, np.ndarray], name: str = "sta
     return path
 
 
+@pytest.mark.slow  # 0.5 s and more here
 def test_a_tensor_left_over_is_refused_and_listed_then_written_with_allow_partial(cli, keras, vgg: Net,
                                                                                  tmp_path) -> None:
     extra = _state_with(tmp_path, {**vgg.tensors, "aux.weight": np.ones((5, 7), np.float32)})
@@ -466,6 +468,7 @@ def test_a_layer_no_tensor_fits_keeps_its_values_and_the_report_says_so(cli, vgg
     assert kept and all(before[name] == after[name] for name in kept)
 
 
+@pytest.mark.slow  # 0.5 s and more here
 def test_safetensors_and_npz_map_as_the_pt_does(cli, vgg: Net, tmp_path) -> None:
     from safetensors.numpy import save_file
 
@@ -575,6 +578,7 @@ def test_optimizer_keep_leaves_every_slot(cli, vgg: Net, tmp_path) -> None:
         assert a.read("config.json") == b.read("config.json")
 
 
+@pytest.mark.slow  # 0.5 s and more here
 def test_a_legacy_h5_takes_the_epsilon_in_its_model_config(cli, keras, mobilenet: Net, tmp_path) -> None:
     h5 = tmp_path / "mobilenet.h5"
     keras.saving.load_model(mobilenet.keras_file).save(h5)
@@ -633,6 +637,7 @@ def test_from_is_required_and_a_bad_epsilon_is_a_usage_error(cli, vgg: Net, tmp_
                           "--bn-epsilon -1.0: expected a positive number")
 
 
+@pytest.mark.slow  # 0.5 s and more here
 def test_safetensors_and_npz_need_no_torch_and_pt_says_how_to_install_it(vgg: Net, tmp_path) -> None:
     from safetensors.numpy import save_file
 
@@ -655,6 +660,7 @@ def test_safetensors_and_npz_need_no_torch_and_pt_says_how_to_install_it(vgg: Ne
 # --- the Python API ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 0.5 s and more here
 def test_the_api_ports_and_speaks_python(vgg: Net, mobilenet: Net, tmp_path) -> None:
     report = cs.port(vgg.keras_file, vgg.state, dry_run=True)
     assert report.layers_ported == 6 and report.tensors[0].source == "features.0.weight"
@@ -665,3 +671,25 @@ def test_the_api_ports_and_speaks_python(vgg: Net, mobilenet: Net, tmp_path) -> 
     batch_norms = [layer for layer in cs.inspect(mobilenet.keras_file, all_layers=True).layers
                    if layer.class_name == "BatchNormalization"]
     assert written.destination == str(tmp_path / "o.keras") and len(written.epsilon) == len(batch_norms) > 0
+
+
+# --- the README's cookbook --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_readme_cookbook_ports_a_whole_net_exactly(torch) -> None:
+    import os
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("### Cookbook: port a whole PyTorch network", 1)[1]
+    (block,) = re.findall(r"```sh\n(.*?)```", section.split("\n### ", 1)[0], flags=re.S)
+    result = subprocess.run(["bash", "-e", "-c", block], cwd=root, env=dict(os.environ), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The dry run shows the Flatten's rows and says what a write would refuse; the port writes.
+    assert "rows C·H·W -> H·W·C (8x8x32 from 'flatten')" in result.stdout
+    assert "would refuse: build/port-net/net.keras: 2 ported BatchNormalizations" in result.stdout
+    assert "wrote build/port-net/ported.keras" in result.stdout
+    difference, scale = map(float, re.search(r"max abs difference: (\S+) of (\S+)", result.stdout).groups())
+    assert difference <= 1e-4 * scale

@@ -18,19 +18,19 @@ from .write_options import WriteArgs, report_stream, with_write_options
 def port_command(
     model: OptionalModelArg = None,
     state: Annotated[Optional[Path], typer.Option(
-        "--from", help="The PyTorch state dict: .pt/.pth (torch.save(model.state_dict())), .safetensors or .npz.",
+        "--from", metavar="STATE", help="The PyTorch state dict: .pt/.pth (torch.save(model.state_dict())), .safetensors or .npz.",
         show_default=False)] = None,
     maps: Annotated[list[str], typer.Option(
-        "--map", help="'REGEX=>LAYER': the module (or tensor) whose whole name REGEX matches goes into LAYER, for "
+        "--map", metavar="'REGEX=>LAYER'", help="The module (or tensor) whose whole name REGEX matches goes into LAYER, for "
         "what shapes and order cannot decide (repeatable).")] = [],
     allow_partial: Annotated[bool, typer.Option(
         "--allow-partial", help="Write the layers that were mapped though source tensors are left over (listed).")] = False,
     bn_epsilon: Annotated[Optional[float], typer.Option(
-        "--bn-epsilon", help="The source's BatchNorm epsilon (PyTorch: 1e-5): set it in every ported "
+        "--bn-epsilon", metavar="EPS", help="The source's BatchNorm epsilon (PyTorch: 1e-5): set it in every ported "
         "BatchNormalization whose own differs (a config change).", show_default=False)] = None,
     optimizer: OptimizerOpt = "reset",
     reference: Annotated[Optional[str], typer.Option(
-        "--reference", help="A PyTorch model to check the port against: TorchScript, .pt2 or module:factory "
+        "--reference", metavar="REF", help="A PyTorch model to check the port against: TorchScript, .pt2 or module:factory "
         "(not available yet).", show_default=False)] = None,
     *,
     write: WriteArgs,
@@ -46,7 +46,7 @@ def port_command(
     Examples:
       conv-surgeon port model.keras --from weights.pt --dry-run
       conv-surgeon port model.keras --from weights.pt -o ported.keras
-      conv-surgeon port model.keras --from w.safetensors --bn-epsilon 1e-5 -o out.keras
+      conv-surgeon port m.keras --from w.safetensors --bn-epsilon 1e-5 -o out.keras
       conv-surgeon port model.keras --from w.pt --map 'fc\\..*=>head' -o out.keras
     """
     from ..instruments.port import PortRequest, port
