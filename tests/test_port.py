@@ -693,3 +693,76 @@ def test_the_readme_cookbook_ports_a_whole_net_exactly(torch) -> None:
     assert "wrote build/port-net/ported.keras" in result.stdout
     difference, scale = map(float, re.search(r"max abs difference: (\S+) of (\S+)", result.stdout).groups())
     assert difference <= 1e-4 * scale
+
+
+# --- a real architecture: keras.applications.ResNet50 -----------------------------------------
+
+
+def _keras_resnet50_in_torch(torch):
+    """keras.applications.ResNet50 written in PyTorch with torchvision's module names: v1
+    (the stride on each block's first 1x1 conv), convs with biases, a fully connected head."""
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin: int, width: int, stride: int, project: bool) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, stride), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1), nn.BatchNorm2d(width * 4)
+            self.relu = nn.ReLU()
+            self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride),
+                                            nn.BatchNorm2d(width * 4)) if project else None
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+            return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+    class ResNet50(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1, self.relu = nn.Conv2d(3, 64, 7, 2, 3), nn.BatchNorm2d(64), nn.ReLU()
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            cin = 64
+            for stage, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), 1):
+                layers = []
+                for block in range(blocks):
+                    layers.append(Bottleneck(cin, width, stride if block == 0 else 1, block == 0))
+                    cin = width * 4
+                setattr(self, f"layer{stage}", nn.Sequential(*layers))
+            self.fc = nn.Linear(2048, 1000)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(x.mean((2, 3)))
+
+    return ResNet50()
+
+
+@pytest.mark.slow
+def test_keras_applications_resnet50_takes_a_pytorch_state_dict_exactly(cli, keras, torch, architectures,
+                                                                        tmp_path) -> None:
+    model = architectures.file("ResNet50", "linear-head", linear_head=True)
+    torch.manual_seed(0)
+    module = _keras_resnet50_in_torch(torch)
+    _randomize(torch, module)
+    torch.save(module.state_dict(), tmp_path / "resnet50.pt")
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        net = Net(model, tmp_path / "resnet50.pt", x, module(torch.from_numpy(x)).numpy(), {})
+    layers = cs.inspect(model, all_layers=True).layers
+    batch_norms = [layer.path for layer in layers if layer.class_name == "BatchNormalization"]
+    out = tmp_path / "ported.keras"
+    # Keras's ResNet50 builds its BatchNormalizations with epsilon 1.001e-5.
+    assert_one_error_line(cli("port", model, "--from", net.state, "-o", out), 1,
+                          f"{len(batch_norms)} ported BatchNormalizations", "have epsilon 1.001e-5")
+    report = port_json(cli, model, "--from", net.state, "--bn-epsilon", "1e-5", "-o", out)
+    assert report["left_in_state"] == [] and report["left_in_model"] == [] and report["mismatches"] == []
+    assert sorted(e["layer"] for e in report["bn_epsilon"]) == sorted(batch_norms)
+    assert report["layers_ported"] == len(layers)
+    where = {row["source"]: row["layer"] for row in report["mapping"]}
+    assert where["layer1.0.conv3.weight"] == "conv2_block1_3_conv"
+    assert where["layer1.0.downsample.0.weight"] == "conv2_block1_0_conv"
+    assert where["layer4.2.bn3.running_var"] == "conv5_block3_3_bn" and where["fc.weight"] == "predictions"
+    assert_computes_as_torch(keras, out, net)
