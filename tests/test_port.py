@@ -482,6 +482,36 @@ def test_safetensors_and_npz_map_as_the_pt_does(cli, vgg: Net, tmp_path) -> None
     assert any("keeps no module order" in note for note in reports[1]["notes"])
 
 
+TORCH_NAMES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+               "moving_variance": "running_var", "embeddings": "weight"}
+
+
+@pytest.mark.parametrize("model", ["all_convs.keras", pytest.param("all_convs.h5", marks=pytest.mark.slow)])
+def test_what_get_exports_in_torch_layout_ports_back_to_the_same_bytes(cli, samples: Path, tmp_path,
+                                                                       model: str) -> None:
+    """Every conv class (1-3D, transposed, depthwise, grouped, without bias, in nested models)
+    and BatchNormalization: modules named m0, m1, ... (no hint), in the model's order."""
+    source = samples / model
+    tensors = {}
+    for index, layer in enumerate(cs.inspect(source, all_layers=True).layers):
+        if not layer.class_name.startswith("Separable"):
+            for name, value in cs.get_weights(source, layer.path, layout="torch").items():
+                tensors[f"m{index}.{TORCH_NAMES[name]}"] = value
+    state = _state_with(tmp_path, tensors)
+    out = tmp_path / f"back{source.suffix}"
+    # 1e-3 is the BatchNormalizations' own epsilon: nothing to rewrite.
+    report = port_json(cli, source, "--from", state, "--bn-epsilon", "1e-3", "--no-smoke", "-o", out)
+    assert report["left_in_state"] == []
+    assert sorted(row["source"] for row in report["mapping"]) == sorted(tensors)
+    assert {x["layer"]: x["reason"].split(";")[0] for x in report["left_in_model"]} == {
+        "sep2d": "a SeparableConv is two PyTorch convs (depthwise, then pointwise)",
+        "sep1d": "a SeparableConv is two PyTorch convs (depthwise, then pointwise)"}
+    assert all(change["max_abs_change"] == 0.0 for change in report["changes"])
+    before, after = store_datasets(source), store_datasets(out)
+    assert before.keys() == after.keys()
+    assert [name for name in before if before[name] != after[name] and "optimizer" not in name] == []
+
+
 # --- named mismatches -------------------------------------------------------------------------
 
 
