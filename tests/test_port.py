@@ -656,6 +656,18 @@ def test_a_state_dict_of_another_net_is_refused(cli, vgg: Net, tmp_path) -> None
                           "is it the state dict of this architecture?")
 
 
+@pytest.mark.parametrize("state, message", [
+    ("missing.pt", "state dict 'missing.pt': cannot read it (No such file or directory)"),
+    (".", "is a directory; expected a PyTorch state dict saved with torch.save(model.state_dict(), 'w.pt')"),
+    ("sample_models/tiny_cnn.keras", "is a Keras model (.keras), not a state dict"),
+    ("sample_models/sobel.npy", "holds one .npy array; expected a PyTorch state dict"),
+])
+def test_what_is_no_state_dict_is_refused_in_one_line(cli, samples: Path, monkeypatch, state: str,
+                                                      message: str) -> None:
+    monkeypatch.chdir(samples.parent)
+    assert_one_error_line(cli("port", samples / "tiny_cnn.keras", "--from", state, "--dry-run"), 1, message)
+
+
 def test_reference_is_refused_until_it_is_available(cli, vgg: Net, tmp_path) -> None:
     assert_one_error_line(cli("port", vgg.keras_file, "--from", vgg.state, "--reference", "ref.pt", "-o",
                               tmp_path / "o.keras"), 2, "--reference is not available yet")

@@ -298,10 +298,12 @@ def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
     return _load_npy_bytes(member_bytes, what)
 
 
-def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
-    """Every array of an ``.npz`` (a bundle), read once and never unpickled, with the
-    sha256 of the file's bytes."""
-    label = f"bundle '{path}'"
+def load_npz_arrays(path: str | os.PathLike[str], label: str | None = None,
+                    empty_hint: str = "write one with `conv-surgeon get MODEL --all -o FILE.npz`",
+                    ) -> tuple[dict[str, np.ndarray], str]:
+    """Every array of an ``.npz`` (a bundle; ``label`` names it otherwise in messages), read
+    once and never unpickled, with the sha256 of the file's bytes."""
+    label = label or f"bundle '{path}'"
     if os.path.isdir(path):
         raise SourceError(f"{label}: is a directory; expected an .npz written by np.savez")
     try:
@@ -322,7 +324,7 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
             f"{label}: not a readable .npz archive ({_one_line(exc)}); write it with np.savez"
         ) from exc
     if not arrays:
-        raise SourceError(f"{label}: holds no arrays; write one with `conv-surgeon get MODEL --all -o FILE.npz`")
+        raise SourceError(f"{label}: holds no arrays; {empty_hint}")
     return arrays, hashlib.sha256(data).hexdigest()
 
 
@@ -698,12 +700,23 @@ def load_state_dict(path: str | os.PathLike[str]) -> LoadedState:
             raise SourceError(f"{what}: is a pipe; a safetensors file is read in place and must be a file")
         return LoadedState(_safetensors_state(data, spec), "safetensors", False, digest)
     if kind == "npz":
-        arrays, _ = load_npz_arrays(spec)
+        if _is_keras_archive(data):
+            raise SourceError(f"{what}: is a Keras model (.keras), not a state dict; {STATE_ACCEPTED} (`set --from "
+                              "MODEL:LAYER` copies a layer from another Keras model)")
+        arrays, _ = load_npz_arrays(spec, what, STATE_ACCEPTED)
         return LoadedState(arrays, "npz", True, digest)
     described = {"npy": "one .npy array", "hdf5": "an HDF5 file (a Keras model? `set --from` copies a layer "
                  "from one)", "torchscript": "a TorchScript archive (torch.jit.save)"}.get(
         kind or "", f"no format conv-surgeon reads (first bytes {data[:8]!r})")
     raise SourceError(f"{what}: holds {described}; {STATE_ACCEPTED}")
+
+
+def _is_keras_archive(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return "model.weights.h5" in archive.namelist()
+    except ZIP_FAULTS:
+        return False
 
 
 def _torch_state(data: bytes, spec: str) -> tuple[dict[str, np.ndarray], str | None]:
