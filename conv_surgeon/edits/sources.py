@@ -529,12 +529,14 @@ def _flatten_state(
 
 
 def _tensor_to_numpy(tensor: Any, spec: str, what: str) -> np.ndarray:
-    import ml_dtypes
     import torch
 
     tensor = tensor.detach().cpu()
     for dtype_name in _ML_DTYPE_NAMES.values():
         if tensor.dtype == getattr(torch, dtype_name):
+            # Imported only for such a tensor: the import costs 0.6 s beside torch here.
+            import ml_dtypes
+
             dtype = np.dtype(getattr(ml_dtypes, dtype_name))
             bits = torch.int16 if dtype.itemsize == 2 else torch.uint8
             return np.asarray(tensor.contiguous().view(bits).numpy()).view(dtype)
