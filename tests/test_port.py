@@ -512,6 +512,44 @@ def test_what_get_exports_in_torch_layout_ports_back_to_the_same_bytes(cli, samp
     assert [name for name in before if before[name] != after[name] and "optimizer" not in name] == []
 
 
+@pytest.mark.parametrize("layout, flatten, reordered", [
+    ("channels_last", "channels_last", True),  # (H, W, C) flattened H·W·C
+    ("channels_first", "channels_last", False),  # (C, H, W) flattened C·H·W, as PyTorch does
+    ("channels_first", "channels_first", True),  # Keras's Flatten moves the channels last first
+])
+@pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
+def test_a_dense_after_a_flatten_has_its_rows_reordered_only_where_keras_flattens_hwc(
+        cli, keras, tmp_path, layout: str, flatten: str, reordered: bool, sequential: bool) -> None:
+    L = keras.layers
+    shape = (6, 5, 3) if layout == "channels_last" else (3, 6, 5)
+    layers = [L.Conv2D(4, 3, data_format=layout, name="conv"), L.Dropout(0.1, name="drop"),
+              L.Flatten(data_format=flatten, name="flat"), L.Dense(2, name="fc")]
+    if sequential:
+        model = keras.Sequential([keras.Input(shape), *layers[:1], *layers[2:]])  # Flatten right after the conv
+    else:
+        x = i = keras.Input(shape)
+        for layer in layers:
+            x = layer(x)
+        model = keras.Model(i, x)
+    model.save(tmp_path / "flat.keras")  # never run: CPU convs take channels_last only
+    state = _state_with(tmp_path, {"conv.weight": np.ones((4, 3, 3, 3), np.float32), "conv.bias": np.zeros(4, np.float32),
+                                   "fc.weight": np.arange(2 * 48, dtype=np.float32).reshape(2, 48),
+                                   "fc.bias": np.zeros(2, np.float32)})
+    report = port_json(cli, tmp_path / "flat.keras", "--from", state, "--no-smoke", "-o", tmp_path / "out.keras")
+    fc = next(row for row in report["mapping"] if row["source"] == "fc.weight")
+    # Row r of the kernel holds PyTorch's feature r of its (C, H, W) = (4, 4, 3) where nothing
+    # is reordered; else the feature at Keras's (h, w, c): c * 12 + h * 3 + w.
+    torch_feature = cs.get_weights(tmp_path / "out.keras", "fc")["kernel"][:, 0].astype(int)
+    if reordered:
+        held = "4x3x4" if layout == "channels_last" else "4x4x3"
+        assert fc["transform"] == f"transpose(a), rows C·H·W -> H·W·C ({held} from 'flat')"
+        h, w, c = np.meshgrid(np.arange(4), np.arange(3), np.arange(4), indexing="ij")
+        assert np.array_equal(torch_feature, (c * 12 + h * 3 + w).reshape(-1))
+    else:
+        assert fc["transform"] == "transpose(a)"
+        assert np.array_equal(torch_feature, np.arange(48))
+
+
 # --- named mismatches -------------------------------------------------------------------------
 
 

@@ -550,14 +550,14 @@ class RowOrder:
 
     flatten: str  # the Flatten's layer path
     shape: Shape  # what it flattens, without the batch axis, as Keras holds it
-    channels_first: bool
+    torch_order: str  # the axes in the order PyTorch flattens them: "C·H·W"
+    keras_order: str  # and Keras: "H·W·C"
     permutation: np.ndarray
 
     @property
     def text(self) -> str:
-        spatial = "·".join("DHW"[3 - (len(self.shape) - 1):])
-        keras = f"C·{spatial}" if self.channels_first else f"{spatial}·C"
-        return f"rows C·{spatial} -> {keras} ({'x'.join(str(d) for d in self.shape)} from '{self.flatten}')"
+        return (f"rows {self.torch_order} -> {self.keras_order} ({'x'.join(str(d) for d in self.shape)} "
+                f"from '{self.flatten}')")
 
 
 def dense_row_orders(config: dict[str, Any] | None) -> dict[str, RowOrder | str]:
@@ -602,14 +602,18 @@ def _row_order(graph: ModelGraph, flatten: GraphLayer) -> RowOrder | str | None:
     channels_first = _data_format(graph, flatten) == "channels_first"
     channels = dims[0] if channels_first else dims[-1]
     spatial = dims[1:] if channels_first else dims[:-1]
-    torch_index = np.arange(math.prod(dims)).reshape((channels, *spatial))
-    keras = torch_index if channels_first else np.moveaxis(torch_index, 0, -1)
+    letters = list("DHW"[3 - len(spatial):]) if len(spatial) <= 3 else [f"S{i}" for i in range(len(spatial))]
+    # PyTorch's feature number of every element, laid out as Keras holds the tensor.
+    keras = np.arange(math.prod(dims)).reshape((channels, *spatial))
+    axes = ["C", *letters]
+    if not channels_first:
+        keras, axes = np.moveaxis(keras, 0, -1), axes[1:] + axes[:1]
     if flatten.class_name == "Flatten" and flatten.config.get("data_format") == "channels_first":
-        keras = np.moveaxis(keras, 0, -1)  # Keras's Flatten moves the channels last first
+        keras, axes = np.moveaxis(keras, 0, -1), axes[1:] + axes[:1]  # Keras's Flatten moves axis 1 last first
     permutation = keras.reshape(-1)
     if np.array_equal(permutation, np.arange(permutation.size)):
         return None
-    return RowOrder(path, dims, channels_first, permutation)
+    return RowOrder(path, dims, "·".join(["C", *letters]), "·".join(axes), permutation)
 
 
 def _data_format(graph: ModelGraph, layer: GraphLayer) -> str:
