@@ -846,3 +846,71 @@ def test_keras_applications_resnet50_takes_a_pytorch_state_dict_exactly(cli, ker
     assert where["layer1.0.downsample.0.weight"] == "conv2_block1_0_conv"
     assert where["layer4.2.bn3.running_var"] == "conv5_block3_3_bn" and where["fc.weight"] == "predictions"
     assert_computes_as_torch(keras, out, net)
+
+
+# --- keras-hub's own timm converter is the truth ------------------------------------------------
+
+
+def _timm_resnet50(torch):
+    """timm's resnet50 (torchvision's too): the stride on each block's 3x3 conv, convs without
+    bias, its names (conv1, bn1, layer1.0.conv1, ..., downsample.0/1, fc)."""
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin: int, width: int, stride: int, project: bool) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+            self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(width * 4)) if project else None
+
+    net = nn.Module()
+    net.conv1, net.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+    cin = 64
+    for stage, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), 1):
+        layers = []
+        for block in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if block == 0 else 1, block == 0))
+            cin = width * 4
+        setattr(net, f"layer{stage}", nn.Sequential(*layers))
+    net.fc = nn.Linear(2048, 1000)
+    return net
+
+
+@pytest.mark.slow
+def test_a_timm_resnet50_goes_into_keras_hubs_backbone_as_keras_hubs_own_converter_puts_it(
+        cli, keras, torch, tmp_path) -> None:
+    """The backbone's config lists no layers (Keras reads its graph); in stage 1, conv3 and
+    downsample.0 have one shape; the .safetensors file keeps no order."""
+    import keras_hub
+    from keras_hub.src.utils.timm import convert_resnet
+    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    module = _timm_resnet50(torch)
+    _randomize(torch, module)
+    preset = tmp_path / "timm_resnet50"
+    preset.mkdir()
+    save_file(module.state_dict(), preset / "model.safetensors")
+    timm_config = {"architecture": "resnet50"}
+    (preset / "config.json").write_text(json.dumps(timm_config))
+    arguments = convert_resnet.convert_backbone_config(timm_config)
+    keras.utils.set_random_seed(0)
+    truth = keras_hub.models.ResNetBackbone(**arguments)
+    with SafetensorLoader(str(preset), fname="model.safetensors") as loader:
+        convert_resnet.convert_weights(truth, loader, timm_config)
+    keras.utils.set_random_seed(1)
+    keras_hub.models.ResNetBackbone(**arguments).save(tmp_path / "backbone.keras")
+    out = tmp_path / "ported.keras"
+    report = port_json(cli, tmp_path / "backbone.keras", "--from", preset / "model.safetensors", "--allow-partial",
+                       "--no-smoke", "-o", out)
+    assert [t["name"] for t in report["left_in_state"]] == ["fc.bias", "fc.weight"]  # the backbone has no head
+    assert report["left_in_model"] == [] and report["refusals"] == [] and report["bn_epsilon"] == []
+    assert any("Keras loaded the model" in note for note in report["notes"])
+    ported = layer_weights(keras, out)
+    expected = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in truth.layers if layer.weights}
+    assert ported.keys() == expected.keys()
+    assert all(len(ported[name]) == len(values) and all(np.array_equal(a, b) for a, b in zip(ported[name], values))
+               for name, values in expected.items())

@@ -35,7 +35,7 @@ from ..edits.porting import (TORCH_EPSILON, MappedLayer, Mismatch, RowOrder,
                              transform_text)
 from ..edits.sources import LoadedState, load_state_dict
 from ..errors import ConvSurgeonError, ModelFileError, UsageError
-from ..model.graph import model_graphs
+from ..model.graph import config_problem, model_graphs
 from ..model.naming import format_epsilon, format_shape
 from ..model.structure import Layer, ModelStructure, read_structure
 from ..store.model_file import ModelFile
@@ -160,12 +160,14 @@ def port(source: ModelFile, request: PortRequest, options: WriteOptions, *,
     config, layer_names = _model_config(source, structure)
     state_label = os.fspath(request.state)
     state = load_state_dict(request.state)
+    graph, notes = _graph(source, structure, config, options)
     modules, skipped = source_modules(state.tensors, state.ordered)
-    mapping = map_state(structure, config, modules, rules, label)
+    mapping = map_state(structure, graph, modules, rules, label)
     if not mapping.mapped:
         raise ConvSurgeonError(_nothing_fits(label, state_label, mapping))
-    rows = _row_orders(config, mapping, label)
-    epsilon, refusals, notes = _epsilon(structure, mapping, bn_epsilon, label)
+    rows = _row_orders(graph, mapping, label)
+    epsilon, refusals, epsilon_notes = _epsilon(structure, graph, mapping, bn_epsilon, label)
+    notes += epsilon_notes
     left_tensors = tuple(LeftTensor(m.full_name(leaf), shape) for m in mapping.left_modules for leaf, shape in m.tensors)
     if left_tensors and not request.allow_partial:
         refusals.insert(0, _left_over(label, state_label, left_tensors))
@@ -177,7 +179,7 @@ def port(source: ModelFile, request: PortRequest, options: WriteOptions, *,
         left_in_model=tuple(UnportedLayer(left.layer.path, left.layer.class_name,
                                           tuple((v.name, v.shape) for v in left.layer.variables), left.reason)
                             for left in mapping.left_layers),
-        epsilon=tuple(epsilon), mismatches=tuple(mismatches(config, mapping.mapped)), refusals=tuple(refusals),
+        epsilon=tuple(epsilon), mismatches=tuple(mismatches(graph, mapping.mapped)), refusals=tuple(refusals),
         partial=bool(left_tensors) and request.allow_partial, changes=(),
         optimizer_slots=SlotOutcome(request.optimizer, state=False), notes=tuple(notes))
     if refusals and not options.dry_run:
@@ -224,6 +226,37 @@ def _model_config(source: ModelFile, structure: ModelStructure) -> tuple[dict[st
     return read_config(source, "port")
 
 
+def _graph(source: ModelFile, structure: ModelStructure, config: dict[str, Any] | None,
+           options: WriteOptions) -> tuple[dict[str, Any] | None, list[str]]:
+    """The config that holds the model's layer graph, and what the report says of it. A
+    config without one (a keras-hub backbone's arguments, a functional subclass) is
+    completed by Keras, which loads the model to read it: without the graph, the branches
+    of a residual block could be mapped crosswise."""
+    if config is not None and any(graph.layers for graph in model_graphs(config)):
+        return config, []
+    from ..runtime.checks import SmokeTarget
+    from ..runtime.layer_graph import read_graph
+
+    why = "a model read from stdin" if source.path is None else None
+    found = None
+    if why is None and structure.format in ("keras", "h5", "dir", "preset"):
+        assert source.path is not None
+        target = SmokeTarget(source.path, "preset" if structure.format == "preset" else "model")
+        found, why = read_graph(target, options.smoke.unsafe, options.smoke.imports)
+        problem = config_problem(found) if found is not None else None
+        if found is None and why is None:
+            why = "a subclassed model has none"
+        elif problem is not None:
+            found, why = None, f"Keras described it oddly: {problem}"
+    elif why is None:
+        why = f"a {format_name(structure)} is loaded with its --config"
+    if found is not None:
+        return found, ["the model's config lists no layers: Keras loaded the model to read its graph"]
+    return config, [f"the model's config lists no layers and its graph could not be read ({why}): the layers are "
+                    "aligned in the order of the weight store, kind by kind; check the mapping with --dry-run, "
+                    "where branches meet (a residual block's shortcut) above all"]
+
+
 def _nothing_fits(label: str, state: str, mapping: StateMapping) -> str:
     shown = ", ".join(f"'{m.name}' ({m.describe()})" for m in mapping.left_modules[:3])
     return (f"{label}: no layer with weights fits a module of {state} (it holds {shown}{', ...' if len(mapping.left_modules) > 3 else ''}); "
@@ -252,17 +285,19 @@ def _row_orders(config: dict[str, Any] | None, mapping: StateMapping, label: str
     return found
 
 
-def _epsilon(structure: ModelStructure, mapping: StateMapping, bn_epsilon: float | None,
-             label: str) -> tuple[list[EpsilonChange], list[str], list[str]]:
+def _epsilon(structure: ModelStructure, graph: dict[str, Any] | None, mapping: StateMapping,
+             bn_epsilon: float | None, label: str) -> tuple[list[EpsilonChange], list[str], list[str]]:
     """The epsilon changes ``--bn-epsilon`` makes, the refusal without it, and notes."""
     source_epsilon = TORCH_EPSILON if bn_epsilon is None else bn_epsilon
+    configs = {g.layer_path(layer.name): layer.config for g in model_graphs(graph) for layer in g.layers} \
+        if graph is not None else {}
     differing: list[tuple[Layer, float]] = []
     unknown: list[str] = []
     for item in mapping.mapped:
         layer = item.layer
         if layer.kind is None or layer.kind.family != "batch_norm":
             continue
-        value = layer.config.get("epsilon")
+        value = (layer.config or configs.get(layer.path, {})).get("epsilon")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             unknown.append(layer.path)
         elif float(value) != source_epsilon:
@@ -347,8 +382,10 @@ def _with_epsilon(config: dict[str, Any] | None, changes: list[EpsilonChange], l
             if path in wanted:
                 layer.entry["config"]["epsilon"] = wanted.pop(path)
     if wanted:
-        raise ConvSurgeonError(f"{label}: --bn-epsilon: {_names(sorted(wanted))} is not a layer of the model's graph "
-                               "(a wrapper's sub-layer?), so its epsilon cannot be rewritten; nothing was written")
+        raise ConvSurgeonError(
+            f"{label}: --bn-epsilon: the model's config does not list {_names(sorted(wanted))} (a keras-hub backbone "
+            "builds its layers itself, a wrapper holds its own), so their epsilon cannot be rewritten; nothing was "
+            "written; build the model with the source's epsilon")
     return new
 
 
