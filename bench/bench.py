@@ -95,6 +95,16 @@ Sections
                      model with fewer filters, copies the sliced weights, saves, reloads and
                      runs a forward pass. Ratio rows: (a)/(c) <= 0.8x, (b)/(c) <= 0.2x (MISS
                      never fails the run). Run it alone: ``bench.py --only prune``.
+    port             ``conv-surgeon port resnet50.keras --from resnet50_torch.pt --no-smoke -o
+                     OUT`` (a), a ResNet50-sized PyTorch state dict (keras.applications'
+                     ResNet50 written in PyTorch with torchvision's module names, random
+                     weights; BUILD_TORCH_RESNET50, made once; needs torch, else the
+                     section says so), with ``--bn-epsilon 1.001e-5``, the model's own: the
+                     weights patched, as the plain script leaves the config too; versus a
+                     plain script (b): ``torch.load``, a hand-written name table and loop of
+                     ``set_weights`` (transposing kernels), ``model.save`` (KERAS_PORT).
+                     Ratio row: (a)/(b) time <= 0.3x (MISS never fails the run).
+                     ``--reference`` is not measured (not available yet).
     show             ``conv-surgeon show resnet50.keras --layer conv1_conv -o X.png`` (the
                      64-tile RGB filter grid) versus ``inspect resnet50.keras``, and ``show
                      --all --hist -o X.png`` (histograms of every conv variable, a row per
@@ -190,6 +200,7 @@ SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the 
 SHOW_GRID_TARGET = 1.5  # show --layer conv1_conv -o X.png / inspect, same file
 SHOW_HIST_TARGET = 2.0  # show --all --hist -o X.png / inspect --stats, same file
 PRESET_INSPECT_TARGET = 1.2  # inspect of the keras-hub preset / inspect of its .keras
+PORT_NO_SMOKE_TIME_TARGET = 0.3  # conv-surgeon port --no-smoke / torch.load + set_weights loop + save
 # keras_hub.models.ResNetBackbone arguments of ResNet50: keras-hub 0.32 ships no config for
 # its presets (resnet_presets.py only names Kaggle handles); these are the ones its timm
 # converter (keras_hub/src/utils/timm/convert_resnet.py) builds for "resnet50". The build
@@ -1287,6 +1298,115 @@ def bench_show(ctx: Context) -> list[Row]:
     ]
 
 
+# keras.applications.ResNet50 written in PyTorch (v1: the stride on each block's first
+# 1x1 conv; convs with biases) with torchvision's module names, its state dict saved.
+BUILD_TORCH_RESNET50 = """
+import sys, torch
+from torch import nn
+torch.manual_seed(0)
+class Bottleneck(nn.Module):
+    def __init__(self, cin, width, stride, project):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, stride), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1), nn.BatchNorm2d(width * 4)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride),
+                                        nn.BatchNorm2d(width * 4)) if project else None
+net = nn.Module()
+net.conv1, net.bn1 = nn.Conv2d(3, 64, 7, 2, 3), nn.BatchNorm2d(64)
+cin = 64
+for stage, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), 1):
+    layers = []
+    for block in range(blocks):
+        layers.append(Bottleneck(cin, width, stride if block == 0 else 1, block == 0))
+        cin = width * 4
+    setattr(net, f"layer{stage}", nn.Sequential(*layers))
+net.fc = nn.Linear(2048, 1000)
+torch.save(net.state_dict(), sys.argv[1])
+"""
+
+
+def torch_resnet50() -> Path | None:
+    """The PyTorch state dict of the port section, made once; None without torch."""
+    path = CACHE / "resnet50_torch.pt"
+    if path.exists():
+        return path
+    if subprocess.run([PYTHON, "-c", "import torch"], capture_output=True, env=CHILD_ENV).returncode != 0:
+        return None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / ".resnet50_torch.partial.pt"
+    print(f"building {path.relative_to(ROOT)} (once) ...", flush=True)
+    run_once([PYTHON, "-c", BUILD_TORCH_RESNET50, str(tmp)])
+    tmp.replace(path)
+    return path
+
+
+# The plain way: torch.load, a name table written for this architecture, set_weights, save.
+KERAS_PORT = """
+import os, sys, traceback
+saved = os.dup(2)
+devnull = os.open(os.devnull, os.O_WRONLY)
+os.dup2(devnull, 2)
+try:
+    import torch, keras
+    src, state_path, out = sys.argv[1:4]
+    state = {k: v.numpy() for k, v in torch.load(state_path, weights_only=True).items()}
+    model = keras.saving.load_model(src, compile=False)
+    def keras_name(module):
+        if module in ("conv1", "bn1", "fc"):
+            return {"conv1": "conv1_conv", "bn1": "conv1_bn", "fc": "predictions"}[module]
+        layer, block, part = module.split(".", 2)
+        prefix = f"conv{int(layer[5:]) + 1}_block{int(block) + 1}_"
+        if part.startswith("downsample"):
+            return prefix + ("0_conv" if part.endswith("0") else "0_bn")
+        return prefix + part[-1] + ("_conv" if part.startswith("conv") else "_bn")
+    modules = {}
+    for name, value in state.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf != "num_batches_tracked":
+            modules.setdefault(module, {})[leaf] = value
+    for module, tensors in modules.items():
+        layer = model.get_layer(keras_name(module))
+        if "running_var" in tensors:
+            values = [tensors[k] for k in ("weight", "bias", "running_mean", "running_var")]
+        elif tensors["weight"].ndim == 4:
+            values = [tensors["weight"].transpose(2, 3, 1, 0), tensors["bias"]]
+        else:
+            values = [tensors["weight"].T, tensors["bias"]]
+        layer.set_weights(values)
+    model.save(out)
+    status = 0
+except BaseException:
+    os.write(saved, traceback.format_exc().encode())
+    status = 1
+sys.exit(status)
+"""
+
+
+def bench_port(ctx: Context) -> list[Row]:
+    model, state = resnet50(), torch_resnet50()
+    if state is None:
+        return [("port", "(skipped)", "", "", "torch is not installed: pip install 'conv-surgeon[torch]'")]
+    outs = {case: CACHE / f"port-{case}.out.keras" for case in ("a", "b")}
+    try:
+        a = ctx.measure([CLI, "port", str(model), "--from", str(state), "--bn-epsilon", "1.001e-5", "--no-smoke",
+                         "-o", str(outs["a"])], after=_remover(outs["a"]))
+        b = ctx.measure([PYTHON, "-c", KERAS_PORT, str(model), str(state), str(outs["b"])],
+                        after=_remover(outs["b"]))
+    finally:
+        for out in outs.values():
+            _remover(out)()
+    ratio = a.median_s / b.median_s
+    verdict = f"target <= {PORT_NO_SMOKE_TIME_TARGET:g}x: {'PASS' if ratio <= PORT_NO_SMOKE_TIME_TARGET else 'MISS'}"
+    return [
+        ("port", "(a) conv-surgeon port --no-smoke", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
+         "320 tensors mapped by shape and order, patched"),
+        ("port", "(b) torch.load + set_weights loop + save", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}",
+         "a name table written for ResNet50"),
+        ("port", "ratio (a)/(b) time", f"{ratio:.2f}x", "", verdict),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect": bench_inspect,
     "inspect-scaling": bench_inspect_scaling,
@@ -1300,6 +1420,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "fold-bn": bench_fold,
     "prune": bench_prune,
     "show": bench_show,
+    "port": bench_port,
     "onednn": bench_onednn,
 }
 
