@@ -2,7 +2,7 @@
 
 Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`, :func:`show`) never imports
 TensorFlow.
-Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`, :func:`prune`) goes through the same write transaction as
+Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`, :func:`prune`, :func:`port`) goes through the same write transaction as
 the command line: staged beside the destination, verified, smoke-tested with Keras
 (unless ``smoke=False``) and only then moved into place. :func:`assign` does the same
 checks on a live Keras layer.
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .edits.assign import Assignment
     from .instruments.diff import DiffReport
     from .instruments.fold import FoldReport
+    from .instruments.port import PortReport
     from .instruments.prune import PruneReport
     from .instruments.reading import InspectReport
     from .instruments.set_weights import SetReport, WeightRequest
@@ -57,6 +58,13 @@ _IN_PYTHON = [
     ("--no-smoke", "smoke=False"),
     ("--unsafe", "unsafe=True"),
     ("--keep-layers", "keep_layers=True"),
+    ("--allow-partial", "allow_partial=True"),
+    ("--bn-epsilon 1e-5", "bn_epsilon=1e-5"),
+    ("--bn-epsilon", "bn_epsilon"),
+    ("--map 'REGEX=>LAYER'", "maps=['REGEX=>LAYER']"),
+    ("--map", "maps"),
+    ("--reference", "reference"),
+    ("--dry-run", "dry_run=True"),
     ("--in-place", "in_place=True"),
     ("--seed", "seed"),
     ("pass one of these to --weight", "use one of these names as a key of weights= or inits="),
@@ -326,6 +334,48 @@ def prune(
     options = _write_options(model, out, in_place, dry_run, checks, request.checks,
                              ("conv_surgeon.prune", os.fspath(model)))
     return prune_model(_source(model), request, options)
+
+
+@_speaks_python
+@_reads_well(tables=True)
+def port(
+    model: PathLike,
+    state: PathLike,
+    *,
+    out: PathLike | None = None,
+    in_place: bool = False,
+    maps: Sequence[str] = (),
+    allow_partial: bool = False,
+    bn_epsilon: float | None = None,
+    optimizer: OptimizerPolicy = "reset",
+    reference: str | None = None,
+    smoke: bool = True,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
+    load_inputs: PathLike | None = None,
+    imports: Sequence[str] = (),
+    unsafe: bool = False,
+    dry_run: bool = False,
+    config: PathLike | None = None,
+) -> PortReport:
+    """Map the PyTorch state dict ``state`` (``.pt``/``.pth``, ``.safetensors`` or ``.npz``)
+    onto the Keras model and write it to ``out``; ``dry_run`` reports the mapping only.
+
+    Each tensor goes into the variable it fits by kind and shape, in the order of both
+    (no name table); ``maps`` (``"REGEX=>LAYER"``) decides what that cannot. Nothing is
+    written while a tensor is left over (``allow_partial`` writes the rest) or a ported
+    BatchNormalization's epsilon differs from ``bn_epsilon`` (PyTorch's 1e-5 by default;
+    given, it is written into their config). ``optimizer`` as for :func:`set_weights`.
+    ``report.tensors`` lists where every tensor went.
+    """
+    from .instruments.port import PortRequest, port as port_state
+    from .instruments.writing import CheckRequest
+
+    request = PortRequest(os.fspath(state), tuple(maps), allow_partial, bn_epsilon, optimizer, reference,
+                          Path(load_inputs) if load_inputs is not None else None)
+    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe, imports=tuple(imports))
+    options = _write_options(model, out, in_place, dry_run, checks, request.checks,
+                             ("conv_surgeon.port", os.fspath(model), os.fspath(state)))
+    return port_state(_source(model, config), request, options)
 
 
 @_speaks_python

@@ -13,13 +13,14 @@ import signal
 import sys
 from types import FrameType
 
-from .errors import ExitCode, Terminated, keep_error_descriptor, write_error
+from .errors import ExitCode, Terminated, keep_error_descriptor, stop, write_error
 
 
 def main() -> None:
     keep_error_descriptor()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         # Imported after the handlers are in place: a signal during the imports (a quarter
         # of a second) ends the command as one during its work does.
@@ -46,7 +47,13 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     cleanup runs is ignored, so that the cleanup finishes."""
     for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(other, signal.SIG_IGN)
-    raise Terminated(signum, signal.Signals(signum).name)
+    raise stop(Terminated(signum, signal.Signals(signum).name))
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered
+    (errors.raise_if_stopped) in case a library swallows the exception."""
+    raise stop(KeyboardInterrupt())
 
 
 def _exit_now(code: int) -> None:

@@ -115,6 +115,28 @@ class Terminated(KeyboardInterrupt):
         self.signum, self.name = signum, name
 
 
+# The signal that stopped the command, kept by the console script's handlers: a library
+# that catches everything (TensorFlow's import, in places) can swallow the exception it
+# raised, and a stopped command must not go on to write (see raise_if_stopped).
+_stopped: list[KeyboardInterrupt] = []
+
+
+def stop(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Remember the interruption a signal handler is about to raise, and return it."""
+    if not _stopped:
+        _stopped.append(exc)
+    return exc
+
+
+def raise_if_stopped() -> None:
+    """Raise again the interruption a signal started, if something swallowed it.
+
+    Called after each stretch of third-party code (the Keras import and runs) and before
+    a write is delivered: a Ctrl-C or SIGTERM is never lost, whatever caught it."""
+    if _stopped:
+        raise _stopped[0]
+
+
 class InternalError(Exception):
     """A bug in conv-surgeon found in a worker process: exit 70, with the worker's
     traceback shown under ``--debug``."""

@@ -147,3 +147,30 @@ def test_the_error_line_survives_tensorflows_silenced_stderr(tmp_path):
     assert run.returncode == 130, err
     assert err.splitlines()[-1] == "Error: interrupted; nothing was written", err
     assert _group_gone(run.pid)
+
+
+SWALLOWER = '''\
+import os, signal, time
+try:  # a library that catches everything, as parts of TensorFlow's import do
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+except BaseException:
+    pass
+'''
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_write(tmp_path):
+    """The Ctrl-C arrives while third-party code runs (here a module imported for the smoke
+    test) and that code swallows the KeyboardInterrupt: the command still stops, writes
+    nothing and exits 130, instead of going on to deliver the model."""
+    (tmp_path / "swallower.py").write_text(SWALLOWER)
+    model = copy_into(tmp_path, TINY)
+    before = sha256(model)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    run = subprocess.run([CLI, "set", str(model), "--layer", "conv1", "--kernel-init", "ones", "--in-place",
+                          "--import", "swallower"], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": path}, timeout=120)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.splitlines()[-1] == "Error: interrupted; nothing was written", run.stderr
+    assert sha256(model) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([model.name, "swallower.py"])

@@ -28,7 +28,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -298,10 +298,12 @@ def _load_npz(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
     return _load_npy_bytes(member_bytes, what)
 
 
-def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
-    """Every array of an ``.npz`` (a bundle), read once and never unpickled, with the
-    sha256 of the file's bytes."""
-    label = f"bundle '{path}'"
+def load_npz_arrays(path: str | os.PathLike[str], label: str | None = None,
+                    empty_hint: str = "write one with `conv-surgeon get MODEL --all -o FILE.npz`",
+                    ) -> tuple[dict[str, np.ndarray], str]:
+    """Every array of an ``.npz`` (a bundle; ``label`` names it otherwise in messages), read
+    once and never unpickled, with the sha256 of the file's bytes."""
+    label = label or f"bundle '{path}'"
     if os.path.isdir(path):
         raise SourceError(f"{label}: is a directory; expected an .npz written by np.savez")
     try:
@@ -322,7 +324,7 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
             f"{label}: not a readable .npz archive ({_one_line(exc)}); write it with np.savez"
         ) from exc
     if not arrays:
-        raise SourceError(f"{label}: holds no arrays; write one with `conv-surgeon get MODEL --all -o FILE.npz`")
+        raise SourceError(f"{label}: holds no arrays; {empty_hint}")
     return arrays, hashlib.sha256(data).hexdigest()
 
 
@@ -527,12 +529,14 @@ def _flatten_state(
 
 
 def _tensor_to_numpy(tensor: Any, spec: str, what: str) -> np.ndarray:
-    import ml_dtypes
     import torch
 
     tensor = tensor.detach().cpu()
     for dtype_name in _ML_DTYPE_NAMES.values():
         if tensor.dtype == getattr(torch, dtype_name):
+            # Imported only for such a tensor: the import costs 0.6 s beside torch here.
+            import ml_dtypes
+
             dtype = np.dtype(getattr(ml_dtypes, dtype_name))
             bits = torch.int16 if dtype.itemsize == 2 else torch.uint8
             return np.asarray(tensor.contiguous().view(bits).numpy()).view(dtype)
@@ -643,3 +647,138 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
+
+
+# --- whole state dicts (`port`) ---------------------------------------------------------------
+
+StateFormat = Literal["torch", "safetensors", "npz"]
+STATE_ACCEPTED = ("expected a PyTorch state dict saved with torch.save(model.state_dict(), 'w.pt') (.pt or "
+                  ".pth), a .safetensors file, or an .npz of named arrays")
+# Keys under which training scripts save the weights beside other things (an optimizer,
+# an epoch): a checkpoint {"state_dict": {...}, "epoch": 3} is read as its state dict.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    """Every tensor of a state dict by its '.'-joined name, as numpy arrays.
+
+    ``ordered``: whether the names come in the order the model registered its modules
+    (``torch.save`` and ``np.savez`` keep it; a safetensors header is sorted by name).
+    ``inner``: the key of a checkpoint the state dict was found under, if any.
+    """
+
+    tensors: dict[str, np.ndarray]
+    format: StateFormat
+    ordered: bool
+    sha256: str
+    inner: str | None = None
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> LoadedState:
+    """Every tensor of the state dict at ``path``: a ``.pt``/``.pth`` (read with
+    ``weights_only=True``), ``.safetensors`` or ``.npz``; the format is told by its bytes.
+
+    >>> sorted(load_state_dict("w.pt").tensors)[:2]
+    ['bn1.bias', 'bn1.num_batches_tracked']
+    """
+    spec = os.fspath(path)
+    what = f"state dict '{spec}'"
+    if os.path.isdir(spec):
+        raise SourceError(f"{what}: is a directory; {STATE_ACCEPTED}")
+    try:
+        data = read_input(spec, what)
+    except OSError as exc:
+        raise SourceError(f"{what}: cannot read it ({exc.strerror}); check the path") from exc
+    if not data:
+        raise SourceError(f"{what}: the file is empty; {STATE_ACCEPTED}")
+    digest = hashlib.sha256(data).hexdigest()
+    kind = _format_of(data, spec)
+    if kind == "torch":
+        tensors, inner = _torch_state(data, spec)
+        return LoadedState(tensors, "torch", True, digest, inner)
+    if kind == "safetensors":
+        if not os.path.isfile(spec):
+            raise SourceError(f"{what}: is a pipe; a safetensors file is read in place and must be a file")
+        return LoadedState(_safetensors_state(data, spec), "safetensors", False, digest)
+    if kind == "npz":
+        if _is_keras_archive(data):
+            raise SourceError(f"{what}: is a Keras model (.keras), not a state dict; {STATE_ACCEPTED} (`set --from "
+                              "MODEL:LAYER` copies a layer from another Keras model)")
+        arrays, _ = load_npz_arrays(spec, what, STATE_ACCEPTED)
+        return LoadedState(arrays, "npz", True, digest)
+    described = {"npy": "one .npy array", "hdf5": "an HDF5 file (a Keras model? `set --from` copies a layer "
+                 "from one)", "torchscript": "a TorchScript archive (torch.jit.save)"}.get(
+        kind or "", f"no format conv-surgeon reads (first bytes {data[:8]!r})")
+    raise SourceError(f"{what}: holds {described}; {STATE_ACCEPTED}")
+
+
+def _is_keras_archive(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return "model.weights.h5" in archive.namelist()
+    except ZIP_FAULTS:
+        return False
+
+
+def _torch_state(data: bytes, spec: str) -> tuple[dict[str, np.ndarray], str | None]:
+    what = f"state dict '{spec}'"
+    try:
+        import torch
+    except ImportError as exc:
+        raise SourceError(
+            f"{what}: reading .pt needs PyTorch: pip install 'conv-surgeon[torch]'; or, where torch is "
+            "installed, save the weights as safetensors (safetensors.torch.save_file(model.state_dict(), "
+            "'w.safetensors')), which conv-surgeon reads without it"
+        ) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_global(exc)
+        held = (f"holds more than tensors (it names the Python object '{refused}')" if refused
+                else "holds pickled data that weights-only loading cannot read")
+        raise SourceError(
+            f"{what}: {held}; conv-surgeon loads PyTorch files with weights_only=True and refuses to run "
+            "pickled code: save only the weights, torch.save(model.state_dict(), path)") from exc
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise SourceError(f"{what}: a truncated or corrupt PyTorch file ({_one_line(exc)}); write it again "
+                          "with torch.save") from exc
+    if isinstance(loaded, torch.Tensor):
+        raise SourceError(f"{what}: holds one tensor, not a state dict; save torch.save(model.state_dict(), path)")
+    inner = None
+    if isinstance(loaded, Mapping) and not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        wrapped = [key for key in STATE_DICT_KEYS if isinstance(loaded.get(key), Mapping)]
+        if len(wrapped) == 1:
+            inner = wrapped[0]
+            loaded = loaded[inner]
+    tensors, _ = _flatten_state(loaded, spec, spec)
+    if not tensors:
+        raise SourceError(f"{what}: holds no tensors (it holds {type(loaded).__name__}); save a state dict: "
+                          "torch.save(model.state_dict(), path)")
+    return {name: _tensor_to_numpy(tensor, spec, f"tensor '{name}'") for name, tensor in tensors.items()}, inner
+
+
+def _safetensors_state(data: bytes, spec: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    what = f"state dict '{spec}'"
+    found: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(spec, framework="numpy") as tensors:
+            for name in tensors.keys():
+                code = tensors.get_slice(name).get_dtype()
+                if code in _ML_DTYPE_NAMES:
+                    found[name] = _read_safetensor_bits(data, name, _ML_DTYPE_NAMES[code])
+                elif code in _NUMPY_DTYPE_CODES:
+                    found[name] = np.asarray(tensors.get_tensor(name))
+                else:
+                    raise SourceError(f"{what}: tensor '{name}' has dtype {code}, which numpy cannot hold; "
+                                      "save it as float32 instead")
+    except (SafetensorError, ValueError, KeyError) as exc:
+        raise SourceError(f"{what}: a truncated or corrupt safetensors file ({_one_line(exc)}); write it again "
+                          "with safetensors' save_file") from exc
+    if not found:
+        raise SourceError(f"{what}: holds no tensors")
+    return found

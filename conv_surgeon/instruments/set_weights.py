@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, ClassVar
@@ -32,14 +33,14 @@ from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
                                read_variables)
 from ..store.hdf5 import HDF5_MAGIC
 from ..store.model_file import ModelFile
-from ..store.patches import locate_patches
+from ..store.patches import StorePatches, locate_patches
 from ..store.provenance import EditRecord, EditSource
 from ..store.worker import PARSE_TIMEOUT_S, run_bounded
 from ..surgery import OPTIMIZER_POLICIES, OptimizerPolicy
 from ..surgery.optimizer import StoredSlot, read_optimizer_state, variable_slots
-from ..transaction.transaction import (Patching, WriteOptions, WrittenValue,
-                                       check_destination, one_writer,
-                                       write_transaction)
+from ..transaction.transaction import (Patching, WriteOptions, Written,
+                                       WrittenValue, check_destination,
+                                       one_writer, write_transaction)
 from .writing import (PLAIN_CHECKS, CheckDefaults, Progress, WriteReport,
                       counted)
 
@@ -210,6 +211,24 @@ class _CheckedLayer:
     assignments: list[Assignment]
 
 
+@dataclass(frozen=True)
+class CheckedEdits:
+    """What a request writes, every value checked: each variable with its exact new value,
+    the optimizer slots that follow them, the provenance records, and where every value
+    goes in the store (with the values there now). Nothing is written yet."""
+
+    structure: ModelStructure
+    layers: tuple[Layer, ...]
+    edited: list[tuple[Layer, Assignment, Variable]]
+    slots: list[tuple[StoredSlot, np.ndarray]]
+    outcome: SlotOutcome
+    records: list[EditRecord]
+    patches: StorePatches
+    changes: tuple[VariableChange, ...]
+    seed: int | None  # the base seed initializers used (None when none takes one)
+    seed_drawn: bool
+
+
 @one_writer
 def edit_model(
     source: ModelFile,
@@ -221,19 +240,44 @@ def edit_model(
 ) -> SetReport:
     """Apply the request's edits (one per layer) with one read, one write and one smoke test.
 
-    Every edit is checked before anything is written. With one edit (`set`) its first
-    error is raised as it is; a plan, or several edits, raise one :class:`PlanError` that
-    lists every problem of every edit, a plan's worded with its keys (``edits[2].layout``).
+    Every edit is checked before anything is written (:func:`check_edits`).
     ``progress(done, total, step)`` hears of each edit checked, the write and the smoke test.
     The written model records what was done (``options.command`` and every edit's
     source) in its history, after the records already there.
     """
+    step = counted(progress, len(request.edits) + 1 + (1 if options.smoke.enabled else 0))
+    checked = check_edits(source, request, options, stdin=stdin, step=step)
+    report = SetReport(source=source.label, destination=None, dry_run=True, layers=checked.layers,
+                       changes=checked.changes, seed=checked.seed, seed_drawn=checked.seed_drawn,
+                       optimizer_slots=checked.outcome)
+    if options.destination is None:
+        return report
+    written = write_patched(source, checked, options, step)
+    return replace(report, destination=written.destination, dry_run=False, smoke=written.smoke,
+                   smoke_skipped=written.smoke_skipped, notes=written.notes, replaced=written.replaced)
+
+
+def check_edits(
+    source: ModelFile,
+    request: SetRequest,
+    options: WriteOptions,
+    *,
+    stdin: BinaryIO | None = None,
+    step: Callable[[str], None] | None = None,
+    structure: ModelStructure | None = None,
+) -> CheckedEdits:
+    """Check every edit of ``request`` and find where its values go (``structure``: the
+    model's, when the caller has read it already).
+
+    With one edit (`set`) its first error is raised as it is; a plan, or several edits,
+    raise one :class:`PlanError` that lists every problem of every edit, a plan's worded
+    with its keys (``edits[2].layout``). ``step(what)`` hears of each edit checked.
+    """
     edits, seed = list(request.edits), request.seed
     if request.optimizer not in OPTIMIZER_POLICIES:
         raise UsageError(f"optimizer policy {request.optimizer!r}: expected one of {', '.join(OPTIMIZER_POLICIES)}")
-    step = counted(progress, len(edits) + 1 + (1 if options.smoke.enabled else 0))
-
-    structure = read_structure(source)
+    if structure is None:
+        structure = read_structure(source)
     check_destination(source, structure, options)
     if seed is not None:
         seed = check_seed(seed)
@@ -279,7 +323,8 @@ def edit_model(
                 raise refusals[0]  # `set`: one error line
             invalid += 1
             problems += [f"{_place(edit)}: {_worded(edit, str(exc))}" for exc in refusals]
-        step(f"checked {_place(edit)}")
+        if step is not None:
+            step(f"checked {_place(edit)}")
     if problems:
         raise PlanError.listing(
             f"{source.label}: {invalid} of {len(edits)} edit{'' if len(edits) == 1 else 's'} "
@@ -290,24 +335,22 @@ def edit_model(
         for one in checked
         for a in one.assignments
     ]
-    layers = tuple(p.layer for p in checked)
     slots, outcome = _optimizer_slots(source, structure, request.optimizer, edited)
     # Where every value goes, and the values there now, in one bounded read of the store
     # (a dry run too: it shows the file can be patched).
     patches = locate_patches(source, {v.dataset: a.value for _, a, v in edited} | {
         slot.dataset: value for slot, value in slots})
     changes = tuple(_change(a, patches.old_values[v.dataset]) for _, a, v in edited)
-    base_seed = seed if seeded else None
-    if options.destination is None:
-        return SetReport(source=source.label, destination=None, dry_run=True, layers=layers, changes=changes,
-                         seed=base_seed, seed_drawn=seed_drawn, optimizer_slots=outcome)
-    staging = Patching(patches, [WrittenValue(layer, v, a.value) for layer, a, v in edited],
-                       [(_slot_variable(slot), value) for slot, value in slots])
-    written = write_transaction(source, structure, staging, records, options, step)
-    return SetReport(source=source.label, destination=written.destination, dry_run=False, layers=layers,
-                     changes=changes, seed=base_seed, seed_drawn=seed_drawn, optimizer_slots=outcome,
-                     smoke=written.smoke, smoke_skipped=written.smoke_skipped, notes=written.notes,
-                     replaced=written.replaced)
+    return CheckedEdits(structure, tuple(p.layer for p in checked), edited, slots, outcome, records, patches,
+                        changes, seed if seeded else None, seed_drawn)
+
+
+def write_patched(source: ModelFile, checked: CheckedEdits, options: WriteOptions,
+                  step: Callable[[str], None] | None = None) -> Written:
+    """Write the checked edits as byte patches, through the write transaction."""
+    staging = Patching(checked.patches, [WrittenValue(layer, v, a.value) for layer, a, v in checked.edited],
+                       [(_slot_variable(slot), value) for slot, value in checked.slots])
+    return write_transaction(source, checked.structure, staging, checked.records, options, step)
 
 
 def apply_plan(

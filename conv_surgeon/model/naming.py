@@ -15,3 +15,8 @@ def to_snake_case(name: str) -> str:
 def format_shape(shape: tuple[int, ...] | list[int]) -> str:
     """A shape as a Python tuple literal: ``(3, 3, 1, 4)``, ``(4,)``, ``()``."""
     return repr(tuple(int(d) for d in shape))
+
+
+def format_epsilon(value: float) -> str:
+    """A small number as people write it: ``1e-5``, ``0.001``."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:g}")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..edits.assign import Assignment
     from ..instruments.diff import DiffReport
     from ..instruments.fold import FoldReport
+    from ..instruments.port import PortReport
     from ..instruments.prune import PruneReport
     from ..instruments.reading import InspectReport
     from ..instruments.set_weights import SetReport
@@ -42,6 +43,7 @@ def short_repr(value: Any) -> str:
         "SetReport": _set_line,
         "FoldReport": _fold_line,
         "PruneReport": _prune_line,
+        "PortReport": _port_line,
         "Picture": _picture_line,
         "Assignment": _assignment_line,
     }
@@ -163,6 +165,14 @@ def _prune_line(report: PruneReport) -> str:
     removed = sum(len(group.removed) for group in report.groups)
     what = (f"{plural(removed, 'filter')} removed from {plural(len(report.groups), 'group')} "
             f"({report.criterion}), parameters {report.parameters_before:,} -> {report.parameters_after:,}")
+    return _written_line(report, what)
+
+
+def _port_line(report: PortReport) -> str:
+    what = (f"{plural(len(report.tensors), 'tensor')} of {report.state} into "
+            f"{plural(report.layers_ported, 'layer')}, {len(report.left_in_state)} left over")
+    if report.refusals:
+        what += f", {plural(len(report.refusals), 'refusal')}"
     return _written_line(report, what)
 
 

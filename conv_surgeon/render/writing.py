@@ -1,4 +1,4 @@
-"""What the writing instruments did (`set`, `apply`, `fold-bn`, `prune`), as tables or JSON,
+"""What the writing instruments did (`set`, `apply`, `fold-bn`, `prune`, `port`), as tables or JSON,
 each ending in the part they share: where the model went and how it was checked."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..model.naming import format_shape
+from ..model.naming import format_epsilon, format_shape
 from .reference import print_reference, reference_document
 from .text import Column, console, plural, print_table
 
@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..instruments.fold import FoldReport
+    from ..instruments.port import PortReport
     from ..instruments.prune import PruneReport
-    from ..instruments.set_weights import SetReport, SlotOutcome
+    from ..instruments.set_weights import SetReport, SlotOutcome, VariableChange
     from ..instruments.writing import WriteReport
     from ..runtime.checks import OutputComparison, SmokeReport
 
@@ -45,26 +46,18 @@ def set_document(report: SetReport) -> dict[str, Any]:
     return written_document(report, {
         "layer": layers[0],
         "layers": layers,
-        "changes": [
-            {
-                "layer": c.layer,
-                "variable": c.variable,
-                "shape": list(c.shape),
-                "dtype": c.dtype,
-                "source": c.origin,
-                "cast": c.cast,
-                "notes": list(c.notes),
-                "old_l2": c.old_l2,
-                "new_l2": c.new_l2,
-                "max_abs_change": c.max_abs_change,
-            }
-            for c in report.changes
-        ],
+        "changes": [_change_document(c) for c in report.changes],
         "seed": report.seed,
         "seed_drawn": report.seed_drawn,
         "optimizer": _slots_document(report.optimizer_slots),
         **({"notes": list(report.notes)} if report.notes else {}),
     })
+
+
+def _change_document(c: VariableChange) -> dict[str, Any]:
+    return {"layer": c.layer, "variable": c.variable, "shape": list(c.shape), "dtype": c.dtype, "source": c.origin,
+            "cast": c.cast, "notes": list(c.notes), "old_l2": c.old_l2, "new_l2": c.new_l2,
+            "max_abs_change": c.max_abs_change}
 
 
 def _slots_document(slots: SlotOutcome) -> dict[str, Any]:
@@ -279,6 +272,70 @@ def print_prune(report: PruneReport, stream: TextIO | None = None) -> None:
             change = after - before
             share = f", {change / before:+.1%}" if before else ""
             out.print(f"{what}: {before:,} -> {after:,} ({change:+,}{share})")
+    _print_written_end(out, report)
+
+
+def port_document(report: PortReport) -> dict[str, Any]:
+    return written_document(report, {
+        "state": {"file": report.state, "sha256": report.state_sha256, "format": report.state_format},
+        "order": report.order,
+        "mapping": [{"source": t.source, "source_shape": list(t.source_shape), "layer": t.layer,
+                     "variable": t.variable, "shape": list(t.shape), "transform": t.transform,
+                     "mapped_by": t.mapped_by} for t in report.tensors],
+        "layers_ported": report.layers_ported,
+        "skipped": list(report.skipped),
+        "left_in_state": [{"name": t.name, "shape": list(t.shape)} for t in report.left_in_state],
+        "left_in_model": [{"layer": x.path, "class": x.class_name,
+                           "variables": {name: list(shape) for name, shape in x.variables}, "reason": x.reason}
+                          for x in report.left_in_model],
+        "partial": report.partial,
+        "bn_epsilon": [{"layer": e.layer, "before": e.before, "after": e.after} for e in report.epsilon],
+        "mismatches": [{"layer": m.layer, "problem": m.problem, "fix": m.fix} for m in report.mismatches],
+        "refusals": list(report.refusals),
+        "changes": [_change_document(c) for c in report.changes],
+        "optimizer": _slots_document(report.optimizer_slots),
+        "notes": list(report.notes),
+    })
+
+
+def print_port(report: PortReport, stream: TextIO | None = None) -> None:
+    """The report of `port`: every source tensor and the variable it went into, what was
+    left on either side, the epsilon rewritten, what Keras computes otherwise than PyTorch."""
+    out = console(stream)
+    what = (f"{plural(len(report.tensors), 'tensor')} of {report.state} into "
+            f"{plural(report.layers_ported, 'layer')}")
+    out.print(f"{report.source}: {what}; {_where(report)}")
+    print_table(out, [Column("source", keep=False), Column("shape"), Column("layer", keep=False),
+                      Column("variable"), Column("shape"), Column("transform", keep=False)],
+                [(t.source + (f" ({t.mapped_by})" if t.mapped_by else ""), format_shape(t.source_shape), t.layer,
+                  t.variable, format_shape(t.shape), t.transform) for t in report.tensors])
+    if report.skipped:
+        out.print(f"skipped: {plural(len(report.skipped), 'num_batches_tracked tensor')} (Keras keeps no batch count)")
+    if report.left_in_state:
+        written = " (not written: --allow-partial)" if report.partial else ""
+        out.print(f"left over in {report.state}: {plural(len(report.left_in_state), 'tensor')}{written}")
+        print_table(out, [Column("source", keep=False), Column("shape")],
+                    [(t.name, format_shape(t.shape)) for t in report.left_in_state])
+    if report.left_in_model:
+        out.print(f"left as they were in the model: {plural(len(report.left_in_model), 'layer')}")
+        print_table(out, [Column("layer", keep=False), Column("class"), Column("variables"),
+                          Column("why", keep=False)],
+                    [(x.path, x.class_name, "\n".join(f"{name} {format_shape(shape)}" for name, shape in x.variables),
+                      x.reason or "no tensor left over fits it") for x in report.left_in_model])
+    if report.epsilon:
+        verb = "would set" if report.dry_run else "set"
+        out.print(f"BatchNormalization epsilon: {verb} in the config of {plural(len(report.epsilon), 'layer')} "
+                  "(--bn-epsilon)")
+        print_table(out, [Column("layer", keep=False), Column("before", right=True), Column("after", right=True)],
+                    [(e.layer, format_epsilon(e.before), format_epsilon(e.after)) for e in report.epsilon])
+    if report.mismatches:
+        out.print(f"warning: {plural(len(report.mismatches), 'layer')} will compute otherwise than PyTorch:")
+        print_table(out, [Column("layer", keep=False), Column("why", keep=False), Column("fix", keep=False)],
+                    [(m.layer, m.problem, m.fix) for m in report.mismatches])
+    for refusal in report.refusals:
+        out.print(f"would refuse: {refusal}")
+    if report.changes:
+        out.print(_slots_line(report.optimizer_slots, report.dry_run))
     _print_written_end(out, report)
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import raise_if_stopped
+
 
 @contextmanager
 def quiet_stderr() -> Iterator[None]:
@@ -34,6 +36,8 @@ def quiet_stderr() -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+    if threading.current_thread() is threading.main_thread():
+        raise_if_stopped()  # a Ctrl-C that TensorFlow's code caught meanwhile
 
 
 # TensorFlow reads this once, when it is imported. Its oneDNN CPU kernels compute some

@@ -28,7 +28,7 @@ from typing import (Any, BinaryIO, Concatenate, Literal, ParamSpec, TypeVar,
 import numpy as np
 
 from .._version import __version__
-from ..errors import ConvSurgeonError, UsageError
+from ..errors import ConvSurgeonError, UsageError, raise_if_stopped
 from ..model.structure import (Layer, ModelStructure, Variable,
                                read_own_variables)
 from ..runtime.checks import (ExpectedValue, SmokeOptions, SmokeReport,
@@ -279,6 +279,7 @@ def write_transaction(
                         refuse_clobbering(destination.path)
                 if source.path is not None:
                     check_unchanged(source.path)
+                raise_if_stopped()  # a Ctrl-C some library swallowed still stops the write
                 commit()
         finally:
             if reference is not None:
