@@ -64,6 +64,9 @@ _IN_PYTHON = [
     ("--map 'REGEX=>LAYER'", "maps=['REGEX=>LAYER']"),
     ("--map", "maps"),
     ("--reference", "reference"),
+    ("--expect-same", "expect_same=True"),
+    ("--atol", "atol"),
+    ("--rtol", "rtol"),
     ("--dry-run", "dry_run=True"),
     ("--in-place", "in_place=True"),
     ("--seed", "seed"),
@@ -349,6 +352,9 @@ def port(
     bn_epsilon: float | None = None,
     optimizer: OptimizerPolicy = "reset",
     reference: str | None = None,
+    expect_same: bool = False,
+    atol: float | None = None,
+    rtol: float | None = None,
     smoke: bool = True,
     input_shapes: Sequence[tuple[int, ...]] | None = None,
     load_inputs: PathLike | None = None,
@@ -366,13 +372,21 @@ def port(
     BatchNormalization's epsilon differs from ``bn_epsilon`` (PyTorch's 1e-5 by default;
     given, it is written into their config). ``optimizer`` as for :func:`set_weights`.
     ``report.tensors`` lists where every tensor went.
+
+    ``reference`` checks the port against PyTorch: a TorchScript file, a ``torch.export``
+    ``.pt2`` archive, or ``"module:factory"`` (a function returning the ``nn.Module``, into
+    which the state dict is loaded), run on the smoke test's inputs (or ``load_inputs``);
+    ``report.smoke.reference`` gives per output the largest absolute error, the error
+    relative to the output's scale and the cosine. With ``expect_same`` nothing is written
+    if an output differs by more than float32 rounding plus ``atol`` + ``rtol`` x its scale.
     """
     from .instruments.port import PortRequest, port as port_state
     from .instruments.writing import CheckRequest
 
     request = PortRequest(os.fspath(state), tuple(maps), allow_partial, bn_epsilon, optimizer, reference,
                           Path(load_inputs) if load_inputs is not None else None)
-    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe, imports=tuple(imports))
+    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe, imports=tuple(imports),
+                          expect_same=expect_same, atol=atol, rtol=rtol, load_inputs=request.load_inputs)
     options = _write_options(model, out, in_place, dry_run, checks, request.checks,
                              ("conv_surgeon.port", os.fspath(model), os.fspath(state)))
     return port_state(_source(model, config), request, options)

@@ -39,13 +39,15 @@ def torch() -> Any:
 @dataclass(frozen=True)
 class Net:
     """A net built in both frameworks: the Keras model (trained a step, so that it holds
-    Adam's slots), PyTorch's state dict, and PyTorch's outputs on ``x`` (NCHW)."""
+    Adam's slots), PyTorch's state dict, and PyTorch's outputs on ``x`` (NCHW); the module
+    traced, as TorchScript, for --reference."""
 
     keras_file: Path
     state: Path
     x: np.ndarray
     y: np.ndarray
     tensors: dict[str, np.ndarray]
+    traced: Path
 
 
 def _randomize(torch, module) -> None:
@@ -73,7 +75,8 @@ def _save(folder: Path, name: str, torch, module, keras, model, size: int) -> Ne
     model.fit(rng.normal(size=(2, size, size, 3)), rng.normal(size=(2, *model.output_shape[1:])), verbose=0)
     model.save(folder / f"{name}.keras")
     tensors = {k: v.numpy() for k, v in module.state_dict().items()}
-    return Net(folder / f"{name}.keras", folder / f"{name}.pt", x, y, tensors)
+    torch.jit.save(torch.jit.trace(module, torch.from_numpy(x)), folder / f"{name}_traced.pt")
+    return Net(folder / f"{name}.keras", folder / f"{name}.pt", x, y, tensors, folder / f"{name}_traced.pt")
 
 
 # --- the nets ---------------------------------------------------------------------------------
@@ -387,6 +390,23 @@ def test_resnet_shortcut_listed_elsewhere_by_pytorch_is_mapped_by_the_graph(cli,
     assert where["layer1.0.downsample.1.running_var"] == "s1b1_0_bn"
     assert report["order"] == "branches longest first"
     assert_computes_as_torch(keras, out, resnet)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [("vgg", ()), ("mobilenet", ("--bn-epsilon", "1e-5")), ("resnet", ())])
+def test_each_net_ported_without_a_map_agrees_with_its_pytorch_reference(cli, request, tmp_path, name: str,
+                                                                         options: tuple[str, ...]) -> None:
+    net: Net = request.getfixturevalue(name)
+    out = tmp_path / "ported.keras"
+    report = port_json(cli, net.keras_file, "--from", net.state, *options, "--reference", net.traced,
+                       "--expect-same", "-o", out)
+    reference = report["smoke"]["reference"]
+    assert reference["kind"] == "torchscript" and reference["reference"] == str(net.traced)
+    assert reference["expect_same"]["float32_sums"] and reference["layout"].startswith("inputs NHWC -> NCHW")
+    (output,) = reference["outputs"]
+    assert output["shape"] == [1, 10] and output["scale"] > 0.1
+    assert output["max_rel"] <= 1e-4 and output["cosine"] == pytest.approx(1.0, abs=1e-6) and output["used"] <= 1
+    assert out.exists()
 
 
 def test_two_branches_alike_are_refused_with_the_map_that_decides(cli, branches: Net, tmp_path) -> None:
@@ -706,9 +726,16 @@ def test_what_is_no_state_dict_is_refused_in_one_line(cli, samples: Path, monkey
     assert_one_error_line(cli("port", samples / "tiny_cnn.keras", "--from", state, "--dry-run"), 1, message)
 
 
-def test_reference_is_refused_until_it_is_available(cli, vgg: Net, tmp_path) -> None:
-    assert_one_error_line(cli("port", vgg.keras_file, "--from", vgg.state, "--reference", "ref.pt", "-o",
-                              tmp_path / "o.keras"), 2, "--reference is not available yet")
+def test_a_reference_that_cannot_run_is_refused_before_anything_is_written(cli, vgg: Net, tmp_path) -> None:
+    out = tmp_path / "o.keras"
+    assert_one_error_line(cli("port", vgg.keras_file, "--from", vgg.state, "--reference", "ref.pt", "-o", out), 1,
+                          "--reference ref.pt: no such file, and not module:factory")
+    assert_one_error_line(cli("port", vgg.keras_file, "--from", vgg.state, "--reference", vgg.traced, "--no-smoke",
+                              "-o", out), 2, "--reference runs the written model with Keras beside PyTorch; drop "
+                          "--no-smoke")
+    assert_one_error_line(cli("port", vgg.keras_file, "--from", vgg.state, "--expect-same", "-o", out), 2,
+                          "--expect-same needs --compare or --reference")
+    assert not out.exists()
 
 
 def test_from_is_required_and_a_bad_epsilon_is_a_usage_error(cli, vgg: Net, tmp_path) -> None:

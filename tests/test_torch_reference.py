@@ -165,7 +165,11 @@ class Ported:
                     module.running_var.uniform_(0.5, 2.0)
         self.net = net.eval()
         self.state = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+        self.state_file = folder / f"{kind}_state.pt"
+        torch.save(net.state_dict(), self.state_file)
         model = _keras_twin(keras, kind)
+        self.target = folder / f"{kind}_target.keras"  # the twin as built, for `port` to fill
+        model.save(self.target)
         _port(model, self.state)
         self.keras = folder / f"{kind}.keras"
         model.save(self.keras)
@@ -231,7 +235,7 @@ def test_each_kind_of_reference_agrees_with_the_port_of_a_conv_bn_depthwise_line
         assert output.max_rel <= 1e-4 and output.max_abs <= 1e-4 * output.scale, output
         assert output.cosine == pytest.approx(1.0, abs=1e-6), output
         assert output.scale > 0.1  # the outputs are not nearly zero: the check can see a mistake
-    assert comparison.layout.startswith("inputs NHWC -> NCHW for PyTorch")
+    assert comparison.layout == "inputs NHWC -> NCHW for PyTorch; outputs NCHW -> NHWC back"
     assert comparison.inputs == ((1, 16, 16, 3),)
     assert comparison.tolerance == FUNCTION_KEPT and comparison.passed(FUNCTION_KEPT)
     # Only a factory's module takes the state dict; the files run with the weights they hold.
@@ -297,8 +301,8 @@ def test_a_conv1d_net_is_moved_channels_first_and_a_sequence_mlp_is_not(ported: 
     (output,) = comparison.outputs
     assert output.shape == {"1d": (1, 32, 3), "mlp": (1, 6, 3)}[kind]  # the 1-D output moved back
     assert output.max_rel <= 1e-4 and output.cosine == pytest.approx(1.0, abs=1e-6)
-    expected = "inputs NWC -> NCW for PyTorch" if kind == "1d" else "the same layout in both"
-    assert comparison.layout.startswith(expected), comparison.layout
+    expected = "inputs NWC -> NCW for PyTorch; outputs NCW -> NWC back" if kind == "1d" else "the same layout in both"
+    assert comparison.layout == expected
 
 
 def test_load_inputs_are_the_inputs_both_run(ported: dict[str, Ported], tmp_path: Path) -> None:
@@ -407,3 +411,77 @@ def test_the_comparison_renders_as_a_table_and_as_json(ported: dict[str, Ported]
     assert document["outputs"][0]["max_abs"] == comparison.outputs[0].max_abs
     assert 0 <= document["outputs"][1]["used"] <= 1
     assert document["expect_same"] == {"atol": 0.0, "rtol": 0.0, "float32_sums": True, "sums": comparison.sums}
+
+
+# --- through `conv-surgeon port --reference` ------------------------------------------------------
+
+
+def test_port_with_a_reference_reports_each_output_against_pytorch(cli, ported: dict[str, Ported],
+                                                                   tmp_path: Path) -> None:
+    net = ported["2d"]
+    out = tmp_path / "ported.keras"
+    result = cli("port", net.target, "--from", net.state_file, "--reference", net.factory, "--expect-same",
+                 "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    reference = json.loads(result.stdout)["smoke"]["reference"]
+    assert reference["kind"] == "factory" and reference["state_tensors"] == len(net.state)
+    assert reference["inputs"] == [{"shape": [1, 16, 16, 3], "origin": "declared by the file"}]
+    assert [o["shape"] for o in reference["outputs"]] == [[1, 16, 16, 8], [1, 5]]
+    assert all(o["max_rel"] <= 1e-4 and o["used"] <= 1 for o in reference["outputs"]), reference["outputs"]
+    text = cli("port", net.target, "--from", net.state_file, "--reference", net.factory, "--dry-run")
+    assert text.exit_code == 0, text.stderr
+    assert f"note: --reference {net.factory} runs when the model is written, not in a dry run" in text.stdout
+
+
+def test_port_of_a_state_dict_with_a_scaled_kernel_fails_against_the_models_own_torchscript(
+        cli, ported: dict[str, Ported], torch: Any, tmp_path: Path) -> None:
+    net = ported["2d"]
+    state = {k: torch.from_numpy(v) for k, v in net.state.items()}
+    state["conv.weight"] = state["conv.weight"] * 1.01  # one kernel, 1% off
+    torch.save(state, tmp_path / "wrong.pt")
+    out = tmp_path / "ported.keras"
+    result = cli("port", net.target, "--from", tmp_path / "wrong.pt", "--reference", net.script, "--expect-same",
+                 "-o", out)
+    assert result.exit_code == ExitCode.SMOKE_FAILED and result.stdout == "", result.stderr
+    assert result.stderr.startswith("Error: output 0: the Keras model differs from the PyTorch reference "
+                                    f"{net.script} beyond atol=0, rtol=0 of the output scale "), result.stderr
+    assert result.stderr.count("\n") == 1 and "max abs error " in result.stderr
+    assert not out.exists()
+
+
+def test_a_stride_2_same_conv_that_port_names_is_caught_by_the_reference(cli, keras: Any, torch: Any,
+                                                                         tmp_path: Path) -> None:
+    """Keras pads a stride-2 'same' conv bottom/right, PyTorch's padding=1 on every side:
+    port names the layer and writes it; the reference shows how far the outputs are."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 1)).eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    torch.jit.save(torch.jit.script(net), tmp_path / "net_script.pt")
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, strides=2, padding="same", name="down"),
+                              L.ReLU(), L.Conv2D(2, 1, name="head")])
+    model.save(tmp_path / "target.keras")
+    args = ["port", tmp_path / "target.keras", "--from", tmp_path / "net.pt", "--reference", tmp_path / "net_script.pt"]
+    written = cli(*args, "-o", tmp_path / "ported.keras", "--json")
+    assert written.exit_code == 0, written.stderr
+    (output,) = json.loads(written.stdout)["smoke"]["reference"]["outputs"]
+    assert output["max_rel"] > 1e-2  # the borders differ
+    refused = cli(*args, "--expect-same", "-o", tmp_path / "checked.keras")
+    assert refused.exit_code == ExitCode.SMOKE_FAILED and "Error: output 0: the Keras model differs" in refused.stderr
+    assert not (tmp_path / "checked.keras").exists()
+
+
+def test_port_reference_without_torch_says_how_to_install_it(ported: dict[str, Ported], tmp_path: Path) -> None:
+    net = ported["mlp"]
+    np.savez(tmp_path / "state.npz", **net.state)  # an .npz needs no torch to port
+    code = ("import sys\nsys.modules['torch'] = None\n"  # as if PyTorch were not installed
+            f"sys.argv = ['conv-surgeon', 'port', {str(net.target)!r}, '--from', {str(tmp_path / 'state.npz')!r}, "
+            f"'--reference', {str(net.script)!r}, '-o', {str(tmp_path / 'o.keras')!r}]\n"
+            "from conv_surgeon.cli import main\nmain()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"Error: --reference {net.script}: running a PyTorch reference needs PyTorch, which is "
+                           "not installed; pip install 'conv-surgeon[torch]', or drop --reference (the smoke test "
+                           "runs without it)\n")
+    assert not (tmp_path / "o.keras").exists()

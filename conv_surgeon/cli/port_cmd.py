@@ -30,8 +30,10 @@ def port_command(
         "BatchNormalization whose own differs (a config change).", show_default=False)] = None,
     optimizer: OptimizerOpt = "reset",
     reference: Annotated[Optional[str], typer.Option(
-        "--reference", metavar="REF", help="A PyTorch model to check the port against: TorchScript, .pt2 or module:factory "
-        "(not available yet).", show_default=False)] = None,
+        "--reference", metavar="REF", help="Check the port against PyTorch: a TorchScript file, a torch.export .pt2 "
+        "archive, or module:factory (a function of your code returning the nn.Module; the state dict is loaded into "
+        "it), run on the smoke test's inputs. --expect-same fails beyond float32 rounding (+ --atol, --rtol x the "
+        "output's scale).", show_default=False)] = None,
     *,
     write: WriteArgs,
 ) -> None:
@@ -48,6 +50,7 @@ def port_command(
       conv-surgeon port model.keras --from weights.pt -o ported.keras
       conv-surgeon port m.keras --from w.safetensors --bn-epsilon 1e-5 -o out.keras
       conv-surgeon port model.keras --from w.pt --map 'fc\\..*=>head' -o out.keras
+      conv-surgeon port m.keras --from w.pt --reference nets.py:build -o out.keras
     """
     from ..instruments.port import PortRequest, port
     from ..render import progress_on_terminal, render_report

@@ -56,13 +56,15 @@ class WriteArgs:
         "--compare", help="Also run the original model on the same inputs and report how the outputs differ.")] = False
     expect_same: Annotated[bool, typer.Option(
         "--expect-same",
-        help="With --compare: fail (exit 3, nothing written) if outputs differ beyond --atol/--rtol.")] = False
+        help="With --compare (port: or --reference): fail (exit 3, nothing written) if outputs differ beyond "
+        "--atol/--rtol.")] = False
     atol: Annotated[Optional[float], typer.Option("--atol", help=(
-        f"Absolute tolerance for --expect-same (default {Tolerance().atol:g}; fold-bn and prune --zeros: "
-        f"added to float32 rounding, default {FUNCTION_KEPT.atol:g} there)."), show_default=False)] = None
+        f"Absolute tolerance for --expect-same (default {Tolerance().atol:g}; fold-bn, prune --zeros and port "
+        f"--reference: added to float32 rounding, default {FUNCTION_KEPT.atol:g} there)."), show_default=False)] = None
     rtol: Annotated[Optional[float], typer.Option("--rtol", help=(
-        f"Relative tolerance for --expect-same (default {Tolerance().rtol:g}; fold-bn and prune --zeros: "
-        f"added to float32 rounding, default {FUNCTION_KEPT.rtol:g} there)."), show_default=False)] = None
+        f"Relative tolerance for --expect-same (default {Tolerance().rtol:g}; fold-bn, prune --zeros and port "
+        f"--reference: added to float32 rounding, default {FUNCTION_KEPT.rtol:g} there; port --reference: "
+        "relative to the output's scale)."), show_default=False)] = None
     save_inputs: Annotated[Optional[Path], typer.Option(
         "--save-inputs", help="Save the smoke-test inputs to FILE.npz.", show_default=False)] = None
     load_inputs: Annotated[Optional[Path], typer.Option(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from ..errors import ConvSurgeonError, ModelFileError, UsageError
 from ..model.graph import config_problem, model_graphs
 from ..model.naming import format_epsilon, format_shape
 from ..model.structure import Layer, ModelStructure, read_structure
+from ..runtime.checks import TorchReference
+from ..runtime.torch_reference import parse_reference, require_torch
 from ..store.model_file import ModelFile
 from ..store.patches import write_h5_history
 from ..surgery import OPTIMIZER_POLICIES, OptimizerPolicy
@@ -67,8 +69,9 @@ class PortRequest:
     ``bn_epsilon`` is the source's BatchNorm epsilon, given to every ported
     BatchNormalization whose own differs (None: they must have PyTorch's default);
     ``optimizer`` what becomes of the replaced variables' optimizer slots, as for `set`.
-    ``reference`` and ``load_inputs``: a PyTorch model to check the port against, on
-    these inputs (issue 21, item 3; not available yet).
+    ``reference``: a PyTorch model to check the port against (a TorchScript file, a
+    torch.export ``.pt2`` archive, or ``module:factory``, into whose module the state dict
+    is loaded), run beside the smoke test on its inputs, or on ``load_inputs``.
     """
 
     state: str | os.PathLike[str]
@@ -78,8 +81,16 @@ class PortRequest:
     optimizer: OptimizerPolicy = "reset"
     reference: str | None = None
     load_inputs: Path | None = None
-    # The written model must load and run, as after `set`.
-    checks: ClassVar[CheckDefaults] = PLAIN_CHECKS
+
+    @property
+    def checks(self) -> CheckDefaults:
+        """The written model must load and run, as after `set`; with a reference, its
+        outputs are measured against PyTorch's (--expect-same: within float32 rounding)."""
+        return REFERENCE_CHECKS if self.reference is not None else PORT_CHECKS
+
+
+PORT_CHECKS = replace(PLAIN_CHECKS, reference=False)
+REFERENCE_CHECKS = replace(PLAIN_CHECKS, reference=True)
 
 
 @dataclass(frozen=True)
@@ -149,7 +160,7 @@ def port(source: ModelFile, request: PortRequest, options: WriteOptions, *,
          progress: Progress | None = None) -> PortReport:
     """Map the state dict of ``request`` onto ``source`` and write the model as ``options`` say
     (``options.destination`` None: a dry run, which reports what would be refused too)."""
-    _check_reference(request)
+    reference = _reference(request)
     if request.optimizer not in OPTIMIZER_POLICIES:
         raise UsageError(f"optimizer policy {request.optimizer!r}: expected one of {', '.join(OPTIMIZER_POLICIES)}")
     rules = [parse_map(text) for text in request.maps]
@@ -161,6 +172,12 @@ def port(source: ModelFile, request: PortRequest, options: WriteOptions, *,
     state_label = os.fspath(request.state)
     state = load_state_dict(request.state)
     graph, notes = _graph(source, structure, config, options)
+    if reference is not None:
+        if options.dry_run:
+            notes.append(f"--reference {reference.spec} runs when the model is written, not in a dry run")
+        options = replace(options, smoke=replace(
+            options.smoke, reference=replace(reference, state=state.tensors),
+            load_inputs=options.smoke.load_inputs or request.load_inputs))
     modules, skipped = source_modules(state.tensors, state.ordered)
     mapping = map_state(structure, graph, modules, rules, label)
     if not mapping.mapped:
@@ -201,10 +218,13 @@ def port(source: ModelFile, request: PortRequest, options: WriteOptions, *,
                    replaced=written.replaced)
 
 
-def _check_reference(request: PortRequest) -> None:
-    """Where --reference will run the PyTorch model beside the port (issue 21, item 3)."""
-    if request.reference is not None:
-        raise UsageError("--reference is not available yet; drop it (the written model is still smoke-tested)")
+def _reference(request: PortRequest) -> TorchReference | None:
+    """What --reference names, checked before any work, PyTorch installed to run it."""
+    if request.reference is None:
+        return None
+    reference = parse_reference(request.reference)
+    require_torch(reference.spec)
+    return reference
 
 
 def _checked_epsilon(value: float | None) -> float | None:

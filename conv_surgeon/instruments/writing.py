@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ConvSurgeonError, UsageError
-from ..runtime.checks import SmokeOptions, SmokeReport, Tolerance
+from ..runtime.checks import FUNCTION_KEPT, SmokeOptions, SmokeReport, Tolerance
 from ..store.fileio import check_output_dir, refuse_overwriting
 from ..transaction.transaction import Destination, WriteOptions, choose_destination, refuse_clobbering
 
@@ -59,12 +59,19 @@ class CheckDefaults:
 
     compare: bool = False
     expect_same: Tolerance | None = None
+    # A PyTorch model runs beside the smoke test (`port --reference`): True; the command
+    # could run one but was not asked: False; it has no --reference: None. --expect-same then
+    # holds for that comparison, within float32 rounding (FUNCTION_KEPT) unless told otherwise.
+    reference: bool | None = None
 
     def smoke_options(self, checks: CheckRequest) -> SmokeOptions:
         """The smoke test this instrument runs for ``checks``."""
         compare = self.compare or checks.compare
-        if checks.expect_same and not compare:
-            raise UsageError("--expect-same needs --compare (it checks the comparison's result)")
+        if checks.expect_same and not compare and not self.reference:
+            raise UsageError("--expect-same needs --compare" + (" or --reference" if self.reference is False else "")
+                             + " (it checks the comparison's result)")
+        if self.reference and not checks.smoke:
+            raise UsageError("--reference runs the written model with Keras beside PyTorch; drop --no-smoke")
         if not checks.smoke:
             if checks.compare or checks.load_inputs or checks.save_inputs:
                 raise UsageError("--compare, --load-inputs and --save-inputs run Keras; drop --no-smoke")
@@ -72,7 +79,8 @@ class CheckDefaults:
                 raise UsageError("--import is for the smoke test; drop it or drop --no-smoke")
             return SmokeOptions(enabled=False, input_shapes=list(checks.input_shapes) or None,
                                 unsafe=checks.unsafe)
-        tolerance = self.expect_same if self.expect_same is not None else Tolerance() if checks.expect_same else None
+        asked = FUNCTION_KEPT if self.reference else Tolerance()
+        tolerance = self.expect_same if self.expect_same is not None else asked if checks.expect_same else None
         if tolerance is not None:
             tolerance = replace(tolerance, atol=tolerance.atol if checks.atol is None else checks.atol,
                                 rtol=tolerance.rtol if checks.rtol is None else checks.rtol)

@@ -273,12 +273,18 @@ def channels_last(model: Any) -> bool:
     return False
 
 
-def _layout_text(last: bool, inputs: Sequence[np.ndarray]) -> str:
-    ranks = sorted({a.ndim for a in inputs if a.ndim >= 3})
-    if not last or not ranks:
+def _layout_text(last: bool, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> str:
+    """``inputs NHWC -> NCHW for PyTorch; outputs NCHW -> NHWC back``, or that nothing moved."""
+    def moved(arrays: Sequence[np.ndarray], back: bool) -> str:
+        pairs = [_AXES.get(rank, ("channels last", "channels first")) for rank in sorted({a.ndim for a in arrays})
+                 if rank >= 3]
+        return ", ".join(f"{b} -> {a}" if back else f"{a} -> {b}" for a, b in pairs)
+
+    into, back = moved(inputs, False), moved(outputs, True)
+    if not last or not (into or back):
         return "the same layout in both"
-    moved = ", ".join(" -> ".join(_AXES.get(rank, ("channels last", "channels first"))) for rank in ranks)
-    return f"inputs {moved} for PyTorch, outputs of rank 3 and more back to channels last"
+    return "; ".join(part for part in (f"inputs {into} for PyTorch" if into else "",
+                                       f"outputs {back} back" if back else "") if part)
 
 
 def _threads() -> int:
@@ -371,7 +377,7 @@ def reference_comparison(model: Any, reference: TorchReference, inputs: Sequence
         compared.append(_compare(name, mine, other))
     return TorchComparison(
         reference=reference, torch_version=str(torch.__version__), threads=threads,
-        layout=_layout_text(last, inputs), inputs=tuple(tuple(a.shape) for a in inputs),
+        layout=_layout_text(last, inputs, outputs), inputs=tuple(tuple(a.shape) for a in inputs),
         input_origins=tuple(origins), outputs=tuple(compared), sums=sums_length(model),
         state_tensors=loaded, notes=tuple(notes))
 
