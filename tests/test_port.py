@@ -798,7 +798,9 @@ def test_the_readme_cookbook_ports_a_whole_net_exactly(torch) -> None:
     assert "rows C·H·W -> H·W·C (8x8x32 from 'flatten')" in result.stdout
     assert "would refuse: build/port-net/net.keras: 2 ported BatchNormalizations" in result.stdout
     assert "wrote build/port-net/ported.keras" in result.stdout
-    difference, scale = map(float, re.search(r"max abs difference: (\S+) of (\S+)", result.stdout).groups())
+    # The port was checked against the PyTorch net: the output's largest error and its scale.
+    scale, difference = map(float, re.search(r"output 0 the same as PyTorch within atol=0, rtol=0 of the output "
+                                             r"scale (\S+) \+ .*: max abs error (\S+),", result.stdout).groups())
     assert difference <= 1e-4 * scale
 
 
