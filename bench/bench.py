@@ -108,7 +108,9 @@ Sections
                      the PyTorch twin of keras.applications.ResNet50, TORCH_RESNET50, with the
                      state dict loaded, on the same seeded input), versus (d): the plain
                      script (b) plus the twin built, the state loaded and one forward pass.
-                     Ratio row: (c)/(d) time <= 1.2x (MISS never fails the run). Without
+                     Ratio row: (c)/(d) time <= 1.2x (MISS never fails the run); and (e), port
+                     with its smoke test but no reference: (c)-(e) is what the reference
+                     costs. Without
                      ``conv_surgeon/instruments/port.py`` in this checkout it times (b) and
                      (d) and says "port: not available". Run it alone: ``bench.py --only port``.
     show             ``conv-surgeon show resnet50.keras --layer conv1_conv -o X.png`` (the
@@ -1478,7 +1480,7 @@ def bench_port(ctx: Context) -> list[Row]:
     if state is None:
         return [("port", "(skipped)", "", "", "torch is not installed: pip install 'conv-surgeon[torch]'")]
     twin = torch_twin()
-    outs = {case: CACHE / f"port-{case}.out.keras" for case in ("a", "b", "c", "d")}
+    outs = {case: CACHE / f"port-{case}.out.keras" for case in ("a", "b", "c", "d", "e")}
     port = [CLI, "port", str(model), "--from", str(state), "--bn-epsilon", "1.001e-5"]
     available = port_available()
     try:
@@ -1491,6 +1493,8 @@ def bench_port(ctx: Context) -> list[Row]:
                             after=_remover(outs["c"]))
         d = ctx.measure([PYTHON, "-c", KERAS_PORT, str(model), str(state), str(outs["d"]), str(twin)],
                         after=_remover(outs["d"]))
+        if available:
+            e = ctx.measure([*port, "-o", str(outs["e"])], after=_remover(outs["e"]))
     finally:
         for out in outs.values():
             _remover(out)()
@@ -1517,6 +1521,8 @@ def bench_port(ctx: Context) -> list[Row]:
         plain[1],
         ("port", "ratio (c)/(d) time", f"{c_t:.2f}x", f"{c.max_rss_mb / d.max_rss_mb:.2f}x",
          verdict(c_t, PORT_REFERENCE_TIME_TARGET)),
+        ("port", "(e) conv-surgeon port (smoke test)", f"{e.median_s:.2f}", f"{e.max_rss_mb:.0f}",
+         f"without --reference: the reference itself costs (c)-(e) = {c.median_s - e.median_s:.2f} s"),
     ]
 
 

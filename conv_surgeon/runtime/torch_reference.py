@@ -120,7 +120,7 @@ def _file_kind(spec: str) -> ReferenceKind:
     if "data.pkl" in members:
         raise ConvSurgeonError(
             f"--reference {spec}: a state dict (torch.save), which holds weights but no model to run; "
-            f"give it as the weights to port, and as --reference {KINDS_TEXT}")
+            f"give it as --from STATE, and as --reference {KINDS_TEXT}")
     raise ConvSurgeonError(f"--reference {spec}: a zip archive, but not one torch wrote; give {KINDS_TEXT}")
 
 
