@@ -418,8 +418,8 @@ def _array(tensor: _Tensor, order: str) -> np.ndarray:
         raise PtCorrupt(f"a tensor of size {tensor.size} (stride {tensor.stride}, offset {tensor.offset}) reaches "
                         f"past its storage of {count} elements")
     # as_strided goes through __array_interface__, which knows no ml_dtypes type: stride the bits.
-    bits: np.ndarray = base.view(np.dtype(f"u{dtype.itemsize}")) if tensor.dtype.name in _ML_DTYPES else base
+    plain = base.view(np.dtype(f"u{dtype.itemsize}")) if tensor.dtype.name in _ML_DTYPES else base
     view = np.lib.stride_tricks.as_strided(
-        bits[tensor.offset:], shape=tensor.size, strides=tuple(s * dtype.itemsize for s in tensor.stride),
+        plain[tensor.offset:], shape=tensor.size, strides=tuple(s * dtype.itemsize for s in tensor.stride),
         writeable=False)
     return view.view(dtype)
