@@ -155,3 +155,25 @@ def test_a_damaged_storage_fails_its_crc(tmp_path: Path) -> None:
         read_pt(bytes(data))
     message = str(pytest.raises(SourceError, load_state_dict, path).value)
     assert "truncated or corrupt PyTorch file" in message
+
+
+def test_a_file_zipped_again_with_deflate_reads_and_a_member_that_cannot_be_refuses_before_inflating(
+        tmp_path: Path) -> None:
+    """torch.save stores its members; a .pt zipped again with compression is read whole,
+    but only once each member's declared sizes are shown possible (no decompression bomb)."""
+    weight = torch.randn(64, 64)
+    plain = saved({"w": weight}, tmp_path / "w.pt")
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info))
+    assert np.array_equal(read_pt(deflated.read_bytes())["w"], weight.numpy())
+    # The storage's central-directory entry now declares more compressed bytes than the file holds.
+    data = bytearray(deflated.read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        name = next(i.filename for i in archive.infolist() if i.filename.endswith("data/0")).encode()
+    at = data.rindex(name) - 46  # the central directory's record of that member
+    assert data[at: at + 4] == b"PK\x01\x02"
+    data[at + 20: at + 24] = (2 ** 31).to_bytes(4, "little")  # compressed size
+    message = str(pytest.raises(SourceError, read_pt, bytes(data)).value)
+    assert "declares about 2.15 GB of data" in message and "save it again with torch.save" in message, message

@@ -235,7 +235,12 @@ class _Members:
 
     def _member_bytes(self, info: zipfile.ZipInfo) -> np.ndarray:
         if info.compress_type != zipfile.ZIP_STORED:
-            # torch.save stores its members; a file zipped again with compression is read whole.
+            # torch.save stores its members; a file zipped again with compression is read
+            # whole, once its declared size is shown possible (no decompression bomb).
+            from .sources import check_inflatable  # sources imports this module
+
+            check_inflatable(info, len(self.data), f"PyTorch file member '{info.filename}'",
+                             remedy="save it again with torch.save")
             try:
                 with zipfile.ZipFile(zip_stream(self.data)) as z:
                     return np.frombuffer(z.read(info.filename), np.uint8)

@@ -337,15 +337,20 @@ def _read_member(archive: zipfile.ZipFile, name: str, held: int, what: str, alre
     bytes than the archive holds, no more than deflate can give from them, and room in
     memory beside the ``already`` bytes read. A decompression bomb (a few MB that inflate
     to 4 GiB), or a header that lies about the size, is refused before any is inflated."""
-    info = archive.getinfo(name)
+    check_inflatable(archive.getinfo(name), held, f"{what}: member '{name}'", already)
+    return archive.read(name)
+
+
+def check_inflatable(info: zipfile.ZipInfo, held: int, member: str, already: int = 0,
+                     remedy: str = "write it again with np.savez") -> None:
+    """Refuse a zip member whose declared sizes are not possible (see _read_member)."""
     compressed, size = info.compress_size, info.file_size
-    member = f"{what}: member '{name}'"
     if compressed > held:
         raise SourceError(f"{member} declares {_bytes(compressed)} of data, the archive holds {_bytes(held)}; "
-                          "it is truncated or damaged, write it again with np.savez")
+                          f"it is truncated or damaged, {remedy}")
     if info.compress_type == zipfile.ZIP_STORED and size != compressed:
         raise SourceError(f"{member} is stored uncompressed yet declares {_bytes(size)} in {_bytes(compressed)}; "
-                          "the archive is damaged, write it again with np.savez")
+                          f"the archive is damaged, {remedy}")
     if info.compress_type == zipfile.ZIP_DEFLATED and size > _DEFLATE_MAX_RATIO * compressed:
         raise SourceError(
             f"{member} declares {_bytes(size)} inflated from {_bytes(compressed)}, more than deflate "
@@ -356,7 +361,6 @@ def _read_member(archive: zipfile.ZipFile, name: str, held: int, what: str, alre
             f"{member} declares {_bytes(size)} uncompressed, more than the memory conv-surgeon may use "
             f"for arrays ({_bytes(room)}, half of what is available); refusing to inflate it, "
             "split the arrays into smaller files")
-    return archive.read(name)
 
 
 def _memory_for_arrays() -> int | None:
