@@ -21,12 +21,14 @@ import difflib
 import hashlib
 import io
 import math
+import mmap
 import os
 import pickle
+import stat
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -37,6 +39,7 @@ from ..store.archive import ZIP_FAULTS, ZIP_MAGIC
 from ..store.documents import parse_json
 from ..store.fileio import read_input, read_stream
 from ..store.hdf5 import HDF5_MAGIC, read_dataset, refuse_untrusted_content
+from .pt_reader import PtCorrupt, PtRefused, PtUnsupported, read_pt, zip_stream
 
 if TYPE_CHECKING:
     import h5py
@@ -157,20 +160,21 @@ def _missing_path(spec: str) -> str:
     return spec
 
 
-def _format_of(data: bytes, path: str) -> str | None:
+def _format_of(data: bytes | mmap.mmap, path: str) -> str | None:
     """The format of a source's bytes: npy, npz, hdf5, safetensors, torch, torchscript.
 
     The content decides. ``path``'s extension is asked only when the bytes are too
     damaged to tell (a cut-short zip named .pt), so that the error names the right format.
     """
     suffix = os.path.splitext(path)[1].lower()
-    if data.startswith(NPY_MAGIC):
+    head = data[:64]
+    if head.startswith(NPY_MAGIC):
         return "npy"
-    if data.startswith(HDF5_MAGIC):
+    if head.startswith(HDF5_MAGIC):
         return "hdf5"
-    if data.startswith(ZIP_MAGIC):
+    if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            with zipfile.ZipFile(zip_stream(data)) as archive:
                 names = archive.namelist()
         except ZIP_FAULTS:
             return "torch" if suffix in TORCH_SUFFIXES else "npz"
@@ -186,12 +190,12 @@ def _format_of(data: bytes, path: str) -> str | None:
         return "torch"
     if _looks_like_safetensors(data) or suffix == SAFETENSORS_SUFFIX:
         return "safetensors"
-    if data.startswith(TORCH_LEGACY_MAGIC) or suffix in TORCH_SUFFIXES:
+    if head.startswith(TORCH_LEGACY_MAGIC) or suffix in TORCH_SUFFIXES:
         return "torch"
     return None
 
 
-def _looks_like_safetensors(data: bytes) -> bool:
+def _looks_like_safetensors(data: bytes | mmap.mmap) -> bool:
     """An 8-byte little-endian header length, then a JSON object that long."""
     header_length = int.from_bytes(data[:8], "little")
     return len(data) >= 10 and 2 <= header_length <= len(data) - 8 and data[8:9] == b"{"
@@ -333,15 +337,20 @@ def _read_member(archive: zipfile.ZipFile, name: str, held: int, what: str, alre
     bytes than the archive holds, no more than deflate can give from them, and room in
     memory beside the ``already`` bytes read. A decompression bomb (a few MB that inflate
     to 4 GiB), or a header that lies about the size, is refused before any is inflated."""
-    info = archive.getinfo(name)
+    check_inflatable(archive.getinfo(name), held, f"{what}: member '{name}'", already)
+    return archive.read(name)
+
+
+def check_inflatable(info: zipfile.ZipInfo, held: int, member: str, already: int = 0,
+                     remedy: str = "write it again with np.savez") -> None:
+    """Refuse a zip member whose declared sizes are not possible (see _read_member)."""
     compressed, size = info.compress_size, info.file_size
-    member = f"{what}: member '{name}'"
     if compressed > held:
         raise SourceError(f"{member} declares {_bytes(compressed)} of data, the archive holds {_bytes(held)}; "
-                          "it is truncated or damaged, write it again with np.savez")
+                          f"it is truncated or damaged, {remedy}")
     if info.compress_type == zipfile.ZIP_STORED and size != compressed:
         raise SourceError(f"{member} is stored uncompressed yet declares {_bytes(size)} in {_bytes(compressed)}; "
-                          "the archive is damaged, write it again with np.savez")
+                          f"the archive is damaged, {remedy}")
     if info.compress_type == zipfile.ZIP_DEFLATED and size > _DEFLATE_MAX_RATIO * compressed:
         raise SourceError(
             f"{member} declares {_bytes(size)} inflated from {_bytes(compressed)}, more than deflate "
@@ -352,7 +361,6 @@ def _read_member(archive: zipfile.ZipFile, name: str, held: int, what: str, alre
             f"{member} declares {_bytes(size)} uncompressed, more than the memory conv-surgeon may use "
             f"for arrays ({_bytes(room)}, half of what is available); refusing to inflate it, "
             "split the arrays into smaller files")
-    return archive.read(name)
 
 
 def _memory_for_arrays() -> int | None:
@@ -440,43 +448,18 @@ def _read_safetensor_bits(data: bytes, name: str, dtype_name: str) -> np.ndarray
 
 
 def _load_torch(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
-    try:
-        import torch
-    except ImportError as exc:
-        raise SourceError(
-            f"source '{spec}': reading .pt needs PyTorch (pip install torch); or export "
-            "the tensors with safetensors/numpy where torch is installed, e.g. "
-            "safetensors.torch.save_file(model.state_dict(), 'w.safetensors')"
-        ) from exc
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols
-            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = _refused_global(exc)
-        held = (
-            f"holds more than tensors (it names the Python object '{refused}')"
-            if refused
-            else "holds pickled data that weights-only loading cannot read"
-        )
-        raise SourceError(
-            f"source '{spec}': '{path}' {held}; conv-surgeon loads PyTorch files with "
-            "weights_only=True and refuses to run pickled code: save only the weights, "
-            "e.g. torch.save(model.state_dict(), path)"
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise SourceError(
-            f"source '{spec}': '{path}' is a truncated or corrupt PyTorch file "
-            f"({_one_line(exc)}); write it again with torch.save"
-        ) from exc
-    if isinstance(loaded, torch.Tensor):
+    loaded, is_tensor = _read_torch_file(data, f"source '{spec}': '{path}'", (
+        f"source '{spec}': reading .pt needs PyTorch (pip install torch); or export "
+        "the tensors with safetensors/numpy where torch is installed, e.g. "
+        "safetensors.torch.save_file(model.state_dict(), 'w.safetensors')"))
+    if is_tensor(loaded):
         if key is not None:
             raise SourceError(
                 f"source '{spec}': '{path}' holds one tensor and takes no key; name it "
                 f"as '{path}'"
             )
         return _tensor_to_numpy(loaded, spec, f"'{path}'")
-    tensors, non_tensors = _flatten_state(loaded, spec, path)
+    tensors, non_tensors = _flatten_state(loaded, spec, path, is_tensor)
     if not tensors:
         raise SourceError(
             f"source '{spec}': '{path}' holds no tensors (it holds "
@@ -484,6 +467,47 @@ def _load_torch(data: bytes, spec: str, path: str, key: str | None) -> np.ndarra
         )
     name = _choose_tensor(spec, path, key, list(tensors), non_tensors)
     return _tensor_to_numpy(tensors[name], spec, f"tensor '{name}' in '{path}'")
+
+
+def _read_torch_file(data: bytes | mmap.mmap, lead: str, needs_torch: str) -> tuple[Any, Callable[[object], bool]]:
+    """What a PyTorch file holds, read as ``torch.load(weights_only=True)`` reads it, and the
+    test of its tensors (``lead`` begins each error line: "source 'w.pt:k': 'w.pt'"). A ``torch.save`` zip is read with numpy alone (:mod:`.pt_reader`: the
+    same globals allowed, tensors as numpy views of the file); torch itself is asked only for
+    what that reader cannot hold (the pre-1.6 format, a sparse or quantized tensor)."""
+    try:
+        return read_pt(data), _is_array
+    except PtRefused as exc:
+        raise SourceError(_refusal(lead, exc.name)) from None
+    except PtCorrupt as exc:
+        raise SourceError(f"{lead} is a truncated or corrupt PyTorch file ({exc}); write it again with "
+                          "torch.save") from None
+    except PtUnsupported:
+        pass
+    try:
+        import torch
+    except ImportError as exc:
+        raise SourceError(needs_torch) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SourceError(_refusal(lead, _refused_global(exc))) from exc
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise SourceError(f"{lead} is a truncated or corrupt PyTorch file ({_one_line(exc)}); write it again "
+                          "with torch.save") from exc
+    return loaded, lambda value: isinstance(value, torch.Tensor)
+
+
+def _is_array(value: object) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+def _refusal(lead: str, refused: str | None) -> str:
+    held = (f"holds more than tensors (it names the Python object '{refused}')" if refused
+            else "holds pickled data that weights-only loading cannot read")
+    return (f"{lead} {held}; conv-surgeon loads PyTorch files with weights_only=True and refuses to run "
+            "pickled code: save only the weights, e.g. torch.save(model.state_dict(), path)")
 
 
 def _refused_global(exc: BaseException) -> str | None:
@@ -496,14 +520,12 @@ def _refused_global(exc: BaseException) -> str | None:
 
 
 def _flatten_state(
-    loaded: object, spec: str, path: str
+    loaded: object, spec: str, path: str, is_tensor: Callable[[object], bool]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Every tensor under ``loaded`` by its '.'-joined key, and the type of every other leaf.
 
     List items are keyed by their index, as ``nn.ModuleList`` names its children.
     """
-    import torch
-
     tensors: dict[str, Any] = {}
     non_tensors: dict[str, str] = {}
 
@@ -514,7 +536,7 @@ def _flatten_state(
         elif isinstance(value, (list, tuple)):
             for index, child in enumerate(value):
                 visit(child, f"{name}.{index}" if name else str(index))
-        elif isinstance(value, torch.Tensor):
+        elif is_tensor(value):
             if name in tensors:
                 raise SourceError(
                     f"source '{spec}': '{path}' holds two tensors named '{name}' once "
@@ -529,6 +551,8 @@ def _flatten_state(
 
 
 def _tensor_to_numpy(tensor: Any, spec: str, what: str) -> np.ndarray:
+    if isinstance(tensor, np.ndarray):  # read without torch
+        return tensor
     import torch
 
     tensor = tensor.detach().cpu()
@@ -687,7 +711,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> LoadedState:
     if os.path.isdir(spec):
         raise SourceError(f"{what}: is a directory; {STATE_ACCEPTED}")
     try:
-        data = read_input(spec, what)
+        mapped = _mapped_file(spec)
+        data: bytes | mmap.mmap = mapped if mapped is not None else read_input(spec, what)
     except OSError as exc:
         raise SourceError(f"{what}: cannot read it ({exc.strerror}); check the path") from exc
     if not data:
@@ -695,8 +720,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> LoadedState:
     digest = hashlib.sha256(data).hexdigest()
     kind = _format_of(data, spec)
     if kind == "torch":
+        # A torch.save file's tensors are views of the mapped file: none is copied.
         tensors, inner = _torch_state(data, spec)
         return LoadedState(tensors, "torch", True, digest, inner)
+    if isinstance(data, mmap.mmap):
+        data = data[:]
     if kind == "safetensors":
         if not os.path.isfile(spec):
             raise SourceError(f"{what}: is a pipe; a safetensors file is read in place and must be a file")
@@ -713,6 +741,17 @@ def load_state_dict(path: str | os.PathLike[str]) -> LoadedState:
     raise SourceError(f"{what}: holds {described}; {STATE_ACCEPTED}")
 
 
+def _mapped_file(path: str) -> mmap.mmap | None:
+    """A regular, non-empty file mapped read-only into memory (None for anything else: a pipe
+    is read with bounds by read_input)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None  # opened here, a named pipe would block
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return None
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def _is_keras_archive(data: bytes) -> bool:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -721,39 +760,21 @@ def _is_keras_archive(data: bytes) -> bool:
         return False
 
 
-def _torch_state(data: bytes, spec: str) -> tuple[dict[str, np.ndarray], str | None]:
+def _torch_state(data: bytes | mmap.mmap, spec: str) -> tuple[dict[str, np.ndarray], str | None]:
     what = f"state dict '{spec}'"
-    try:
-        import torch
-    except ImportError as exc:
-        raise SourceError(
-            f"{what}: reading .pt needs PyTorch: pip install 'conv-surgeon[torch]'; or, where torch is "
-            "installed, save the weights as safetensors (safetensors.torch.save_file(model.state_dict(), "
-            "'w.safetensors')), which conv-surgeon reads without it"
-        ) from exc
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols
-            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = _refused_global(exc)
-        held = (f"holds more than tensors (it names the Python object '{refused}')" if refused
-                else "holds pickled data that weights-only loading cannot read")
-        raise SourceError(
-            f"{what}: {held}; conv-surgeon loads PyTorch files with weights_only=True and refuses to run "
-            "pickled code: save only the weights, torch.save(model.state_dict(), path)") from exc
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise SourceError(f"{what}: a truncated or corrupt PyTorch file ({_one_line(exc)}); write it again "
-                          "with torch.save") from exc
-    if isinstance(loaded, torch.Tensor):
+    loaded, is_tensor = _read_torch_file(data, f"{what}: the file", (
+        f"{what}: reading this .pt needs PyTorch: pip install 'conv-surgeon[torch]'; or, where torch is "
+        "installed, save the weights as safetensors (safetensors.torch.save_file(model.state_dict(), "
+        "'w.safetensors')), which conv-surgeon reads without it"))
+    if is_tensor(loaded):
         raise SourceError(f"{what}: holds one tensor, not a state dict; save torch.save(model.state_dict(), path)")
     inner = None
-    if isinstance(loaded, Mapping) and not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if isinstance(loaded, Mapping) and not all(is_tensor(v) for v in loaded.values()):
         wrapped = [key for key in STATE_DICT_KEYS if isinstance(loaded.get(key), Mapping)]
         if len(wrapped) == 1:
             inner = wrapped[0]
             loaded = loaded[inner]
-    tensors, _ = _flatten_state(loaded, spec, spec)
+    tensors, _ = _flatten_state(loaded, spec, spec, is_tensor)
     if not tensors:
         raise SourceError(f"{what}: holds no tensors (it holds {type(loaded).__name__}); save a state dict: "
                           "torch.save(model.state_dict(), path)")

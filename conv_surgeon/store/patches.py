@@ -21,9 +21,11 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
@@ -32,7 +34,7 @@ from ..errors import ModelFileError
 from .archive import Member, member_crcs, replace_member, write_member_crc
 from .documents import parse_json
 from .fileio import replace_files_together
-from .hdf5 import contiguous_offset, encode_for_dataset, read_dataset
+from .hdf5 import contiguous_offset, dataset_dtype
 from .model_file import (FOLDER_FORMATS, METADATA_MEMBER, WEIGHTS_MEMBER,
                          ModelFile, ModelFormat, StoreFile, open_store,
                          shard_names)
@@ -73,32 +75,113 @@ def locate_patches(source: ModelFile, values: dict[str, np.ndarray]) -> StorePat
     ``values`` maps dataset paths of the weight store to the exact arrays to write.
     For a `.keras` the weight store's CRC is verified first: reading in place skips
     the zip's own check, and a corrupt input must not get a fresh, valid CRC. The store
-    is untrusted: it is parsed in a bounded worker.
+    is untrusted: its HDF5 is parsed in a bounded worker, which says where each dataset's
+    bytes lie. The values and the bytes they replace do not go through the worker's pipe
+    (for `port`, some 200 MB): they are encoded here, and the old bytes read here at the
+    places the worker found, once shown to lie inside the file.
     """
-    return run_bounded(lambda: _locate_patches(source, values), PARSE_TIMEOUT_S, source.label, source.size())
+    where = run_bounded(lambda: _locate_datasets(source, list(values)), PARSE_TIMEOUT_S, source.label,
+                        source.size())
+    per_file: dict[int, list[Patch]] = {}
+    for spot in where.spots:
+        per_file.setdefault(spot.file, []).append(
+            Patch(spot.dataset, spot.offset, _encoded(spot, values[spot.dataset], where.files[spot.file].label)))
+    edits = []
+    for index, patches in sorted(per_file.items()):
+        patches.sort(key=lambda p: p.offset)
+        store_file = where.files[index]
+        edits.append(FileEdit(store_file, tuple(patches), _new_crc(source, store_file, patches)))
+    return StorePatches(where.format, tuple(edits), _old_values(source, where))
 
 
-def _locate_patches(source: ModelFile, values: dict[str, np.ndarray]) -> StorePatches:
-    old_values: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class _Spot:
+    """Where one dataset's bytes lie: in which file of the store, at which offset."""
+
+    dataset: str
+    file: int
+    offset: int
+    dtype: str  # numpy's dtype string ("<f4"), or "bfloat16" for Keras's opaque records
+    shape: tuple[int, ...]
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class _Located:
+    format: ModelFormat
+    files: tuple[StoreFile, ...]
+    spots: tuple[_Spot, ...]
+
+
+def _locate_datasets(source: ModelFile, paths: list[str]) -> _Located:
+    """In the worker: where each dataset lies (contiguous and unfiltered, or refused)."""
+    spots = []
     with open_store(source) as store:
-        per_file: dict[int, list[Patch]] = {}
-        for path, value in values.items():
+        for path in paths:
             index = next((i for i, h5 in enumerate(store.h5s) if path in h5), None)
             if index is None:
                 raise ModelFileError(f"{source.label}: the weight store has no dataset {path}")
             dataset = store.h5s[index][path]
-            label = store.files[index].label
-            per_file.setdefault(index, []).append(
-                Patch(path, contiguous_offset(dataset, label), encode_for_dataset(dataset, value, label))
-            )
-            old_values[path] = read_dataset(dataset)
-        fmt, files = store.format, store.files
-    edits = []
-    for index, patches in sorted(per_file.items()):
-        patches.sort(key=lambda p: p.offset)
-        store_file = files[index]
-        edits.append(FileEdit(store_file, tuple(patches), _new_crc(source, store_file, patches)))
-    return StorePatches(fmt, tuple(edits), old_values)
+            offset = contiguous_offset(dataset, store.files[index].label)
+            kind = dataset_dtype(dataset)
+            spots.append(_Spot(path, index, offset, kind if kind == "bfloat16" else dataset.dtype.str,
+                               tuple(dataset.shape), int(dataset.id.get_storage_size())))
+        return _Located(store.format, tuple(store.files), tuple(spots))
+
+
+def _spot_dtype(spot: _Spot) -> np.dtype:
+    if spot.dtype == "bfloat16":
+        import ml_dtypes
+
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    return np.dtype(spot.dtype)
+
+
+def _encoded(spot: _Spot, value: np.ndarray, label: str) -> bytes:
+    """The bytes the dataset holds for ``value`` (bfloat16 as Keras's opaque records)."""
+    raw = np.ascontiguousarray(value, dtype=_spot_dtype(spot)).tobytes()
+    if value.shape != spot.shape or len(raw) != spot.size:
+        raise ModelFileError(f"{label}: dataset {spot.dataset} holds {spot.shape} ({spot.size} bytes), refusing "
+                             f"to write {value.shape}")
+    return raw
+
+
+def _old_values(source: ModelFile, where: _Located) -> dict[str, np.ndarray]:
+    """The values the located datasets hold now, read at their offsets (no HDF5 parsed here:
+    each range is checked to lie inside its file, or inside the archive's member)."""
+    found: dict[str, np.ndarray] = {}
+    for index, store_file in enumerate(where.files):
+        spots = [spot for spot in where.spots if spot.file == index]
+        if not spots:
+            continue
+        member = store_file.member
+        base, limit = (member.data_offset, member.size) if member is not None else (0, None)
+        with _open_store_file(source, store_file) as raw:
+            if limit is None:
+                limit = raw.seek(0, os.SEEK_END)
+            for spot in spots:
+                dtype = _spot_dtype(spot)
+                if spot.offset + spot.size > limit or dtype.itemsize * int(np.prod(spot.shape)) != spot.size:
+                    raise ModelFileError(f"{store_file.label}: dataset {spot.dataset} says its {spot.size} bytes "
+                                         f"lie at {spot.offset}, past the end of the file or not its shape "
+                                         f"{spot.shape}; the file is corrupt")
+                raw.seek(base + spot.offset)
+                data = raw.read(spot.size)
+                if len(data) != spot.size:
+                    raise ModelFileError(f"{store_file.label}: the file is truncated")
+                found[spot.dataset] = np.frombuffer(data, dtype).reshape(spot.shape)
+    return found
+
+
+@contextmanager
+def _open_store_file(source: ModelFile, store_file: StoreFile) -> Iterator[BinaryIO]:
+    if store_file.path is None:
+        with source.open_binary() as raw:
+            yield raw
+    else:
+        with open(store_file.path, "rb") as handle:
+            yield handle
 
 
 def _new_crc(source: ModelFile, store_file: StoreFile, patches: list[Patch]) -> int | None:
