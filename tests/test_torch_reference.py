@@ -324,6 +324,15 @@ def test_a_reference_file_whose_weights_are_not_the_state_dicts_says_so(ported: 
     assert "1 of the 8 tensors it shares with the state dict differ (first 'head.weight')" in note, note
 
 
+def test_a_state_dict_of_big_endian_arrays_and_scalars_loads_into_the_factory(ported: dict[str, Ported]) -> None:
+    net = ported["1d"]
+    # As a big-endian .pt reads: numpy arrays of another byte order; num_batches_tracked a scalar.
+    state = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in net.state.items()}
+    assert state["bn.num_batches_tracked"].shape == ()
+    comparison = compare_with_torch(net.keras, net.factory, state=state)
+    assert comparison.state_tensors == len(state) and comparison.passed(FUNCTION_KEPT)
+
+
 def test_a_state_dict_that_does_not_fit_the_factory_is_named(ported: dict[str, Ported]) -> None:
     net = ported["2d"]
     state = {k: v for k, v in net.state.items() if k != "fc.bias"}

@@ -242,6 +242,8 @@ def _load_state(torch: Any, module: Any, reference: TorchReference) -> int:
 def _as_tensor(torch: Any, array: np.ndarray) -> Any:
     """A numpy array as a CPU tensor; bfloat16 and the other ml_dtypes by their bits."""
     array = np.asarray(array, order="C")  # (np.ascontiguousarray would make a scalar's () a (1,))
+    if not array.dtype.isnative:  # a big-endian file's tensors, which torch.from_numpy refuses
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype.kind == "V" or array.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         bits = np.int16 if array.dtype.itemsize == 2 else np.uint8
         return torch.from_numpy(array.view(bits)).view(getattr(torch, array.dtype.name))
