@@ -47,7 +47,7 @@ class Net:
     x: np.ndarray
     y: np.ndarray
     tensors: dict[str, np.ndarray]
-    traced: Path
+    traced: Path | None = None  # the module as TorchScript, where a test needs one
 
 
 def _randomize(torch, module) -> None:
@@ -745,10 +745,14 @@ def test_from_is_required_and_a_bad_epsilon_is_a_usage_error(cli, vgg: Net, tmp_
 
 
 @pytest.mark.slow  # 0.5 s and more here
-def test_safetensors_and_npz_need_no_torch_and_pt_says_how_to_install_it(vgg: Net, tmp_path) -> None:
+def test_safetensors_and_npz_need_no_torch_and_pt_says_how_to_install_it(vgg: Net, torch, tmp_path) -> None:
+    """Without PyTorch: safetensors and torch.save's zip are read; a file in the format of
+    PyTorch before 1.6 says how to install it."""
     from safetensors.numpy import save_file
 
     save_file(vgg.tensors, tmp_path / "vgg.safetensors")
+    state = torch.load(vgg.state, weights_only=True)
+    torch.save(state, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
 
     def run(state: Path) -> subprocess.CompletedProcess[str]:
         code = ("import sys\nsys.modules['torch'] = None\n"  # as if PyTorch were not installed
@@ -756,10 +760,11 @@ def test_safetensors_and_npz_need_no_torch_and_pt_says_how_to_install_it(vgg: Ne
                 " '--json']\nfrom conv_surgeon.cli import main\nmain()\n")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
-    found = run(tmp_path / "vgg.safetensors")
-    assert found.returncode == 0, found.stderr
-    assert len(json.loads(found.stdout)["mapping"]) == 16
-    refused = run(vgg.state)
+    for state in (tmp_path / "vgg.safetensors", vgg.state):
+        found = run(state)
+        assert found.returncode == 0, found.stderr
+        assert len(json.loads(found.stdout)["mapping"]) == 16
+    refused = run(tmp_path / "old.pt")
     assert refused.returncode == 1 and "pip install 'conv-surgeon[torch]'" in refused.stderr
     assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
 

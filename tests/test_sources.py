@@ -445,26 +445,29 @@ def test_pt_truncated(here: Path, torch: Any) -> None:
 
 def test_pt_without_torch_says_what_to_do(here: Path, torch: Any) -> None:
     torch.save({"w": torch.ones(2)}, "w.pt")
+    torch.save({"w": torch.ones(2)}, "old.pt", _use_new_zipfile_serialization=False)  # before PyTorch 1.6
     save_file({"w": KERNEL}, "w.safetensors")
     # sys.modules['torch'] = None makes `import torch` raise ImportError, exactly as on
-    # a machine without PyTorch; safetensors must still be read there.
+    # a machine without PyTorch: safetensors and torch.save's zip are read there, the
+    # format of PyTorch before 1.6 says how to get it.
     code = (
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "from conv_surgeon.errors import SourceError\n"
         "from conv_surgeon.edits.sources import load_source\n"
         "print(load_source('w.safetensors').array.shape)\n"
+        "print(load_source('w.pt:w').array.tolist())\n"
         "try:\n"
-        "    load_source('w.pt:w')\n"
+        "    load_source('old.pt:w')\n"
         "except SourceError as exc:\n"
         "    print(exc)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    shape, message = result.stdout.splitlines()
-    assert shape == "(3, 3, 1, 4)"
+    shape, values, message = result.stdout.splitlines()
+    assert (shape, values) == ("(3, 3, 1, 4)", "[1.0, 1.0]")
     assert message.startswith(
-        "source 'w.pt:w': reading .pt needs PyTorch (pip install torch); or export the "
-        "tensors with safetensors/numpy"
+        "source 'old.pt:w': reading this .pt needs PyTorch (pip install 'conv-surgeon[torch]'); or export "
+        "the tensors with safetensors/numpy"
     )

@@ -449,7 +449,7 @@ def _read_safetensor_bits(data: bytes, name: str, dtype_name: str) -> np.ndarray
 
 def _load_torch(data: bytes, spec: str, path: str, key: str | None) -> np.ndarray:
     loaded, is_tensor = _read_torch_file(data, f"source '{spec}': '{path}'", (
-        f"source '{spec}': reading .pt needs PyTorch (pip install torch); or export "
+        f"source '{spec}': reading this .pt needs PyTorch (pip install 'conv-surgeon[torch]'); or export "
         "the tensors with safetensors/numpy where torch is installed, e.g. "
         "safetensors.torch.save_file(model.state_dict(), 'w.safetensors')"))
     if is_tensor(loaded):
