@@ -64,15 +64,18 @@ def _randomize(torch, module) -> None:
 
 
 def _save(folder: Path, name: str, torch, module, keras, model, size: int) -> Net:
-    """PyTorch's state dict and outputs, and the Keras model compiled with Adam and
-    trained one step (its slots are not zero)."""
+    """PyTorch's state dict and outputs, and the Keras model compiled with Adam, its slots
+    holding values as a training step leaves them (none of them zero)."""
     torch.save(module.state_dict(), folder / f"{name}.pt")
     x = np.random.default_rng(5).standard_normal((2, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         y = module(torch.from_numpy(x)).numpy()
     model.compile(keras.optimizers.Adam(), "mse")
+    # The slots built and filled directly: fit's tracing costs seconds a net.
+    model.optimizer.build(model.trainable_variables)
     rng = np.random.default_rng(0)
-    model.fit(rng.normal(size=(2, size, size, 3)), rng.normal(size=(2, *model.output_shape[1:])), verbose=0)
+    for variable in model.optimizer.variables:
+        variable.assign(rng.integers(1, 100, variable.shape).astype(variable.dtype))
     model.save(folder / f"{name}.keras")
     tensors = {k: v.numpy() for k, v in module.state_dict().items()}
     torch.jit.save(torch.jit.trace(module, torch.from_numpy(x)), folder / f"{name}_traced.pt")
