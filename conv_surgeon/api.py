@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .instruments.port import PortReport
     from .instruments.prune import PruneReport
     from .instruments.reading import InspectReport
+    from .model.quantization import QuantBits
     from .instruments.set_weights import SetReport, WeightRequest
     from .pictures.options import Kind, Reduce, Scale
     from .pictures.picture import Picture
@@ -154,18 +155,19 @@ def _source(model: PathLike | bytes, config: PathLike | None = None) -> ModelFil
 @_reads_well(tables=True)
 def inspect(
     model: PathLike | bytes, *, all_layers: bool = False, stats: bool = False,
-    config: PathLike | None = None,
+    config: PathLike | None = None, quant: QuantBits | None = None,
 ) -> InspectReport:
     """The model's convolution layers (every layer with weights if ``all_layers``): each
     with its ``path``, ``class_name`` and ``variables`` (name, shape, dtype).
 
     ``model`` is any Keras save (``.keras``, ``.h5``, weights-only, a shard map, a saved
     folder or a keras-hub preset) or the bytes of one; ``config`` gives a weights-only
-    save its model's classes.
+    save its model's classes. ``quant="int8"`` (or ``"int4"``) adds ``quant``: every conv
+    and Dense kernel's SQNR quantized symmetric per tensor and per output channel.
     """
     from .instruments.reading import inspect_model
 
-    return inspect_model(_source(model, config), all_layers=all_layers, stats=stats)
+    return inspect_model(_source(model, config), all_layers=all_layers, stats=stats, quant=quant)
 
 
 @_speaks_python

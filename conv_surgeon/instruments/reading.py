@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from ..edits import LAYOUTS, Layout
 from ..edits.targets import layer_targets
 from ..errors import ConvSurgeonError
+from ..model.catalogue import canonical_variable_name
+from ..model.quantization import QMAX, KernelQuantization, QuantBits, kernel_quantization, output_channel_axes
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
 from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
                                read_variables)
@@ -30,6 +32,25 @@ class VariableStats:
     nonfinite: int
 
 
+_QUANTIZED_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+@dataclass(frozen=True)
+class KernelQuantRow:
+    """One kernel of a conv or Dense layer, quantized for `inspect --quant`."""
+
+    path: str  # the layer's path
+    variable: str  # "kernel"; a separable conv has a depthwise_kernel and a pointwise_kernel
+    shape: tuple[int, ...]
+    result: KernelQuantization
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    bits: QuantBits
+    rows: tuple[KernelQuantRow, ...]  # the most lost by per-tensor quantization first
+
+
 @dataclass(frozen=True)
 class InspectReport:
     source: str
@@ -37,6 +58,7 @@ class InspectReport:
     layers: tuple[Layer, ...]  # the layers shown: convolutions, or all with --all
     stats: dict[str, VariableStats] | None  # keyed by dataset path, only with --stats
     history: list[dict[str, Any]] | None = None  # conv-surgeon's records, only with --history
+    quant: QuantReport | None = None  # only with --quant
 
     @property
     def total_parameters(self) -> int:
@@ -64,18 +86,55 @@ def variable_stats(value: np.ndarray) -> VariableStats:
     )
 
 
+def _quantized_kernels(structure: ModelStructure) -> list[tuple[Layer, Variable, tuple[int, ...]]]:
+    """Every conv and Dense kernel with its output-channel axes. EinsumDense and layers
+    Keras already quantized are left out: their output channels are not one axis."""
+    found = []
+    for layer in structure.layers:
+        kind = layer.kind
+        if kind is None or kind.family not in ("conv", "dense"):
+            continue
+        for variable in layer.variables:
+            if canonical_variable_name(variable.name) not in _QUANTIZED_KERNELS:
+                continue
+            names = kind.axis_names(variable.name, layer.config, variable.shape)
+            axes = None if names is None else output_channel_axes(names)
+            if axes is not None:
+                found.append((layer, variable, axes))
+    return found
+
+
+def quant_report(source: ModelFile, structure: ModelStructure, bits: QuantBits) -> QuantReport:
+    kernels = _quantized_kernels(structure)
+    values = read_variables(source, [v for _, v, _ in kernels])
+    rows = [KernelQuantRow(layer.path, variable.name, variable.shape,
+                           kernel_quantization(values[variable.dataset], axes, bits))
+            for layer, variable, axes in kernels]
+
+    def order(row: KernelQuantRow) -> float:
+        loss = row.result.loss_db
+        return float("inf") if loss != loss else -loss  # NaN (non-finite weights) last
+
+    return QuantReport(bits, tuple(sorted(rows, key=order)))
+
+
 @reading_models
 def inspect_model(
-    source: ModelFile, *, all_layers: bool = False, stats: bool = False, history: bool = False
+    source: ModelFile, *, all_layers: bool = False, stats: bool = False, history: bool = False,
+    quant: QuantBits | None = None,
 ) -> InspectReport:
     """List the model's convolution layers (every layer with weights if ``all_layers``).
 
-    Only ``stats`` reads weight bytes; everything else comes from the file's structure.
+    Only ``stats`` and ``quant`` read weight bytes; ``quant`` ("int8" or "int4") measures
+    every conv and Dense kernel quantized per tensor and per output channel; everything else
+    comes from the file's structure.
 
     >>> report = inspect_model(ModelFile.from_path("sample_models/tiny_cnn.keras"))
     >>> [layer.path for layer in report.layers][:2]
     ['conv1', 'conv2']
     """
+    if quant is not None and quant not in QMAX:
+        raise ConvSurgeonError(f"--quant {quant}: expected int8 or int4")
     structure = read_structure(source)
     layers = structure.layers if all_layers else structure.conv_layers
     values = None
@@ -87,7 +146,8 @@ def inspect_model(
         from ..store.provenance import read_history
 
         records = read_history(source)
-    return InspectReport(source.label, structure, layers, values, records)
+    quantized = None if quant is None else quant_report(source, structure, quant)
+    return InspectReport(source.label, structure, layers, values, records, quantized)
 
 
 @dataclass(frozen=True)

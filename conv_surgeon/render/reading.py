@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..instruments.diff import DiffReport
-    from ..instruments.reading import InspectReport, VariableStats, WeightsExport
+    from ..instruments.reading import InspectReport, QuantReport, VariableStats, WeightsExport
     from ..pictures.picture import DrawnVariable, Picture
 
 
@@ -71,7 +71,45 @@ def inspect_document(report: InspectReport) -> dict[str, Any]:
         },
         **({"config_from": structure.config_source} if structure.config_source else {}),
         **({"history": report.history} if report.history is not None else {}),
+        **({"quant": quant_document(report.quant)} if report.quant is not None else {}),
     }
+
+
+def quant_document(quant: QuantReport) -> dict[str, Any]:
+    """Each kernel's SQNR in dB, "inf" where the quantization is exact (JSON has no inf);
+    the range ratio is null for a kernel whose channels are all zero."""
+    return {
+        "bits": quant.bits,
+        "layers": [{
+            "path": row.path,
+            "variable": row.variable,
+            "shape": list(row.shape),
+            "sqnr_per_tensor_db": number_or_text(row.result.sqnr_per_tensor_db),
+            "sqnr_per_channel_db": number_or_text(row.result.sqnr_per_channel_db),
+            "loss_db": number_or_text(row.result.loss_db),
+            "range_ratio": finite_or_none(row.result.range_ratio),
+        } for row in quant.rows],
+    }
+
+
+def _decibels(x: float) -> str:
+    if x != x:
+        return "nan"
+    return "exact" if x == float("inf") else f"{x:.2f}"
+
+
+def render_quant(quant: QuantReport, out: Console) -> None:
+    out.print(f"{quant.bits} weight quantization, symmetric (SQNR in dB; the most lost per tensor first)")
+    rows = [(
+        row.path, row.variable, format_shape(row.shape), _decibels(row.result.sqnr_per_tensor_db),
+        _decibels(row.result.sqnr_per_channel_db), _decibels(row.result.loss_db),
+        "-" if row.result.range_ratio != row.result.range_ratio else f"{row.result.range_ratio:.4g}",
+    ) for row in quant.rows]
+    print_table(out, [Column("layer", keep=False), Column("variable", keep=False), Column("shape")] + [
+        Column(header, right=True) for header in ("per-tensor", "per-channel", "loss", "range ratio")
+    ], rows)
+    if not quant.rows:
+        out.print("no conv or Dense kernel to quantize")
 
 
 def _config_summary(config: dict[str, Any]) -> str:
@@ -152,6 +190,8 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
     warn = console(sys.stderr)
     for dataset in structure.unplaced:
         warn.print(f"warning: {dataset} belongs to no layer conv-surgeon could place")
+    if report.quant is not None:
+        render_quant(report.quant, out)
     if report.history is not None:
         render_history(report.history, out)
 
