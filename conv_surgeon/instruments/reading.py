@@ -10,7 +10,6 @@ from ..edits import LAYOUTS, Layout
 from ..edits.targets import layer_targets
 from ..errors import ConvSurgeonError
 from ..model.catalogue import canonical_variable_name
-from ..model.quantization import QMAX, KernelQuantization, QuantBits, kernel_quantization, output_channel_axes
 from ..model.selection import main_kernel, resolve_layer, resolve_variable
 from ..model.structure import (Layer, ModelStructure, Variable, read_structure,
                                read_variables)
@@ -19,6 +18,8 @@ from ..store.model_file import ModelFile
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ..model.quantization import KernelQuantization, QuantBits
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def variable_stats(value: np.ndarray) -> VariableStats:
 def _quantized_kernels(structure: ModelStructure) -> list[tuple[Layer, Variable, tuple[int, ...]]]:
     """Every conv and Dense kernel with its output-channel axes. EinsumDense and layers
     Keras already quantized are left out: their output channels are not one axis."""
+    from ..model.quantization import output_channel_axes
+
     found = []
     for layer in structure.layers:
         kind = layer.kind
@@ -105,6 +108,8 @@ def _quantized_kernels(structure: ModelStructure) -> list[tuple[Layer, Variable,
 
 
 def quant_report(source: ModelFile, structure: ModelStructure, bits: QuantBits) -> QuantReport:
+    from ..model.quantization import kernel_quantization
+
     kernels = _quantized_kernels(structure)
     values = read_variables(source, [v for _, v, _ in kernels])
     rows = [KernelQuantRow(layer.path, variable.name, variable.shape,
@@ -133,7 +138,7 @@ def inspect_model(
     >>> [layer.path for layer in report.layers][:2]
     ['conv1', 'conv2']
     """
-    if quant is not None and quant not in QMAX:
+    if quant is not None and quant not in ("int8", "int4"):
         raise ConvSurgeonError(f"--quant {quant}: expected int8 or int4")
     structure = read_structure(source)
     layers = structure.layers if all_layers else structure.conv_layers
