@@ -38,9 +38,13 @@ def inspect(
       conv-surgeon inspect model.keras --quant int8
     """
     from ..instruments.reading import inspect_model
-    from ..model.quantization import QUANT_BITS
     from ..render import render_report
 
+    bits = None
+    if quant is not None:  # numpy only when asked: a plain inspect imports none
+        from ..model.quantization import QUANT_BITS
+
+        bits = choice_of(quant, QUANT_BITS, "--quant")
     report = inspect_model(model_source(model, config), all_layers=all_layers, stats=stats, history=history,
-                           quant=None if quant is None else choice_of(quant, QUANT_BITS, "--quant"))
+                           quant=bits)
     render_report(report, json_output=json_output)
