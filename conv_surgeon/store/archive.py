@@ -502,11 +502,41 @@ def _write_all(out: io.RawIOBase, data: bytes) -> None:
         view = view[written:]
 
 
+def _hole_length(fd: int, offset: int, length: int) -> int:
+    """How many of the ``length`` bytes at ``offset`` are a hole of a sparse file (read as
+    zeros, stored nowhere); 0 where the filesystem cannot tell (then all is data)."""
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nothing but a hole from here to the end of the file
+            return min(length, max(0, os.fstat(fd).st_size - offset))
+        return 0  # SEEK_DATA not offered here
+    return min(length, data - offset)
+
+
+def _data_length(fd: int, offset: int, length: int) -> int:
+    """How many bytes from ``offset`` (where data lies) run to the next hole."""
+    try:
+        return max(1, os.lseek(fd, offset, os.SEEK_HOLE) - offset)
+    except OSError:
+        return length
+
+
+def _skip(out: io.RawIOBase, length: int) -> None:
+    """Leave ``length`` bytes of ``out`` a hole: move past them, the file grown to cover
+    them (a later write, or none, reads them back as zeros)."""
+    end = out.seek(length, os.SEEK_CUR)
+    fd = out.fileno()
+    if os.fstat(fd).st_size < end:
+        os.ftruncate(fd, end)
+
+
 def copy_range(raw: BinaryIO, out: io.RawIOBase, offset: int, length: int, label: str) -> None:
     """Copy ``length`` bytes at ``offset`` of ``raw`` to ``out``'s current position.
 
     In the kernel (``copy_file_range``) when both are files on a filesystem that
-    allows it, so a large weight store costs what ``shutil.copyfile`` costs.
+    allows it, so a large weight store costs what ``shutil.copyfile`` costs; a sparse
+    file's holes (``SEEK_HOLE``) stay holes in the copy, as ``cp --sparse=auto`` keeps them.
     """
     try:
         source_fd: int | None = raw.fileno()
@@ -515,7 +545,13 @@ def copy_range(raw: BinaryIO, out: io.RawIOBase, offset: int, length: int, label
     if source_fd is not None and hasattr(os, "copy_file_range"):
         try:
             while length:
-                copied = os.copy_file_range(source_fd, out.fileno(), length, offset)
+                hole = _hole_length(source_fd, offset, length)
+                if hole:  # a sparse file's hole stays a hole (as `cp --sparse=auto`)
+                    _skip(out, hole)
+                    offset, length = offset + hole, length - hole
+                    continue
+                copied = os.copy_file_range(source_fd, out.fileno(), min(length, _data_length(source_fd, offset,
+                                                                                             length)), offset)
                 if copied == 0:
                     raise ModelFileError(f"{label}: the archive is truncated")
                 offset, length = offset + copied, length - copied
