@@ -505,6 +505,8 @@ def _write_all(out: io.RawIOBase, data: bytes) -> None:
 def _hole_length(fd: int, offset: int, length: int) -> int:
     """How many of the ``length`` bytes at ``offset`` are a hole of a sparse file (read as
     zeros, stored nowhere); 0 where the filesystem cannot tell (then all is data)."""
+    if not hasattr(os, "SEEK_DATA"):  # a platform without sparse-file seeks
+        return 0
     try:
         data = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as exc:
@@ -516,6 +518,8 @@ def _hole_length(fd: int, offset: int, length: int) -> int:
 
 def _data_length(fd: int, offset: int, length: int) -> int:
     """How many bytes from ``offset`` (where data lies) run to the next hole."""
+    if not hasattr(os, "SEEK_HOLE"):
+        return length
     try:
         return max(1, os.lseek(fd, offset, os.SEEK_HOLE) - offset)
     except OSError:
