@@ -110,9 +110,7 @@ Sections
                      script (b) plus the twin built, the state loaded and one forward pass.
                      Ratio row: (c)/(d) time <= 1.2x (MISS never fails the run); and (e), port
                      with its smoke test but no reference: (c)-(e) is what the reference
-                     costs. Without
-                     ``conv_surgeon/instruments/port.py`` in this checkout it times (b) and
-                     (d) and says "port: not available". Run it alone: ``bench.py --only port``.
+                     costs. Run it alone: ``bench.py --only port``.
     show             ``conv-surgeon show resnet50.keras --layer conv1_conv -o X.png`` (the
                      64-tile RGB filter grid) versus ``inspect resnet50.keras``, and ``show
                      --all --hist -o X.png`` (histograms of every conv variable, a row per
@@ -1307,34 +1305,6 @@ def bench_show(ctx: Context) -> list[Row]:
     ]
 
 
-# keras.applications.ResNet50 written in PyTorch (v1: the stride on each block's first
-# 1x1 conv; convs with biases) with torchvision's module names, its state dict saved.
-BUILD_TORCH_RESNET50 = """
-import sys, torch
-from torch import nn
-torch.manual_seed(0)
-class Bottleneck(nn.Module):
-    def __init__(self, cin, width, stride, project):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, stride), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width)
-        self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1), nn.BatchNorm2d(width * 4)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride),
-                                        nn.BatchNorm2d(width * 4)) if project else None
-net = nn.Module()
-net.conv1, net.bn1 = nn.Conv2d(3, 64, 7, 2, 3), nn.BatchNorm2d(64)
-cin = 64
-for stage, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), 1):
-    layers = []
-    for block in range(blocks):
-        layers.append(Bottleneck(cin, width, stride if block == 0 else 1, block == 0))
-        cin = width * 4
-    setattr(net, f"layer{stage}", nn.Sequential(*layers))
-net.fc = nn.Linear(2048, 1000)
-torch.save(net.state_dict(), sys.argv[1])
-"""
-
-
 def torch_resnet50() -> Path | None:
     """The PyTorch state dict of the port section, made once; None without torch."""
     path = CACHE / "resnet50_torch.pt"
@@ -1350,9 +1320,10 @@ def torch_resnet50() -> Path | None:
     return path
 
 
-# keras.applications.ResNet50 in PyTorch with torchvision's module names, as
-# BUILD_TORCH_RESNET50 builds it, and its forward pass: the reference of `port --reference
-# resnet50_twin.py:build`. Keras pads conv1 with ZeroPadding2D(3) and pool1 with zeros
+# keras.applications.ResNet50 written in PyTorch (v1: the stride on each block's first 1x1
+# conv; convs with biases) with torchvision's module names, and its forward pass: the
+# state dict of the port section (BUILD_TORCH_RESNET50) and the reference of
+# `port --reference resnet50_twin.py:build`. Keras pads conv1 with ZeroPadding2D(3) and pool1 with zeros
 # (after a ReLU, the same as max pooling's -inf); its stride-2 convs are 1x1, so 'same'
 # padding never differs; its BN epsilon is 1.001e-5, as `port --bn-epsilon 1.001e-5` says.
 # The twin and Keras agree to 2e-6 of the output's scale.
@@ -1404,6 +1375,13 @@ def build():
     return ResNet50()
 """
 
+# The twin's state dict, random weights, saved to the path given.
+BUILD_TORCH_RESNET50 = TORCH_RESNET50 + """
+import sys
+torch.manual_seed(0)
+torch.save(build().state_dict(), sys.argv[1])
+"""
+
 
 def torch_twin() -> Path:
     """The PyTorch twin of keras.applications.ResNet50 (TORCH_RESNET50), written once."""
@@ -1414,11 +1392,6 @@ def torch_twin() -> Path:
         tmp.write_text(TORCH_RESNET50)
         tmp.replace(path)
     return path
-
-
-def port_available() -> bool:
-    """Whether this checkout has the port command (issue 21, item 2)."""
-    return (ROOT / "conv_surgeon" / "instruments" / "port.py").is_file()
 
 
 # The plain way: torch.load, a name table written for this architecture, set_weights, save;
@@ -1482,19 +1455,15 @@ def bench_port(ctx: Context) -> list[Row]:
     twin = torch_twin()
     outs = {case: CACHE / f"port-{case}.out.keras" for case in ("a", "b", "c", "d", "e")}
     port = [CLI, "port", str(model), "--from", str(state), "--bn-epsilon", "1.001e-5"]
-    available = port_available()
     try:
-        if available:
-            a = ctx.measure([*port, "--no-smoke", "-o", str(outs["a"])], after=_remover(outs["a"]))
+        a = ctx.measure([*port, "--no-smoke", "-o", str(outs["a"])], after=_remover(outs["a"]))
         b = ctx.measure([PYTHON, "-c", KERAS_PORT, str(model), str(state), str(outs["b"])],
                         after=_remover(outs["b"]))
-        if available:
-            c = ctx.measure([*port, "--reference", f"{twin}:build", "--expect-same", "-o", str(outs["c"])],
-                            after=_remover(outs["c"]))
+        c = ctx.measure([*port, "--reference", f"{twin}:build", "--expect-same", "-o", str(outs["c"])],
+                        after=_remover(outs["c"]))
         d = ctx.measure([PYTHON, "-c", KERAS_PORT, str(model), str(state), str(outs["d"]), str(twin)],
                         after=_remover(outs["d"]))
-        if available:
-            e = ctx.measure([*port, "-o", str(outs["e"])], after=_remover(outs["e"]))
+        e = ctx.measure([*port, "-o", str(outs["e"])], after=_remover(outs["e"]))
     finally:
         for out in outs.values():
             _remover(out)()
@@ -1508,8 +1477,6 @@ def bench_port(ctx: Context) -> list[Row]:
         ("port", "(d) (b) + one torch forward pass", f"{d.median_s:.2f}", f"{d.max_rss_mb:.0f}",
          "the twin built, load_state_dict, (1, 3, 224, 224)"),
     ]
-    if not available:
-        return plain + [("port", "port: not available", "", "", "conv_surgeon/instruments/port.py is missing")]
     a_t, c_t = a.median_s / b.median_s, c.median_s / d.median_s
     return [
         ("port", "(a) conv-surgeon port --no-smoke", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
