@@ -116,6 +116,10 @@ def test_diff_report_names_the_layers_that_differ(tmp_path: Path) -> None:
     assert one_short_line(report, out) == f"<DiffReport {TINY} vs {out}: 1 of 3 layers differs (conv2)>"
     assert "conv2" in Page(report._repr_html_()).cells
     assert one_short_line(cs.diff(TINY, TINY)) == f"<DiffReport {TINY} vs {TINY}: identical, 3 layers>"
+    head = tmp_path / "head.keras"  # only the Dense changed: not identical, and said so
+    cs.set_weights(TINY, "head", out=head, kernel=np.zeros((8, 10), np.float32), smoke=False)
+    assert one_short_line(cs.diff(TINY, head), head) == (
+        f"<DiffReport {TINY} vs {head}: 0 of 3 layers differ; 1 other layer with weights differs (head)>")
 
 
 def test_a_picture_is_one_line_and_shows_itself_as_png() -> None:

@@ -121,11 +121,16 @@ def _inspect_line(report: InspectReport) -> str:
 
 
 def _diff_line(report: DiffReport) -> str:
-    differing = [layer.path for layer in report.layers if layer.status != "same"]
-    if not differing:
+    if report.identical:
         return f"{report.a} vs {report.b}: identical, {plural(len(report.layers), 'layer')}"
-    return (f"{report.a} vs {report.b}: {len(differing)} of {plural(len(report.layers), 'layer')} "
-            f"{'differs' if len(differing) == 1 else 'differ'} ({_names(differing)})")
+    differing = [layer.path for layer in report.layers if layer.status != "same"]
+    line = f"{report.a} vs {report.b}: {len(differing)} of {plural(len(report.layers), 'layer')} " \
+        f"{'differs' if len(differing) == 1 else 'differ'}" + (f" ({_names(differing)})" if differing else "")
+    others = report.others_differing
+    if others:
+        line += f"; {plural(len(others), 'other layer')} with weights {'differs' if len(others) == 1 else 'differ'} " \
+            f"({_names(list(others))})"
+    return line
 
 
 def _written_line(report: WriteReport, what: str) -> str:
