@@ -11,7 +11,7 @@ needs them.
 """
 
 from ._version import __version__
-from .api import apply, assign, diff, fold_bn, get_weights, inspect, port, prune, set_weights, show
+from .api import apply, assign, diff, equalize, fold_bn, get_weights, inspect, port, prune, set_weights, show
 from .errors import (
     AssignmentError,
     ConvSurgeonError,
@@ -40,6 +40,7 @@ __all__ = [
     "apply",
     "assign",
     "diff",
+    "equalize",
     "fold_bn",
     "get_weights",
     "inspect",

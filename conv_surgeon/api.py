@@ -2,7 +2,7 @@
 
 Reading (:func:`inspect`, :func:`get_weights`, :func:`diff`, :func:`show`) never imports
 TensorFlow.
-Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`, :func:`prune`, :func:`port`) goes through the same write transaction as
+Writing (:func:`set_weights`, :func:`apply`, :func:`fold_bn`, :func:`equalize`, :func:`prune`, :func:`port`) goes through the same write transaction as
 the command line: staged beside the destination, verified, smoke-tested with Keras
 (unless ``smoke=False``) and only then moved into place. :func:`assign` does the same
 checks on a live Keras layer.
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .edits.assign import Assignment
     from .instruments.diff import DiffReport
+    from .instruments.equalize import EqualizeReport
     from .instruments.fold import FoldReport
     from .instruments.port import PortReport
     from .instruments.prune import PruneReport
@@ -285,6 +286,48 @@ def fold_bn(
     options = _write_options(model, out, in_place, dry_run, checks, request.checks,
                              ("conv_surgeon.fold_bn", os.fspath(model)))
     return fold(_source(model), request, options)
+
+
+@_speaks_python
+@_reads_well(tables=True)
+def equalize(
+    model: PathLike,
+    *,
+    out: PathLike | None = None,
+    in_place: bool = False,
+    fold: bool = True,
+    relu6_to_relu: bool = False,
+    absorb_bias: bool = False,
+    smoke: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
+    load_inputs: PathLike | None = None,
+    imports: Sequence[str] = (),
+    unsafe: bool = False,
+    dry_run: bool = False,
+) -> EqualizeReport:
+    """Cross-layer equalization for per-tensor quantization: fold each BatchNormalization
+    (``fold=False`` refuses a conv followed by one instead), then rescale the channels of
+    every conv -> ReLU -> conv pair and conv -> depthwise -> conv triple so their ranges
+    meet, and write the model to ``out``. ``relu6_to_relu`` replaces ReLU6 by ReLU (so
+    MobileNet's blocks can pair); ``absorb_bias`` moves what each folded
+    BatchNormalization's statistics say a channel always carries into the next layer's
+    bias. Unless ``smoke=False``, Keras runs both models on the same inputs: the outputs
+    must agree within float32 rounding plus ``atol``/``rtol``, or, when a flag changed the
+    function, their difference is measured and reported. The report lists the groups
+    equalized and, for every other layer's output, why not.
+    """
+    from .instruments.equalize import EqualizeRequest, equalize as run
+    from .instruments.writing import CheckRequest
+
+    request = EqualizeRequest(fold=fold, relu6_to_relu=relu6_to_relu, absorb_bias=absorb_bias)
+    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe,
+                          imports=tuple(imports), atol=atol, rtol=rtol,
+                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    options = _write_options(model, out, in_place, dry_run, checks, request.checks,
+                             ("conv_surgeon.equalize", os.fspath(model)))
+    return run(_source(model), request, options)
 
 
 @_speaks_python

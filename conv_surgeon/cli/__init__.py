@@ -4,7 +4,7 @@
 module, imported here so that it registers itself (in the order of ``--help``).
 """
 
-from . import inspect_cmd, get_cmd, show_cmd, set_cmd, apply_cmd, diff_cmd, fold_cmd, prune_cmd, port_cmd  # noqa: F401  (they register)
+from . import inspect_cmd, get_cmd, show_cmd, set_cmd, apply_cmd, diff_cmd, fold_cmd, equalize_cmd, prune_cmd, port_cmd  # noqa: F401  (they register)
 from .app import app, main
 
 __all__ = ["app", "main"]

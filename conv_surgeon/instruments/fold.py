@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,9 +36,9 @@ from ..surgery.rewrite import (Derived, LegacyRewrite, StoreRewrite,
                                rewrite_weights, write_keras_archive)
 from ..surgery.stored_graph import (check_store_places, format_name,
                                     layer_variable, read_config, store_layer)
-from ..transaction.transaction import (Rewriting, WriteOptions, WrittenValue,
-                                       check_destination, one_writer,
-                                       write_transaction)
+from ..transaction.transaction import (Rewriting, WriteOptions, Written,
+                                       WrittenValue, check_destination,
+                                       one_writer, write_transaction)
 from .writing import CheckDefaults, WriteReport
 
 # A pair to fold, the conv's new variables by name, and the BatchNormalization's statistics.
@@ -91,15 +91,21 @@ def fold_bn(
 ) -> FoldReport:
     """Fold the BatchNormalizations of ``source`` that ``request`` names and write the model
     as ``options`` say."""
-    surgery = _prepare(source, options, list(request.layers) or None, request.keep_layers)
+    surgery = prepare_fold(source, options, list(request.layers) or None, request.keep_layers)
     if not surgery.folds or options.dry_run:
         return surgery.report
-    return _write(source, surgery, options, step)
+    records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
+               for p, new, _ in surgery.folds for name in new]
+    result = write_surgery(source, surgery, records, options, step)
+    return replace(surgery.report, destination=result.destination, smoke=result.smoke,
+                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes,
+                   replaced=result.replaced)
 
 
 @dataclass(frozen=True)
-class _Surgery:
-    """Everything the fold writes, computed from the file."""
+class FoldSurgery:
+    """Everything the fold writes, computed from the file. ``equalize`` builds on it: it
+    gives the folds' convs values of their own and changes other layers (``changes``)."""
 
     structure: ModelStructure
     config: dict[str, Any]
@@ -110,22 +116,25 @@ class _Surgery:
     keep_layers: bool
     optimizer: SlotChanges | None
     report: FoldReport
+    # Layers no fold touches whose variables get new values: layer path -> variable -> value.
+    changes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def _prepare(source: ModelFile, options: WriteOptions, layers: list[str] | None, keep_layers: bool) -> _Surgery:
+def prepare_fold(source: ModelFile, options: WriteOptions, layers: list[str] | None, keep_layers: bool,
+                 command: str = "fold-bn") -> FoldSurgery:
     structure = read_structure(source)
     legacy = structure.format == "h5"
     if structure.format != "keras" and not legacy:
         raise ConvSurgeonError(
-            f"{source.label}: fold-bn rewrites .keras archives and legacy .h5 models, not a "
+            f"{source.label}: {command} rewrites .keras archives and legacy .h5 models, not a "
             f"{format_name(structure)}; load it in Keras and save it as .keras first"
         )
     check_destination(source, structure, options)
-    config, layer_names = read_config(source, "fold-bn")
+    config, layer_names = read_config(source, command)
     pairs, not_folded = _selected(*_foldable_here(find_pairs(config), legacy), layers, source.label)
     by_path = {layer.path: layer for layer in structure.layers}
     if not legacy:
-        check_store_places(config, by_path, source.label, "fold-bn")
+        check_store_places(config, by_path, source.label, command)
     folds, refused = _folds(source, pairs, by_path)
     before = sum(layer.parameters for layer in structure.layers)
     removed = sum(by_path[p.bn_path].parameters for p, _, _ in folds)
@@ -139,23 +148,32 @@ def _prepare(source: ModelFile, options: WriteOptions, layers: list[str] | None,
     if not folds:
         report = replace(report, notes=("nothing to fold: no convolution is followed by a "
                                         "BatchNormalization it alone feeds; nothing was written",))
-        return _Surgery(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
+        return FoldSurgery(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
     if not keep_layers:
         _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
         if layer_names is not None:
             _check_layer_names(config, layer_names, source.label)
     new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
-    optimizer = slot_changes(
-        structure, config, new_config, by_path,
-        {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
-        dict.fromkeys(_changed(folds, by_path)), read_optimizer_shapes(source) if structure.optimizer_variables else [])
+    optimizer = fold_slot_changes(source, structure, config, new_config, by_path, folds)
     renamed = [] if keep_layers else [
         f"the model output '{p.bn.name}' is now the output of '{p.conv.name}' (its name changes; "
         "--keep-layers keeps it)" for p, _, _ in folds
         if not p.graph.path and any(ref.layer == p.bn.name for ref in p.graph.outputs)]
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None,
                      notes=tuple(renamed))
-    return _Surgery(structure, config, new_config, layer_names, by_path, folds, keep_layers, optimizer, report)
+    return FoldSurgery(structure, config, new_config, layer_names, by_path, folds, keep_layers, optimizer, report)
+
+
+def fold_slot_changes(source: ModelFile, structure: ModelStructure, config: dict[str, Any],
+                      new_config: dict[str, Any], by_path: dict[str, Layer], folds: list[Fold],
+                      changed: frozenset[tuple[str, str]] = frozenset()) -> SlotChanges | None:
+    """How the optimizer state follows the fold: the slots of the folded convs and of
+    ``changed`` (layer path, variable) start at zero, the BatchNormalizations' go."""
+    return slot_changes(
+        structure, config, new_config, by_path,
+        {p.conv_path: _conv_variables(by_path[p.conv_path], new) for p, new, _ in folds},
+        dict.fromkeys(_changed(folds, by_path) | changed),
+        read_optimizer_shapes(source) if structure.optimizer_variables else [])
 
 
 def _foldable_here(search: FoldSearch, legacy: bool) -> tuple[list[FoldPair], list[NotFolded]]:
@@ -192,10 +210,9 @@ def _folds(source: ModelFile, pairs: list[FoldPair], by_path: dict[str, Layer]) 
     return folds, refused
 
 
-def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Callable[[str], None] | None) -> FoldReport:
-    """Write the folded model through the write transaction, its outputs compared."""
-    records = [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
-               for p, new, _ in surgery.folds for name in new]
+def write_surgery(source: ModelFile, surgery: FoldSurgery, records: list[EditRecord], options: WriteOptions,
+                  step: Callable[[str], None] | None) -> Written:
+    """Write the rewritten model through the write transaction, checked as ``options`` say."""
     prepare: Callable[[Path], dict[str, ValueDigest]]
     stage: Callable[[Path, Path, list[dict[str, Any]]], None]
     if surgery.layer_names is not None:
@@ -212,11 +229,8 @@ def _write(source: ModelFile, surgery: _Surgery, options: WriteOptions, step: Ca
         def stage(prepared: Path, path: Path, history: list[dict[str, Any]]) -> None:
             write_keras_archive(source, path, surgery.new_config, prepared, history)
 
-    result = write_transaction(source, surgery.structure, Rewriting(prepare, stage, written, derived), records,
-                               options, step)
-    return replace(surgery.report, destination=result.destination, smoke=result.smoke,
-                   smoke_skipped=result.smoke_skipped, notes=surgery.report.notes + result.notes,
-                   replaced=result.replaced)
+    return write_transaction(source, surgery.structure, Rewriting(prepare, stage, written, derived), records,
+                             options, step)
 
 
 def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[str] | None,
@@ -280,7 +294,7 @@ def _in_keras_order(config: dict[str, Any], layer_names: list[str]) -> tuple[str
     return tuple(name for name in keras_order(model_graphs(config)[0]) if name in listed)
 
 
-def _legacy_rewrite(surgery: _Surgery, layer_names: list[str]
+def _legacy_rewrite(surgery: FoldSurgery, layer_names: list[str]
                     ) -> tuple[LegacyRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
     """The rewrite of a legacy .h5; each new value it writes that this process knows, and
     each variable whose value its worker derives."""
@@ -308,6 +322,13 @@ def _legacy_rewrite(surgery: _Surgery, layer_names: list[str]
             identity = _identity(by_path[pair.bn_path], bn)
             values.update(identity)
             written += _identity_written(by_path[pair.bn_path], identity)
+    for path, new_values in surgery.changes.items():
+        layer = by_path[path]
+        for variable in layer.variables:
+            if variable.name in new_values:
+                values[variable.dataset] = new_values[variable.name]
+                written.append(WrittenValue(replace(layer, variables=(variable,)), variable,
+                                            new_values[variable.name], compare_layer=False))
     drops = frozenset() if keep_layers else frozenset(p.bn.name for p, _, _ in surgery.folds)
     names = tuple(layer_names) if keep_layers else _in_keras_order(
         surgery.new_config, [n for n in layer_names if n not in drops])
@@ -375,7 +396,7 @@ def _folded(pair: FoldPair, by_path: dict[str, Layer], new: dict[str, np.ndarray
                       not _has_bias(by_path[pair.conv_path]))
 
 
-def _rewrite(surgery: _Surgery) -> tuple[StoreRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
+def _rewrite(surgery: FoldSurgery) -> tuple[StoreRewrite, list[WrittenValue], list[tuple[Layer, Variable]]]:
     """The store rewrite; each new value it writes that this process knows, and each
     variable whose value its worker derives, placed in the new store."""
     removed = set() if surgery.keep_layers else {p.bn_path for p, _, _ in surgery.folds}
@@ -415,6 +436,19 @@ def _rewrite(surgery: _Surgery) -> tuple[StoreRewrite, list[WrittenValue], list[
             identity = _identity(bn_layer, bn)
             variables[f"{bn_layer.store_path}/vars"] = tuple(identity.values())
             written += _identity_written(bn_layer, identity)
+    for path, new_values in surgery.changes.items():
+        layer = by_path[path]
+        object_path = moves.new_paths.get(path, layer.store_path)
+        origins: list[VarOrigin] = []
+        for variable in layer.variables:
+            index = int(variable.dataset.rpartition("/")[2])
+            value = new_values.get(variable.name)
+            origins.append(index if value is None else value)
+            if value is not None:
+                placed_at = replace(variable, dataset=f"{object_path}/vars/{index}")
+                written.append(WrittenValue(replace(layer, store_path=object_path, variables=(placed_at,)),
+                                            placed_at, value, compare_layer=False))
+        variables[f"{layer.store_path}/vars"] = tuple(origins)
     if surgery.optimizer is not None:
         variables[surgery.optimizer.vars_group] = surgery.optimizer.origins
     return StoreRewrite(dict(moves.renames), frozenset(moves.drops), variables), written, derived

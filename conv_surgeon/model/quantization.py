@@ -87,3 +87,11 @@ def kernel_quantization(value: np.ndarray, channel_axes: Sequence[int], bits: Qu
     nonzero = channel_peaks[channel_peaks > 0]
     ratio = float(nonzero.max() / nonzero.min()) if nonzero.size else float("nan")
     return KernelQuantization(sqnr_db(rows, per_tensor), sqnr_db(rows, per_channel), ratio)
+
+
+def per_tensor_sqnr_db(value: np.ndarray, bits: QuantBits = "int8") -> float:
+    """The SQNR of ``value`` quantized symmetric per tensor (``equalize`` reports it before
+    and after): :func:`kernel_quantization`'s first figure without the per-channel work."""
+    w = np.asarray(value, dtype=np.float64)
+    peak = float(np.max(np.abs(w))) if w.size else 0.0
+    return sqnr_db(w, _quantized(w, np.asarray(peak / QMAX[bits]), QMAX[bits]))

@@ -3,7 +3,7 @@ prints. :func:`render_report` is the one entry for every instrument's report.
 
 - :mod:`.text`: the console, tables, JSON, errors and the progress line;
 - :mod:`.reading`: `inspect`, `diff`, what `get` wrote, `show`'s pictures;
-- :mod:`.writing`: `set`, `apply`, `fold-bn`, `prune`, `port`, ending in the part they share;
+- :mod:`.writing`: `set`, `apply`, `fold-bn`, `equalize`, `prune`, `port`, ending in the part they share;
 - :mod:`.notebook`: what the Python API returns, as a short repr and as HTML.
 """
 
@@ -33,18 +33,19 @@ from .text import (
     render_error,
     render_traceback,
 )
-from .writing import (fold_document, port_document, print_fold, print_port, print_prune, print_set,
+from .writing import (equalize_document, fold_document, port_document, print_equalize, print_fold, print_port, print_prune, print_set,
                       prune_document, set_document)
 
 if TYPE_CHECKING:
     from ..instruments.diff import DiffReport
+    from ..instruments.equalize import EqualizeReport
     from ..instruments.fold import FoldReport
     from ..instruments.port import PortReport
     from ..instruments.prune import PruneReport
     from ..instruments.reading import InspectReport
     from ..instruments.set_weights import SetReport
 
-Report = Union["InspectReport", "DiffReport", "SetReport", "FoldReport", "PruneReport", "PortReport"]
+Report = Union["InspectReport", "DiffReport", "SetReport", "FoldReport", "EqualizeReport", "PruneReport", "PortReport"]
 
 __all__ = [
     "ProgressLine", "Report", "console", "diff_document", "fold_document", "inspect_document", "plural",
@@ -72,6 +73,7 @@ def _renderers(report: Report) -> tuple[Callable[[Any], dict[str, Any]], Callabl
         "DiffReport": (diff_document, render_diff),
         "SetReport": (set_document, print_set),
         "FoldReport": (fold_document, print_fold),
+        "EqualizeReport": (equalize_document, print_equalize),
         "PruneReport": (prune_document, print_prune),
         "PortReport": (port_document, print_port),
     }

@@ -22,6 +22,7 @@ from .text import Column, plural
 if TYPE_CHECKING:
     from ..edits.assign import Assignment
     from ..instruments.diff import DiffReport
+    from ..instruments.equalize import EqualizeReport
     from ..instruments.fold import FoldReport
     from ..instruments.port import PortReport
     from ..instruments.prune import PruneReport
@@ -42,6 +43,7 @@ def short_repr(value: Any) -> str:
         "DiffReport": _diff_line,
         "SetReport": _set_line,
         "FoldReport": _fold_line,
+        "EqualizeReport": _equalize_line,
         "PruneReport": _prune_line,
         "PortReport": _port_line,
         "Picture": _picture_line,
@@ -163,6 +165,13 @@ def _fold_line(report: FoldReport) -> str:
     what = (f"{plural(len(report.pairs), 'pair')} folded, "
             f"{plural(len(report.not_folded), 'BatchNormalization')} not folded, "
             f"parameters {report.parameters_before:,} -> {report.parameters_after:,}")
+    return _written_line(report, what)
+
+
+def _equalize_line(report: EqualizeReport) -> str:
+    what = (f"{plural(len(report.equalized), 'group')} equalized in {plural(report.sweeps, 'sweep')}, "
+            f"{plural(len(report.folded), 'BatchNormalization')} folded, "
+            f"{plural(len(report.stops), 'layer')} not equalized")
     return _written_line(report, what)
 
 

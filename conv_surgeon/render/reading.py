@@ -197,6 +197,10 @@ def render_inspect(report: InspectReport, stream: TextIO | None = None) -> None:
 
 
 def _source_text(source: dict[str, Any]) -> str:
+    if "equalize" in source:
+        folded = f", folded {source['fold']}" if "fold" in source else ""
+        absorbed = ", bias absorbed" if source.get("absorb") else ""
+        return "equalized with " + " -> ".join(source["equalize"]) + folded + absorbed
     if "fold" in source:
         return f"folded {source['fold']}"
     if "init" in source:

@@ -1,8 +1,9 @@
-"""What the writing instruments did (`set`, `apply`, `fold-bn`, `prune`, `port`), as tables or JSON,
+"""What the writing instruments did (`set`, `apply`, `fold-bn`, `equalize`, `prune`, `port`), as tables or JSON,
 each ending in the part they share: where the model went and how it was checked."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -13,6 +14,7 @@ from .text import Column, console, plural, print_table
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..instruments.equalize import EqualizeReport
     from ..instruments.fold import FoldReport
     from ..instruments.port import PortReport
     from ..instruments.prune import PruneReport
@@ -220,6 +222,96 @@ def print_fold(report: FoldReport, stream: TextIO | None = None) -> None:
         change = report.parameters_after - report.parameters_before
         out.print(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} ({change:+,})")
     _print_written_end(out, report)
+
+
+def _db(value: float) -> float | str:
+    """A dB figure for JSON, which has no infinity: "inf" for an exact quantization."""
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def equalize_document(report: EqualizeReport) -> dict[str, Any]:
+    return written_document(report, {
+        "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
+                    "bias_added": p.bias_added} for p in report.folded],
+        "not_folded": [{"batch_norm": r.layer, "after": r.after, "reason": r.reason} for r in report.not_folded],
+        "equalized": [{"layers": list(g.layers), "kind": g.kind, "channels": g.channels,
+                       "zero_channels": g.zero_channels} for g in report.equalized],
+        "stops": [{"layer": s.layer, "reason": s.reason} for s in report.stops],
+        "sweeps": report.sweeps,
+        "converged": report.converged,
+        "relu6_replaced": list(report.relu6_replaced),
+        "absorbed": [{"from": a.first, "to": a.second, "channels": a.channels, "border": a.border}
+                     for a in report.absorbed],
+        "not_absorbed": [{"layer": s.layer, "reason": s.reason} for s in report.not_absorbed],
+        "function_changed": report.function_changed,
+        "kernels": [{"layer": k.layer, "int8_sqnr_per_tensor_db": {"before": _db(k.before_db), "after": _db(k.after_db)}}
+                    for k in report.kernels],
+        "optimizer": report.optimizer,
+        "notes": list(report.notes),
+    })
+
+
+def print_equalize(report: EqualizeReport, stream: TextIO | None = None) -> None:
+    """The report of `equalize`: the groups equalized, what stopped the others and why, the
+    biases absorbed, and how much a per-tensor int8 kernel gained."""
+    out = console(stream)
+    triples = sum(1 for g in report.equalized if g.kind == "triple")
+    kinds = f" ({plural(triples, 'triple')}, {plural(len(report.equalized) - triples, 'pair')})" if triples else ""
+    folded = f"{plural(len(report.folded), 'BatchNormalization')} folded first; " if report.folded else ""
+    sweeps = f" in {plural(report.sweeps, 'sweep')}" if report.equalized else ""
+    out.print(f"{report.source}: {plural(len(report.equalized), 'group')} equalized{kinds}{sweeps}; {folded}"
+              f"{_where(report)}")
+    if report.equalized:
+        print_table(out, [Column("layers", keep=False), Column("kind"), Column("channels", right=True)],
+                    [(" -> ".join(g.layers), g.kind,
+                      str(g.channels) + (f" ({g.zero_channels} left: zero range)" if g.zero_channels else ""))
+                     for g in report.equalized])
+    if report.stops:
+        out.print(f"not equalized: the output of {plural(len(report.stops), 'layer')}")
+        print_table(out, [Column("layer", keep=False), Column("why", keep=False)],
+                    [(s.layer, s.reason) for s in report.stops])
+    if report.not_folded:
+        out.print(f"not folded: {plural(len(report.not_folded), 'BatchNormalization')}")
+        print_table(out, [Column("batch norm", keep=False), Column("why", keep=False)],
+                    [(r.layer, r.reason) for r in report.not_folded])
+    if report.relu6_replaced:
+        out.print(f"ReLU6 replaced by ReLU in {plural(len(report.relu6_replaced), 'layer')} "
+                  "(--relu6-to-relu: a change of function, measured below)")
+    if report.absorbed:
+        channels = sum(a.channels for a in report.absorbed)
+        out.print(f"bias absorbed on {plural(len(report.absorbed), 'edge')} ({plural(channels, 'channel')}; "
+                  "exact where the activation stays above what was taken, measured below)")
+        border = [a.second for a in report.absorbed if a.border]
+        if border:
+            out.print(f"note: inexact where zero padding meets the border in {plural(len(border), 'layer')} "
+                      f"({_names(border)})")
+    if report.not_absorbed:
+        out.print(f"bias not absorbed on {plural(len(report.not_absorbed), 'edge')}")
+        print_table(out, [Column("layer", keep=False), Column("why", keep=False)],
+                    [(s.layer, s.reason) for s in report.not_absorbed])
+    if report.kernels:
+        out.print(_sqnr_line(report))
+    if report.optimizer:
+        out.print(report.optimizer)
+    _print_written_end(out, report)
+
+
+def _sqnr_line(report: EqualizeReport) -> str:
+    """The per-tensor int8 SQNR of the changed kernels before and after, in one line."""
+    finite = [k for k in report.kernels if math.isfinite(k.before_db) and math.isfinite(k.after_db)]
+    if not finite:
+        return f"per-tensor int8 SQNR: {plural(len(report.kernels), 'kernel')} changed, each exact either way"
+    before = sorted(k.before_db for k in finite)
+    after = sorted(k.after_db for k in finite)
+    worst = min(finite, key=lambda k: k.before_db)
+    return (f"per-tensor int8 SQNR of the {plural(len(finite), 'kernel')} changed: median "
+            f"{before[len(before) // 2]:.1f} dB -> {after[len(after) // 2]:.1f} dB; worst before: "
+            f"{worst.layer} {worst.before_db:.1f} dB -> {worst.after_db:.1f} dB")
+
+
+def _names(paths: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def prune_document(report: PruneReport) -> dict[str, Any]:

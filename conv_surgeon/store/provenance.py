@@ -77,7 +77,17 @@ FoldSource = TypedDict("FoldSource", {"fold": str})
 PruneSource = TypedDict("PruneSource", {"prune": dict[str, list[int]]})
 """Values sliced by ``prune``: ``{"prune": {"-1": [3, 7]}}``, the indices removed per axis."""
 
-EditSource = FileSource | InitSource | DonorSource | FoldSource | PruneSource
+class EqualizeSource(TypedDict, total=False):
+    """Values scaled by ``equalize``: ``{"equalize": ["conv1", "conv2"]}`` (the layers
+    equalized together), with ``"fold"`` the BatchNormalization folded in first and
+    ``"absorb": true`` when a bias took part in high-bias absorption."""
+
+    equalize: list[str]
+    fold: str
+    absorb: bool
+
+
+EditSource = FileSource | InitSource | DonorSource | FoldSource | PruneSource | EqualizeSource
 
 
 class EditRecord(TypedDict):
