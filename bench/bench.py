@@ -105,7 +105,9 @@ Sections
                      conv or depthwise (or -> GlobalAveragePooling -> Dense) found from the
                      layers' inbound nodes and equalized in sweeps until no scale moves by
                      1e-6 (at most 200); ``set_weights``, ``model.save``, ``load_model`` of the
-                     result, its forward pass, max abs difference checked. Ratio rows:
+                     result, its forward pass, max abs difference checked. The script's
+                     folds and pairs are checked against ``equalize --dry-run --json``'s
+                     (untimed; FAIL in the note, which never fails the run). Ratio rows:
                      (a)/(c) <= 0.8x, (b)/(c) <= 0.15x (MISS never fails the run). Run it
                      alone: ``bench.py --only equalize``.
     port             ``conv-surgeon port resnet50.keras --from resnet50_torch.pt --no-smoke -o
@@ -1338,35 +1340,31 @@ with open(summary, "w") as f:
 """
 
 
-def _has_command(name: str) -> bool:
-    """Whether the conv-surgeon being benchmarked has the command ``name``."""
-    probe = subprocess.run([CLI, name, "--help"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, env=CHILD_ENV, cwd=ROOT)
-    return probe.returncode == 0
+def _equalized_edges(groups: list[dict]) -> set[tuple[str, str]]:
+    """The layer pairs (first, second) a scale runs between: a triple (A, D, C) is two."""
+    return {(g["layers"][i], g["layers"][i + 1]) for g in groups for i in range(len(g["layers"]) - 1)}
 
 
 def bench_equalize(ctx: Context) -> list[Row]:
     model = mobilenetv2_bn()
     outs = {case: CACHE / f"equalize-{case}.out.keras" for case in ("a", "b", "c")}
     summary = CACHE / "equalize-c.summary.json"
-    available = _has_command("equalize")
     try:
+        a = ctx.measure([CLI, "equalize", str(model), "-o", str(outs["a"])], after=_remover(outs["a"]))
+        b = ctx.measure([CLI, "equalize", str(model), "--no-smoke", "-o", str(outs["b"])],
+                        after=_remover(outs["b"]))
         c = ctx.measure([PYTHON, "-c", KERAS_EQUALIZE, str(model), str(outs["c"]), str(summary)],
                         after=_remover(outs["c"]))
-        if available:
-            a = ctx.measure([CLI, "equalize", str(model), "-o", str(outs["a"])], after=_remover(outs["a"]))
-            b = ctx.measure([CLI, "equalize", str(model), "--no-smoke", "-o", str(outs["b"])],
-                            after=_remover(outs["b"]))
     finally:
         for out in outs.values():
             _remover(out)()
-    done = json.loads(summary.read_text())
+    # The same job? What the tool would do (untimed) against what the script did.
+    tool = json.loads(subprocess.run([CLI, "equalize", str(model), "--no-smoke", "--dry-run", "--json"],
+                                     capture_output=True, text=True, env=CHILD_ENV, cwd=ROOT, check=True).stdout)
+    script = json.loads(summary.read_text())
     summary.unlink()
-    plain = [("equalize", "(c) keras fold+equalize+set_weights+save+check", f"{c.median_s:.2f}",
-              f"{c.max_rss_mb:.0f}", f"{done['folded']} BNs folded, {len(done['pairs'])} pairs, "
-              f"{done['sweeps']} sweeps; max abs diff {done['max_abs_diff']:.1e}")]
-    if not available:
-        return plain + [("equalize", "equalize: not available", "", "", "conv-surgeon has no equalize command")]
+    same = (len(tool["folded"]) == script["folded"]
+            and _equalized_edges(tool["equalized"]) == {tuple(pair) for pair in script["pairs"]})
 
     def verdict(ratio: float, target: float) -> str:
         return f"target <= {target:g}x: {'PASS' if ratio <= target else 'MISS'}"
@@ -1374,10 +1372,14 @@ def bench_equalize(ctx: Context) -> list[Row]:
     a_t, b_t = a.median_s / c.median_s, b.median_s / c.median_s
     return [
         ("equalize", "(a) conv-surgeon equalize", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
-         "outputs compared with the original's"),
+         f"{len(tool['folded'])} BNs folded, {len(tool['equalized'])} groups, {tool['sweeps']} sweeps; "
+         "outputs compared"),
         ("equalize", "(b) conv-surgeon equalize --no-smoke", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}",
          "no Keras import"),
-        *plain,
+        ("equalize", "(c) keras fold+equalize+set_weights+save+check", f"{c.median_s:.2f}",
+         f"{c.max_rss_mb:.0f}", f"{script['folded']} BNs folded, {len(script['pairs'])} pairs, "
+         f"{script['sweeps']} sweeps, max abs diff {script['max_abs_diff']:.1e}; "
+         f"{'the same folds and pairs as (a)' if same else 'FAIL: other folds or pairs than (a)'}"),
         ("equalize", "ratio (a)/(c) time", f"{a_t:.2f}x", "", verdict(a_t, EQUALIZE_TIME_TARGET)),
         ("equalize", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, EQUALIZE_NO_SMOKE_TIME_TARGET)),
     ]
