@@ -95,6 +95,21 @@ Sections
                      model with fewer filters, copies the sliced weights, saves, reloads and
                      runs a forward pass. Ratio rows: (a)/(c) <= 0.8x, (b)/(c) <= 0.2x (MISS
                      never fails the run). Run it alone: ``bench.py --only prune``.
+    equalize         ``conv-surgeon equalize mobilenetv2_bn.keras -o OUT`` with its output
+                     comparison (a) and with ``--no-smoke`` (b), no other flag (ReLU6 stops
+                     a pair), versus a plain-Keras script (c, KERAS_EQUALIZE) doing the same
+                     job: ``load_model(compile=False)``, one forward pass of the original on a
+                     seeded (1, 224, 224, 3) input, in numpy from ``get_weights``: every conv
+                     -> BN folded (each BN left as an identity carrying the bias: a script
+                     cannot remove layers), the pairs conv -> ReLU/linear/padding/pooling ->
+                     conv or depthwise (or -> GlobalAveragePooling -> Dense) found from the
+                     layers' inbound nodes and equalized in sweeps until no scale moves by
+                     1e-6 (at most 200); ``set_weights``, ``model.save``, ``load_model`` of the
+                     result, its forward pass, max abs difference checked. The script's
+                     folds and pairs are checked against ``equalize --dry-run --json``'s
+                     (untimed; FAIL in the note, which never fails the run). Ratio rows:
+                     (a)/(c) <= 0.8x, (b)/(c) <= 0.15x (MISS never fails the run). Run it
+                     alone: ``bench.py --only equalize``.
     port             ``conv-surgeon port resnet50.keras --from resnet50_torch.pt --no-smoke -o
                      OUT`` (a), a ResNet50-sized PyTorch state dict (keras.applications'
                      ResNet50 written in PyTorch with torchvision's module names, random
@@ -136,6 +151,10 @@ Models
     ``keras_hub.models.ResNetBackbone`` with ResNet50's arguments (HUB_RESNET50_ARGS;
     nothing downloaded, no ``from_preset``), saved as ``resnet50_hub.keras`` and with
     ``save_to_preset`` into ``preset/``. Each folder is built aside and renamed into place.
+    ``bench/.cache/mobilenetv2_bn.keras`` is ``keras.applications.MobileNetV2(weights=None,
+    input_shape=(224, 224, 3))``, seeded, with random statistics in every BatchNormalization
+    (BUILD_MOBILENETV2_BN: variances e^uniform(-4, 2) per channel, gamma uniform(0.2, 2), 5%
+    of them negative, beta and moving mean normal(0, 0.5)).
     The tiny model is ``sample_models/tiny_cnn.keras``; if that file is missing a
     similar tiny CNN is built into the cache instead.
 
@@ -200,6 +219,8 @@ WALK_INSPECT_TARGET = 1.3  # conv-surgeon inspect / a bare h5py walk of the same
 API_INSPECT_WARM_MS_TARGET = 50.0  # cs.inspect() of ResNet50 in a warm process
 FOLD_TIME_TARGET = 0.8  # conv-surgeon fold-bn (outputs compared) / the plain-Keras script
 FOLD_NO_SMOKE_TIME_TARGET = 0.15  # conv-surgeon fold-bn --no-smoke / the plain-Keras script
+EQUALIZE_TIME_TARGET = 0.8  # conv-surgeon equalize (outputs compared) / the plain-Keras script
+EQUALIZE_NO_SMOKE_TIME_TARGET = 0.15  # conv-surgeon equalize --no-smoke / the plain-Keras script
 PRUNE_TIME_TARGET = 0.8  # conv-surgeon prune --all --smallest-l1 10% (outputs compared) / plain Keras
 PRUNE_NO_SMOKE_TIME_TARGET = 0.2  # the same with --no-smoke / the plain-Keras script
 SHARDED_INSPECT_TARGET = 1.2  # inspect of the sharded weights / inspect of the .keras
@@ -363,6 +384,32 @@ model.save(sys.argv[1])
 
 def resnet50_bn() -> Path:
     return _build_cached("resnet50_bn.keras", BUILD_RESNET50_BN)
+
+
+# MobileNetV2 with random statistics in every BatchNormalization, variances spread over
+# e^6 (about 400x), as trained BNs have them: the folded channels' ranges then differ by
+# orders of magnitude, which is what equalize evens out (equalize). Wider (e^-6..e^3) makes
+# this random net amplify the float32 rounding of folded weights past fold-bn's own check
+# (6.9e-5 of 0.38 where 1.8e-5 is allowed); a trained net is far better conditioned.
+BUILD_MOBILENETV2_BN = """
+import os, sys
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # TensorFlow's oneDNN CPU kernels are wrong on some CPUs here
+import keras, numpy as np
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+        n = layer.gamma.shape[0]
+        sign = np.where(rng.uniform(size=n) < 0.05, -1.0, 1.0)  # a few negative gammas
+        layer.set_weights([sign * rng.uniform(0.2, 2.0, n), rng.normal(0, 0.5, n),
+                           rng.normal(0, 0.5, n), np.exp(rng.uniform(-4, 2, n))])
+model.save(sys.argv[1])
+"""
+
+
+def mobilenetv2_bn() -> Path:
+    return _build_cached("mobilenetv2_bn.keras", BUILD_MOBILENETV2_BN)
 
 
 # resnet50.keras with its weight store written again by h5py with libver="latest"
@@ -1180,6 +1227,164 @@ def bench_fold(ctx: Context) -> list[Row]:
     return rows
 
 
+# The plain-Keras way to equalize (data-free cross-layer equalization, Nagel et al. 2019)
+# what `conv-surgeon equalize` does by default: load; fold every conv -> BN in numpy (a
+# script cannot remove layers, so each BN stays as an identity, gamma 1, mean 0, variance
+# 1 - eps, carrying the folded bias as beta); find the pairs conv -> f -> conv/depthwise
+# (or -> global average pooling -> Dense) from the live layers' inbound nodes, f keeping a
+# positive per-channel scale (identity BN, ReLU, LeakyReLU, PReLU, padding, pooling; ReLU6
+# stops, as in the tool without --relu6-to-relu); sweep s = sqrt(r1 / r2) over the pairs
+# until no scale moves by 1e-6; set_weights, save, reload, compare one seeded forward pass
+# with the original's. argv: model, out, summary (JSON: what it did, read by the bench).
+KERAS_EQUALIZE = """
+import os, sys, json
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"  # TensorFlow's oneDNN CPU kernels are wrong on some CPUs here
+import keras, numpy as np
+from keras import layers as L
+src, out, summary = sys.argv[1], sys.argv[2], sys.argv[3]
+model = keras.saving.load_model(src, compile=False)
+x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype("float32")
+before = np.asarray(model(x))
+readers = {layer.name: [] for layer in model.layers}
+for layer in model.layers:
+    for node in layer._inbound_nodes:
+        for tensor in node.input_tensors:
+            readers[tensor._keras_history.operation.name].append(layer)
+for tensor in model.outputs:  # a model output must keep its values: it counts as a reader
+    readers[tensor._keras_history.operation.name].append(None)
+def only_reader(layer):
+    found = readers[layer.name]
+    return found[0] if len(found) == 1 else None
+def conv(layer, first):
+    if not (isinstance(layer, L.DepthwiseConv2D) or (type(layer) is L.Conv2D and layer.groups == 1)):
+        return False
+    homogeneous = layer.activation in (keras.activations.linear, keras.activations.relu)
+    return len(layer._inbound_nodes) == 1 and (homogeneous or not first)
+w = {l.name: [np.asarray(v, np.float64) for v in l.get_weights()] for l in model.layers if l.weights}
+folded, bias_of = [], {}  # bias_of: a conv -> (the layer holding its output's bias, index)
+for bn in model.layers:
+    if not isinstance(bn, L.BatchNormalization) or len(bn._inbound_nodes) != 1:
+        continue
+    up = bn._inbound_nodes[0].input_tensors[0]._keras_history.operation
+    if not (conv(up, first=True) and only_reader(up) is bn and up.activation is keras.activations.linear):
+        continue
+    gamma, beta, mean, var = w[bn.name]
+    s = gamma / np.sqrt(var + bn.epsilon)
+    kernel = w[up.name][0]
+    w[up.name][0] = kernel * s.reshape(kernel.shape[2:]) if isinstance(up, L.DepthwiseConv2D) else kernel * s
+    bias = np.zeros_like(s)
+    if up.use_bias:
+        bias, w[up.name][1] = w[up.name][1], bias
+    w[bn.name] = [np.ones_like(s), (bias - mean) * s + beta, np.zeros_like(s), np.ones_like(s) - bn.epsilon]
+    folded.append(bn.name)
+    bias_of[up.name] = (bn.name, 1)
+for layer in model.layers:
+    if layer.name not in bias_of and conv(layer, first=True) and layer.use_bias:
+        bias_of[layer.name] = (layer.name, 1)
+def through(layer):
+    if isinstance(layer, L.BatchNormalization):
+        return layer.name in folded
+    if isinstance(layer, L.ReLU):
+        return layer.max_value is None and float(layer.threshold) == 0
+    if isinstance(layer, L.Activation):
+        return layer.activation in (keras.activations.linear, keras.activations.relu)
+    return isinstance(layer, (L.LeakyReLU, L.PReLU, L.ZeroPadding2D, L.MaxPooling2D, L.AveragePooling2D))
+pairs = []
+for first in model.layers:
+    if not conv(first, first=True):
+        continue
+    node = only_reader(first)
+    while node is not None and through(node) and len(node._inbound_nodes) == 1:
+        node = only_reader(node)
+    if isinstance(node, L.GlobalAveragePooling2D):
+        node = only_reader(node)
+        if isinstance(node, L.Dense) and len(node._inbound_nodes) == 1:
+            pairs.append((first, node))
+    elif node is not None and conv(node, first=False):
+        pairs.append((first, node))
+def out_range(layer):
+    k = np.abs(w[layer.name][0])
+    if isinstance(layer, L.DepthwiseConv2D):
+        return k.max(axis=(0, 1)).reshape(-1)
+    return k.reshape(-1, k.shape[-1]).max(axis=0)
+def in_range(layer):
+    k = np.abs(w[layer.name][0])
+    return k.max(axis=1) if isinstance(layer, L.Dense) else k.max(axis=(0, 1, 3))
+sweeps = 0
+while sweeps < 200:
+    sweeps += 1
+    moved = 0.0
+    for first, second in pairs:
+        r1, r2 = out_range(first), in_range(second)
+        s = np.sqrt(r1 / np.where(r2 > 0, r2, 1.0))
+        s = np.where((r1 > 0) & (r2 > 0), s, 1.0)  # a dead channel keeps its scale
+        k1 = w[first.name][0]
+        w[first.name][0] = k1 / s.reshape(k1.shape[2:]) if isinstance(first, L.DepthwiseConv2D) else k1 / s
+        if first.name in bias_of:
+            holder, index = bias_of[first.name]
+            w[holder][index] = w[holder][index] / s
+        w[second.name][0] = w[second.name][0] * s[:, None]  # the input axis is second to last
+        moved = max(moved, float(np.abs(s - 1).max()))
+    if moved < 1e-6:
+        break
+for layer in model.layers:
+    if layer.name in w:
+        layer.set_weights([v.astype("float32") for v in w[layer.name]])
+model.save(out)
+after = np.asarray(keras.saving.load_model(out, compile=False)(x))
+err = float(np.abs(before - after).max())
+assert err < 1e-5, err
+with open(summary, "w") as f:
+    json.dump({"folded": len(folded), "pairs": [[a.name, b.name] for a, b in pairs],
+               "sweeps": sweeps, "max_abs_diff": err}, f)
+"""
+
+
+def _equalized_edges(groups: list[dict]) -> set[tuple[str, str]]:
+    """The layer pairs (first, second) a scale runs between: a triple (A, D, C) is two."""
+    return {(g["layers"][i], g["layers"][i + 1]) for g in groups for i in range(len(g["layers"]) - 1)}
+
+
+def bench_equalize(ctx: Context) -> list[Row]:
+    model = mobilenetv2_bn()
+    outs = {case: CACHE / f"equalize-{case}.out.keras" for case in ("a", "b", "c")}
+    summary = CACHE / "equalize-c.summary.json"
+    try:
+        a = ctx.measure([CLI, "equalize", str(model), "-o", str(outs["a"])], after=_remover(outs["a"]))
+        b = ctx.measure([CLI, "equalize", str(model), "--no-smoke", "-o", str(outs["b"])],
+                        after=_remover(outs["b"]))
+        c = ctx.measure([PYTHON, "-c", KERAS_EQUALIZE, str(model), str(outs["c"]), str(summary)],
+                        after=_remover(outs["c"]))
+    finally:
+        for out in outs.values():
+            _remover(out)()
+    # The same job? What the tool would do (untimed) against what the script did.
+    tool = json.loads(subprocess.run([CLI, "equalize", str(model), "--no-smoke", "--dry-run", "--json"],
+                                     capture_output=True, text=True, env=CHILD_ENV, cwd=ROOT, check=True).stdout)
+    script = json.loads(summary.read_text())
+    summary.unlink()
+    same = (len(tool["folded"]) == script["folded"]
+            and _equalized_edges(tool["equalized"]) == {tuple(pair) for pair in script["pairs"]})
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"target <= {target:g}x: {'PASS' if ratio <= target else 'MISS'}"
+
+    a_t, b_t = a.median_s / c.median_s, b.median_s / c.median_s
+    return [
+        ("equalize", "(a) conv-surgeon equalize", f"{a.median_s:.2f}", f"{a.max_rss_mb:.0f}",
+         f"{len(tool['folded'])} BNs folded, {len(tool['equalized'])} groups, {tool['sweeps']} sweeps; "
+         "outputs compared"),
+        ("equalize", "(b) conv-surgeon equalize --no-smoke", f"{b.median_s:.2f}", f"{b.max_rss_mb:.0f}",
+         "no Keras import"),
+        ("equalize", "(c) keras fold+equalize+set_weights+save+check", f"{c.median_s:.2f}",
+         f"{c.max_rss_mb:.0f}", f"{script['folded']} BNs folded, {len(script['pairs'])} pairs, "
+         f"{script['sweeps']} sweeps, max abs diff {script['max_abs_diff']:.1e}; "
+         f"{'the same folds and pairs as (a)' if same else 'FAIL: other folds or pairs than (a)'}"),
+        ("equalize", "ratio (a)/(c) time", f"{a_t:.2f}x", "", verdict(a_t, EQUALIZE_TIME_TARGET)),
+        ("equalize", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, EQUALIZE_NO_SMOKE_TIME_TARGET)),
+    ]
+
+
 # The plain-Keras way to prune 10% of every group of ResNet50's filters (smallest L1, a
 # residual stage's convs scored together): find the groups from the live graph, rebuild the
 # model with fewer filters, copy the sliced weights, save, reload, forward.
@@ -1504,6 +1709,7 @@ SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "inspect-preset": bench_inspect_preset,
     "set-sharded": bench_set_sharded,
     "fold-bn": bench_fold,
+    "equalize": bench_equalize,
     "prune": bench_prune,
     "show": bench_show,
     "port": bench_port,
