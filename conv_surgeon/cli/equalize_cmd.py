@@ -35,7 +35,7 @@ def equalize_command(
 
     Examples:
       conv-surgeon equalize model.keras -o equalized.keras
-      conv-surgeon equalize mobilenet_v2.keras --relu6-to-relu --absorb-bias -o eq.keras
+      conv-surgeon equalize mnv2.keras --relu6-to-relu --absorb-bias -o eq.keras
       conv-surgeon equalize model.keras --dry-run --json
     """
     from ..instruments.equalize import EqualizeRequest, equalize
