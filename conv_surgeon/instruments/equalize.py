@@ -23,9 +23,10 @@ from ..model.structure import Layer, Variable, read_variables
 from ..runtime.checks import FUNCTION_KEPT
 from ..store.model_file import ModelFile
 from ..store.provenance import EditRecord, EqualizeSource, FoldSource
-from ..surgery.equalization import (Edge, Kind, Scales, Stop, absorbed_amount, absorbed_bias,
-                                    find_edges, in_channels, out_channels, scaled_bias,
-                                    scaled_kernel, solve_scales, without_relu6)
+from ..surgery.equalization import (BORDER_SHIFT_LIMIT, Edge, Kind, Scales, Stop, absorbed_amount,
+                                    absorbed_bias, border_shift_ratio, find_edges, in_channels,
+                                    out_channels, scaled_bias, scaled_kernel, solve_scales,
+                                    without_relu6)
 from ..surgery.folding import FOLDABLE_DTYPES, NotFolded
 from ..surgery.rewrite import Derived
 from ..surgery.stored_graph import layer_variable, store_layer
@@ -62,6 +63,9 @@ class Absorbed:
     second: str
     channels: int
     border: bool  # the second layer pads with zeros: inexact where its window meets the border
+    # Channels left out: at the border their absorption would move the second layer's
+    # outputs by more than their own size (:data:`..surgery.equalization.BORDER_SHIFT_LIMIT`).
+    kept_at_border: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,9 +272,12 @@ def _scaled(edges: list[Edge], scales: Scales, values: _Values) -> tuple[dict[st
 def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[str, np.ndarray],
             biases: dict[str, np.ndarray | None]) -> tuple[list[Absorbed], list[Stop]]:
     """High-bias absorption on every edge whose first layer had a BatchNormalization folded
-    into it (its statistics say what the channel carries); ``biases`` updated in place."""
+    into it (its statistics say what the channel carries); ``biases`` updated in place.
+    Into a layer that pads with zeros, a channel is absorbed only where the second layer's
+    own statistics say the border error stays below its outputs' size."""
     done: list[Absorbed] = []
     refused: list[Stop] = []
+    scale_out = {edge.first_path: s for edge, s in zip(edges, scales.edges)}
     for edge, s in zip(edges, scales.edges):
         first, second = edge.first_path, edge.second_path
         if first not in values.bn:
@@ -289,11 +296,20 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
             refused.append(Stop(first, "its BatchNormalization has no beta (center=False): nothing to absorb"))
             continue
         c = absorbed_amount(edge.path, beta, np.ones_like(beta) if gamma is None else gamma, s)
+        kept = 0
+        if edge.padded and second in values.bn:
+            second_gamma = values.bn[second][0]
+            size = np.ones(out_channels(edge.second_kind, kernels[second].shape)) if second_gamma is None \
+                else np.abs(second_gamma.astype(np.float64))
+            too_far = (border_shift_ratio(edge.second_kind, kernels[second], c, size / scale_out.get(second, 1.0))
+                       > BORDER_SHIFT_LIMIT) & (c > 0)
+            kept = int(too_far.sum())
+            c = np.where(too_far, 0.0, c)
         first_bias = biases[first]
         assert first_bias is not None, "a folded conv has a bias"
         biases[first] = (first_bias.astype(np.float64) - c).astype(first_bias.dtype)
         biases[second] = absorbed_bias(edge.second_kind, second_bias, kernels[second], c)
-        done.append(Absorbed(first, second, int(np.count_nonzero(c)), edge.padded))
+        done.append(Absorbed(first, second, int(np.count_nonzero(c)), edge.padded, kept))
     return done, refused
 
 

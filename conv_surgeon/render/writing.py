@@ -240,8 +240,8 @@ def equalize_document(report: EqualizeReport) -> dict[str, Any]:
         "sweeps": report.sweeps,
         "converged": report.converged,
         "relu6_replaced": list(report.relu6_replaced),
-        "absorbed": [{"from": a.first, "to": a.second, "channels": a.channels, "border": a.border}
-                     for a in report.absorbed],
+        "absorbed": [{"from": a.first, "to": a.second, "channels": a.channels, "border": a.border,
+                      "kept_at_border": a.kept_at_border} for a in report.absorbed],
         "not_absorbed": [{"layer": s.layer, "reason": s.reason} for s in report.not_absorbed],
         "function_changed": report.function_changed,
         "kernels": [{"layer": k.layer, "int8_sqnr_per_tensor_db": {"before": _db(k.before_db), "after": _db(k.after_db)}}
@@ -285,6 +285,11 @@ def print_equalize(report: EqualizeReport, stream: TextIO | None = None) -> None
         if border:
             out.print(f"note: inexact where zero padding meets the border in {plural(len(border), 'layer')} "
                       f"({_names(border)})")
+        kept = [a for a in report.absorbed if a.kept_at_border]
+        if kept:
+            out.print(f"note: {plural(sum(a.kept_at_border for a in kept), 'channel')} kept their bias: at the "
+                      "border of the next layer their absorption would move its outputs by more than their own "
+                      f"size ({_names([a.first + ' -> ' + a.second for a in kept])})")
     if report.not_absorbed:
         out.print(f"bias not absorbed on {plural(len(report.not_absorbed), 'edge')}")
         print_table(out, [Column("layer", keep=False), Column("why", keep=False)],

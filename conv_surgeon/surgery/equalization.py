@@ -478,6 +478,26 @@ def absorbed_bias(kind: Kind, bias: np.ndarray, kernel: np.ndarray, c: np.ndarra
     return result
 
 
+# Absorbing c_i into a layer that pads with zeros is wrong where its window meets the
+# border, by up to sum |W[., i, j]| c_i: a channel is absorbed only while that stays below
+# the output's own size (its folded BatchNormalization's |gamma|). A dead channel (a
+# constant c) into a depthwise conv whose statistics saw only that constant fails it by
+# 300x: absorbing it cost a trained net 11 points of accuracy.
+BORDER_SHIFT_LIMIT = 1.0
+
+
+def border_shift_ratio(kind: Kind, kernel: np.ndarray, c: np.ndarray, output_scale: np.ndarray) -> np.ndarray:
+    """Per input channel i of B: the most absorbing ``c_i`` can move one of B's outputs at
+    the border (the window's weights summed in absolute value, times ``c_i``), over that
+    output's typical size ``output_scale``; the largest over B's outputs."""
+    w = np.abs(np.asarray(kernel, dtype=np.float64))
+    spatial = tuple(range(w.ndim - 2))
+    sums = w.sum(axis=spatial) if spatial else w
+    scale = output_scale.reshape(sums.shape) if kind == "depthwise" else output_scale[None, :]
+    ratio: np.ndarray = (sums * c[:, None] / np.where(scale > 0, scale, np.inf)).max(axis=1)
+    return ratio
+
+
 # --- --relu6-to-relu -------------------------------------------------------------------------
 
 
