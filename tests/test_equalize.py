@@ -146,7 +146,7 @@ def chain(keras, tmp_path_factory) -> dict[str, Any]:
     model.save(folder / "chain.h5")
     report = _equalize(folder / "chain.keras", folder / "equalized.keras")
     return {"path": folder / "chain.keras", "h5": folder / "chain.h5", "out": folder / "equalized.keras",
-            "report": report, "folded": _fold(folder / "chain.keras", folder / "folded.keras")}
+                    "report": report, "folded": _fold(folder / "chain.keras", folder / "folded.keras")}
 
 
 CHAIN_GROUPS = [
@@ -163,7 +163,7 @@ def test_chain_pairs_through_prelu_leaky_relu_and_pooling(keras, chain):
     assert [(p["conv"], p["batch_norm"]) for p in report["folded"]] == [("a", "a_bn"), ("b", "b_bn")]
     assert report["converged"] and not report["function_changed"] and report["smoke"]["passed"]
     assert report["smoke"]["expect_same"][0]["used"] <= 1
-    # Keras itself, on inputs of ours: measured 3.3e-7 of the output's scale.
+    # Keras itself, on inputs of ours: 6.0e-7 of the output's scale apart.
     assert _assert_same_function(keras, chain["path"], chain["out"]) < 2e-6
 
 
@@ -173,19 +173,18 @@ def test_chain_ranges_meet(keras, chain):
     a, b, c = (written.get_layer(n).kernel.numpy() for n in ("a", "b", "c"))
     np.testing.assert_allclose(_out_ranges(a), _in_ranges(b), rtol=1e-4)
     np.testing.assert_allclose(_out_ranges(b), _in_ranges(c), rtol=1e-4)
-    # They did not meet after the fold alone: their ratio spread over a factor of 3000.
+    # They did not after the fold alone: their ratio spread over a factor of 569.
     folded = keras.saving.load_model(chain["folded"])
     ratio = _out_ranges(folded.get_layer("a").kernel.numpy()) / _in_ranges(folded.get_layer("b").kernel.numpy())
     assert ratio.max() / ratio.min() > 100
 
 
 def test_chain_int8_hurts_less_after_equalize(keras, chain):
-    # Every kernel int8 per tensor, outputs against the original's in float: 17.0 dB after
-    # fold-bn alone, 47.6 dB after equalize (seeds 1 and 2 of this construction: +31.2 and
-    # +26.8 dB).
+    # Every kernel int8 per tensor, outputs against the original's in float: 16.1 dB after
+    # fold-bn alone, 46.5 dB after equalize (other seeds of this construction, without the
+    # PReLU's slopes: +26.8 to +31.2 dB; without _compensate: +0.5 to +1.2 dB).
     folded = _int8_output_sqnr_db(keras, chain["folded"], chain["path"])
     equalized = _int8_output_sqnr_db(keras, chain["out"], chain["path"])
-    print(folded, equalized)
     assert equalized > folded + 20
     # The report's own per-kernel figures say the same of the kernels it changed.
     kernels = {k["layer"]: k["int8_sqnr_per_tensor_db"] for k in chain["report"]["kernels"]}
@@ -238,8 +237,8 @@ def test_depthwise_per_tensor_int8_nears_per_channel(triple, cli):
         assert layer["loss_db"] == pytest.approx(layer["sqnr_per_channel_db"] - layer["sqnr_per_tensor_db"])
         return float(layer["loss_db"])
 
+    # Measured: 11.4 dB lost after fold-bn alone, 2.3 dB after equalize.
     before, after = loss_db(triple["folded"]), loss_db(triple["out"])
-    print("dw loss", before, after)
     assert before > 8 and after < 4
 
 
@@ -314,8 +313,223 @@ def test_relu6_to_relu_replaces_and_measures(keras, relu6, tmp_path):
     assert report["equalized"] == [{"layers": ["a", "b"], "kind": "pair", "channels": 8, "zero_channels": 0}]
     # The check measures the change instead of requiring none: a comparison, no verdict.
     [compared] = report["smoke"]["comparison"]
-    print("relu6 change", compared)
-    assert compared["max_abs"] > 0.1 and report["smoke"]["expect_same"] == []
+    assert compared["max_abs"] > 0.1 and report["smoke"]["expect_same"] == []  # measured 2.2 (cosine 0.968)
     config = keras.saving.load_model(out).get_layer("relu6").get_config()
     assert config["max_value"] is None
     _assert_same_function(keras, relu6["reference"], out)
+
+
+# --- 5. what stops equalization, and what it leaves --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stops(keras, tmp_path_factory) -> dict[str, Any]:
+    """One model of every stop beside a pair that equalizes, whose A has an all-zero
+    filter and whose B has an all-zero input channel."""
+    L = keras.layers
+    keras.utils.set_random_seed(4)
+    i = keras.Input((8, 8, 3))
+    r = L.ReLU()(L.Conv2D(4, 3, padding="same", name="res_a")(i))
+    r = L.Conv2D(4, 1, name="res_b")(L.Add(name="res_add")([r, L.Conv2D(4, 1, name="res_skip")(i)]))
+    shared = L.Conv2D(3, 3, padding="same", name="shared")
+    s = shared(L.ReLU()(shared(L.ReLU()(L.Conv2D(3, 1, name="to_shared")(i)))))
+    g = L.Conv2D(4, 1, name="after_sigmoid")(L.Conv2D(4, 3, activation="sigmoid", name="sigmoid")(i))
+    w = L.Conv2D(4, 1, name="after_swish")(L.Activation("swish", name="swish")(L.Conv2D(4, 3, name="pre_swish")(i)))
+    c = L.Concatenate(name="cat")([L.Conv2D(4, 3, name="cat_a")(i), L.Conv2D(4, 3, name="cat_b")(i)])
+    c = L.Conv2D(4, 1, name="after_cat")(L.ReLU()(c))
+    ok = L.ReLU()(L.BatchNormalization(name="ok_bn")(L.Conv2D(6, 3, name="ok_a")(i)))
+    ok = L.Conv2D(5, 3, name="ok_b")(ok)
+    model = keras.Model(i, [r, s, g, w, c, ok])
+    _randomize_batchnorms(keras, model, seed=4)
+    for name, axis, channel in (("ok_a", -1, 1), ("ok_b", -2, 3)):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        np.moveaxis(kernel, axis, 0)[channel] = 0.0
+        layer.set_weights([kernel, bias])
+    folder = tmp_path_factory.mktemp("stops")
+    model.save(folder / "stops.keras")
+    report = _equalize(folder / "stops.keras", folder / "out.keras")
+    return {"path": folder / "stops.keras", "out": folder / "out.keras", "report": report,
+            "folded": _fold(folder / "stops.keras", folder / "folded.keras")}
+
+
+def test_every_stop_says_why(stops):
+    reasons = {s["layer"]: s["reason"] for s in stops["report"]["stops"]}
+    residual = "'res_add' (Add) is a residual junction: one scale would have to hold for every branch it joins"
+    merge = "'cat' (Concatenate) is a merge: one scale would have to hold for every branch it joins"
+    output = "its output is an output of the model"
+    assert reasons == {
+        "res_a": residual, "res_skip": residual,
+        "to_shared": "'shared' is called 2 times (a shared layer)",
+        "shared": "it is called 2 times (a shared layer): a scale would change every call",
+        "sigmoid": "it applies sigmoid, which is not positively homogeneous",
+        "pre_swish": "'swish' (Activation) applies silu, which is not positively homogeneous",  # Keras saves swish as silu
+        "cat_a": merge, "cat_b": merge,
+        "res_b": output, "after_sigmoid": output, "after_swish": output, "after_cat": output, "ok_b": output,
+    }
+
+
+def test_stopped_layers_are_untouched_and_zero_ranges_left(keras, stops):
+    """The stops' layers keep their values bit for bit; the zero-range channels (an
+    all-zero filter of A, an all-zero input channel of B) keep fold-bn's, and the
+    function is kept."""
+    assert stops["report"]["equalized"] == [{"layers": ["ok_a", "ok_b"], "kind": "pair", "channels": 6,
+                                             "zero_channels": 2}]
+    _assert_same_function(keras, stops["path"], stops["out"])
+    written, folded = keras.saving.load_model(stops["out"]), keras.saving.load_model(stops["folded"])
+    for layer in folded.layers:
+        if layer.name not in ("ok_a", "ok_b"):
+            assert all(np.array_equal(x, y) for x, y in zip(layer.get_weights(), written.get_layer(layer.name).get_weights())), layer.name
+    (a, a_bias), (fa, fa_bias) = written.get_layer("ok_a").get_weights(), folded.get_layer("ok_a").get_weights()
+    b, fb = written.get_layer("ok_b").kernel.numpy(), folded.get_layer("ok_b").kernel.numpy()
+    for channel in (1, 3):
+        assert np.array_equal(a[..., channel], fa[..., channel]) and a_bias[channel] == fa_bias[channel]
+        assert np.array_equal(b[:, :, channel], fb[:, :, channel])
+    assert not a[..., 1].any() and not b[:, :, 3].any()
+    moved = [0, 2, 4, 5]  # the other channels were scaled, and met
+    assert not np.array_equal(a[..., moved], fa[..., moved])
+    np.testing.assert_allclose(_out_ranges(a)[moved], _in_ranges(b)[moved], rtol=1e-4)
+
+
+def test_no_fold_refuses_a_batchnorm_and_takes_a_folded_model(chain, tmp_path, cli):
+    out = tmp_path / "out.keras"
+    result = cli("equalize", chain["path"], "--no-fold", "-o", out)
+    assert_one_error_line(result, 1, "--no-fold", "'a'", "'a_bn'", "2 such pairs")
+    assert list(tmp_path.iterdir()) == []
+    report = _equalize(chain["folded"], out, "--no-fold")
+    assert report["equalized"] == CHAIN_GROUPS and report["folded"] == [] and report["smoke"]["passed"]
+
+
+# --- 6. high-bias absorption ------------------------------------------------------------------------
+
+
+def _absorbing(keras, padding: str):
+    """conv -> BN -> ReLU -> conv (B pads as ``padding`` says), four channels of whose BN
+    stay above zero: beta over 3 |gamma|. The BN's statistics are those of the data (A's
+    outputs on standard normal inputs, as the check feeds), as after training: absorption
+    relies on them."""
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    i = keras.Input((12, 12, 3))
+    x = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, name="a")(i)))
+    model = keras.Model(i, L.Conv2D(6, 3, padding=padding, name="b")(x))
+    _randomize_batchnorms(keras, model, seed=5)
+    bn = model.get_layer("bn")
+    gamma, beta, _, _ = bn.get_weights()
+    beta[:4] = 3 * np.abs(gamma[:4]) + np.random.default_rng(5).uniform(0.2, 1.0, 4)
+    seen = np.asarray(model.get_layer("a")(np.random.default_rng(6).standard_normal((64, 12, 12, 3))))
+    bn.set_weights([gamma, beta, seen.mean(axis=(0, 1, 2)), seen.var(axis=(0, 1, 2))])
+    return model
+
+
+def test_absorb_bias_moves_what_the_statistics_say(keras, tmp_path):
+    model = _absorbing(keras, "valid")
+    path, out = tmp_path / "m.keras", tmp_path / "out.keras"
+    model.save(path)
+    report = _equalize(path, out, "--absorb-bias")
+    assert report["absorbed"] == [{"from": "a", "to": "b", "channels": 4, "border": False}]
+    assert report["function_changed"] and report["smoke"]["expect_same"] == []
+    folded = keras.saving.load_model(_fold(path, tmp_path / "folded.keras"))
+    written = keras.saving.load_model(out)
+    (fa, fa_bias), (fb, fb_bias) = folded.get_layer("a").get_weights(), folded.get_layer("b").get_weights()
+    (a, a_bias), (b, b_bias) = written.get_layer("a").get_weights(), written.get_layer("b").get_weights()
+    s = _out_ranges(fa).astype(np.float64) / _out_ranges(a)  # the scales written
+    gamma, beta, _, _ = model.get_layer("bn").get_weights()
+    c = np.maximum(0.0, beta.astype(np.float64) - 3 * np.abs(gamma)) / s
+    assert np.count_nonzero(c) == 4
+    np.testing.assert_allclose(a_bias, fa_bias / s - c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b_bias, fb_bias + np.einsum("hwij,i->j", b.astype(np.float64), c), rtol=1e-5, atol=1e-6)
+    # Exact wherever the BN's output stays above beta - 3 |gamma|: on our inputs 0.25% of
+    # two channels' positions fall below, and the outputs then differ by up to 1.0% of
+    # their scale (the check's: max 0.066, cosine 0.999991).
+    [compared] = report["smoke"]["comparison"]
+    inputs = _inputs(model)
+    expected = model_outputs(model, inputs)[0]
+    error = float(np.abs(model_outputs(written, inputs)[0] - expected).max() / np.abs(expected).max())
+    assert 0 < error < 0.03 and compared["cosine"] > 0.9999
+
+
+def test_absorb_bias_with_same_padding_names_the_border(keras, tmp_path, cli):
+    path, out = tmp_path / "m.keras", tmp_path / "out.keras"
+    _absorbing(keras, "same").save(path)
+    result = cli("equalize", path, "--absorb-bias", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "bias absorbed on 1 edge (4 channels;" in result.stdout
+    assert "note: inexact where zero padding meets the border in 1 layer (b)\n" in result.stdout
+
+
+# --- 7. the ways a user runs it ---------------------------------------------------------------------
+
+
+def test_dry_run_writes_nothing_and_lists_groups_and_stops(chain, tmp_path):
+    path = tmp_path / "chain.keras"
+    path.write_bytes(chain["path"].read_bytes())
+    before = listing(tmp_path)
+    report = _equalize(path, None)
+    assert report["dry_run"] and report["output"] is None and report["smoke"] is None
+    assert report["equalized"] == CHAIN_GROUPS and report["stops"] == CHAIN_STOPS
+    assert listing(tmp_path) == before
+
+
+def test_legacy_h5(keras, chain, tmp_path):
+    out = tmp_path / "out.h5"
+    report = _equalize(chain["h5"], out)
+    assert report["equalized"] == CHAIN_GROUPS and report["smoke"]["passed"]
+    _assert_same_function(keras, chain["h5"], out)
+    np.testing.assert_allclose(_kernel(keras, out, "a"), _kernel(keras, chain["out"], "a"), rtol=1e-6)
+
+
+def test_compiled_model_keeps_training(keras, tmp_path):
+    L = keras.layers
+    keras.utils.set_random_seed(6)
+    i = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(6, 3, name="a")(i)))
+    model = keras.Model(i, L.Dense(2, name="d")(L.GlobalAveragePooling2D()(L.Conv2D(4, 3, name="b")(x))))
+    _randomize_batchnorms(keras, model, seed=6)
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.run_eagerly = True  # one step: no train function to trace; set after compile,
+    rng = np.random.default_rng(0)  # so that the saved compile_config says run_eagerly=False
+    model.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
+    path, out = tmp_path / "trained.keras", tmp_path / "out.keras"
+    model.save(path)
+    report = _equalize(path, out)
+    assert [g["layers"] for g in report["equalized"]] == [["a", "b"], ["b", "d"]]
+    # a, b and d changed (d only equalized, not folded); the BN's gamma and beta are gone.
+    assert report["optimizer"] == ("optimizer state: the slots of 0 variables kept, of 6 reset to zero "
+                                   "(their values changed), of 2 removed")
+    loaded = keras.saving.load_model(out)
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam) and int(loaded.optimizer.iterations) == 1
+    loaded.run_eagerly = True
+    history = loaded.fit(rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(4, 2)), verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and int(loaded.optimizer.iterations) == 2
+
+
+@pytest.mark.slow
+def test_pipeline_through_the_console_script(keras, chain, tmp_path):
+    """`conv-surgeon equalize < in.keras > out.keras`, as a user types it (its own Keras
+    import and check: about 15 s here)."""
+    with open(chain["path"], "rb") as stdin:
+        done = subprocess.run([CLI, "equalize"], stdin=stdin, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert b"2 groups equalized" in done.stderr and b"smoke test passed" in done.stderr
+    (tmp_path / "out.keras").write_bytes(done.stdout)
+    _assert_same_function(keras, chain["path"], tmp_path / "out.keras")
+
+
+def test_library_call_and_history(chain, tmp_path, cli):
+    out = tmp_path / "out.keras"
+    report = cs.equalize(chain["path"], out=out)
+    assert repr(report).count("\n") == 0 and "2 groups equalized in " in repr(report)
+    assert [list(g.layers) for g in report.equalized] == [g["layers"] for g in CHAIN_GROUPS]
+    history = cli("inspect", out, "--history")
+    assert history.exit_code == 0, history.stderr
+    assert "equalized with a -> b, folded a_bn" in history.stdout
+    assert "conv_surgeon.equalize" in history.stdout
+    # b is in both pairs: its kernel's input channels took a -> b's scales, its kernel's
+    # output channels and its bias b -> c's. Its history names both.
+    assert "equalized with a -> b -> c, folded b_bn" in history.stdout
+    [write] = json.loads(cli("inspect", out, "--history", "--json").stdout)["history"]
+    sources = {(e["layer"], e["variable"]): e["source"]["equalize"] for e in write["edits"]}
+    assert sources == {("a", "kernel"): ["a", "b"], ("a", "bias"): ["a", "b"],
+                       ("b", "kernel"): ["a", "b", "c"], ("b", "bias"): ["a", "b", "c"],
+                       ("c", "kernel"): ["b", "c"], ("c", "bias"): ["b", "c"]}
