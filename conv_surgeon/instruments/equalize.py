@@ -299,10 +299,12 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
 
 def _records(fold: FoldSurgery, scales: Scales, new_values: dict[str, dict[str, np.ndarray]], values: _Values, absorbed: bool) -> list[EditRecord]:
     """The provenance of every variable written."""
+    # A layer in two groups (B of A -> B -> C) took scales from both: its record names
+    # every layer of them, in chain order.
     group_of: dict[str, list[str]] = {}
     for group in scales.groups:
         for path in group.layers:
-            group_of.setdefault(path, list(group.layers))
+            group_of[path] = list(dict.fromkeys(group_of.get(path, []) + list(group.layers)))
     records: list[EditRecord] = []
     for path, new in new_values.items():
         for name in new:
