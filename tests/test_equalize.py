@@ -449,6 +449,17 @@ def test_absorb_bias_moves_what_the_statistics_say(keras, tmp_path):
     assert 0 < error < 0.03 and compared["cosine"] > 0.9999
 
 
+def test_absorb_bias_with_nothing_to_absorb_keeps_the_function(keras, chain, tmp_path):
+    """The chain's BNs have beta under 3 |gamma| everywhere: the edges are tried, no
+    channel gives anything up, and the report does not call the function changed."""
+    out = tmp_path / "out.keras"
+    report = _equalize(chain["path"], out, "--absorb-bias")
+    assert report["absorbed"] == [{"from": "a", "to": "b", "channels": 0, "border": False},
+                                  {"from": "b", "to": "c", "channels": 0, "border": False}]
+    assert not report["function_changed"]
+    _assert_same_function(keras, chain["path"], out)
+
+
 def test_absorb_bias_with_same_padding_names_the_border(keras, tmp_path, cli):
     path, out = tmp_path / "m.keras", tmp_path / "out.keras"
     _absorbing(keras, "same").save(path)
