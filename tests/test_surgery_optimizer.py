@@ -204,5 +204,5 @@ def test_slot_changes_says_what_happened_to_the_optimizer_state():
     result = slot_changes(structure, config, new_config, by_path, new_variables, dict.fromkeys(changed),
                           read_optimizer_shapes(source))
     assert result is not None and result.vars_group == "optimizer/vars"
-    assert result.note == "optimizer state: the slots of 5 variables kept, of 12 reset to zero (the folded layers), of 10 removed"
+    assert result.note == "optimizer state: the slots of 5 variables kept, of 12 reset to zero (their values changed), of 10 removed"
     assert len(result.origins) == len(_facts("mixed.folded")["optimizer"])

@@ -89,8 +89,9 @@ class EqualizeReport(WriteReport):
 
     @property
     def function_changed(self) -> bool:
-        """Whether the write changes what the model computes (beyond float32 rounding)."""
-        return bool(self.relu6_replaced or self.absorbed)
+        """Whether the write changes what the model computes (beyond float32 rounding): an
+        edge where no channel gave up any bias changes nothing."""
+        return bool(self.relu6_replaced or any(a.channels for a in self.absorbed))
 
 
 @dataclass(frozen=True)
@@ -315,10 +316,12 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
 
 def _records(fold: FoldSurgery, scales: Scales, new_values: dict[str, dict[str, np.ndarray]], values: _Values, absorbed: bool) -> list[EditRecord]:
     """The provenance of every variable written."""
+    # A layer in two groups (B of A -> B -> C) took scales from both: its record names
+    # every layer of them, in chain order.
     group_of: dict[str, list[str]] = {}
     for group in scales.groups:
         for path in group.layers:
-            group_of.setdefault(path, list(group.layers))
+            group_of[path] = list(dict.fromkeys(group_of.get(path, []) + list(group.layers)))
     records: list[EditRecord] = []
     for path, new in new_values.items():
         for name in new:

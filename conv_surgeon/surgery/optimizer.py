@@ -296,7 +296,7 @@ def slot_changes(structure: ModelStructure, config: dict[str, Any], new_config: 
     new = trainable_variables(new_config, after)
     origins, kept, altered, removed = remapped_slots(slots, old, new, changed)
     what = "sliced like their variables" if any(c is not None for c in changed.values()) \
-        else "reset to zero (the folded layers)"
+        else "reset to zero (their values changed)"
     note = f"optimizer state: the slots of {kept} variables kept, of {altered} {what}, of {removed} removed"
     return SlotChanges(OPTIMIZER_VARS, origins, note)
 
