@@ -5,8 +5,8 @@ within about a point of float).
 
 Why the training recipe is what it is. Trained plainly (Adam, Keras's BN epsilon 1e-3, a
 few epochs; or with a higher rate and epsilon 1e-5), this net folds into kernels whose
-channel ranges differ by 3-17x at most, and
-per-tensor int8 kernels cost it nothing: there is nothing for equalize to fix. What
+channel ranges differ by 3-17x at most, and per-tensor int8 kernels cost it nothing:
+there is nothing for equalize to fix. What
 MobileNetV2 shows (Nagel et al. 2019) comes from expansion channels a trained net no
 longer uses: their BatchNormalization scale decays to ~0, the depthwise channel after
 them sees a constant, its moving variance falls to ~0, and folding divides its kernel by
