@@ -21,6 +21,14 @@ def test_set_without_smoke_test_on_a_float32_model_imports_neither_tensorflow_no
     assert out.is_file()
 
 
+def test_fold_bn_and_equalize_without_smoke_test_never_import_tensorflow(samples: Path, tmp_path: Path) -> None:
+    """Graph surgery is computed from the file: TensorFlow only checks it."""
+    for command in ("fold-bn", "equalize"):
+        out = tmp_path / f"{command}.keras"
+        argv = ["conv-surgeon", command, str(samples / "tiny_cnn.keras"), "--no-smoke", "-o", str(out)]
+        assert loaded_after_command(argv, ("tensorflow", "keras")) == {"status": 0, "loaded": []}
+
+
 def test_store_model_edits_render_and_pictures_import_without_tensorflow_or_keras() -> None:
     code = (
         "import importlib, json, pkgutil, sys\n"

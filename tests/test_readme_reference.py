@@ -39,7 +39,7 @@ COMMANDS = sorted(root().commands)
 
 
 def test_the_commands_are_the_ones_this_test_knows() -> None:
-    assert COMMANDS == ["apply", "diff", "fold-bn", "get", "inspect", "port", "prune", "set", "show"]
+    assert COMMANDS == ["apply", "diff", "equalize", "fold-bn", "get", "inspect", "port", "prune", "set", "show"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -149,6 +149,9 @@ def _edge_from(graph: ModelGraph, first: GraphLayer, kind: Kind) -> Edge | str:
         consumers = graph.consumers(current.name)
         where = "its output" if current is first else f"the output of '{graph.layer_path(current.name)}'"
         if "<output>" in consumers:
+            if graph.path:
+                return (f"{where} leaves the nested model '{graph.path}': equalize does not cross a model "
+                        "boundary")
             return f"{where} is {'an' if len(consumers) == 1 else 'also an'} output of the model"
         if len(consumers) != 1:
             return f"{where} feeds {len(consumers)} layers: one scale would have to hold for each"
