@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conv_surgeon.surgery.equalization import (CONVERGED, absorbed_amount, absorbed_bias, find_edges,
-                                               scaled_bias, scaled_kernel, solve_scales, without_relu6)
+from conv_surgeon.surgery.equalization import (CONVERGED, absorbed_amount, absorbed_bias, border_shift_ratio,
+                                               find_edges, scaled_bias, scaled_kernel, solve_scales,
+                                               without_relu6)
 
 
 def _layer(class_name: str, name: str, **config: Any) -> dict[str, Any]:
@@ -209,3 +210,16 @@ def test_relu6_to_relu_rewrites_layers_and_activations_and_names_them() -> None:
     assert layers["a"]["activation"] == "relu" and layers["act"]["activation"] == "relu"
     assert layers["r6"]["max_value"] is None and layers["r2"]["max_value"] == 2.0
     assert config["config"]["layers"][2]["config"]["max_value"] == 6.0  # the original untouched
+
+
+def test_the_border_shift_of_an_absorbed_channel_is_measured_against_the_outputs_size() -> None:
+    """At the border a zero stands where c_i was: an output moves by up to the window's
+    summed |W| times c_i; over the output's typical size (its BN's |gamma|)."""
+    kernel = np.zeros((3, 3, 2, 1))
+    kernel[..., 0, 0] = 0.5  # channel 0: summed |W| 4.5
+    kernel[..., 1, 0] = -2.0  # channel 1: 18
+    ratio = border_shift_ratio("depthwise", kernel, np.array([1.0, 0.5]), np.array([3.0, 0.1]))
+    np.testing.assert_allclose(ratio, [1.5, 90.0])
+    dense_like = np.ones((3, 2, 4))  # Conv1D: (taps, in, out)
+    np.testing.assert_allclose(border_shift_ratio("conv", dense_like, np.array([2.0, 0.0]), np.array([1, 2, 3, 6.0])),
+                               [6.0, 0.0])

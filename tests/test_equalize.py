@@ -425,7 +425,8 @@ def test_absorb_bias_moves_what_the_statistics_say(keras, tmp_path):
     path, out = tmp_path / "m.keras", tmp_path / "out.keras"
     model.save(path)
     report = _equalize(path, out, "--absorb-bias")
-    assert report["absorbed"] == [{"from": "a", "to": "b", "channels": 4, "border": False}]
+    assert report["absorbed"] == [{"from": "a", "to": "b", "channels": 4, "border": False,
+                                   "kept_at_border": 0}]
     assert report["function_changed"] and report["smoke"]["expect_same"] == []
     folded = keras.saving.load_model(_fold(path, tmp_path / "folded.keras"))
     written = keras.saving.load_model(out)
@@ -452,8 +453,8 @@ def test_absorb_bias_with_nothing_to_absorb_keeps_the_function(keras, chain, tmp
     channel gives anything up, and the report does not call the function changed."""
     out = tmp_path / "out.keras"
     report = _equalize(chain["path"], out, "--absorb-bias")
-    assert report["absorbed"] == [{"from": "a", "to": "b", "channels": 0, "border": False},
-                                  {"from": "b", "to": "c", "channels": 0, "border": False}]
+    assert report["absorbed"] == [{"from": "a", "to": "b", "channels": 0, "border": False, "kept_at_border": 0},
+                                  {"from": "b", "to": "c", "channels": 0, "border": False, "kept_at_border": 0}]
     assert not report["function_changed"]
     _assert_same_function(keras, chain["path"], out)
 

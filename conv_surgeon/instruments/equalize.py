@@ -163,7 +163,8 @@ def _prepare(source: ModelFile, request: EqualizeRequest,
     for path, kernel in kernels.items():
         bias = biases.get(path)
         new_values[path] = {values.kernel_names[path]: kernel} | ({"bias": bias} if bias is not None else {})
-    records = _records(fold, scales, new_values, values, bool(absorbed))
+    records = _records(fold, scales, new_values, values,
+                       {p for a in absorbed if a.channels for p in (a.first, a.second)})
     folds: list[Fold] = [(pair, dict(new_values[pair.conv_path]) if pair.conv_path in new_values else new, bn)
                          for pair, new, bn in fold.folds]
     folded_paths = {pair.conv_path for pair, _, _ in fold.folds}
@@ -314,7 +315,8 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
     return done, refused
 
 
-def _records(fold: FoldSurgery, scales: Scales, new_values: dict[str, dict[str, np.ndarray]], values: _Values, absorbed: bool) -> list[EditRecord]:
+def _records(fold: FoldSurgery, scales: Scales, new_values: dict[str, dict[str, np.ndarray]], values: _Values,
+             absorbed: set[str]) -> list[EditRecord]:
     """The provenance of every variable written."""
     # A layer in two groups (B of A -> B -> C) took scales from both: its record names
     # every layer of them, in chain order.
@@ -328,7 +330,7 @@ def _records(fold: FoldSurgery, scales: Scales, new_values: dict[str, dict[str, 
             source = EqualizeSource(equalize=group_of[path])
             if path in values.folded_from:
                 source["fold"] = values.folded_from[path]
-            if absorbed and name == "bias":
+            if path in absorbed and name == "bias":
                 source["absorb"] = True
             records.append(EditRecord(layer=path, variable=name, layout="keras", source=source))
     records += [EditRecord(layer=p.conv_path, variable=name, layout="keras", source=FoldSource(fold=p.bn_path))
