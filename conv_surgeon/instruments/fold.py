@@ -150,14 +150,17 @@ def prepare_fold(source: ModelFile, options: WriteOptions, layers: list[str] | N
                                         "BatchNormalization it alone feeds; nothing was written",))
         return FoldSurgery(structure, config, config, layer_names, by_path, [], keep_layers, None, report)
     if not keep_layers:
-        _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label)
+        # fold-bn can keep every layer instead; equalize has no such way out.
+        way_out = "; use --keep-layers, which keeps every layer" if command == "fold-bn" else ""
+        _check_predicted_order(config, {p.graph.path for p, _, _ in folds}, source.label, way_out)
         if layer_names is not None:
-            _check_layer_names(config, layer_names, source.label)
+            _check_layer_names(config, layer_names, source.label, way_out)
     new_config = folded_config(config, [p for p, _, _ in folds], keep_layers)
     optimizer = fold_slot_changes(source, structure, config, new_config, by_path, folds)
+    keeps_it = "; --keep-layers keeps it" if command == "fold-bn" else ""
     renamed = [] if keep_layers else [
-        f"the model output '{p.bn.name}' is now the output of '{p.conv.name}' (its name changes; "
-        "--keep-layers keeps it)" for p, _, _ in folds
+        f"the model output '{p.bn.name}' is now the output of '{p.conv.name}' (its name changes{keeps_it})"
+        for p, _, _ in folds
         if not p.graph.path and any(ref.layer == p.bn.name for ref in p.graph.outputs)]
     report = replace(report, optimizer=optimizer.note if optimizer is not None else None,
                      notes=tuple(renamed))
@@ -257,7 +260,7 @@ def _selected(pairs: list[FoldPair], not_folded: list[NotFolded], layers: list[s
     return chosen, []
 
 
-def _check_predicted_order(config: dict[str, Any], models: set[str], label: str) -> None:
+def _check_predicted_order(config: dict[str, Any], models: set[str], label: str, way_out: str) -> None:
     """The rewritten model's layer order is predicted by replaying Keras's; the replay must
     give the original's order first."""
     for graph in model_graphs(config):
@@ -265,7 +268,7 @@ def _check_predicted_order(config: dict[str, Any], models: set[str], label: str)
             raise ConvSurgeonError(
                 f"{label}: the layers of model '{graph.path or graph.name}' are not in the order "
                 "Keras lists them, so where Keras would look for the folded model's weights cannot "
-                "be predicted; nothing was written; use --keep-layers, which keeps every layer"
+                f"be predicted; nothing was written{way_out}"
             )
 
 
@@ -279,13 +282,13 @@ def _keras_order(graph: ModelGraph, label: str) -> list[str]:
                              f"{exc}; re-save the model with Keras") from None
 
 
-def _check_layer_names(config: dict[str, Any], layer_names: list[str], label: str) -> None:
+def _check_layer_names(config: dict[str, Any], layer_names: list[str], label: str, way_out: str) -> None:
     """A legacy .h5 loads weights by position in `layer_names`: it must be Keras's order."""
     listed = set(layer_names)
     if [name for name in _keras_order(model_graphs(config)[0], label) if name in listed] != layer_names:
         raise ConvSurgeonError(
             f"{label}: the layer_names of the .h5 are not in the order Keras lists its layers, so the "
-            "folded model's weights could not be placed; nothing was written; use --keep-layers")
+            f"folded model's weights could not be placed; nothing was written{way_out}")
 
 
 def _in_keras_order(config: dict[str, Any], layer_names: list[str]) -> tuple[str, ...]:
