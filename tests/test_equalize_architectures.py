@@ -13,6 +13,7 @@ model's outputs against float, in dB).
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,26 +83,31 @@ def _in_ranges(kind: str, kernel: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def equalized(architectures, keras, tmp_path_factory) -> dict[str, Any]:
-    """Per architecture: the original, fold-bn's model and the equalized one (MobileNetV2
-    also with --relu6-to-relu), and the reports."""
+def equalized(architectures, keras, tmp_path_factory) -> Callable[[str], dict[str, Any]]:
+    """``equalized(name)``: the original, fold-bn's model and the equalized one (MobileNetV2
+    also with --relu6-to-relu), and the reports; made on first use, so that pytest-xdist's
+    workers each make only the architectures their tests ask for."""
     folder = tmp_path_factory.mktemp("equalize")
-    found = {}
-    for name in ARCHITECTURES:
-        path, model = architectures.built(name, "spread-bn", linear_head=True, prepare=spread_statistics)
-        inputs = _inputs(model)
-        runs = {"fold": cs.fold_bn(path, out=folder / f"{name}-fold.keras", smoke=False),
-                "equalize": cs.equalize(path, out=folder / f"{name}-eq.keras", smoke=False)}
-        if name == "MobileNetV2":
-            runs["relu"] = cs.equalize(path, out=folder / f"{name}-relu.keras", smoke=False, relu6_to_relu=True)
-        found[name] = {"path": path, "inputs": inputs, "outputs": model_outputs(model, inputs)[0], "runs": runs,
-                       "files": {kind: Path(report.destination) for kind, report in runs.items()}}
-    return found
+    found: dict[str, dict[str, Any]] = {}
+
+    def case(name: str) -> dict[str, Any]:
+        if name not in found:
+            path, model = architectures.built(name, "spread-bn", linear_head=True, prepare=spread_statistics)
+            inputs = _inputs(model)
+            runs = {"fold": cs.fold_bn(path, out=folder / f"{name}-fold.keras", smoke=False),
+                    "equalize": cs.equalize(path, out=folder / f"{name}-eq.keras", smoke=False)}
+            if name == "MobileNetV2":
+                runs["relu"] = cs.equalize(path, out=folder / f"{name}-relu.keras", smoke=False, relu6_to_relu=True)
+            found[name] = {"path": path, "inputs": inputs, "outputs": model_outputs(model, inputs)[0], "runs": runs,
+                           "files": {kind: Path(report.destination) for kind, report in runs.items()}}
+        return found[name]
+
+    return case
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_the_equalized_model_computes_what_the_original_did(equalized, keras, name: str) -> None:
-    case = equalized[name]
+    case = equalized(name)
     report = case["runs"]["equalize"]
     assert report.equalized, f"{name}: nothing equalized"
     got = model_outputs(keras.saving.load_model(case["files"]["equalize"]), case["inputs"])[0]
@@ -114,7 +120,7 @@ def test_the_equalized_model_computes_what_the_original_did(equalized, keras, na
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_every_equalized_pair_has_meeting_channel_ranges(equalized, keras, name: str) -> None:
-    case = equalized[name]
+    case = equalized(name)
     model = keras.saving.load_model(case["files"]["equalize"])
     for group in case["runs"]["equalize"].equalized:
         for first, second in zip(group.layers, group.layers[1:]):
@@ -133,7 +139,7 @@ def _quant_rows(path: Path) -> dict[str, Any]:
 def test_mobilenet_v2_with_relu_int8_kernels_hurt_its_outputs_far_less(equalized, keras) -> None:
     """The paper's case: MobileNetV2 with ReLU6 made ReLU. The reference is fold-bn's model
     with the same change (made on the live layers here), so both have one function."""
-    case = equalized["MobileNetV2"]
+    case = equalized("MobileNetV2")
     report = case["runs"]["relu"]
     assert sum(group.kind == "triple" for group in report.equalized) >= 16  # 17: every block but the first
     assert len(report.relu6_replaced) == 35 and report.function_changed
@@ -154,7 +160,7 @@ def test_inspect_quant_shows_the_equalized_kernels_channel_ranges_brought_togeth
     """`inspect --quant`: the spread of channel ranges (largest / smallest) of every kernel
     equalize changed falls, the depthwise ones' included, and per-tensor int8 loses less
     against per-channel on them."""
-    case = equalized[name]
+    case = equalized(name)
     before, after = _quant_rows(case["files"]["fold"]), _quant_rows(case["files"][run])
     changed = sorted({path for group in case["runs"][run].equalized for path in group.layers})
     spread = [(before[p].range_ratio, after[p].range_ratio) for p in changed]
@@ -168,18 +174,19 @@ def test_inspect_quant_shows_the_equalized_kernels_channel_ranges_brought_togeth
         assert all(after[p].range_ratio < before[p].range_ratio for p in depthwise)
 
 
-def test_what_stops_equalization_is_named_for_every_layer(equalized) -> None:
-    """Residual junctions (ResNet50), swish (silu: EfficientNetB0) and ReLU6 (MobileNetV2) stop
-    pairs: each such layer is reported with its reason, never left out silently."""
-    for name, needle in (("ResNet50", "(Add) is a residual junction"),
-                         ("EfficientNetB0", "silu, which is not positively homogeneous"),
-                         ("MobileNetV2", "--relu6-to-relu replaces it by ReLU")):
-        report = equalized[name]["runs"]["equalize"]
-        starts = {group.layers[0] for group in report.equalized}
-        middles = {p for group in report.equalized for p in group.layers[1:-1]}
-        stopped = {stop.layer for stop in report.stops}
-        assert any(needle in stop.reason for stop in report.stops), name
-        assert not (starts | middles) & stopped
-        kernels = set(_quant_rows(equalized[name]["path"]))
-        # Every layer with a kernel either starts (or sits inside) a group or is stopped.
-        assert kernels <= starts | middles | stopped, sorted(kernels - (starts | middles | stopped))[:5]
+@pytest.mark.parametrize("name, needle", [("ResNet50", "(Add) is a residual junction"),
+                                          ("EfficientNetB0", "silu, which is not positively homogeneous"),
+                                          ("MobileNetV2", "--relu6-to-relu replaces it by ReLU")])
+def test_what_stops_equalization_is_named_for_every_layer(equalized, name: str, needle: str) -> None:
+    """Residual junctions (ResNet50), swish (silu: EfficientNetB0) and ReLU6 (MobileNetV2)
+    stop pairs: each such layer is reported with its reason, never left out silently."""
+    case = equalized(name)
+    report = case["runs"]["equalize"]
+    starts = {group.layers[0] for group in report.equalized}
+    middles = {p for group in report.equalized for p in group.layers[1:-1]}
+    stopped = {stop.layer for stop in report.stops}
+    assert any(needle in stop.reason for stop in report.stops)
+    assert not (starts | middles) & stopped
+    kernels = set(_quant_rows(case["path"]))
+    # Every layer with a kernel either starts (or sits inside) a group or is stopped.
+    assert kernels <= starts | middles | stopped, sorted(kernels - (starts | middles | stopped))[:5]
