@@ -25,8 +25,8 @@ from ..store.model_file import ModelFile
 from ..store.provenance import EditRecord, EqualizeSource, FoldSource
 from ..surgery.equalization import (BORDER_SHIFT_LIMIT, Edge, Kind, Scales, Stop, absorbed_amount,
                                     absorbed_bias, border_shift_ratio, find_edges, in_channels,
-                                    out_channels, scaled_bias, scaled_kernel, solve_scales,
-                                    without_relu6)
+                                    out_channels, range_spread, scaled_bias, scaled_kernel,
+                                    solve_scales, without_relu6)
 from ..surgery.folding import FOLDABLE_DTYPES, NotFolded
 from ..surgery.rewrite import Derived
 from ..surgery.stored_graph import layer_variable, store_layer
@@ -47,12 +47,15 @@ class EqualizedGroup:
 
 
 @dataclass(frozen=True)
-class KernelSqnr:
-    """A kernel equalize changed: its per-tensor int8 SQNR (dB) after folding, and now."""
+class KernelChange:
+    """A kernel equalize changed, after folding and now: its per-tensor int8 SQNR (dB) and
+    the spread of its output channels' ranges (largest / smallest nonzero)."""
 
     layer: str
     before_db: float
     after_db: float
+    spread_before: float
+    spread_after: float
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class EqualizeReport(WriteReport):
     relu6_replaced: tuple[str, ...]
     absorbed: tuple[Absorbed, ...]
     not_absorbed: tuple[Stop, ...]
-    kernels: tuple[KernelSqnr, ...]
+    kernels: tuple[KernelChange, ...]
 
     @property
     def changed(self) -> bool:
@@ -155,6 +158,7 @@ def _prepare(source: ModelFile, request: EqualizeRequest,
     edges, stops = _scalable(search.edges, values, list(search.stops))
     scales = solve_scales(edges, values.kernels)
     kernels, biases = _scaled(edges, scales, values)
+    kinds = {e.first_path: e.first_kind for e in edges} | {e.second_path: e.second_kind for e in edges}
     absorbed: list[Absorbed] = []
     not_absorbed: list[Stop] = []
     if request.absorb_bias:
@@ -184,7 +188,8 @@ def _prepare(source: ModelFile, request: EqualizeRequest,
                                        max(scales.zero_channels.get(i, 0) for i in g.edges)) for g in scales.groups),
         stops=tuple(stops), sweeps=scales.sweeps, converged=scales.converged, relu6_replaced=tuple(relu6),
         absorbed=tuple(absorbed), not_absorbed=tuple(not_absorbed),
-        kernels=tuple(KernelSqnr(path, per_tensor_sqnr_db(values.kernels[path]), per_tensor_sqnr_db(kernel))
+        kernels=tuple(KernelChange(path, per_tensor_sqnr_db(values.kernels[path]), per_tensor_sqnr_db(kernel),
+                                   range_spread(kinds[path], values.kernels[path]), range_spread(kinds[path], kernel))
                       for path, kernel in kernels.items()),
     )
     if not report.changed:

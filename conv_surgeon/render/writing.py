@@ -229,6 +229,11 @@ def _db(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+def _ratio(value: float) -> float | None:
+    """A range ratio for JSON: null when every channel is zero (nan)."""
+    return value if math.isfinite(value) else None
+
+
 def equalize_document(report: EqualizeReport) -> dict[str, Any]:
     return written_document(report, {
         "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
@@ -244,7 +249,8 @@ def equalize_document(report: EqualizeReport) -> dict[str, Any]:
                       "kept_at_border": a.kept_at_border} for a in report.absorbed],
         "not_absorbed": [{"layer": s.layer, "reason": s.reason} for s in report.not_absorbed],
         "function_changed": report.function_changed,
-        "kernels": [{"layer": k.layer, "int8_sqnr_per_tensor_db": {"before": _db(k.before_db), "after": _db(k.after_db)}}
+        "kernels": [{"layer": k.layer, "int8_sqnr_per_tensor_db": {"before": _db(k.before_db), "after": _db(k.after_db)},
+                     "range_ratio": {"before": _ratio(k.spread_before), "after": _ratio(k.spread_after)}}
                     for k in report.kernels],
         "optimizer": report.optimizer,
         "notes": list(report.notes),
@@ -295,10 +301,27 @@ def print_equalize(report: EqualizeReport, stream: TextIO | None = None) -> None
         print_table(out, [Column("layer", keep=False), Column("why", keep=False)],
                     [(s.layer, s.reason) for s in report.not_absorbed])
     if report.kernels:
+        spread = _spread_line(report)
+        if spread is not None:
+            out.print(spread)
         out.print(_sqnr_line(report))
     if report.optimizer:
         out.print(report.optimizer)
     _print_written_end(out, report)
+
+
+def _spread_line(report: EqualizeReport) -> str | None:
+    """How far apart the changed kernels' output channel ranges are, before and after."""
+    pairs = [(k.spread_before, k.spread_after) for k in report.kernels
+             if math.isfinite(k.spread_before) and math.isfinite(k.spread_after)]
+    if not pairs:
+        return None
+    before = sorted(b for b, _ in pairs)[len(pairs) // 2]
+    after = sorted(a for _, a in pairs)[len(pairs) // 2]
+    worst = max(report.kernels, key=lambda k: k.spread_before if math.isfinite(k.spread_before) else 0.0)
+    return (f"channel range spread (largest / smallest) of the {plural(len(pairs), 'kernel')} changed: median "
+            f"{before:,.3g}x -> {after:,.3g}x; widest before: {worst.layer} {worst.spread_before:,.3g}x -> "
+            f"{worst.spread_after:,.3g}x")
 
 
 def _sqnr_line(report: EqualizeReport) -> str:

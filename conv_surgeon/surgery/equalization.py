@@ -261,6 +261,14 @@ def out_channels(kind: Kind, kernel_shape: Sequence[int]) -> int:
     return int(kernel_shape[-2] if kind == "transpose" else kernel_shape[-1])
 
 
+def range_spread(kind: Kind, kernel: np.ndarray) -> float:
+    """The largest output channel's range over the smallest nonzero one (``inspect --quant``'s
+    range ratio): what equalization brings down; nan when every channel is zero."""
+    ranges = reduced(kind, kernel).max(axis=0) if kind != "depthwise" else reduced(kind, kernel).reshape(-1)
+    nonzero = ranges[ranges > 0]
+    return float(nonzero.max() / nonzero.min()) if nonzero.size else float("nan")
+
+
 @dataclass
 class _Node:
     """A layer's reduced kernel and the scales on its two sides (ones where no edge is)."""
