@@ -186,6 +186,8 @@ def test_chain_int8_hurts_less_after_equalize(keras, chain):
     kernels = {k["layer"]: k["int8_sqnr_per_tensor_db"] for k in chain["report"]["kernels"]}
     assert set(kernels) == {"a", "b", "c"}
     assert all(k["after"] > k["before"] for k in kernels.values()), kernels
+    spreads = {k["layer"]: k["range_ratio"] for k in chain["report"]["kernels"]}
+    assert spreads["a"]["after"] * 5 < spreads["a"]["before"], spreads  # a's outputs: the fold's spread
 
 
 # --- 2. a depthwise triple ---------------------------------------------------------------------
