@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..instruments.equalize import EqualizeReport
-    from ..instruments.fold import FoldReport
+    from ..instruments.fold import FoldedPair, FoldReport
     from ..instruments.port import PortReport
     from ..instruments.prune import PruneReport
     from ..instruments.set_weights import SetReport, SlotOutcome, VariableChange
     from ..instruments.writing import WriteReport
     from ..runtime.checks import OutputComparison, SmokeReport
+    from ..surgery.folding import NotFolded
 
 
 def _comparison_document(comparisons: Sequence[OutputComparison]) -> list[dict[str, Any]]:
@@ -191,12 +192,26 @@ def _print_smoke(out: Console, smoke: SmokeReport | None, skipped: str | None, d
         out.print("smoke test skipped (--no-smoke)")
 
 
+def _folds_document(pairs: Sequence[FoldedPair], not_folded: Sequence[NotFolded]) -> dict[str, Any]:
+    """`fold-bn`'s pairs, and why every other BatchNormalization was not folded (`equalize` folds first)."""
+    return {
+        "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
+                    "bias_added": p.bias_added} for p in pairs],
+        "not_folded": [{"batch_norm": r.layer, "after": r.after, "reason": r.reason} for r in not_folded],
+    }
+
+
+def _print_not_folded(out: Console, not_folded: Sequence[NotFolded]) -> None:
+    if not_folded:
+        out.print(f"not folded: {plural(len(not_folded), 'BatchNormalization')}")
+        print_table(out, [Column("batch norm", keep=False), Column("why", keep=False)],
+                    [(r.layer, r.reason) for r in not_folded])
+
+
 def fold_document(report: FoldReport) -> dict[str, Any]:
     return written_document(report, {
         "keep_layers": report.keep_layers,
-        "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
-                    "bias_added": p.bias_added} for p in report.pairs],
-        "not_folded": [{"batch_norm": r.layer, "after": r.after, "reason": r.reason} for r in report.not_folded],
+        **_folds_document(report.pairs, report.not_folded),
         "parameters": {"before": report.parameters_before, "after": report.parameters_after},
         "optimizer": report.optimizer,
         "notes": list(report.notes),
@@ -214,10 +229,7 @@ def print_fold(report: FoldReport, stream: TextIO | None = None) -> None:
                            Column("channels", right=True), Column("bias")],
                      [(p.conv, p.bn, p.conv_class, str(p.channels), "added" if p.bias_added else "updated")
                       for p in report.pairs])
-    if report.not_folded:
-        out.print(f"not folded: {plural(len(report.not_folded), 'BatchNormalization')}")
-        print_table(out, [Column("batch norm", keep=False), Column("why", keep=False)],
-                     [(r.layer, r.reason) for r in report.not_folded])
+    _print_not_folded(out, report.not_folded)
     if report.pairs:
         change = report.parameters_after - report.parameters_before
         out.print(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} ({change:+,})")
@@ -236,9 +248,7 @@ def _ratio(value: float) -> float | None:
 
 def equalize_document(report: EqualizeReport) -> dict[str, Any]:
     return written_document(report, {
-        "folded": [{"conv": p.conv, "batch_norm": p.bn, "class": p.conv_class, "channels": p.channels,
-                    "bias_added": p.bias_added} for p in report.folded],
-        "not_folded": [{"batch_norm": r.layer, "after": r.after, "reason": r.reason} for r in report.not_folded],
+        **_folds_document(report.folded, report.not_folded),
         "equalized": [{"layers": list(g.layers), "kind": g.kind, "channels": g.channels,
                        "zero_channels": g.zero_channels} for g in report.equalized],
         "stops": [{"layer": s.layer, "reason": s.reason} for s in report.stops],
@@ -276,10 +286,7 @@ def print_equalize(report: EqualizeReport, stream: TextIO | None = None) -> None
         out.print(f"not equalized: the output of {plural(len(report.stops), 'layer')}")
         print_table(out, [Column("layer", keep=False), Column("why", keep=False)],
                     [(s.layer, s.reason) for s in report.stops])
-    if report.not_folded:
-        out.print(f"not folded: {plural(len(report.not_folded), 'BatchNormalization')}")
-        print_table(out, [Column("batch norm", keep=False), Column("why", keep=False)],
-                    [(r.layer, r.reason) for r in report.not_folded])
+    _print_not_folded(out, report.not_folded)
     if report.relu6_replaced:
         out.print(f"ReLU6 replaced by ReLU in {plural(len(report.relu6_replaced), 'layer')} "
                   "(--relu6-to-relu: a change of function, measured below)")
