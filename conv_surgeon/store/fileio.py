@@ -7,6 +7,7 @@ import os
 import select
 import shutil
 import stat
+import secrets
 import tempfile
 import time
 import zipfile
@@ -180,15 +181,15 @@ def atomic_output(path: Path, notes: list[str] | None = None) -> Iterator[Path]:
         return
     check_output_dir(path)
     folder = path.parent if str(path.parent) else Path(".")
+    tmp = fresh_name(folder, f".{path.name}.", ".tmp")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise ConvSurgeonError(
-            f"{path}: cannot write in {folder} ({exc.strerror}); choose another output"
-        ) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+        try:
+            os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            tmp = folder / ""  # not ours (or never made): nothing for the cleanup to remove
+            raise ConvSurgeonError(
+                f"{path}: cannot write in {folder} ({exc.strerror}); choose another output"
+            ) from None
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -205,7 +206,15 @@ def atomic_output(path: Path, notes: list[str] | None = None) -> Iterator[Path]:
             "free space and permissions of its folder"
         ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp != folder:
+            tmp.unlink(missing_ok=True)
+
+
+def fresh_name(folder: Path, prefix: str, suffix: str) -> Path:
+    """A name for a staging file or folder in ``folder`` that nothing else uses, chosen
+    before it is created (``tempfile.mkstemp`` tells the name only once the file exists): a
+    SIGTERM raised the moment the file appears still finds the name its cleanup removes."""
+    return folder / f"{prefix}{secrets.token_hex(8)}{suffix}"
 
 
 def _streamed_output(path: Path) -> Iterator[Path]:

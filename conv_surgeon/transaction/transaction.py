@@ -36,7 +36,7 @@ from ..runtime.checks import (ExpectedValue, SmokeOptions, SmokeReport,
 from ..runtime.environment import KerasWarmUp
 from ..runtime.running import ReferenceResult, start_reference_run
 from ..runtime.smoke import run_smoke_test
-from ..store.fileio import (atomic_output, check_output_dir, output_stream,
+from ..store.fileio import (atomic_output, check_output_dir, fresh_name, output_stream,
                             same_file)
 from ..store.locking import (Claim, check_unchanged, claim_model, locked,
                              model_files, say_waiting)
@@ -406,11 +406,14 @@ def _staged(
         parent = target.parent if str(target.parent) else Path(".")
         if structure.format == "sharded":
             check_output_dir(target)
+        folder = fresh_name(parent, f".{target.name}.", ".staged")
         try:
-            folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staged", dir=parent))
-        except OSError as exc:
-            raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); choose another output") from None
-        try:
+            try:
+                folder.mkdir(0o700)
+            except OSError as exc:
+                folder = parent  # not ours (or never made): nothing for the cleanup to remove
+                raise ConvSurgeonError(f"{target}: cannot write in {parent} ({exc.strerror}); "
+                                       "choose another output") from None
             with _file_errors(target):
                 staged = stage_folder(source, make, folder, target.name, history, keep_names=in_place)
 
@@ -420,7 +423,8 @@ def _staged(
 
             yield ModelFile.from_path(staged.load_path), staged.load_path, commit
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder != parent:
+                shutil.rmtree(folder, ignore_errors=True)
         return
     with _staging_file(destination, "h5" if structure.legacy else structure.format, notes) as path:
         with _file_errors(destination.path or path):
