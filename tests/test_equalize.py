@@ -183,10 +183,10 @@ def test_chain_int8_hurts_less_after_equalize(keras, chain):
     equalized = _int8_output_sqnr_db(keras, chain["out"], chain["path"])
     assert equalized > folded + 20
     # The report's own per-kernel figures say the same of the kernels it changed.
-    kernels = {k["layer"]: k["int8_sqnr_per_tensor_db"] for k in chain["report"]["kernels"]}
+    kernels = {k["path"]: k["sqnr_per_tensor_db"] for k in chain["report"]["kernels"]}
     assert set(kernels) == {"a", "b", "c"}
     assert all(k["after"] > k["before"] for k in kernels.values()), kernels
-    spreads = {k["layer"]: k["range_ratio"] for k in chain["report"]["kernels"]}
+    spreads = {k["path"]: k["range_ratio"] for k in chain["report"]["kernels"]}
     assert spreads["a"]["after"] * 5 < spreads["a"]["before"], spreads  # a's outputs: the fold's spread
 
 

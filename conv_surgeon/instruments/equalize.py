@@ -51,7 +51,7 @@ class KernelChange:
     """A kernel equalize changed, after folding and now: its per-tensor int8 SQNR (dB) and
     the spread of its output channels' ranges (largest / smallest nonzero)."""
 
-    layer: str
+    path: str
     before_db: float
     after_db: float
     spread_before: float
@@ -127,6 +127,10 @@ def equalize(
     surgery, report, records = _prepare(source, request, options)
     if not report.changed or options.dry_run:
         return report
+    if not report.function_changed and options.smoke.enabled and options.smoke.expect_same is None:
+        # The flags changed nothing (no channel gave up bias, no ReLU6): the function is kept,
+        # so the check holds the written model to it.
+        options = replace(options, smoke=replace(options.smoke, expect_same=FUNCTION_KEPT))
     result = write_surgery(source, surgery, records, options, step)
     return replace(report, destination=result.destination, smoke=result.smoke, smoke_skipped=result.smoke_skipped,
                    notes=report.notes + result.notes, replaced=result.replaced)
@@ -163,15 +167,24 @@ def _prepare(source: ModelFile, request: EqualizeRequest,
     not_absorbed: list[Stop] = []
     if request.absorb_bias:
         absorbed, not_absorbed = _absorb(edges, scales, values, kernels, biases)
+    folded_paths = {pair.conv_path for pair, _, _ in fold.folds}
+    # A layer whose every scale came out 1 (zero ranges) keeps its values: it is not written
+    # (nor its optimizer slots reset) unless a fold changes it anyway.
+    unscaled = [g for g in scales.groups if all(np.all(scales.edges[i] == 1.0) for i in g.edges)]
+    stops += [Stop(g.layers[0], "every channel has a zero range on one side: nothing to scale") for g in unscaled]
     new_values: dict[str, dict[str, np.ndarray]] = {}
     for path, kernel in kernels.items():
         bias = biases.get(path)
+        old_bias = values.biases[path]
+        if path not in folded_paths and np.array_equal(kernel, values.kernels[path]) and (
+                bias is None or (old_bias is not None and np.array_equal(bias, old_bias))):
+            continue
         new_values[path] = {values.kernel_names[path]: kernel} | ({"bias": bias} if bias is not None else {})
+    stops += _unseen(fold, edges, stops)
     records = _records(fold, scales, new_values, values,
                        {p for a in absorbed if a.channels for p in (a.first, a.second)})
     folds: list[Fold] = [(pair, dict(new_values[pair.conv_path]) if pair.conv_path in new_values else new, bn)
                          for pair, new, bn in fold.folds]
-    folded_paths = {pair.conv_path for pair, _, _ in fold.folds}
     changes = {path: new for path, new in new_values.items() if path not in folded_paths}
     optimizer = fold_slot_changes(source, fold.structure, fold.config, new_config, fold.by_path, folds,
                                   frozenset((path, name) for path, new in changes.items() for name in new))
@@ -185,17 +198,28 @@ def _prepare(source: ModelFile, request: EqualizeRequest,
         optimizer=optimizer.note if optimizer is not None else None, notes=notes,
         folded=fold.report.pairs, not_folded=fold.report.not_folded,
         equalized=tuple(EqualizedGroup(g.layers, g.kind, int(scales.edges[g.edges[0]].size),
-                                       max(scales.zero_channels.get(i, 0) for i in g.edges)) for g in scales.groups),
+                                       max(scales.zero_channels.get(i, 0) for i in g.edges))
+                        for g in scales.groups if g not in unscaled),
         stops=tuple(stops), sweeps=scales.sweeps, converged=scales.converged, relu6_replaced=tuple(relu6),
         absorbed=tuple(absorbed), not_absorbed=tuple(not_absorbed),
         kernels=tuple(KernelChange(path, per_tensor_sqnr_db(values.kernels[path]), per_tensor_sqnr_db(kernel),
                                    range_spread(kinds[path], values.kernels[path]), range_spread(kinds[path], kernel))
-                      for path, kernel in kernels.items()),
+                      for path, kernel in kernels.items() if path in new_values),
     )
     if not report.changed:
         report = replace(report, notes=report.notes + ("nothing to equalize: no pair of layers can be "
                                                        "scaled and nothing was folded; nothing was written",))
     return surgery, report, records
+
+
+def _unseen(fold: FoldSurgery, edges: list[Edge], stops: list[Stop]) -> list[Stop]:
+    """Every other layer with a kernel, named: one equalize cannot follow in the graph (a
+    wrapper's, a custom layer's, an RNN's, an EinsumDense) is never left out silently."""
+    seen = {stop.layer for stop in stops} | {edge.first_path for edge in edges}
+    return [Stop(layer.path, f"a {layer.class_name} layer: equalize pairs convolutions and Dense layers it "
+                             "can follow in the model's graph")
+            for layer in fold.structure.layers
+            if layer.path not in seen and _kernel_variable(layer) is not None]
 
 
 def _kernel_variable(layer: Layer) -> Variable | None:
@@ -245,7 +269,7 @@ def _scalable(edges: tuple[Edge, ...], values: _Values, stops: list[Stop]) -> tu
             if kernel is None:
                 reason = f"'{path}' has no kernel in the store"
             elif kernel.dtype.name not in FOLDABLE_DTYPES:
-                reason = f"'{path}' has a {kernel.dtype.name} kernel, which cannot be scaled exactly"
+                reason = f"'{path}' has a kernel of {kernel.dtype.name}, which cannot be scaled exactly"
         if reason is None:
             n_out = out_channels(edge.first_kind, values.kernels[edge.first_path].shape)
             n_in = in_channels(edge.second_kind, values.kernels[edge.second_path].shape)
@@ -309,7 +333,7 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
             size = np.ones(out_channels(edge.second_kind, kernels[second].shape)) if second_gamma is None \
                 else np.abs(second_gamma.astype(np.float64))
             too_far = (border_shift_ratio(edge.second_kind, kernels[second], c, size / scale_out.get(second, 1.0))
-                       > BORDER_SHIFT_LIMIT) & (c > 0)
+                       > BORDER_SHIFT_LIMIT) & (c != 0)
             kept = int(too_far.sum())
             c = np.where(too_far, 0.0, c)
         first_bias = biases[first]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..model.naming import format_epsilon, format_shape
 from .reference import print_reference, reference_document
-from .text import Column, console, plural, print_table
+from .text import Column, console, finite_or_none, number_or_text, plural, print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -236,16 +236,6 @@ def print_fold(report: FoldReport, stream: TextIO | None = None) -> None:
     _print_written_end(out, report)
 
 
-def _db(value: float) -> float | str:
-    """A dB figure for JSON, which has no infinity: "inf" for an exact quantization."""
-    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-
-
-def _ratio(value: float) -> float | None:
-    """A range ratio for JSON: null when every channel is zero (nan)."""
-    return value if math.isfinite(value) else None
-
-
 def equalize_document(report: EqualizeReport) -> dict[str, Any]:
     return written_document(report, {
         **_folds_document(report.folded, report.not_folded),
@@ -259,8 +249,10 @@ def equalize_document(report: EqualizeReport) -> dict[str, Any]:
                       "kept_at_border": a.kept_at_border} for a in report.absorbed],
         "not_absorbed": [{"layer": s.layer, "reason": s.reason} for s in report.not_absorbed],
         "function_changed": report.function_changed,
-        "kernels": [{"layer": k.layer, "int8_sqnr_per_tensor_db": {"before": _db(k.before_db), "after": _db(k.after_db)},
-                     "range_ratio": {"before": _ratio(k.spread_before), "after": _ratio(k.spread_after)}}
+        # As `inspect --quant` names them: `path`, `sqnr_per_tensor_db` (int8), `range_ratio`.
+        "kernels": [{"path": k.path,
+                     "sqnr_per_tensor_db": {"before": number_or_text(k.before_db), "after": number_or_text(k.after_db)},
+                     "range_ratio": {"before": finite_or_none(k.spread_before), "after": finite_or_none(k.spread_after)}}
                     for k in report.kernels],
         "optimizer": report.optimizer,
         "notes": list(report.notes),
@@ -290,11 +282,12 @@ def print_equalize(report: EqualizeReport, stream: TextIO | None = None) -> None
     if report.relu6_replaced:
         out.print(f"ReLU6 replaced by ReLU in {plural(len(report.relu6_replaced), 'layer')} "
                   "(--relu6-to-relu: a change of function, measured below)")
-    if report.absorbed:
-        channels = sum(a.channels for a in report.absorbed)
-        out.print(f"bias absorbed on {plural(len(report.absorbed), 'edge')} ({plural(channels, 'channel')}; "
+    absorbed = [a for a in report.absorbed if a.channels]
+    if absorbed:
+        channels = sum(a.channels for a in absorbed)
+        out.print(f"bias absorbed on {plural(len(absorbed), 'edge')} ({plural(channels, 'channel')}; "
                   "exact where the activation stays above what was taken, measured below)")
-        border = [a.second for a in report.absorbed if a.border]
+        border = [a.second for a in absorbed if a.border]
         if border:
             out.print(f"note: inexact where zero padding meets the border in {plural(len(border), 'layer')} "
                       f"({_names(border)})")
@@ -312,8 +305,6 @@ def print_equalize(report: EqualizeReport, stream: TextIO | None = None) -> None
         if spread is not None:
             out.print(spread)
         out.print(_sqnr_line(report))
-    if report.optimizer:
-        out.print(report.optimizer)
     _print_written_end(out, report)
 
 
@@ -327,7 +318,7 @@ def _spread_line(report: EqualizeReport) -> str | None:
     after = sorted(a for _, a in pairs)[len(pairs) // 2]
     worst = max(report.kernels, key=lambda k: k.spread_before if math.isfinite(k.spread_before) else 0.0)
     return (f"channel range spread (largest / smallest) of the {plural(len(pairs), 'kernel')} changed: median "
-            f"{before:,.3g}x -> {after:,.3g}x; widest before: {worst.layer} {worst.spread_before:,.3g}x -> "
+            f"{before:,.3g}x -> {after:,.3g}x; widest before: {worst.path} {worst.spread_before:,.3g}x -> "
             f"{worst.spread_after:,.3g}x")
 
 
@@ -341,7 +332,7 @@ def _sqnr_line(report: EqualizeReport) -> str:
     worst = min(finite, key=lambda k: k.before_db)
     return (f"per-tensor int8 SQNR of the {plural(len(finite), 'kernel')} changed: median "
             f"{before[len(before) // 2]:.1f} dB -> {after[len(after) // 2]:.1f} dB; worst before: "
-            f"{worst.layer} {worst.before_db:.1f} dB -> {worst.after_db:.1f} dB")
+            f"{worst.path} {worst.before_db:.1f} dB -> {worst.after_db:.1f} dB")
 
 
 def _names(paths: Sequence[str], most: int = 4) -> str:

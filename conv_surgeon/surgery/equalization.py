@@ -28,6 +28,7 @@ import numpy as np
 
 from ..model.catalogue import conv_class
 from ..model.graph import GraphLayer, ModelGraph, model_graphs
+from .folding import multiplied
 
 # A sweep ends the iteration when every scale it applies is within this of 1.
 CONVERGED = 1e-6
@@ -448,9 +449,7 @@ def scaled_kernel(kind: Kind, kernel: np.ndarray, scale_in: np.ndarray | None,
         factor = (1.0 / b)[:, None] * a[None, :]
     else:
         factor = a[:, None] / b[None, :]
-    work = np.float32 if kernel.dtype == np.float16 else kernel.dtype
-    result: np.ndarray = np.multiply(kernel, factor.astype(work), dtype=work).astype(kernel.dtype, copy=False)
-    return result
+    return multiplied(kernel, factor)
 
 
 def scaled_bias(bias: np.ndarray, scale_out: np.ndarray) -> np.ndarray:
@@ -496,13 +495,14 @@ BORDER_SHIFT_LIMIT = 1.0
 
 def border_shift_ratio(kind: Kind, kernel: np.ndarray, c: np.ndarray, output_scale: np.ndarray) -> np.ndarray:
     """Per input channel i of B: the most absorbing ``c_i`` can move one of B's outputs at
-    the border (the window's weights summed in absolute value, times ``c_i``), over that
-    output's typical size ``output_scale``; the largest over B's outputs."""
+    the border (the window's weights summed in absolute value, times ``|c_i|``: on a linear
+    path c is beta, of either sign), over that output's typical size ``output_scale``; the
+    largest over B's outputs."""
     w = np.abs(np.asarray(kernel, dtype=np.float64))
     spatial = tuple(range(w.ndim - 2))
     sums = w.sum(axis=spatial) if spatial else w
     scale = output_scale.reshape(sums.shape) if kind == "depthwise" else output_scale[None, :]
-    ratio: np.ndarray = (sums * c[:, None] / np.where(scale > 0, scale, np.inf)).max(axis=1)
+    ratio: np.ndarray = (sums * np.abs(c)[:, None] / np.where(scale > 0, scale, np.inf)).max(axis=1)
     return ratio
 
 

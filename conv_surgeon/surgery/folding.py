@@ -178,13 +178,19 @@ def folded_kernel(cls: ConvClass, kernel: np.ndarray, s: np.ndarray) -> np.ndarr
     One multiplication in the kernel's own precision (float16 kernels in float32): within
     an ulp of the float64 product, and a single pass over what can be the model's bulk.
     """
-    work = np.float32 if kernel.dtype == np.float16 else kernel.dtype
-    scale = s.astype(work)
+    scale = s
     if cls.kind == "transpose":
         scale = scale[:, None]
     elif cls.kind == "depthwise":
         scale = scale.reshape(kernel.shape[-2], kernel.shape[-1])
-    result: np.ndarray = np.multiply(kernel, scale, dtype=work).astype(kernel.dtype, copy=False)
+    return multiplied(kernel, scale)
+
+
+def multiplied(kernel: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``kernel * factor`` (broadcast over its last axes): one multiplication in the kernel's
+    own precision (float16 in float32), by a factor computed in float64."""
+    work = np.float32 if kernel.dtype == np.float16 else kernel.dtype
+    result: np.ndarray = np.multiply(kernel, factor.astype(work), dtype=work).astype(kernel.dtype, copy=False)
     return result
 
 
