@@ -220,6 +220,9 @@ def test_the_border_shift_of_an_absorbed_channel_is_measured_against_the_outputs
     kernel[..., 1, 0] = -2.0  # channel 1: 18
     ratio = border_shift_ratio("depthwise", kernel, np.array([1.0, 0.5]), np.array([3.0, 0.1]))
     np.testing.assert_allclose(ratio, [1.5, 90.0])
+    # On a linear path c is beta, of either sign: a negative one moves the border as far.
+    np.testing.assert_allclose(border_shift_ratio("depthwise", kernel, np.array([-1.0, -0.5]), np.array([3.0, 0.1])),
+                               [1.5, 90.0])
     dense_like = np.ones((3, 2, 4))  # Conv1D: (taps, in, out)
     np.testing.assert_allclose(border_shift_ratio("conv", dense_like, np.array([2.0, 0.0]), np.array([1, 2, 3, 6.0])),
                                [6.0, 0.0])

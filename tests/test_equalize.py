@@ -547,3 +547,32 @@ def test_library_call_and_history(chain, tmp_path, cli):
     assert sources == {("a", "kernel"): ["a", "b"], ("a", "bias"): ["a", "b"],
                        ("b", "kernel"): ["a", "b", "c"], ("b", "bias"): ["a", "b", "c"],
                        ("c", "kernel"): ["b", "c"], ("c", "bias"): ["b", "c"]}
+
+
+def test_a_pair_with_nothing_to_scale_is_a_stop_and_nothing_is_written(keras, tmp_path):
+    """Every channel of A is zero: the pair's scales all stay 1, so it is reported among the
+    stops with why, and with nothing folded either, no file is written."""
+    inputs = keras.Input((6, 6, 2))
+    hidden = keras.layers.Conv2D(3, 1, activation="relu", kernel_initializer="zeros", name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="b")(hidden))
+    path, out = tmp_path / "zeros.keras", tmp_path / "out.keras"
+    model.save(path)
+    report = cs.equalize(path, out=out, smoke=False)
+    assert report.equalized == () and not report.changed and not out.exists()
+    assert ("a", "every channel has a zero range on one side: nothing to scale") in {
+        (s.layer, s.reason) for s in report.stops}
+
+
+def test_a_kernel_equalize_cannot_follow_is_named_not_dropped(keras, tmp_path):
+    """A conv inside TimeDistributed has a kernel but no place in the graph equalize walks:
+    the report names it."""
+    model = keras.Sequential([keras.Input((4, 6, 6, 2)), keras.layers.TimeDistributed(keras.layers.Conv2D(3, 1)),
+                              keras.layers.ReLU(), keras.layers.Conv3D(2, 1, name="c3")])
+    path = tmp_path / "td.keras"
+    model.save(path)
+    report = cs.equalize(path, dry_run=True)
+    reasons = {s.layer: s.reason for s in report.stops}
+    wrapped = [layer for layer in reasons if layer.startswith("time_distributed")]
+    assert wrapped and reasons[wrapped[0]].endswith(
+        "layer: equalize pairs convolutions and Dense layers it can follow in the model's graph"), reasons
+    assert reasons["c3"] == "its output is an output of the model"
