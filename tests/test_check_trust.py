@@ -323,3 +323,27 @@ def test_a_noop_edit_of_resnet50_compares_equal(architectures, tmp_path):
                                "-o", tmp_path / "same.keras", "--compare", "--expect-same", "--json"))
     assert report["smoke"]["comparison"][0]["max_abs"] == 0.0
     assert report["smoke"]["layer_comparison"][0]["max_abs"] == 0.0
+
+
+def test_a_keras2_depthwise_conv_folds_and_equalizes(tf_keras, tmp_path, cli):
+    """Keras 2 names a DepthwiseConv2D's kernel `depthwise_kernel`: fold-bn (and equalize,
+    which folds first) found no `kernel` and refused every Keras 2 MobileNet .h5."""
+    L = tf_keras.layers
+    inputs = tf_keras.Input((8, 8, 3))
+    x = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(4, 1, name="expand")(inputs)))
+    x = L.ReLU()(L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, padding="same", name="dw")(x)))
+    model = tf_keras.Model(inputs, L.Conv2D(3, 1, name="project")(x))
+    rng = np.random.default_rng(4)
+    for name in ("bn1", "bn2"):
+        model.get_layer(name).set_weights([rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.3, 4), rng.normal(0, 0.3, 4),
+                                           np.exp(rng.uniform(-3, 2, 4))])
+    path = tmp_path / "k2.h5"
+    model.save(path)
+    with h5py.File(path) as handle:
+        assert any(name.startswith("dw/depthwise_kernel") for name in handle["model_weights/dw"].attrs["weight_names"].astype(str))
+    for command, key in (("fold-bn", "folded"), ("equalize", "equalized")):
+        result = cli(command, str(path), "-o", str(tmp_path / f"{command}.h5"), "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)[key], result.stdout
+    report = json.loads(cli("equalize", str(path), "--dry-run", "--json").stdout)
+    assert [g["layers"] for g in report["equalized"]] == [["expand", "dw", "project"]]

@@ -359,9 +359,12 @@ def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
     """The conv's new variables by name: its (pointwise) kernel scaled, and its bias."""
     s, t = scale_and_shift(bn)
     name = "pointwise_kernel" if pair.conv_class.kind == "separable" else "kernel"
-    kernel = layer_variable(layer, name)
+    # Keras 2 named a DepthwiseConv2D's kernel `depthwise_kernel`.
+    kernel = layer_variable(layer, name) or (layer_variable(layer, "depthwise_kernel")
+                                             if pair.conv_class.kind == "depthwise" else None)
     if kernel is None:
         raise ModelFileError(f"layer '{layer.path}': no {name} in the store")
+    name = kernel.name
     if kernel.dtype not in FOLDABLE_DTYPES:
         raise ConvSurgeonError(f"layer '{layer.path}': a {kernel.dtype} kernel cannot be folded exactly")
     if output_channels(pair.conv_class, kernel.shape) != s.size:
