@@ -149,7 +149,7 @@ class _Values:
 
 def _prepare(source: ModelFile, request: EqualizeRequest,
              options: WriteOptions) -> tuple[FoldSurgery, EqualizeReport, list[EditRecord]]:
-    fold = prepare_fold(source, options, None, False, "equalize")
+    fold = prepare_fold(source, options, None, False, command="equalize")
     if not request.fold and fold.folds:
         pair = fold.folds[0][0]
         raise ConvSurgeonError(

@@ -243,7 +243,7 @@ def _pads(layer: GraphLayer, kind: Kind) -> bool:
 # --- the scales -----------------------------------------------------------------------------
 
 
-def reduced(kind: Kind, kernel: np.ndarray) -> np.ndarray:
+def window_peaks(kind: Kind, kernel: np.ndarray) -> np.ndarray:
     """``max |w|`` over the window: (in, out) for a conv or Dense, (in, multiplier) for a
     depthwise conv, in float64."""
     w = np.abs(np.asarray(kernel, dtype=np.float64))
@@ -265,29 +265,30 @@ def out_channels(kind: Kind, kernel_shape: Sequence[int]) -> int:
 def range_spread(kind: Kind, kernel: np.ndarray) -> float:
     """The largest output channel's range over the smallest nonzero one (``inspect --quant``'s
     range ratio): what equalization brings down; nan when every channel is zero."""
-    ranges = reduced(kind, kernel).max(axis=0) if kind != "depthwise" else reduced(kind, kernel).reshape(-1)
+    ranges = window_peaks(kind, kernel).max(axis=0) if kind != "depthwise" else window_peaks(kind, kernel).reshape(-1)
     nonzero = ranges[ranges > 0]
     return float(nonzero.max() / nonzero.min()) if nonzero.size else float("nan")
 
 
 @dataclass
 class _Node:
-    """A layer's reduced kernel and the scales on its two sides (ones where no edge is)."""
+    """A layer's kernel peaks over the window and the scales on its two sides (ones where no
+    edge is)."""
 
     kind: Kind
-    m: np.ndarray
+    peaks: np.ndarray  # window_peaks of its kernel
     scale_in: np.ndarray
     scale_out: np.ndarray
 
     def effective(self) -> np.ndarray:
-        out = self.scale_out.reshape(self.m.shape) if self.kind == "depthwise" else self.scale_out[None, :]
-        result: np.ndarray = self.m * self.scale_in[:, None] / out
+        out = self.scale_out.reshape(self.peaks.shape) if self.kind == "depthwise" else self.scale_out[None, :]
+        result: np.ndarray = self.peaks * self.scale_in[:, None] / out
         return result
 
     def out_range(self) -> np.ndarray:
         if self.kind == "depthwise":
             return self.effective().reshape(-1)
-        result: np.ndarray = (self.m * self.scale_in[:, None]).max(axis=0) / self.scale_out
+        result: np.ndarray = (self.peaks * self.scale_in[:, None]).max(axis=0) / self.scale_out
         return result
 
     def in_range(self) -> np.ndarray:
@@ -295,7 +296,7 @@ class _Node:
         if self.kind == "depthwise":
             result = self.effective().max(axis=1)
             return result
-        result = (self.m / self.scale_out[None, :]).max(axis=1) * self.scale_in
+        result = (self.peaks / self.scale_out[None, :]).max(axis=1) * self.scale_in
         return result
 
 
@@ -352,7 +353,7 @@ def solve_scales(edges: Sequence[Edge], kernels: dict[str, np.ndarray]) -> Scale
     kinds = {e.first_path: e.first_kind for e in edges} | {e.second_path: e.second_kind for e in edges}
     for path, kind in kinds.items():
         shape = kernels[path].shape
-        nodes[path] = _Node(kind, reduced(kind, kernels[path]), np.ones(in_channels(kind, shape)),
+        nodes[path] = _Node(kind, window_peaks(kind, kernels[path]), np.ones(in_channels(kind, shape)),
                             np.ones(out_channels(kind, shape)))
     scales: list[np.ndarray] = []
     for edge in edges:
