@@ -432,7 +432,7 @@ def test_absorb_bias_moves_what_the_statistics_say(keras, tmp_path):
     assert report["function_changed"] and report["smoke"]["expect_same"] == []
     folded = keras.saving.load_model(_fold(path, tmp_path / "folded.keras"))
     written = keras.saving.load_model(out)
-    (fa, fa_bias), (fb, fb_bias) = folded.get_layer("a").get_weights(), folded.get_layer("b").get_weights()
+    (fa, fa_bias), (_, fb_bias) = folded.get_layer("a").get_weights(), folded.get_layer("b").get_weights()
     (a, a_bias), (b, b_bias) = written.get_layer("a").get_weights(), written.get_layer("b").get_weights()
     s = _out_ranges(fa).astype(np.float64) / _out_ranges(a)  # the scales written
     gamma, beta, _, _ = model.get_layer("bn").get_weights()

@@ -133,7 +133,6 @@ def _not_homogeneous(what: str, activation: Any) -> str:
 
 def _edge_from(graph: ModelGraph, first: GraphLayer, kind: Kind) -> Edge | str:
     """The edge that starts at ``first``, or why there is none."""
-    name = graph.layer_path(first.name)
     if len(first.calls) != 1:
         return f"it is called {len(first.calls)} times (a shared layer): a scale would change every call"
     activation = first.config.get("activation")
