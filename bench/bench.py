@@ -108,8 +108,10 @@ Sections
                      result, its forward pass, max abs difference checked. The script's
                      folds and pairs are checked against ``equalize --dry-run --json``'s
                      (untimed; FAIL in the note, which never fails the run). Ratio rows:
-                     (a)/(c) <= 0.8x, (b)/(c) <= 0.15x (MISS never fails the run). Run it
-                     alone: ``bench.py --only equalize``.
+                     (a)/(c) <= 0.8x, (b)/(c) <= 0.15x (MISS never fails the run). Then (d)
+                     ``--relu6-to-relu --no-smoke``, the paper's MobileNetV2 job, where the
+                     sweeps run: its time alone, no target. Run it alone: ``bench.py --only
+                     equalize``.
     port             ``conv-surgeon port resnet50.keras --from resnet50_torch.pt --no-smoke -o
                      OUT`` (a), a ResNet50-sized PyTorch state dict (keras.applications'
                      ResNet50 written in PyTorch with torchvision's module names, random
@@ -1347,7 +1349,7 @@ def _equalized_edges(groups: list[dict]) -> set[tuple[str, str]]:
 
 def bench_equalize(ctx: Context) -> list[Row]:
     model = mobilenetv2_bn()
-    outs = {case: CACHE / f"equalize-{case}.out.keras" for case in ("a", "b", "c")}
+    outs = {case: CACHE / f"equalize-{case}.out.keras" for case in ("a", "b", "c", "d")}
     summary = CACHE / "equalize-c.summary.json"
     try:
         a = ctx.measure([CLI, "equalize", str(model), "-o", str(outs["a"])], after=_remover(outs["a"]))
@@ -1355,12 +1357,18 @@ def bench_equalize(ctx: Context) -> list[Row]:
                         after=_remover(outs["b"]))
         c = ctx.measure([PYTHON, "-c", KERAS_EQUALIZE, str(model), str(outs["c"]), str(summary)],
                         after=_remover(outs["c"]))
+        # The paper's MobileNetV2 job, where the sweeps run (no plain script to compare: information).
+        d = ctx.measure([CLI, "equalize", str(model), "--relu6-to-relu", "--no-smoke", "-o", str(outs["d"])],
+                        after=_remover(outs["d"]))
     finally:
         for out in outs.values():
             _remover(out)()
     # The same job? What the tool would do (untimed) against what the script did.
-    tool = json.loads(subprocess.run([CLI, "equalize", str(model), "--no-smoke", "--dry-run", "--json"],
-                                     capture_output=True, text=True, env=CHILD_ENV, cwd=ROOT, check=True).stdout)
+    def dry_run(*flags: str) -> dict:
+        return json.loads(subprocess.run([CLI, "equalize", str(model), "--no-smoke", "--dry-run", "--json", *flags],
+                                         capture_output=True, text=True, env=CHILD_ENV, cwd=ROOT, check=True).stdout)
+
+    tool, relu = dry_run(), dry_run("--relu6-to-relu")
     script = json.loads(summary.read_text())
     summary.unlink()
     same = (len(tool["folded"]) == script["folded"]
@@ -1382,6 +1390,8 @@ def bench_equalize(ctx: Context) -> list[Row]:
          f"{'the same folds and pairs as (a)' if same else 'FAIL: other folds or pairs than (a)'}"),
         ("equalize", "ratio (a)/(c) time", f"{a_t:.2f}x", "", verdict(a_t, EQUALIZE_TIME_TARGET)),
         ("equalize", "ratio (b)/(c) time", f"{b_t:.2f}x", "", verdict(b_t, EQUALIZE_NO_SMOKE_TIME_TARGET)),
+        ("equalize", "(d) equalize --relu6-to-relu --no-smoke", f"{d.median_s:.2f}", f"{d.max_rss_mb:.0f}",
+         f"{len(relu['equalized'])} groups, {relu['sweeps']} sweeps (no target: the sweeps' cost)"),
     ]
 
 
