@@ -128,6 +128,12 @@ def stop(exc: KeyboardInterrupt) -> KeyboardInterrupt:
     return exc
 
 
+def stopped() -> KeyboardInterrupt | None:
+    """The interruption a signal started, if one did: whatever fails after it (a module
+    whose import it cut short, say) failed because of it."""
+    return _stopped[0] if _stopped else None
+
+
 def raise_if_stopped() -> None:
     """Raise again the interruption a signal started, if something swallowed it.
 

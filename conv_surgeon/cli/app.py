@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .._version import __version__
-from ..errors import ConvSurgeonError, ExitCode, InternalError, PlanError, Terminated
+from ..errors import ConvSurgeonError, ExitCode, InternalError, PlanError, Terminated, stopped
 
 # Keys of click's ``ctx.meta``, which every context of one invocation shares.
 ARGV = "conv_surgeon.argv"  # what the user typed, for the provenance record of a write
@@ -90,7 +90,16 @@ class _ErrorBoundary(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         ctx.meta[ARGV] = getattr(self, "argv", ["conv-surgeon"])
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except Exception as exc:
+                # A signal that a library swallowed, leaving it to fail in its own words (a
+                # SIGTERM cut an import short: "you need to have `optree` installed"): the
+                # signal is what happened.
+                interruption = stopped()
+                if interruption is not None and not isinstance(exc, (click.exceptions.Exit, click.exceptions.Abort)):
+                    raise interruption from None
+                raise
         except ConvSurgeonError as exc:
             problems = exc.problems if isinstance(exc, PlanError) else ()
             _render_error(str(exc), exc.exit_code, self._json_stream(ctx), problems=problems)
