@@ -159,6 +159,19 @@ except BaseException:
 '''
 
 
+def _set_importing(tmp_path: Path, module: str, code: str) -> tuple[subprocess.CompletedProcess, Path, str]:
+    """`set --in-place` with ``code`` imported for its smoke test as ``module``: the run,
+    the model and the model's digest before."""
+    (tmp_path / f"{module}.py").write_text(code)
+    model = copy_into(tmp_path, TINY)
+    before = sha256(model)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    run = subprocess.run([CLI, "set", str(model), "--layer", "conv1", "--kernel-init", "ones", "--in-place",
+                          "--import", module], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": path}, timeout=120)
+    return run, model, before
+
+
 BREAKER = '''\
 import os, signal, time
 try:  # a SIGTERM cuts an import short, and the library says so in its own words
@@ -172,13 +185,7 @@ except BaseException:
 def test_a_signal_a_library_turns_into_its_own_error_is_reported_as_the_signal(tmp_path):
     """Seen in CI under load: a SIGTERM during Keras's import made `import optree` fail,
     and Keras raised ImportError, which the command reported as an internal error (exit 70)."""
-    (tmp_path / "breaker.py").write_text(BREAKER)
-    model = copy_into(tmp_path, TINY)
-    before = sha256(model)
-    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-    run = subprocess.run([CLI, "set", str(model), "--layer", "conv1", "--kernel-init", "ones", "--in-place",
-                          "--import", "breaker"], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": path}, timeout=120)
+    run, model, before = _set_importing(tmp_path, "breaker", BREAKER)
     assert run.returncode == 128 + signal.SIGTERM, run.stderr
     assert run.stderr.splitlines()[-1] == "Error: stopped by SIGTERM; nothing was written", run.stderr
     assert sha256(model) == before
@@ -189,13 +196,7 @@ def test_a_ctrl_c_that_a_library_swallows_still_stops_the_write(tmp_path):
     """The Ctrl-C arrives while third-party code runs (here a module imported for the smoke
     test) and that code swallows the KeyboardInterrupt: the command still stops, writes
     nothing and exits 130, instead of going on to deliver the model."""
-    (tmp_path / "swallower.py").write_text(SWALLOWER)
-    model = copy_into(tmp_path, TINY)
-    before = sha256(model)
-    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-    run = subprocess.run([CLI, "set", str(model), "--layer", "conv1", "--kernel-init", "ones", "--in-place",
-                          "--import", "swallower"], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": path}, timeout=120)
+    run, model, before = _set_importing(tmp_path, "swallower", SWALLOWER)
     assert run.returncode == 130, run.stderr
     assert run.stderr.splitlines()[-1] == "Error: interrupted; nothing was written", run.stderr
     assert sha256(model) == before
