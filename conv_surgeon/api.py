@@ -277,12 +277,9 @@ def fold_bn(
     lists the pairs folded and, for every other BatchNormalization, why not.
     """
     from .instruments.fold import FoldRequest, fold_bn as fold
-    from .instruments.writing import CheckRequest
 
     request = FoldRequest(tuple(layers or ()), keep_layers)
-    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe,
-                          imports=tuple(imports), atol=atol, rtol=rtol,
-                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    checks = _compared_checks(smoke, input_shapes, unsafe, imports, atol, rtol, load_inputs)
     options = _write_options(model, out, in_place, dry_run, checks, request.checks,
                              ("conv_surgeon.fold_bn", os.fspath(model)))
     return fold(_source(model), request, options)
@@ -319,12 +316,9 @@ def equalize(
     equalized and, for every other layer's output, why not.
     """
     from .instruments.equalize import EqualizeRequest, equalize as run
-    from .instruments.writing import CheckRequest
 
     request = EqualizeRequest(fold=fold, relu6_to_relu=relu6_to_relu, absorb_bias=absorb_bias)
-    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe,
-                          imports=tuple(imports), atol=atol, rtol=rtol,
-                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    checks = _compared_checks(smoke, input_shapes, unsafe, imports, atol, rtol, load_inputs)
     options = _write_options(model, out, in_place, dry_run, checks, request.checks,
                              ("conv_surgeon.equalize", os.fspath(model)))
     return run(_source(model), request, options)
@@ -372,13 +366,11 @@ def prune(
     (0,)
     """
     from .instruments.prune import PruneRequest, prune as prune_model
-    from .instruments.writing import CheckRequest
 
     request = PruneRequest(tuple(layers or ()), every, tuple(filters) if filters is not None else None,
                            None if smallest_l1 is None else str(smallest_l1), zeros)
-    checks = CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe,
-                          imports=tuple(imports), expect_same=expect_same and smoke, atol=atol, rtol=rtol,
-                          load_inputs=Path(load_inputs) if load_inputs is not None else None)
+    checks = _compared_checks(smoke, input_shapes, unsafe, imports, atol, rtol, load_inputs,
+                              expect_same=expect_same and smoke)
     options = _write_options(model, out, in_place, dry_run, checks, request.checks,
                              ("conv_surgeon.prune", os.fspath(model)))
     return prune_model(_source(model), request, options)
@@ -543,6 +535,18 @@ def _usage(message: str) -> Exception:
     from .errors import UsageError
 
     return UsageError(message)
+
+
+def _compared_checks(smoke: bool, input_shapes: Sequence[tuple[int, ...]] | None, unsafe: bool,
+                     imports: Sequence[str], atol: float | None, rtol: float | None,
+                     load_inputs: PathLike | None, expect_same: bool = False) -> CheckRequest:
+    """The checks of a graph surgery (`fold_bn`, `equalize`, `prune`): its smoke test, and
+    the comparison with the original as the caller asks."""
+    from .instruments.writing import CheckRequest
+
+    return CheckRequest(smoke=smoke, input_shapes=tuple(input_shapes or ()), unsafe=unsafe, imports=tuple(imports),
+                        expect_same=expect_same, atol=atol, rtol=rtol,
+                        load_inputs=Path(load_inputs) if load_inputs is not None else None)
 
 
 def _write_options(model: PathLike, out: PathLike | None, in_place: bool, dry_run: bool, checks: CheckRequest,
