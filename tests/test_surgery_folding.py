@@ -360,7 +360,7 @@ def test_which_axis_of_each_kernel_is_an_output_channel():
         cls = conv_class(cls_name)
         kernel = stored[f"{conv}/{variable}"]
         channels = stored[f"{bn}/moving_variance"].size
-        assert output_channels(cls, kernel.shape) == channels, conv
+        assert output_channels(cls.kind, kernel.shape) == channels, conv
         s = np.arange(1, channels + 1, dtype=np.float64)  # channel c scaled by c + 1
         scaled = folded_kernel(cls, kernel, s)
         for c in range(channels):

@@ -25,9 +25,9 @@ from ..store.model_file import ModelFile
 from ..store.provenance import EditRecord, EqualizeSource, FoldSource
 from ..surgery.equalization import (BORDER_SHIFT_LIMIT, Edge, Kind, Scales, Stop, absorbed_amount,
                                     absorbed_bias, border_shift_ratio, find_edges, in_channels,
-                                    out_channels, range_spread, scaled_bias, scaled_kernel,
+                                    range_spread, scaled_bias, scaled_kernel,
                                     solve_scales, without_relu6)
-from ..surgery.folding import FOLDABLE_DTYPES, NotFolded
+from ..surgery.folding import FOLDABLE_DTYPES, NotFolded, output_channels
 from ..surgery.rewrite import Derived
 from ..surgery.stored_graph import layer_variable, store_layer
 from ..transaction.transaction import WriteOptions, one_writer
@@ -271,7 +271,7 @@ def _scalable(edges: tuple[Edge, ...], values: _Values, stops: list[Stop]) -> tu
             elif kernel.dtype.name not in FOLDABLE_DTYPES:
                 reason = f"'{path}' has a kernel of {kernel.dtype.name}, which cannot be scaled exactly"
         if reason is None:
-            n_out = out_channels(edge.first_kind, values.kernels[edge.first_path].shape)
+            n_out = output_channels(edge.first_kind, values.kernels[edge.first_path].shape)
             n_in = in_channels(edge.second_kind, values.kernels[edge.second_path].shape)
             if n_out != n_in:
                 reason = f"its {n_out} output channels do not meet the {n_in} input channels of '{edge.second_path}'"
@@ -330,7 +330,7 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
         kept = 0
         if edge.padded and second in values.bn:
             second_gamma = values.bn[second][0]
-            size = np.ones(out_channels(edge.second_kind, kernels[second].shape)) if second_gamma is None \
+            size = np.ones(output_channels(edge.second_kind, kernels[second].shape)) if second_gamma is None \
                 else np.abs(second_gamma.astype(np.float64))
             too_far = (border_shift_ratio(edge.second_kind, kernels[second], c, size / scale_out.get(second, 1.0))
                        > BORDER_SHIFT_LIMIT) & (c != 0)

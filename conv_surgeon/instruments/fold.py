@@ -367,8 +367,8 @@ def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
     name = kernel.name
     if kernel.dtype not in FOLDABLE_DTYPES:
         raise ConvSurgeonError(f"layer '{layer.path}': a {kernel.dtype} kernel cannot be folded exactly")
-    if output_channels(pair.conv_class, kernel.shape) != s.size:
-        raise ModelFileError(f"layer '{layer.path}': {output_channels(pair.conv_class, kernel.shape)} output "
+    if output_channels(pair.conv_class.kind, kernel.shape) != s.size:
+        raise ModelFileError(f"layer '{layer.path}': {output_channels(pair.conv_class.kind, kernel.shape)} output "
                              f"channels, but its BatchNormalization '{pair.bn_path}' has {s.size}")
     cls = pair.conv_class
     bias_var = layer_variable(layer, "bias")

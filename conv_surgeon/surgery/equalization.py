@@ -28,7 +28,7 @@ import numpy as np
 
 from ..model.catalogue import conv_class
 from ..model.graph import GraphLayer, ModelGraph, model_graphs
-from .folding import multiplied
+from .folding import multiplied, output_channels
 
 # A sweep ends the iteration when every scale it applies is within this of 1.
 CONVERGED = 1e-6
@@ -255,12 +255,6 @@ def in_channels(kind: Kind, kernel_shape: Sequence[int]) -> int:
     return int(kernel_shape[-1] if kind == "transpose" else kernel_shape[-2])
 
 
-def out_channels(kind: Kind, kernel_shape: Sequence[int]) -> int:
-    if kind == "depthwise":
-        return int(kernel_shape[-2] * kernel_shape[-1])
-    return int(kernel_shape[-2] if kind == "transpose" else kernel_shape[-1])
-
-
 def range_spread(kind: Kind, kernel: np.ndarray) -> float:
     """The largest output channel's range over the smallest nonzero one (``inspect --quant``'s
     range ratio): what equalization brings down; nan when every channel is zero."""
@@ -353,10 +347,10 @@ def solve_scales(edges: Sequence[Edge], kernels: dict[str, np.ndarray]) -> Scale
     for path, kind in kinds.items():
         shape = kernels[path].shape
         nodes[path] = _Node(kind, window_peaks(kind, kernels[path]), np.ones(in_channels(kind, shape)),
-                            np.ones(out_channels(kind, shape)))
+                            np.ones(output_channels(kind, shape)))
     scales: list[np.ndarray] = []
     for edge in edges:
-        s = np.ones(out_channels(edge.first_kind, kernels[edge.first_path].shape))
+        s = np.ones(output_channels(edge.first_kind, kernels[edge.first_path].shape))
         # The two nodes share the vector: an update of the edge's scale is seen by both.
         nodes[edge.first_path].scale_out = s
         nodes[edge.second_path].scale_in = s
@@ -440,7 +434,7 @@ def scaled_kernel(kind: Kind, kernel: np.ndarray, scale_in: np.ndarray | None,
     """``kernel`` with input channel i multiplied by ``scale_in[i]`` and output channel j
     divided by ``scale_out[j]``: one multiplication in the kernel's precision (float16 in
     float32), by factors computed in float64."""
-    n_in, n_out = in_channels(kind, kernel.shape), out_channels(kind, kernel.shape)
+    n_in, n_out = in_channels(kind, kernel.shape), output_channels(kind, kernel.shape)
     a = np.ones(n_in) if scale_in is None else scale_in
     b = np.ones(n_out) if scale_out is None else scale_out
     if kind == "depthwise":

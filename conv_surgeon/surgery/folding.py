@@ -13,6 +13,7 @@ pointwise kernel's last axis.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,13 +201,14 @@ def folded_bias(bias: np.ndarray | None, s: np.ndarray, t: np.ndarray, dtype: np
     return result
 
 
-def output_channels(cls: ConvClass, kernel_shape: tuple[int, ...]) -> int:
-    """How many output channels a conv with this (scaled) kernel has."""
-    if cls.kind == "transpose":
-        return kernel_shape[-2]
-    if cls.kind == "depthwise":
-        return kernel_shape[-2] * kernel_shape[-1]
-    return kernel_shape[-1]
+def output_channels(kind: str, kernel_shape: Sequence[int]) -> int:
+    """How many output channels a layer of this kind (a conv kind, or "dense") with this
+    (scaled) kernel has."""
+    if kind == "transpose":
+        return int(kernel_shape[-2])
+    if kind == "depthwise":
+        return int(kernel_shape[-2] * kernel_shape[-1])
+    return int(kernel_shape[-1])
 
 
 def identity_values(values: BatchNormValues) -> BatchNormValues:
