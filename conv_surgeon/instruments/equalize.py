@@ -161,12 +161,13 @@ def _prepare(source: ModelFile, request: EqualizeRequest,
     values = _read_values(source, fold, search.edges)
     edges, stops = _scalable(search.edges, values, list(search.stops))
     scales = solve_scales(edges, values.kernels)
-    kernels, biases = _scaled(edges, scales, values)
-    kinds = {e.first_path: e.first_kind for e in edges} | {e.second_path: e.second_kind for e in edges}
+    sides = _Sides.of(edges, scales)
+    kinds = sides.kinds
+    kernels, biases = _scaled(sides, values)
     absorbed: list[Absorbed] = []
     not_absorbed: list[Stop] = []
     if request.absorb_bias:
-        absorbed, not_absorbed = _absorb(edges, scales, values, kernels, biases)
+        absorbed, not_absorbed = _absorb(edges, scales, sides, values, kernels, biases)
     folded_paths = {pair.conv_path for pair, _, _ in fold.folds}
     # A layer whose every scale came out 1 (zero ranges) keeps its values: it is not written
     # (nor its optimizer slots reset) unless a fold changes it anyway.
@@ -282,25 +283,37 @@ def _scalable(edges: tuple[Edge, ...], values: _Values, stops: list[Stop]) -> tu
     return kept, stops
 
 
-def _scaled(edges: list[Edge], scales: Scales, values: _Values) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+@dataclass(frozen=True)
+class _Sides:
+    """Each equalized layer's kind and the scales on its two sides: its input channels are
+    multiplied by ``scale_in``, its output channels divided by ``scale_out``."""
+
+    kinds: dict[str, Kind]
+    scale_in: dict[str, np.ndarray]
+    scale_out: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, edges: list[Edge], scales: Scales) -> _Sides:
+        sides = cls({}, {}, {})
+        for edge, s in zip(edges, scales.edges):
+            sides.scale_out[edge.first_path] = s
+            sides.scale_in[edge.second_path] = s
+            sides.kinds[edge.first_path], sides.kinds[edge.second_path] = edge.first_kind, edge.second_kind
+        return sides
+
+
+def _scaled(sides: _Sides, values: _Values) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
     """Every equalized layer's new kernel and bias."""
-    scale_in: dict[str, np.ndarray] = {}
-    scale_out: dict[str, np.ndarray] = {}
-    kinds: dict[str, Kind] = {}
-    for edge, s in zip(edges, scales.edges):
-        scale_out[edge.first_path] = s
-        scale_in[edge.second_path] = s
-        kinds[edge.first_path], kinds[edge.second_path] = edge.first_kind, edge.second_kind
     kernels: dict[str, np.ndarray] = {}
     biases: dict[str, np.ndarray | None] = {}
-    for path, kind in kinds.items():
-        kernels[path] = scaled_kernel(kind, values.kernels[path], scale_in.get(path), scale_out.get(path))
+    for path, kind in sides.kinds.items():
+        kernels[path] = scaled_kernel(kind, values.kernels[path], sides.scale_in.get(path), sides.scale_out.get(path))
         bias = values.biases[path]
-        biases[path] = scaled_bias(bias, scale_out[path]) if bias is not None and path in scale_out else bias
+        biases[path] = scaled_bias(bias, sides.scale_out[path]) if bias is not None and path in sides.scale_out else bias
     return kernels, biases
 
 
-def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[str, np.ndarray],
+def _absorb(edges: list[Edge], scales: Scales, sides: _Sides, values: _Values, kernels: dict[str, np.ndarray],
             biases: dict[str, np.ndarray | None]) -> tuple[list[Absorbed], list[Stop]]:
     """High-bias absorption on every edge whose first layer had a BatchNormalization folded
     into it (its statistics say what the channel carries); ``biases`` updated in place.
@@ -308,7 +321,6 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
     own statistics say the border error stays below its outputs' size."""
     done: list[Absorbed] = []
     refused: list[Stop] = []
-    scale_out = {edge.first_path: s for edge, s in zip(edges, scales.edges)}
     for edge, s in zip(edges, scales.edges):
         first, second = edge.first_path, edge.second_path
         if first not in values.bn:
@@ -332,7 +344,7 @@ def _absorb(edges: list[Edge], scales: Scales, values: _Values, kernels: dict[st
             second_gamma = values.bn[second][0]
             size = np.ones(output_channels(edge.second_kind, kernels[second].shape)) if second_gamma is None \
                 else np.abs(second_gamma.astype(np.float64))
-            too_far = (border_shift_ratio(edge.second_kind, kernels[second], c, size / scale_out.get(second, 1.0))
+            too_far = (border_shift_ratio(edge.second_kind, kernels[second], c, size / sides.scale_out.get(second, 1.0))
                        > BORDER_SHIFT_LIMIT) & (c != 0)
             kept = int(too_far.sum())
             c = np.where(too_far, 0.0, c)

@@ -492,9 +492,7 @@ def border_shift_ratio(kind: Kind, kernel: np.ndarray, c: np.ndarray, output_sca
     the border (the window's weights summed in absolute value, times ``|c_i|``: on a linear
     path c is beta, of either sign), over that output's typical size ``output_scale``; the
     largest over B's outputs."""
-    w = np.abs(np.asarray(kernel, dtype=np.float64))
-    spatial = tuple(range(w.ndim - 2))
-    sums = w.sum(axis=spatial) if spatial else w
+    sums = window_sums(kind, np.abs(kernel))
     scale = output_scale.reshape(sums.shape) if kind == "depthwise" else output_scale[None, :]
     ratio: np.ndarray = (sums * np.abs(c)[:, None] / np.where(scale > 0, scale, np.inf)).max(axis=1)
     return ratio
