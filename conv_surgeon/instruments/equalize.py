@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConvSurgeonError
 from ..model.quantization import per_tensor_sqnr_db
-from ..model.structure import Layer, Variable, read_variables
+from ..model.structure import read_variables
 from ..runtime.checks import FUNCTION_KEPT
 from ..store.model_file import ModelFile
 from ..store.provenance import EditRecord, EqualizeSource, FoldSource
@@ -29,7 +29,7 @@ from ..surgery.equalization import (BORDER_SHIFT_LIMIT, Edge, Kind, Scales, Stop
                                     solve_scales, without_relu6)
 from ..surgery.folding import FOLDABLE_DTYPES, NotFolded, output_channels
 from ..surgery.rewrite import Derived
-from ..surgery.stored_graph import layer_variable, store_layer
+from ..surgery.stored_graph import kernel_variable, layer_variable, store_layer
 from ..transaction.transaction import WriteOptions, one_writer
 from .fold import (Fold, FoldedPair, FoldSurgery, fold_slot_changes,
                    prepare_fold, write_surgery)
@@ -220,18 +220,14 @@ def _unseen(fold: FoldSurgery, edges: list[Edge], stops: list[Stop]) -> list[Sto
     return [Stop(layer.path, f"a {layer.class_name} layer: equalize pairs convolutions and Dense layers it "
                              "can follow in the model's graph")
             for layer in fold.structure.layers
-            if layer.path not in seen and _kernel_variable(layer) is not None]
-
-
-def _kernel_variable(layer: Layer) -> Variable | None:
-    return layer_variable(layer, "kernel") or layer_variable(layer, "depthwise_kernel")
+            if layer.path not in seen and kernel_variable(layer) is not None]
 
 
 def _read_values(source: ModelFile, fold: FoldSurgery, edges: tuple[Edge, ...]) -> _Values:
     """The kernel and bias of every layer of ``edges``, folded where a fold changes them."""
     paths = list(dict.fromkeys(p for e in edges for p in (e.first_path, e.second_path)))
     layers = {path: store_layer(fold.by_path, path, source.label) for path in paths}
-    kernel_vars = {path: _kernel_variable(layer) for path, layer in layers.items()}
+    kernel_vars = {path: kernel_variable(layer) for path, layer in layers.items()}
     wanted = [v for v in kernel_vars.values() if v is not None]
     wanted += [v for layer in layers.values() if (v := layer_variable(layer, "bias")) is not None]
     raw = read_variables(source, wanted)

@@ -35,7 +35,8 @@ from ..surgery.rewrite import (Derived, LegacyRewrite, StoreRewrite,
                                ValueDigest, VarOrigin, rewrite_legacy,
                                rewrite_weights, write_keras_archive)
 from ..surgery.stored_graph import (check_store_places, format_name,
-                                    layer_variable, read_config, store_layer)
+                                    kernel_variable, layer_variable,
+                                    read_config, store_layer)
 from ..transaction.transaction import (Rewriting, WriteOptions, Written,
                                        WrittenValue, check_destination,
                                        one_writer, write_transaction)
@@ -358,10 +359,9 @@ def _conv_values(pair: FoldPair, layer: Layer, bn: BatchNormValues,
                  values: dict[str, np.ndarray]) -> dict[str, np.ndarray | Derived]:
     """The conv's new variables by name: its (pointwise) kernel scaled, and its bias."""
     s, t = scale_and_shift(bn)
-    name = "pointwise_kernel" if pair.conv_class.kind == "separable" else "kernel"
-    # Keras 2 named a DepthwiseConv2D's kernel `depthwise_kernel`.
-    kernel = layer_variable(layer, name) or (layer_variable(layer, "depthwise_kernel")
-                                             if pair.conv_class.kind == "depthwise" else None)
+    separable = pair.conv_class.kind == "separable"
+    name = "pointwise_kernel" if separable else "kernel"
+    kernel = layer_variable(layer, name) if separable else kernel_variable(layer)
     if kernel is None:
         raise ModelFileError(f"layer '{layer.path}': no {name} in the store")
     name = kernel.name

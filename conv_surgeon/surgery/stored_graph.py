@@ -58,3 +58,8 @@ def store_layer(by_path: dict[str, Layer], path: str, label: str) -> Layer:
 
 def layer_variable(layer: Layer, name: str) -> Variable | None:
     return next((v for v in layer.variables if v.name == name), None)
+
+
+def kernel_variable(layer: Layer) -> Variable | None:
+    """A conv's or Dense's kernel: Keras 2 named a DepthwiseConv2D's `depthwise_kernel`."""
+    return layer_variable(layer, "kernel") or layer_variable(layer, "depthwise_kernel")
